@@ -1,0 +1,1 @@
+"""The neural networks: FramePack transformer, HunyuanVideo VAE, and the three encoders."""

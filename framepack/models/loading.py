@@ -1,0 +1,332 @@
+"""Find a checkpoint (local folder or hub repo), read its safetensors, load it strictly.
+
+Only safetensors is read, never pickle. The header of every shard is parsed and checked
+against the file size before any tensor is touched, so a truncated or corrupt file is
+reported by name. Models are built on the meta device and each parameter is filled
+exactly once from the file (``storage="copy"``) or left memory-mapped on it
+(``storage="mmap"``), so peak host memory stays near one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import mmap
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .configuration import ModelConfig
+
+logger = logging.getLogger("framepack")
+
+Storage = Literal["copy", "mmap"]
+ModelT = TypeVar("ModelT", bound="PretrainedModel")
+
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class SafetensorsFile:
+    """One safetensors file: a validated header and zero-copy access to its tensors."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as e:
+            raise CheckpointError(f"cannot open checkpoint file {self.path}: {e}") from e
+        try:
+            self.entries, self._data_start = self._read_header()
+            size = os.fstat(self._file.fileno()).st_size
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        except Exception:
+            self._file.close()
+            raise
+
+    def _read_header(self) -> tuple[dict[str, tuple[torch.dtype, tuple[int, ...], int, int]], int]:
+        size = os.fstat(self._file.fileno()).st_size
+        raw_len = self._file.read(8)
+        if len(raw_len) < 8:
+            raise CheckpointError(f"{self.path} is not a safetensors file: {size} bytes, too short for a header")
+        header_len = int.from_bytes(raw_len, "little")
+        if header_len > min(size - 8, _MAX_HEADER_BYTES):
+            raise CheckpointError(
+                f"{self.path} is corrupt or truncated: header claims {header_len} bytes, file has {size - 8}"
+            )
+        try:
+            header = json.loads(self._file.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{self.path} is corrupt: its header is not valid JSON ({e})") from e
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{self.path} is corrupt: its header is not a JSON object")
+        data_start = 8 + header_len
+        data_size = size - data_start
+        entries = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            try:
+                dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+                shape = tuple(int(s) for s in info["shape"])
+                begin, end = (int(o) for o in info["data_offsets"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{self.path} is corrupt: bad header entry for {name!r}: {info!r}") from e
+            expected = math.prod(shape) * dtype.itemsize
+            if end - begin != expected or begin < 0:
+                raise CheckpointError(
+                    f"{self.path} is corrupt: tensor {name!r} {info['dtype']}{list(shape)} needs {expected} bytes, "
+                    f"header gives {end - begin}"
+                )
+            if end > data_size:
+                raise CheckpointError(
+                    f"{self.path} is truncated: tensor {name!r} ends at byte {end} of the data section, "
+                    f"which has only {data_size} bytes"
+                )
+            entries[name] = (dtype, shape, begin, end)
+        return entries, data_start
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entries[name][1]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """A tensor that views the mapped file (copy-on-write: the file is never modified)."""
+        dtype, shape, begin, end = self.entries[name]
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        flat = torch.frombuffer(self._map, dtype=torch.uint8, count=end - begin, offset=self._data_start + begin)
+        return flat.view(dtype).reshape(shape)
+
+    def close(self) -> None:
+        # A mapping still viewed by mmap-stored parameters must stay open; it is freed with them.
+        self._file.close()
+
+
+def checkpoint_files(folder: Path, weights_name: str) -> list[Path]:
+    """The safetensors files of a checkpoint: sharded (with an index json) or single."""
+    index_path = folder / f"{weights_name}.safetensors.index.json"
+    single_path = folder / f"{weights_name}.safetensors"
+    if index_path.exists():
+        try:
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            shard_names = sorted(set(weight_map.values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"cannot read the shard index {index_path}: {e}") from e
+        missing = [name for name in shard_names if not (folder / name).exists()]
+        if missing:
+            raise CheckpointError(f"shard(s) {missing} listed in {index_path.name} are missing from {folder}")
+        return [folder / name for name in shard_names]
+    if single_path.exists():
+        return [single_path]
+    found = sorted(p.name for p in folder.glob("*.safetensors"))
+    raise CheckpointError(
+        f"no weights in {folder}: expected {single_path.name} or {index_path.name}"
+        + (f"; found {found}" if found else "")
+        + (" (pickle .bin checkpoints are not read)" if any(folder.glob("*.bin")) else "")
+    )
+
+
+def resolve_folder(
+    source: str | os.PathLike[str],
+    *,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    patterns: Sequence[str] = ("config.json", "*.safetensors", "*.safetensors.index.json"),
+) -> Path:
+    """A local folder holding the checkpoint: ``source`` itself, or a hub snapshot of it."""
+    local = Path(source).expanduser()
+    if local.exists():
+        folder = local / subfolder if subfolder else local
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder} is not a folder (source {str(source)!r}, subfolder {subfolder!r})")
+        return folder
+    repo_id = str(source)
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        raise CheckpointError(f"{repo_id!r} is neither an existing folder nor a hub repo id like 'owner/name'")
+    from huggingface_hub import snapshot_download  # imported here: only hub sources need it
+
+    prefix = f"{subfolder}/" if subfolder else ""
+    try:
+        snapshot = snapshot_download(
+            repo_id=repo_id, revision=revision, allow_patterns=[prefix + p for p in patterns]
+        )
+    except Exception as e:  # hub errors come in many classes; all mean "could not get it"
+        raise CheckpointError(
+            f"cannot download {repo_id!r}{f' (subfolder {subfolder!r})' if subfolder else ''} from the hub: {e}. "
+            "Pass a local folder instead when offline."
+        ) from e
+    folder = Path(snapshot) / subfolder if subfolder else Path(snapshot)
+    if not folder.is_dir():
+        raise CheckpointError(f"hub repo {repo_id!r} has no subfolder {subfolder!r}")
+    return folder
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """float32 on CPU (bf16 matmul there is ~100x slower), bfloat16 on accelerators."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+
+
+class PretrainedModel(nn.Module):
+    """A model with a config dataclass that loads strictly from a checkpoint folder.
+
+    Subclasses set ``config_class`` and ``weights_name`` and build themselves in
+    ``__init__(config)``. Override ``checkpoint_layout`` where parameters are named or
+    fused differently from the checkpoint, ``ignored_checkpoint_keys`` for checkpoint
+    tensors the model deliberately does not use, and ``keep_float32`` for parameters that
+    stay float32 whatever dtype is asked for.
+    """
+
+    config_class: ClassVar[type[ModelConfig]]
+    weights_name: ClassVar[str] = "diffusion_pytorch_model"
+
+    def checkpoint_layout(self, available: set[str]) -> dict[str, list[str]]:
+        """Model tensor name -> checkpoint keys concatenated along dim 0 to make it."""
+        return {name: [name] for name in self.state_dict(keep_vars=True)}
+
+    def ignored_checkpoint_keys(self, available: set[str]) -> set[str]:
+        return set()
+
+    def keep_float32(self, name: str) -> bool:
+        return False
+
+    @classmethod
+    def from_pretrained(
+        cls: type[ModelT],
+        source: str | os.PathLike[str],
+        *,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        storage: Storage = "copy",
+    ) -> ModelT:
+        folder = resolve_folder(source, subfolder=subfolder, revision=revision)
+        config = cls.config_class.from_json(folder / "config.json")
+        with torch.device("meta"):
+            model = cls(config)  # type: ignore[call-arg]
+        load_checkpoint(
+            model,
+            checkpoint_files(folder, cls.weights_name),
+            dtype=dtype or default_dtype(device),
+            device=torch.device(device),
+            storage=storage,
+        )
+        return model.eval()
+
+
+def load_checkpoint(
+    model: PretrainedModel,
+    files: Iterable[Path],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    storage: Storage = "copy",
+) -> None:
+    """Fill every tensor of a meta-device ``model`` from ``files``; strict about keys and shapes."""
+    if storage not in ("copy", "mmap"):
+        raise CheckpointError(f"storage must be 'copy' or 'mmap', got {storage!r}")
+    if storage == "mmap" and device.type != "cpu":
+        raise CheckpointError(f"storage='mmap' keeps weights in host memory; device must be cpu, got {device}")
+    shards = [SafetensorsFile(p) for p in files]
+    where: dict[str, SafetensorsFile] = {}
+    for shard in shards:
+        for key in shard.entries:
+            if key in where:
+                raise CheckpointError(f"tensor {key!r} appears in both {where[key].path.name} and {shard.path.name}")
+            where[key] = shard
+    available = set(where)
+    layout = model.checkpoint_layout(available)
+    targets = dict(model.state_dict(keep_vars=True))
+    _check_layout(model, layout, targets, where, available)
+
+    for name, keys in layout.items():
+        parts = [where[k].tensor(k) for k in keys]
+        tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        target_dtype = torch.float32 if model.keep_float32(name) else dtype
+        if tensor.is_floating_point() and tensor.dtype != target_dtype:
+            tensor = tensor.to(target_dtype)
+        elif storage == "copy" and len(parts) == 1:
+            tensor = tensor.clone()  # detach from the mapping so the file can be released
+        tensor = tensor.to(device)
+        _assign(model, name, tensor, requires_grad=False)
+    for shard in shards:
+        shard.close()
+    unfilled = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if unfilled:
+        raise CheckpointError(f"{type(model).__name__} tensors left unfilled after loading: {_short(unfilled)}")
+
+
+def _check_layout(
+    model: PretrainedModel,
+    layout: dict[str, list[str]],
+    targets: dict[str, torch.Tensor],
+    where: dict[str, SafetensorsFile],
+    available: set[str],
+) -> None:
+    problems = []
+    uncovered = sorted(set(targets) - set(layout))
+    if uncovered:
+        problems.append(f"model tensors with no checkpoint source: {_short(uncovered)}")
+    used = {k for keys in layout.values() for k in keys}
+    missing = sorted(used - available)
+    if missing:
+        problems.append(f"missing keys: {_short(missing)}")
+    unexpected = sorted(available - used - model.ignored_checkpoint_keys(available))
+    if unexpected:
+        problems.append(f"unexpected keys: {_short(unexpected)}")
+    mismatched = []
+    for name, keys in layout.items():
+        if any(k not in available for k in keys) or name not in targets:
+            continue
+        shapes = [where[k].shape(k) for k in keys]
+        total = (sum(s[0] for s in shapes), *shapes[0][1:]) if shapes[0] else ()
+        want = tuple(targets[name].shape)
+        if total != want or any(s[1:] != shapes[0][1:] for s in shapes):
+            mismatched.append(f"{'+'.join(keys)}: checkpoint {list(total)} vs model {list(want)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_short(mismatched)}")
+    if problems:
+        raise CheckpointError(f"checkpoint does not match {type(model).__name__}: " + "; ".join(problems))
+
+
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor, *, requires_grad: bool) -> None:
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if attr in module._parameters:
+        module._parameters[attr] = nn.Parameter(tensor, requires_grad=requires_grad)
+    else:
+        module._buffers[attr] = tensor
+
+
+def _short(items: list[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return f"{shown} (+{len(items) - limit} more)" if len(items) > limit else shown
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file of a checkpoint folder (tokenizer or preprocessor settings)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path} does not exist") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e

@@ -1,0 +1,1 @@
+"""Sigma schedules, the UniPC sampler, guidance and the section loop."""
