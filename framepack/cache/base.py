@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 
 POSITIVE = "positive"
 NEGATIVE = "negative"
@@ -25,7 +25,7 @@ class BlockStack(Protocol):
 
     @property
     def stack_input(self) -> torch.Tensor:
-        """Image-stream tokens entering block 0, [B, L, D]."""
+        """Image-stream tokens entering block 0, [B, L, D]; no ``run_*`` may modify it in place."""
 
     def modulated_input(self) -> torch.Tensor:
         """Block 0's ``norm1`` modulated image-stream input: LN(x)·(1+scale)+shift."""
@@ -83,6 +83,11 @@ class CachePolicy:
     transformer compute block 0's modulated input before deciding;
     ``decides_after_first_block`` runs block 0 first and hands over its residual, and a
     skip then reuses the residual of the remaining blocks.
+
+    Each guidance branch has its own call counter (``CacheStep.step``, wrapping after
+    ``num_steps`` calls), stored residual and ``state`` dict, all cleared by
+    ``start_section``. A call with no stored residual always computes. ``stats`` holds one
+    ``SectionStats`` per section started.
     """
 
     needs_modulated_input: ClassVar[bool] = False
@@ -99,7 +104,11 @@ class CachePolicy:
         raise NotImplementedError
 
     def on_computed(self, step: CacheStep, residual: torch.Tensor, state: dict[str, Any]) -> None:
-        """Called after the blocks ran, with the new residual (for policies that measure it)."""
+        """Called after the blocks ran, with the residual now stored (for policies that measure it).
+
+        That is the whole stack's residual, or the residual of the blocks after block 0 when
+        ``decides_after_first_block`` is set.
+        """
 
     # --- what the sampler and the transformer call ------------------------------------
     def start_section(self, num_steps: int) -> None:
@@ -111,22 +120,28 @@ class CachePolicy:
         self.stats.append(SectionStats(num_steps))
 
     def run(self, stack: BlockStack, branch: str = POSITIVE) -> torch.Tensor:
+        """One transformer call of guidance ``branch``: the final image stream, computed or reused."""
         if not self.stats:
             raise ConfigError(f"{type(self).__name__}: call start_section(num_steps) before the first transformer call")
         record = self._branches.setdefault(branch, _Branch())
         step = CacheStep(record.calls % self._num_steps, self._num_steps, branch, stack.stack_input)
         record.calls += 1
+        if self.needs_modulated_input:
+            step.modulated_input = stack.modulated_input()
+        base = step.stack_input
         if self.decides_after_first_block:
-            after_first = stack.run_first()
-            step.first_block_residual = after_first - step.stack_input
-            base = after_first
-        else:
-            if self.needs_modulated_input:
-                step.modulated_input = stack.modulated_input()
-            base = step.stack_input
+            base = stack.run_first()
+            step.first_block_residual = base - step.stack_input
         compute = self.should_compute(step, record.state) or record.residual is None
         section = self.stats[-1]
         if not compute:
+            if record.residual.shape != base.shape:
+                # A stale residual of another shape would broadcast or fail deep inside the model.
+                raise InputError(
+                    f"{type(self).__name__}: branch {branch!r} stored a residual of shape "
+                    f"{list(record.residual.shape)} but this call's tokens have shape {list(base.shape)}; "
+                    "call start_section() when the input changes"
+                )
             section.skipped.setdefault(branch, []).append(step.step)
             return base + record.residual
         out = stack.run_rest() if self.decides_after_first_block else stack.run_all()
@@ -138,6 +153,9 @@ class CachePolicy:
 
 class NoCache(CachePolicy):
     """Run every block on every call; stores nothing."""
+
+    def __repr__(self) -> str:
+        return "NoCache()"
 
     def should_compute(self, step: CacheStep, state: dict[str, Any]) -> bool:
         return True
