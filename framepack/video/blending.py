@@ -108,14 +108,13 @@ class SectionBlender:
         if not isinstance(section, torch.Tensor) or not section.is_floating_point():
             got = f"{section.dtype} tensor" if isinstance(section, torch.Tensor) else type(section).__name__
             raise InputError(f"a decoded section must be a float tensor in [-1, 1]; got {got}")
+        given = tuple(section.shape)
         if section.ndim == 5:
             if section.shape[0] != 1:
-                raise InputError(f"decoded sections must have batch size 1; got shape {tuple(section.shape)}")
+                raise InputError(f"decoded sections must have batch size 1; got shape {given}")
             section = section[0]
         if section.ndim != 4 or section.shape[0] != 3 or 0 in section.shape:
-            raise InputError(
-                f"a decoded section must be [1, 3, t, H, W] or [3, t, H, W] with t, H, W > 0; got {tuple(section.shape)}"
-            )
+            raise InputError(f"a decoded section must be [1, 3, t, H, W] or [3, t, H, W] with t, H, W > 0; got {given}")
         if self._held is not None:
             if section.shape[2:] != self._held.shape[2:]:
                 raise InputError(
