@@ -155,17 +155,21 @@ class FrameAssembler:
     def frames(self) -> Iterator[np.ndarray]:
         """Every frame so far, uint8 (H, W, 3), in temporal order, read one chunk at a time."""
         held = self._blender.held_frames()
-        chunks = self._chunks if self._blender.mode == "forward" else self._chunks[::-1]
-        if self._blender.mode == "inverted":
-            yield from held
-        for chunk in chunks:
-            yield from np.load(chunk, mmap_mode="r")
         if self._blender.mode == "forward":
+            yield from self._chunk_frames(self._chunks)
             yield from held
+        else:  # the held head comes first; chunks were finished back to front
+            yield from held
+            yield from self._chunk_frames(self._chunks[::-1])
 
     def write_mp4(self, path: str | Path, fps: float = 30, crf: int = 16) -> Path:
         """Write the video so far to an mp4 (see Mp4Writer); returns the path."""
         return write_mp4(path, self.frames(), fps=fps, crf=crf)
+
+    @staticmethod
+    def _chunk_frames(chunks: list[Path]) -> Iterator[np.ndarray]:
+        for chunk in chunks:
+            yield from np.load(chunk, mmap_mode="r")
 
     def close(self) -> None:
         """Forget the video; delete the spool directory if this assembler created it."""

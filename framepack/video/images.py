@@ -66,7 +66,10 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
         raise InputError(
             "floating-point images (PIL mode 'F') have no fixed range; convert to 8-bit first"
         )
-    return np.array(image.convert("RGB"), dtype=np.uint8)
+    try:
+        return np.array(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as error:  # unloadable data, or a mode PIL cannot turn into RGB
+        raise InputError(f"cannot read a {image.mode!r} image as RGB: {error}") from error
 
 
 def _array_to_rgb(array: np.ndarray) -> np.ndarray:

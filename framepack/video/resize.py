@@ -31,7 +31,7 @@ def resize_image(image: np.ndarray, height: int, width: int, method: str = "crop
     if method == "crop":
         return _resize_and_center_crop(image, int(width), int(height))
     if method == "stretch":
-        return np.array(Image.fromarray(image).resize((int(width), int(height)), Image.LANCZOS))
+        return np.array(Image.fromarray(image).resize((int(width), int(height)), Image.Resampling.LANCZOS))
     if method == "pad":
         return _fit_and_pad(image, int(width), int(height))
     raise ConfigError(f"resize method must be one of {RESIZE_METHODS}; got {method!r}")
@@ -44,7 +44,7 @@ def _resize_and_center_crop(image: np.ndarray, target_width: int, target_height:
     scale = max(target_width / original_width, target_height / original_height)
     resized_width = int(round(original_width * scale))
     resized_height = int(round(original_height * scale))
-    resized = Image.fromarray(image).resize((resized_width, resized_height), Image.LANCZOS)
+    resized = Image.fromarray(image).resize((resized_width, resized_height), Image.Resampling.LANCZOS)
     # Float box as the reference passes it; PIL rounds each coordinate (half to even).
     left = (resized_width - target_width) / 2
     top = (resized_height - target_height) / 2
@@ -58,7 +58,7 @@ def _fit_and_pad(image: np.ndarray, target_width: int, target_height: int) -> np
     scale = min(target_width / original_width, target_height / original_height)
     fitted_width = min(target_width, max(1, int(round(original_width * scale))))
     fitted_height = min(target_height, max(1, int(round(original_height * scale))))
-    fitted = Image.fromarray(image).resize((fitted_width, fitted_height), Image.LANCZOS)
+    fitted = Image.fromarray(image).resize((fitted_width, fitted_height), Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (target_width, target_height), (0, 0, 0))
     canvas.paste(fitted, ((target_width - fitted_width) // 2, (target_height - fitted_height) // 2))
     return np.array(canvas)
