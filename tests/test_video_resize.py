@@ -85,7 +85,8 @@ def test_stretch() -> None:
 # pad: s = min(tw/W, th/H). 480x640 -> 544x704: s = 1.1, fitted 528x704, 8 black rows above and below.
 # 1000x1000 -> 640x608: s = 0.608, fitted 608x608, 16 black rows above and below.
 @pytest.mark.parametrize(
-    ("size", "target", "fitted", "top"), [((480, 640), (544, 704), (528, 704), 8), ((1000, 1000), (640, 608), (608, 608), 16)]
+    ("size", "target", "fitted", "top"),
+    [((480, 640), (544, 704), (528, 704), 8), ((1000, 1000), (640, 608), (608, 608), 16)],
 )
 def test_pad(size, target, fitted, top) -> None:
     image = _noise(*size)

@@ -117,9 +117,8 @@ class SectionBlender:
             raise InputError(f"a decoded section must be [1, 3, t, H, W] or [3, t, H, W] with t, H, W > 0; got {given}")
         if self._held is not None:
             if section.shape[2:] != self._held.shape[2:]:
-                raise InputError(
-                    f"section frames are {tuple(section.shape[2:])} (H, W) but the video is {tuple(self._held.shape[2:])}"
-                )
+                frame_size, video_size = tuple(section.shape[2:]), tuple(self._held.shape[2:])
+                raise InputError(f"section frames are {frame_size} (H, W) but the video is {video_size}")
             if section.shape[1] < self.overlap:
                 raise InputError(f"a section of {section.shape[1]} frames cannot cover an overlap of {self.overlap}")
         return section.detach().to(device="cpu", dtype=torch.float32)

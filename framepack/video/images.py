@@ -38,6 +38,13 @@ def load_image(source: ImageSource) -> np.ndarray:
     )
 
 
+def describe(value: object) -> str:
+    """How an error message names what it got: dtype and shape for arrays, else the type."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {value.shape}"
+    return type(value).__name__
+
+
 def _open_file(path: Path) -> Image.Image:
     if not path.exists():
         raise InputError(f"image file {str(path)!r} does not exist")

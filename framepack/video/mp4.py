@@ -24,6 +24,7 @@ import av
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from .images import describe
 
 logger = logging.getLogger("framepack")
 
@@ -125,8 +126,7 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 30, c
 
 def _check_frame(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        got = f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-        raise InputError(f"video frames must be uint8 (H, W, 3) RGB arrays; got {got}")
+        raise InputError(f"video frames must be uint8 (H, W, 3) RGB arrays; got {describe(frame)}")
     height, width = frame.shape[:2]
     if size is None and (height % 2 or width % 2 or height == 0 or width == 0):
         raise InputError(f"H.264 yuv420p needs even, non-zero width and height; got {height}x{width} (H x W)")

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from .images import describe
 
 
 def latent_preview_image(frames: np.ndarray, path: str | Path | None = None) -> np.ndarray:
@@ -17,8 +18,7 @@ def latent_preview_image(frames: np.ndarray, path: str | Path | None = None) -> 
     also saved (as PNG for a .png path; PIL picks the format from the suffix).
     """
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
-        got = f"{frames.dtype} array of shape {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
-        raise InputError(f"preview frames must be a uint8 [T, H, W, 3] array; got {got}")
+        raise InputError(f"preview frames must be a uint8 [T, H, W, 3] array; got {describe(frames)}")
     if 0 in frames.shape:
         raise InputError(f"preview frames are empty (shape {frames.shape})")
     count, height, width, _ = frames.shape

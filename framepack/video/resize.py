@@ -9,7 +9,7 @@ from PIL import Image
 
 from ..errors import ConfigError, InputError
 from .buckets import find_bucket
-from .images import ImageSource, load_image
+from .images import ImageSource, describe, load_image
 
 RESIZE_METHODS = ("crop", "stretch", "pad")
 
@@ -66,8 +66,7 @@ def _fit_and_pad(image: np.ndarray, target_width: int, target_height: int) -> np
 
 def _check_image(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        described = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise InputError(f"resize_image needs a uint8 (H, W, 3) array (see load_image); got {described}")
+        raise InputError(f"resize_image needs a uint8 (H, W, 3) array (see load_image); got {describe(image)}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise InputError(f"cannot resize an empty image of shape {image.shape}")
 
