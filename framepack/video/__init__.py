@@ -1,0 +1,31 @@
+"""Video I/O: image input, resolution buckets, resizing, section blending, mp4 and previews."""
+
+from __future__ import annotations
+
+from .blending import BLEND_MODES, FrameAssembler, SectionBlender, pixels_to_uint8
+from .buckets import BASE_RESOLUTION, BUCKETS_640, check_resolution, find_bucket
+from .images import ImageSource, load_image
+from .mp4 import MAX_CRF, Mp4Writer, encoder_options, write_mp4
+from .preview import latent_preview_image
+from .resize import RESIZE_METHODS, prepare_image, resize_image
+
+__all__ = [
+    "BASE_RESOLUTION",
+    "BLEND_MODES",
+    "BUCKETS_640",
+    "FrameAssembler",
+    "ImageSource",
+    "MAX_CRF",
+    "Mp4Writer",
+    "RESIZE_METHODS",
+    "SectionBlender",
+    "check_resolution",
+    "encoder_options",
+    "find_bucket",
+    "latent_preview_image",
+    "load_image",
+    "pixels_to_uint8",
+    "prepare_image",
+    "resize_image",
+    "write_mp4",
+]

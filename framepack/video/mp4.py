@@ -1,0 +1,135 @@
+"""H.264 mp4 output through PyAV, one uint8 frame at a time (the encoder holds the rest).
+
+Settings match the reference's ``save_bcthw_as_mp4`` (torchvision ``write_video``): libx264,
+yuv420p, ``crf`` as an x264 option, frames built with ``VideoFrame.from_ndarray(format="rgb24")``
+and converted to yuv420p by PyAV, then flushed.
+
+crf 0 is the one exception. x264 treats crf 0 (any crf < 1) as lossless, and lossless H.264
+exists only in the "High 4:4:4 Predictive" profile, which browsers, QuickTime and most
+hardware decoders refuse, even with yuv420p. So crf 0 asks x264 for constant quantizer 1 in
+the High profile instead: the best quality a widely playable stream has. Nothing is lost by
+it that mattered: the RGB -> yuv420p conversion already discards more than quantizer 1 does.
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from numbers import Integral, Real
+from pathlib import Path
+from types import TracebackType
+from typing import Iterable
+
+import av
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from .images import describe
+
+logger = logging.getLogger("framepack")
+
+MAX_CRF = 51  # x264 clamps anything above to 51
+
+
+def encoder_options(crf: int) -> dict[str, str]:
+    """libx264 options for an integer crf in [0, 51]; crf 0 becomes High-profile quantizer 1 (module doc)."""
+    if isinstance(crf, bool) or not isinstance(crf, Integral) or not 0 <= crf <= MAX_CRF:
+        raise ConfigError(f"crf must be an integer from 0 (best) to {MAX_CRF} (x264's range); got {crf!r}")
+    if crf == 0:
+        return {"qp": "1", "profile": "high"}
+    return {"crf": str(int(crf))}
+
+
+class Mp4Writer:
+    """Stream uint8 (H, W, 3) RGB frames into an H.264 mp4; use as a context manager.
+
+    The file is opened on the first frame (its size fixes the video size). Width and height
+    must be even (yuv420p); buckets always are.
+    """
+
+    def __init__(self, path: str | Path, fps: float = 30, crf: int = 16) -> None:
+        if isinstance(fps, bool) or not isinstance(fps, Real) or fps <= 0:
+            raise ConfigError(f"fps must be a positive number; got {fps!r}")
+        self.path = Path(path)
+        self.fps = fps
+        self._options = encoder_options(crf)
+        self._container: av.container.OutputContainer | None = None
+        self._stream: av.video.stream.VideoStream | None = None
+        self._size: tuple[int, int] | None = None
+        self.frames_written = 0
+        self._closed = False
+
+    def write(self, frame: np.ndarray) -> None:
+        """Encode one uint8 (H, W, 3) RGB frame."""
+        if self._closed:
+            raise InputError(f"cannot write to {str(self.path)!r}: the writer is closed")
+        frame = _check_frame(frame, self._size)
+        if self._stream is None:
+            self._open(frame.shape[0], frame.shape[1])
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def write_all(self, frames: Iterable[np.ndarray]) -> None:
+        """Encode frames one by one (an array (T, H, W, 3) iterates as frames)."""
+        for frame in frames:
+            self.write(frame)
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file. Raises InputError if no frame was written."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._container is None:
+            raise InputError(f"no frames were written to {str(self.path)!r}; an mp4 needs at least one")
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+        logger.debug("wrote %d frames to %s", self.frames_written, self.path)
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # An error is on its way out: keep what was encoded (a playable partial video), raise nothing new.
+        if self._container is not None:
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - never mask the original error
+                logger.exception("could not finish %s after an error", self.path)
+        self._closed = True
+
+    def _open(self, height: int, width: int) -> None:
+        self._container = av.open(str(self.path), mode="w")
+        stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        stream.width = width
+        stream.height = height
+        stream.pix_fmt = "yuv420p"
+        stream.options = self._options
+        self._stream = stream
+        self._size = (height, width)
+
+
+def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 30, crf: int = 16) -> Path:
+    """Write uint8 (H, W, 3) frames (any iterable, or a (T, H, W, 3) array) to an mp4; returns the path."""
+    with Mp4Writer(path, fps=fps, crf=crf) as writer:
+        writer.write_all(frames)
+    return writer.path
+
+
+def _check_frame(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise InputError(f"video frames must be uint8 (H, W, 3) RGB arrays; got {describe(frame)}")
+    height, width = frame.shape[:2]
+    if size is None and (height % 2 or width % 2 or height == 0 or width == 0):
+        raise InputError(f"H.264 yuv420p needs even, non-zero width and height; got {height}x{width} (H x W)")
+    if size is not None and (height, width) != size:
+        raise InputError(f"every frame must be {size[0]}x{size[1]} (H x W) like the first; got {height}x{width}")
+    return np.ascontiguousarray(frame)
