@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .residency import ModuleTensors
 
 logger = logging.getLogger("framepack")
 
@@ -148,47 +149,17 @@ def plan_residency(block_bytes: Sequence[int], budget_bytes: int | None, prefetc
 # --- the blocks' tensors ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Place:
-    """One (module, attribute) of a block and the index of its tensor among the block's unique tensors."""
-
-    module: nn.Module
-    attr: str
-    is_parameter: bool
-    tensor: int
-
-
-class _BlockTensors:
-    """A block's parameters and buffers, deduplicated, with their packed byte offsets."""
+class _PackedBlock(ModuleTensors):
+    """A block's unique tensors with the byte offsets they take in a slot."""
 
     def __init__(self, block: nn.Module) -> None:
-        self.places: list[_Place] = []
-        self.tensors: list[torch.Tensor] = []
-        index: dict[int, int] = {}
-        for module in block.modules():
-            for is_parameter, table in ((True, module._parameters), (False, module._buffers)):
-                for attr, tensor in table.items():
-                    if tensor is None:
-                        continue
-                    if id(tensor) not in index:
-                        index[id(tensor)] = len(self.tensors)
-                        self.tensors.append(tensor)
-                    self.places.append(_Place(module, attr, is_parameter, index[id(tensor)]))
+        super().__init__(block)
         self.offsets: list[int] = []
         offset = 0
         for tensor in self.tensors:
             self.offsets.append(offset)
             offset += _aligned(tensor.nbytes)
-        self.nbytes = offset
-
-    def assign(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Point the block at ``tensors`` (same order as ``self.tensors``), explicitly, like assign-loading."""
-        for place in self.places:
-            tensor = tensors[place.tensor]
-            if place.is_parameter:
-                place.module._parameters[place.attr] = nn.Parameter(tensor, requires_grad=False)
-            else:
-                place.module._buffers[place.attr] = tensor
+        self.packed_nbytes = offset
 
     def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
         """This block's tensors laid out in a flat byte ``buffer`` (no copy)."""
@@ -200,10 +171,10 @@ class _BlockTensors:
 
 def block_nbytes(block: nn.Module) -> int:
     """Bytes of a block's parameters and buffers as the streamer packs them (aligned)."""
-    return _BlockTensors(block).nbytes
+    return _PackedBlock(block).packed_nbytes
 
 
-def _shell(block: nn.Module, tensors: _BlockTensors, views: Sequence[torch.Tensor]) -> nn.Module:
+def _shell(block: nn.Module, tensors: _PackedBlock, views: Sequence[torch.Tensor]) -> nn.Module:
     """A structural copy of ``block`` whose tensors are ``views``: deepcopy told, via its memo,
     to substitute each original tensor, so nothing is copied and every other attribute
     (hooks, config, eps...) is the block's own."""
@@ -258,11 +229,11 @@ class LayerStreamer:
     ) -> None:
         self.blocks = list(blocks)
         self.device = _normalised(torch.device(device))
-        self._tensors = [_BlockTensors(b) for b in self.blocks]
+        self._tensors = [_PackedBlock(b) for b in self.blocks]
         for i, t in enumerate(self._tensors):
             if any(x.is_meta for x in t.tensors):
                 raise ConfigError(f"block {i} still has meta tensors: load its weights before streaming it")
-        self.plan = plan_residency([t.nbytes for t in self._tensors], budget_bytes, prefetch)
+        self.plan = plan_residency([t.packed_nbytes for t in self._tensors], budget_bytes, prefetch)
         self.stats = StreamStats()
         self._host = [list(t.tensors) for t in self._tensors]
         streamed = set(self.plan.streamed)
@@ -286,7 +257,7 @@ class LayerStreamer:
     def _pin(self, i: int) -> None:
         """Repack block ``i`` into one page-locked buffer laid out like a slot: one DMA per use."""
         tensors = self._tensors[i]
-        buffer = torch.empty(tensors.nbytes, dtype=torch.uint8, pin_memory=True)
+        buffer = torch.empty(tensors.packed_nbytes, dtype=torch.uint8, pin_memory=True)
         views = tensors.views(buffer)
         for view, source in zip(views, self._host[i]):
             view.copy_(source)
@@ -372,7 +343,7 @@ class LayerStreamer:
                 i, slot = order[issued], free_slots.popleft()
                 pending.append((i, slot, self._copy_in(i, slot)))
                 issued += 1
-                nbytes = self._tensors[i].nbytes
+                nbytes = self._tensors[i].packed_nbytes
                 in_flight_bytes += nbytes
                 stats.transfers += 1
                 stats.transferred_bytes += nbytes
@@ -386,7 +357,7 @@ class LayerStreamer:
                 done.record(compute)
                 self._slot_free[slot] = done
             free_slots.append(slot)
-            in_flight_bytes -= self._tensors[i].nbytes
+            in_flight_bytes -= self._tensors[i].packed_nbytes
 
         in_use: tuple[int, int] | None = None
         try:
