@@ -129,21 +129,31 @@ def plan_residency(block_bytes: Sequence[int], budget_bytes: int | None, prefetc
     n = len(sizes)
     if budget_bytes is None or sum(sizes) <= budget_bytes:
         return ResidencyPlan(sizes, budget_bytes, prefetch, tuple(range(n)), ())
-    smallest_need = sum(sizes)
-    for count in range(1, n + 1):
-        streamed = spread_indices(count, n)
-        plan = ResidencyPlan(
-            sizes, budget_bytes, prefetch, tuple(i for i in range(n) if i not in set(streamed)), streamed
-        )
+    for plan in _streaming_candidates(sizes, budget_bytes, prefetch):
         if plan.device_bytes <= budget_bytes:
             return plan
-        smallest_need = min(smallest_need, plan.device_bytes)
+    smallest = minimum_budget(sizes, prefetch)
     raise ConfigError(
         f"a device budget of {budget_bytes} bytes ({format_bytes(budget_bytes)}) cannot run {n} blocks "
         f"of up to {format_bytes(max(sizes))}: streaming keeps {min(prefetch + 1, n)} block(s) in flight "
-        f"(prefetch={prefetch}), so the smallest budget is {smallest_need} bytes ({format_bytes(smallest_need)}). "
+        f"(prefetch={prefetch}), so the smallest budget is {smallest} bytes ({format_bytes(smallest)}). "
         "Raise the budget or lower prefetch."
     )
+
+
+def minimum_budget(block_bytes: Sequence[int], prefetch: int = 1) -> int:
+    """The smallest budget ``plan_residency`` accepts for these blocks."""
+    sizes = tuple(int(b) for b in block_bytes)
+    return min((p.device_bytes for p in _streaming_candidates(sizes, None, prefetch)), default=0)
+
+
+def _streaming_candidates(sizes: tuple[int, ...], budget_bytes: int | None, prefetch: int) -> Iterator[ResidencyPlan]:
+    """Plans streaming 1, 2, ... every block, spread evenly, in that order."""
+    n = len(sizes)
+    for count in range(1, n + 1):
+        streamed = spread_indices(count, n)
+        resident = tuple(i for i in range(n) if i not in set(streamed))
+        yield ResidencyPlan(sizes, budget_bytes, prefetch, resident, streamed)
 
 
 # --- the blocks' tensors ---------------------------------------------------------------
