@@ -267,13 +267,17 @@ class LayerStreamer:
     def _pin(self, i: int) -> None:
         """Repack block ``i`` into one page-locked buffer laid out like a slot: one DMA per use."""
         tensors = self._tensors[i]
-        buffer = torch.empty(tensors.packed_nbytes, dtype=torch.uint8, pin_memory=True)
+        buffer = self._pinned_buffer(tensors.packed_nbytes)
         views = tensors.views(buffer)
         for view, source in zip(views, self._host[i]):
             view.copy_(source)
         tensors.assign(views)
         self._host[i] = views
         self._pinned[i] = buffer
+
+    @staticmethod
+    def _pinned_buffer(nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
 
     def _load(self) -> None:
         if self._loaded:

@@ -54,13 +54,15 @@ class ModuleTensors:
         return sum(t.nbytes for t in self.tensors)
 
     def assign(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Point the module at ``tensors`` (same order as ``self.tensors``), as assign-loading does."""
+        """Point the module at ``tensors`` (same order as ``self.tensors``), as assign-loading does.
+        Each tensor is wrapped once, so tied weights stay one parameter."""
+        kinds = {place.tensor: place.is_parameter for place in self.places}
+        self.tensors = [
+            nn.Parameter(t, requires_grad=False) if kinds[j] else t for j, t in enumerate(tensors)
+        ]
         for place in self.places:
-            tensor = tensors[place.tensor]
-            if place.is_parameter:
-                place.module._parameters[place.attr] = nn.Parameter(tensor, requires_grad=False)
-            else:
-                place.module._buffers[place.attr] = tensor
+            table = place.module._parameters if place.is_parameter else place.module._buffers
+            table[place.attr] = self.tensors[place.tensor]
 
 
 class ComponentResidency:

@@ -233,3 +233,55 @@ def test_bad_inputs_raise() -> None:
         next(streamer.iterate(1, 4))
     with pytest.raises(ConfigError, match="smallest budget"):
         LayerStreamer(random_blocks(3), "cpu", PACKED_BLOCK_BYTES)
+
+
+class PackedHostStreamer(LayerStreamer):
+    """The CUDA path's host packing, with an ordinary buffer standing in for page-locked memory."""
+
+    @staticmethod
+    def _pinned_buffer(nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+
+def test_packed_host_path_matches_and_copies_one_buffer_per_block() -> None:
+    blocks = random_blocks(6)
+    reference = copy.deepcopy(blocks)
+    x = torch.randn(2, WIDTH)
+    streamer = PackedHostStreamer(blocks, "cpu", 2 * PACKED_BLOCK_BYTES, pin_memory=True)
+    storages = set()
+    with CopyCounter() as counter:
+        out = x
+        for block in streamer.iterate():
+            storages.add(block.fc.weight.untyped_storage().data_ptr())
+            out = block(out, shift=0.5)
+    assert torch.equal(out, run(reference, x))
+    assert len(storages) == 2  # every streamed block ran from one of the two slots
+    assert counter.bytes == 6 * PACKED_BLOCK_BYTES  # one packed copy per streamed block
+    # the streamed blocks themselves now live in their packed host buffers
+    first = blocks[0].norm.weight.untyped_storage()
+    assert first.nbytes() == PACKED_BLOCK_BYTES and blocks[0].gate.untyped_storage().data_ptr() == first.data_ptr()
+
+
+class TiedBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(WIDTH, WIDTH, bias=False)
+        self.b = nn.Linear(WIDTH, WIDTH, bias=False)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor, *, shift: float = 0.0) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x))) + shift
+
+
+def test_tied_weights_stay_tied_and_are_copied_once() -> None:
+    torch.manual_seed(1)
+    blocks = [TiedBlock().requires_grad_(False) for _ in range(4)]
+    reference = copy.deepcopy(blocks)
+    size = block_nbytes(blocks[0])
+    assert size == WIDTH * WIDTH * 4  # one 1024-byte weight
+    streamer = PackedHostStreamer(blocks, "cpu", 2 * size, pin_memory=True)
+    x = torch.randn(2, WIDTH)
+    for block in streamer.iterate():
+        assert block.a.weight is block.b.weight
+    assert torch.equal(run(streamer.iterate(), x), run(reference, x))
+    assert blocks[0].a.weight is blocks[0].b.weight
