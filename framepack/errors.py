@@ -17,3 +17,7 @@ class ConfigError(FramePackError, ValueError):
 
 class InputError(FramePackError, ValueError):
     """An input tensor, image or file has the wrong shape, type or content."""
+
+
+class NumericalError(FramePackError, ArithmeticError):
+    """A computation produced inf or NaN (typically a float16 overflow)."""

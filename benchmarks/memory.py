@@ -1,0 +1,225 @@
+"""Memory benchmark: host RSS of mmap vs copied weights, and the cost of layer streaming.
+
+    PYTHONPATH=. python benchmarks/memory.py [--mib 256] [--repeats 5]
+
+1. Host memory: a toy transformer-like checkpoint is loaded and run in fresh subprocesses,
+   alternating storage="copy" and storage="mmap". Printed per storage: growth of peak RSS
+   (ru_maxrss: counts file pages too, but growth below the import-time peak is invisible) and of anonymous RSS
+   (RssAnon: memory the OS cannot drop) and of file-backed RSS (RssFile: reclaimable page cache).
+2. Streaming on this machine's CPU: one pass over the blocks fully resident vs streamed
+   at the minimum budget (copies are memcpy here, so this measures bookkeeping cost).
+3. With CUDA: resident step time, streamed step time, and the time of the copies alone,
+   for a compute-bound and a copy-bound token count; target streamed <= 1.15 x
+   max(compute, copy). Also peak device memory vs the budget.
+Timings are medians of interleaved repeats after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from framepack.models.configuration import ModelConfig
+from framepack.models.loading import PretrainedModel
+from framepack.offload import LayerStreamer, block_nbytes, format_bytes, minimum_budget
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig(ModelConfig):
+    width: int = 1024
+    depth: int = 8
+
+
+class MLPBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.up = nn.Linear(width, 4 * width)
+        self.down = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(F.gelu(self.up(self.norm(x)), approximate="tanh"))
+
+
+class BenchStack(PretrainedModel):
+    config_class = BenchConfig
+
+    def __init__(self, config: BenchConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(MLPBlock(config.width) for _ in range(config.depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def write_checkpoint(folder: Path, mib: int) -> None:
+    width = 1024
+    block_mib = (8 * width * width * 4) / 2**20  # up + down weights, float32
+    config = BenchConfig(width=width, depth=max(1, round(mib / block_mib)))
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in BenchStack(config).state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(s, generator=g) for k, s in shapes.items()}, folder / "diffusion_pytorch_model.safetensors")
+    (folder / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def probe(folder: str, storage: str) -> None:
+    """Runs in a fresh subprocess: load, run once, print memory growth as JSON."""
+    torch.set_num_threads(1)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    anon, file = _status_kib("RssAnon"), _status_kib("RssFile")
+    start = time.perf_counter()
+    model = BenchStack.from_pretrained(folder, storage=storage)  # type: ignore[arg-type]
+    with torch.no_grad():
+        model(torch.randn(4, model.config.width))
+    print(json.dumps({
+        "seconds": time.perf_counter() - start,
+        "maxrss_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss) / 1024,
+        "anon_mib": (_status_kib("RssAnon") - anon) / 1024,
+        "file_mib": (_status_kib("RssFile") - file) / 1024,
+    }))
+
+
+def host_memory(mib: int, repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        write_checkpoint(Path(tmp), mib)
+        size = Path(tmp, "diffusion_pytorch_model.safetensors").stat().st_size / 2**20
+        runs: dict[str, list[dict[str, float]]] = {"copy": [], "mmap": []}
+        for _ in range(repeats):
+            for storage in runs:  # interleaved so both see the same machine load
+                out = subprocess.run(
+                    [sys.executable, __file__, "--probe", tmp, storage], capture_output=True, text=True, check=True
+                ).stdout
+                runs[storage].append(json.loads(out))
+    print(f"host memory, {size:.0f} MiB checkpoint, load + one forward, median of {repeats}:")
+    med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
+    for storage, m in med.items():
+        print(f"  {storage:5s} peak RSS +{m['maxrss_mib']:7.1f} MiB   anonymous +{m['anon_mib']:7.1f} MiB   "
+              f"file-backed +{m['file_mib']:7.1f} MiB   "
+              f"load+run {m['seconds']:.3f} s")
+    print(f"  anonymous memory mmap/copy = {med['mmap']['anon_mib'] / max(med['copy']['anon_mib'], 1e-9):.3f}; "
+          f"load time mmap/copy = {med['mmap']['seconds'] / med['copy']['seconds']:.2f}")
+
+
+def median_time(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def interleaved(cases: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]) -> dict[str, float]:
+    for fn in cases.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            times[name].append(median_time(fn, sync))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def make_blocks(width: int, depth: int, dtype: torch.dtype) -> list[nn.Module]:
+    torch.manual_seed(0)
+    return [MLPBlock(width).to(dtype).requires_grad_(False) for _ in range(depth)]
+
+
+def run_pass(streamer: LayerStreamer, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        for block in streamer.iterate():
+            x = block(x)
+    return x
+
+
+def cpu_streaming(repeats: int) -> None:
+    blocks = make_blocks(512, 8, torch.float32)
+    resident = LayerStreamer(copy.deepcopy(blocks), "cpu", None)
+    budget = minimum_budget([block_nbytes(b) for b in blocks])
+    streamed = LayerStreamer(blocks, "cpu", budget)
+    x = torch.randn(256, 512)
+    assert torch.equal(run_pass(resident, x), run_pass(streamed, x))
+    t = interleaved({"resident": lambda: run_pass(resident, x), "streamed": lambda: run_pass(streamed, x)},
+                    repeats, lambda: None)
+    print(f"CPU streaming, 8 blocks, budget {format_bytes(budget)} ({streamed.plan}):")
+    print(f"  resident {t['resident'] * 1e3:.2f} ms   streamed {t['streamed'] * 1e3:.2f} ms   "
+          f"streamed/resident = {t['streamed'] / t['resident']:.2f}")
+
+
+def gpu_streaming(repeats: int) -> None:
+    device = torch.device("cuda", torch.cuda.current_device())
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    sync = torch.cuda.synchronize
+    width, depth = 3072, 24  # ~150 MiB per block in 16-bit, close to a real transformer block's matmuls
+    blocks = make_blocks(width, depth, dtype)
+    sizes = [block_nbytes(b) for b in blocks]
+    resident = LayerStreamer([copy.deepcopy(b) for b in blocks], device, None)
+    for label, budget in (("minimum", minimum_budget(sizes)), ("half", sum(sizes) // 2)):
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device)
+        streamer = LayerStreamer(blocks, device, budget)
+        held = torch.cuda.memory_allocated(device) - before
+        streamed_bytes = streamer.plan.streamed_bytes
+        host = torch.empty(streamed_bytes, dtype=torch.uint8, pin_memory=True)
+        target = torch.empty(streamed_bytes, dtype=torch.uint8, device=device)
+        print(f"GPU streaming ({torch.cuda.get_device_name(device)}, {dtype}), budget {label} {format_bytes(budget)}: "
+              f"{streamer.plan}; streamer holds {format_bytes(held)}")
+        for tokens in (8192, 512):  # compute-bound, then copy-bound
+            x = torch.randn(1, tokens, width, device=device, dtype=dtype)
+            assert torch.equal(run_pass(resident, x), run_pass(streamer, x))
+            torch.cuda.reset_peak_memory_stats(device)
+            t = interleaved({
+                "compute": lambda: run_pass(resident, x),
+                "streamed": lambda: run_pass(streamer, x),
+                "copy": lambda: target.copy_(host, non_blocking=True),
+            }, repeats, sync)
+            bound = max(t["compute"], t["copy"])
+            print(f"  {tokens:5d} tokens: resident {t['compute'] * 1e3:7.2f} ms  streamed {t['streamed'] * 1e3:7.2f} ms  "
+                  f"copy alone {t['copy'] * 1e3:7.2f} ms ({streamed_bytes / t['copy'] / 2**30:.1f} GiB/s)  "
+                  f"streamed/max(compute, copy) = {t['streamed'] / bound:.3f} (target <= 1.15)")
+        del streamer, host, target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mib", type=int, default=256, help="checkpoint size for the host-memory test")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--probe", nargs=2, metavar=("FOLDER", "STORAGE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        probe(*args.probe)
+        return
+    host_memory(args.mib, args.repeats)
+    cpu_streaming(args.repeats)
+    if torch.cuda.is_available():
+        gpu_streaming(args.repeats)
+    else:
+        print("no CUDA device: GPU streaming figures skipped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Plan a whole pipeline's device memory from a budget: pure arithmetic, no tensors.
+
+The pipeline runs in four phases, each using some components (``PHASES``). The rule:
+
+1. ``vram_budget_gb=None``: every component stays on the device for the whole run; no
+   streaming, no VAE tiling.
+2. A budget that holds every component's weights plus the largest phase's activations:
+   the same, everything resident.
+3. Otherwise components *swap*: each phase has the device to itself (its components are
+   loaded for it and offloaded after). Per phase, device bytes are
+   ``activations + whole components + streamed component's plan``:
+   * the VAE tiles (both phases that use it) if an untiled VAE phase would exceed the
+     budget; tiled VAE phases then count ``tiled_vae_activation_bytes``;
+   * a component given with ``block_bytes`` (the transformer, the Llama encoder) gets
+     whatever the rest of its phase leaves and ``plan_residency`` decides which of its
+     blocks stream;
+   * a phase that cannot fit even when streaming every block raises ``ConfigError``
+     naming the phase and the smallest budget it needs.
+
+Budgets are in GiB (2**30 bytes), as CUDA tools report memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+from .offload import ResidencyPlan, format_bytes, minimum_budget, plan_residency
+
+GIB = 1 << 30
+
+PHASES: dict[str, tuple[str, ...]] = {
+    "text": ("text_encoder", "text_encoder_2"),
+    "image": ("vae", "image_encoder"),
+    "sampling": ("transformer",),
+    "decode": ("vae",),
+}
+VAE_PHASES = ("image", "decode")
+
+
+@dataclass(frozen=True)
+class ComponentSize:
+    """A component's weights: ``fixed_bytes`` always whole on the device while in use, plus
+    the repeated ``block_bytes`` a ``LayerStreamer`` may stream."""
+
+    fixed_bytes: int
+    block_bytes: tuple[int, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        return self.fixed_bytes + sum(self.block_bytes)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What the pipeline does with its device budget."""
+
+    budget_bytes: int | None
+    swap_components: bool
+    vae_tiling: bool
+    streaming: dict[str, ResidencyPlan] = field(default_factory=dict)
+    phase_device_bytes: dict[str, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        budget = "no budget" if self.budget_bytes is None else f"budget {format_bytes(self.budget_bytes)}"
+        lines = [
+            f"{budget}: components {'swap per phase' if self.swap_components else 'stay resident'}, "
+            f"VAE tiling {'on' if self.vae_tiling else 'off'}"
+        ]
+        lines += [f"  {phase}: {format_bytes(n)} on the device" for phase, n in self.phase_device_bytes.items()]
+        lines += [f"  {name}: {plan}" for name, plan in self.streaming.items()]
+        return "\n".join(lines)
+
+
+def plan_pipeline_memory(
+    vram_budget_gb: float | None,
+    component_bytes: Mapping[str, int | ComponentSize],
+    activation_estimate_bytes: Mapping[str, int],
+    *,
+    tiled_vae_activation_bytes: int | None = None,
+    prefetch: int = 1,
+) -> MemoryPlan:
+    """Apply the module's rule. ``component_bytes`` names components as in ``PHASES`` (an int
+    is a component that never streams); ``activation_estimate_bytes`` gives each phase's
+    peak activations (untiled for the VAE phases)."""
+    sizes = _sizes(component_bytes)
+    phases = {p: tuple(c for c in names if c in sizes) for p, names in PHASES.items()}
+    phases = {p: names for p, names in phases.items() if names}
+    missing = sorted(p for p in phases if p not in activation_estimate_bytes)
+    if missing:
+        raise ConfigError(f"activation_estimate_bytes lacks phase(s) {missing}; phases in use: {sorted(phases)}")
+    activations = {p: int(activation_estimate_bytes[p]) for p in phases}
+    total = sum(s.total_bytes for s in sizes.values())
+    budget = None if vram_budget_gb is None else int(vram_budget_gb * GIB)
+    if budget is not None and budget <= 0:
+        raise ConfigError(f"vram_budget_gb must be > 0 or None (no budget), got {vram_budget_gb}")
+
+    if budget is None or total + max(activations.values(), default=0) <= budget:
+        streaming = {n: plan_residency(s.block_bytes, None, prefetch) for n, s in sizes.items() if s.block_bytes}
+        return MemoryPlan(budget, False, False, streaming, {p: total + a for p, a in activations.items()})
+
+    whole = {p: sum(sizes[c].total_bytes if not sizes[c].block_bytes else sizes[c].fixed_bytes for c in names)
+             for p, names in phases.items()}
+    vae_tiling = any(whole[p] + activations[p] > budget for p in VAE_PHASES if p in phases)
+    if vae_tiling:
+        if tiled_vae_activation_bytes is None:
+            raise ConfigError("the VAE needs tiling to fit the budget: pass tiled_vae_activation_bytes")
+        activations.update({p: int(tiled_vae_activation_bytes) for p in VAE_PHASES if p in phases})
+
+    streaming: dict[str, ResidencyPlan] = {}
+    phase_bytes: dict[str, int] = {}
+    for phase, names in phases.items():
+        fixed = activations[phase] + whole[phase]
+        streamable = [c for c in names if sizes[c].block_bytes]
+        if len(streamable) > 1:
+            raise ConfigError(f"phase {phase!r} has several streamable components {streamable}; at most one")
+        blocks = sizes[streamable[0]].block_bytes if streamable else ()
+        need = fixed + minimum_budget(blocks, prefetch)
+        if need > budget:
+            raise ConfigError(
+                f"vram_budget_gb={vram_budget_gb} is too small for the {phase} phase: it needs at least "
+                f"{format_bytes(need)} ({need} bytes: activations {format_bytes(activations[phase])}, "
+                f"whole components {format_bytes(whole[phase])}"
+                + (f", {streamable[0]} streaming with prefetch={prefetch})" if streamable else ")")
+            )
+        if streamable:
+            streaming[streamable[0]] = plan_residency(blocks, budget - fixed, prefetch)
+            fixed += streaming[streamable[0]].device_bytes
+        phase_bytes[phase] = fixed
+    return MemoryPlan(budget, True, vae_tiling, streaming, phase_bytes)
+
+
+def _sizes(component_bytes: Mapping[str, int | ComponentSize]) -> dict[str, ComponentSize]:
+    known = {c for names in PHASES.values() for c in names}
+    unknown = sorted(set(component_bytes) - known)
+    if unknown:
+        raise ConfigError(f"unknown component(s) {unknown}; known components are {sorted(known)}")
+    sizes = {n: s if isinstance(s, ComponentSize) else ComponentSize(int(s)) for n, s in component_bytes.items()}
+    negative = sorted(n for n, s in sizes.items() if s.fixed_bytes < 0 or any(b < 0 for b in s.block_bytes))
+    if negative:
+        raise ConfigError(f"component sizes must be >= 0 bytes; negative for {negative}")
+    return sizes

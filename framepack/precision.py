@@ -1,0 +1,61 @@
+"""Compute dtypes per device and the generic pieces of float16 inference.
+
+GPUs without bfloat16 (RTX 20xx, GTX 16xx) must run in float16, whose range ends at
+65504. HunyuanVideo-style residual streams grow past that, so float16 compute keeps the
+residual stream in float32 and adds each block's (float16) update to it in float32
+(``add_residual``); norms, modulation and the output head stay float32 as well.
+``check_finite`` turns a silent overflow into an error naming where it happened.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import NumericalError
+
+
+def supports_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 natively (emulated bf16 on old GPUs is not counted)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return True
+
+
+def compute_dtype(device: torch.device | str) -> torch.dtype:
+    """float32 on CPU (bf16 matmul there is ~100x slower), bfloat16 where native, else float16."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.float32
+    return torch.bfloat16 if supports_bf16(device) else torch.float16
+
+
+def check_finite(tensor: torch.Tensor, where: str) -> torch.Tensor:
+    """Return ``tensor`` unchanged, or raise ``NumericalError`` naming ``where`` if it holds inf/NaN.
+
+    Reading the verdict synchronises the device: call it where a float16 run needs
+    guarding or while debugging, not in every block of a bf16/fp32 run.
+    """
+    finite = torch.isfinite(tensor)
+    if bool(finite.all()):
+        return tensor
+    nan = int(torch.isnan(tensor).sum())
+    inf = int(finite.numel() - finite.sum()) - nan
+    largest = tensor[finite].abs().max().item() if bool(finite.any()) else float("nan")
+    raise NumericalError(
+        f"{where}: {inf} inf and {nan} NaN of {tensor.numel()} values in a {tensor.dtype} tensor of shape "
+        f"{list(tensor.shape)} (largest finite magnitude {largest:.4g})"
+        + (
+            "; float16 overflows above 65504: keep this part's residual stream and norms in float32, "
+            "or use bfloat16 on a GPU that supports it"
+            if tensor.dtype == torch.float16
+            else ""
+        )
+    )
+
+
+def add_residual(stream: torch.Tensor, update: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """``stream + gate * update`` computed in the stream's dtype (float32 for float16 compute),
+    so a float16 block output never meets the large residual values in float16."""
+    update = update.to(stream.dtype)
+    return stream + (update if gate is None else gate.to(stream.dtype) * update)
