@@ -80,7 +80,8 @@ class CLIPAttention(nn.Module):
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), is_causal=True)
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
 
 
@@ -155,7 +156,9 @@ class CLIPTextEncoder(PretrainedModel):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.ndim != 2 or input_ids.dtype not in (torch.int32, torch.int64):
-            raise InputError(f"input_ids: expected an integer tensor [B, L], got {input_ids.dtype} {list(input_ids.shape)}")
+            raise InputError(
+                f"input_ids: expected an integer tensor [B, L], got {input_ids.dtype} {list(input_ids.shape)}"
+            )
         if input_ids.shape[1] > self.config.max_position_embeddings:
             raise InputError(
                 f"input_ids: at most {self.config.max_position_embeddings} tokens, got {input_ids.shape[1]}"

@@ -204,14 +204,19 @@ class LlamaTextEncoder(PretrainedModel):
         the final-norm output of the last layer.
         """
         if input_ids.ndim != 2 or input_ids.dtype not in (torch.int32, torch.int64):
-            raise InputError(f"input_ids: expected an integer tensor [B, L], got {input_ids.dtype} {list(input_ids.shape)}")
+            raise InputError(
+                f"input_ids: expected an integer tensor [B, L], got {input_ids.dtype} {list(input_ids.shape)}"
+            )
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise InputError(
-                f"attention_mask: expected shape {list(input_ids.shape)} like input_ids, got {list(attention_mask.shape)}"
+                f"attention_mask: expected shape {list(input_ids.shape)} like input_ids, "
+                f"got {list(attention_mask.shape)}"
             )
         count = self.config.num_hidden_layers + 1
         if not -count <= hidden_state_index < count:
-            raise InputError(f"hidden_state_index: expected an index into {count} hidden states, got {hidden_state_index}")
+            raise InputError(
+                f"hidden_state_index: expected an index into {count} hidden states, got {hidden_state_index}"
+            )
         stop = hidden_state_index % count
 
         h = self.embed_tokens(input_ids)

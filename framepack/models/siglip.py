@@ -253,7 +253,8 @@ def load_preprocessing(
     """Preprocessing settings from ``preprocessor_config.json``; the real defaults if a local folder lacks it."""
     local = Path(source).expanduser()
     if local.exists() and not (local / (subfolder or "") / _PREPROCESSOR_FILE).exists():
-        logger.info("no %s under %s; using SigLIP's default preprocessing", _PREPROCESSOR_FILE, local / (subfolder or ""))
+        folder = local / (subfolder or "")
+        logger.info("no %s in %s; using SigLIP's default preprocessing", _PREPROCESSOR_FILE, folder)
         return SiglipPreprocessing()
     folder = resolve_folder(source, subfolder=subfolder, revision=revision, patterns=(_PREPROCESSOR_FILE,))
     return SiglipPreprocessing.from_dict(read_json(folder / _PREPROCESSOR_FILE))

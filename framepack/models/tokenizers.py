@@ -51,6 +51,10 @@ def _fit(prefix: list[int], content: list[int], suffix: list[int], max_length: i
     )
 
 
+def _optional_json(path: Path) -> dict:
+    return read_json(path) if path.exists() else {}
+
+
 def _special_token(settings: dict, name: str, default: str) -> str:
     """A token of special_tokens_map.json: a plain string or an AddedToken dict."""
     value = settings.get(name, default)
@@ -86,7 +90,7 @@ class LlamaTokenizer:
             tokenizer = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises plain Exception subclasses for bad files
             raise CheckpointError(f"cannot read {path}: {e}") from e
-        settings = read_json(folder / "special_tokens_map.json") if (folder / "special_tokens_map.json").exists() else {}
+        settings = _optional_json(folder / "special_tokens_map.json")
         bos = _special_token(settings, "bos_token", "<|begin_of_text|>")
         pad = _special_token(settings, "pad_token", "<pad>")
         return cls(tokenizer, bos_id=_token_id(tokenizer, bos, folder), pad_id=_token_id(tokenizer, pad, folder))
@@ -180,8 +184,8 @@ class CLIPTokenizer:
         bad = [m for m in merges if len(m) != 2]
         if bad:
             raise CheckpointError(f"{folder / 'merges.txt'}: expected 'left right' on every line, got {bad[:3]}")
-        settings = read_json(folder / "special_tokens_map.json") if (folder / "special_tokens_map.json").exists() else {}
-        config = read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").exists() else {}
+        settings = _optional_json(folder / "special_tokens_map.json")
+        config = _optional_json(folder / "tokenizer_config.json")
         return cls(
             vocab,
             merges,  # type: ignore[arg-type]
