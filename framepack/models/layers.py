@@ -1,0 +1,170 @@
+"""Building blocks of the packed HunyuanVideo transformer: norms, RoPE, embedders, attention.
+
+Module and parameter names follow the checkpoint (``linear_1``, ``norm1.linear``…). Where
+the checkpoint stores separate q/k/v projections we keep one fused ``Linear`` and let the
+model's ``checkpoint_layout`` concatenate the checkpoint tensors into it at load time.
+Numerics follow the reference (facts sheet §3): LayerNorm eps 1e-6, RMSNorm over the head
+dim with an fp32 reduction, tanh GELU, interleaved-pair rotary embedding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_EPS = 1e-6
+SINUSOID_DIM = 256
+
+
+def layer_norm(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free LayerNorm over the last dim (every AdaLN norm of the model)."""
+    return F.layer_norm(x, x.shape[-1:], eps=NORM_EPS)
+
+
+def modulate_(normed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """In place: normed * (1 + scale) + shift, with scale/shift [B, D] broadcast over tokens."""
+    return torch.addcmul(shift[:, None], normed, 1 + scale[:, None], out=normed)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-head RMSNorm: fp32 mean square, scaled in fp32, cast back, then times the weight."""
+    inv = torch.rsqrt(x.float().square().mean(-1, keepdim=True) + NORM_EPS)
+    return (x * inv).to(x.dtype) * weight.to(x.dtype)
+
+
+def timestep_sinusoid(values: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B, 256] float32: cos then sin of value * 10000^(-j/128) (flip_sin_to_cos)."""
+    half = SINUSOID_DIM // 2
+    exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=values.device) / half
+    angles = values.float()[:, None] * torch.exp(exponent)[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class MLPEmbedder(nn.Module):
+    """linear_2(silu(linear_1(x))): TimestepEmbedding and PixArtAlphaTextProjection alike."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, out_features)
+        self.linear_2 = nn.Linear(out_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class Modulation(nn.Module):
+    """The ``linear`` of an adaptive norm: silu(emb) -> n chunks of [B, D]."""
+
+    def __init__(self, dim: int, chunks: int) -> None:
+        super().__init__()
+        self.chunks = chunks
+        self.linear = nn.Linear(dim, chunks * dim)
+
+    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.linear(F.silu(emb)).chunk(self.chunks, dim=-1)
+
+
+class RMSNormWeight(nn.Module):
+    """Holds an RMSNorm weight under the checkpoint's name; applied by ``rms_norm``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+
+class FeedForward(nn.Module):
+    """``net.2(act(net.0.proj(x)))`` with the checkpoint's ``net.0.proj`` / ``net.2`` names."""
+
+    def __init__(self, dim: int, hidden: int, activation: str) -> None:
+        super().__init__()
+        self.activation = activation
+        self.net = nn.ModuleList([_Proj(dim, hidden), nn.Identity(), nn.Linear(hidden, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.net[0].proj(x)
+        h = F.gelu(h, approximate="tanh") if self.activation == "gelu_tanh" else F.silu(h)
+        return self.net[2](h)
+
+
+class _Proj(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, L, H, hd] x3 -> [B, L, H*hd]; ``mask`` is a bool key mask [B, 1, 1, L] or None."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2).flatten(2)
+
+
+# --- rotary position embedding ----------------------------------------------------------------
+
+
+def rope_table(
+    indices: torch.Tensor, height: int, width: int, axes_dim: tuple[int, ...], theta: float
+) -> torch.Tensor:
+    """Angles' cos and sin per token of a (frame, row, column) grid.
+
+    indices [Bi, t] -> [Bi, 2, t, height, width, hd/2] float32 (index 0 = cos, 1 = sin), one
+    value per rotated channel pair: the reference repeats every angle for both channels of
+    its pair, so half the table carries all of it.
+    """
+    device = indices.device
+    grids = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32),
+        torch.arange(width, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    frames = indices.to(torch.float32)[:, :, None, None]  # [Bi, t, 1, 1]
+    positions = (frames, grids[0][None, None], grids[1][None, None])
+    angles = []
+    for position, dim in zip(positions, axes_dim):
+        freqs = 1.0 / theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+        angle = position[..., None] * freqs  # [.., dim/2]
+        angles.append(angle.expand(indices.shape[0], indices.shape[1], height, width, dim // 2))
+    angle = torch.cat(angles, dim=-1)
+    return torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+
+
+def pool_rope_table(table: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor:
+    """Average the cos/sin values over kernel cells after replicate-padding (2x/4x clean groups)."""
+    batch, _, t, h, w, half = table.shape
+    grid = table.permute(0, 1, 5, 2, 3, 4).reshape(batch, 2 * half, t, h, w)
+    pooled = F.avg_pool3d(replicate_pad(grid, kernel), kernel, stride=kernel)
+    return pooled.reshape(batch, 2, half, *pooled.shape[2:]).permute(0, 1, 3, 4, 5, 2)
+
+
+def replicate_pad(x: torch.Tensor, multiple: tuple[int, int, int]) -> torch.Tensor:
+    """Pad [B, C, T, H, W] at the end of T, H, W (edge values) to multiples of ``multiple``."""
+    pads = [(-size) % m for size, m in zip(x.shape[2:], multiple)]
+    if not any(pads):
+        return x
+    return F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+
+
+def rope_as_complex(table: torch.Tensor) -> torch.Tensor:
+    """[Bi, 2, L, hd/2] cos/sin -> complex [Bi, L, 1, hd/2], broadcast over heads."""
+    return torch.complex(table[:, 0], table[:, 1])[:, :, None]
+
+
+def norm_rope_into(
+    out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rope: torch.Tensor | None
+) -> None:
+    """out = rope(rms_norm(x)), written into ``out`` (a view of a joint q/k buffer).
+
+    The rotation of interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin) is a
+    complex multiply by cos + i sin, done in one pass on a complex view.
+    """
+    normed = rms_norm(x, weight)
+    if rope is None:
+        out.copy_(normed)
+        return
+    pairs = torch.view_as_complex(normed.float().unflatten(-1, (-1, 2)))
+    if out.dtype == torch.float32:
+        torch.mul(pairs, rope, out=torch.view_as_complex(out.unflatten(-1, (-1, 2))))
+    else:  # the reference rotates in fp32 and casts the result back
+        out.copy_(torch.view_as_real(pairs * rope).flatten(-2))
