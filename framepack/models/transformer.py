@@ -380,10 +380,12 @@ class TransformerStack:
     def stack_input(self) -> torch.Tensor:
         return self._image
 
+    @torch.no_grad()
     def modulated_input(self) -> torch.Tensor:
         first = next(self._model._blocks(0, 1))
         return first.modulated_input(self._image, self._temb)
 
+    @torch.no_grad()
     def run_first(self) -> torch.Tensor:
         self._joint = torch.cat([self._image, self._context], dim=1)
         return self._run(0, 1)
@@ -393,10 +395,12 @@ class TransformerStack:
             raise RuntimeError("run_rest() continues after run_first(); call run_first() first")
         return self._run(1, self._model.num_blocks)
 
+    @torch.no_grad()
     def run_all(self) -> torch.Tensor:
         self._joint = torch.cat([self._image, self._context], dim=1)
         return self._run(0, self._model.num_blocks)
 
+    @torch.no_grad()
     def _run(self, start: int, stop: int) -> torch.Tensor:
         n_img = self._image.shape[1]
         for block in self._model._blocks(start, stop):
