@@ -29,12 +29,6 @@ def modulate_(normed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) ->
     return torch.addcmul(shift[:, None], normed, 1 + scale[:, None], out=normed)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-head RMSNorm: fp32 mean square, scaled in fp32, cast back, then times the weight."""
-    inv = torch.rsqrt(x.float().square().mean(-1, keepdim=True) + NORM_EPS)
-    return (x * inv).to(x.dtype) * weight.to(x.dtype)
-
-
 def timestep_sinusoid(values: torch.Tensor) -> torch.Tensor:
     """[B] -> [B, 256] float32: cos then sin of value * 10000^(-j/128) (flip_sin_to_cos)."""
     half = SINUSOID_DIM // 2
@@ -85,7 +79,10 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.net[0].proj(x)
-        h = F.gelu(h, approximate="tanh") if self.activation == "gelu_tanh" else F.silu(h)
+        if self.activation == "gelu_tanh":
+            torch.ops.aten.gelu_(h, approximate="tanh")  # in place: no second [L, M] buffer
+        else:
+            F.silu(h, inplace=True)
         return self.net[2](h)
 
 
@@ -147,24 +144,41 @@ def replicate_pad(x: torch.Tensor, multiple: tuple[int, int, int]) -> torch.Tens
 
 
 def rope_as_complex(table: torch.Tensor) -> torch.Tensor:
-    """[Bi, 2, L, hd/2] cos/sin -> complex [Bi, L, 1, hd/2], broadcast over heads."""
-    return torch.complex(table[:, 0], table[:, 1])[:, :, None]
+    """[Bi, 2, L, hd/2] cos/sin -> complex [Bi, L, hd/2]."""
+    return torch.complex(table[:, 0], table[:, 1])
 
 
-def norm_rope_into(
-    out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rope: torch.Tensor | None
+def qk_norm_rope_(
+    qk: torch.Tensor, n_img: int, weight_img: torch.Tensor, weight_ctx: torch.Tensor, rope: torch.Tensor
 ) -> None:
-    """out = rope(rms_norm(x)), written into ``out`` (a view of a joint q/k buffer).
+    """In place on qk [B, L, 2, H, hd] (q and k side by side): RMSNorm, then RoPE on the image tokens.
 
-    The rotation of interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin) is a
-    complex multiply by cos + i sin, done in one pass on a complex view.
+    ``weight_img``/``weight_ctx`` [2, 1, hd] are the (q, k) RMSNorm weights of the image
+    tokens (the first ``n_img``) and of the context tokens. As the reference: the
+    normalisation factor is fp32, the normalised values are cast back before the weight
+    multiplies, and the rotation of interleaved pairs (x0, x1) -> (x0 cos - x1 sin,
+    x1 cos + x0 sin), a complex multiply by ``rope`` = cos + i sin, runs in fp32.
     """
-    normed = rms_norm(x, weight)
-    if rope is None:
-        out.copy_(normed)
-        return
-    pairs = torch.view_as_complex(normed.float().unflatten(-1, (-1, 2)))
-    if out.dtype == torch.float32:
-        torch.mul(pairs, rope, out=torch.view_as_complex(out.unflatten(-1, (-1, 2))))
-    else:  # the reference rotates in fp32 and casts the result back
-        out.copy_(torch.view_as_real(pairs * rope).flatten(-2))
+    head_dim = qk.shape[-1]
+    norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=torch.float32)
+    inv = torch.addcmul(torch.tensor(NORM_EPS), norm, norm, value=1 / head_dim).rsqrt_()
+    qk.mul_(inv)
+    image, context = qk[:, :n_img], qk[:, n_img:]
+    image.mul_(weight_img.to(qk.dtype))
+    if context.shape[1]:
+        context.mul_(weight_ctx.to(qk.dtype))
+    rope = rope[:, :, None, None]  # broadcast over (q|k) and heads
+    if qk.dtype == torch.float32:
+        pairs = torch.view_as_complex(image.unflatten(-1, (-1, 2)))
+        torch.mul(pairs, rope, out=pairs)
+    else:
+        rotated = torch.view_as_complex(image.float().unflatten(-1, (-1, 2))) * rope
+        image.copy_(torch.view_as_real(rotated).flatten(-2))
+
+
+def linear_into(out: torch.Tensor, x: torch.Tensor, layer: nn.Linear) -> None:
+    """out[...] = layer(x), written straight into ``out`` (a slice of a joint buffer) when it is contiguous."""
+    if out.is_contiguous() and x.is_contiguous():
+        torch.addmm(layer.bias, x.reshape(-1, x.shape[-1]), layer.weight.t(), out=out.view(-1, out.shape[-1]))
+    else:
+        out.copy_(layer(x))

@@ -34,8 +34,9 @@ from .layers import (
     attention,
     layer_norm,
     modulate_,
-    norm_rope_into,
+    linear_into,
     pool_rope_table,
+    qk_norm_rope_,
     replicate_pad,
     rope_as_complex,
     rope_table,
@@ -261,16 +262,18 @@ class DoubleStreamBlock(nn.Module):
         x, c = joint[:, :n_img], joint[:, n_img:]
 
         normed = layer_norm(joint)
-        qkv = self.attn.to_qkv(modulate_(normed[:, :n_img], scale, shift)).unflatten(-1, (3, self.heads, -1))
-        c_qkv = self.attn.add_qkv(modulate_(normed[:, n_img:], c_scale, c_shift)).unflatten(-1, (3, self.heads, -1))
-        q = torch.empty_like(joint).unflatten(-1, (self.heads, -1))
-        k = torch.empty_like(q)
-        norm_rope_into(q[:, :n_img], qkv[:, :, 0], self.attn.norm_q.weight, rope)
-        norm_rope_into(k[:, :n_img], qkv[:, :, 1], self.attn.norm_k.weight, rope)
-        norm_rope_into(q[:, n_img:], c_qkv[:, :, 0], self.attn.norm_added_q.weight, None)
-        norm_rope_into(k[:, n_img:], c_qkv[:, :, 1], self.attn.norm_added_k.weight, None)
-        v = torch.cat([qkv[:, :, 2], c_qkv[:, :, 2]], dim=1)
-        attn_out = attention(q, k, v, mask)
+        qkv = joint.new_empty(*joint.shape[:2], 3 * joint.shape[2])  # joint [image | context] q, k, v
+        linear_into(qkv[:, :n_img], modulate_(normed[:, :n_img], scale, shift), self.attn.to_qkv)
+        linear_into(qkv[:, n_img:], modulate_(normed[:, n_img:], c_scale, c_shift), self.attn.add_qkv)
+        qkv = qkv.unflatten(-1, (3, self.heads, -1))
+        attn = self.attn
+        qk_norm_rope_(
+            qkv[:, :, :2], n_img,
+            torch.stack([attn.norm_q.weight, attn.norm_k.weight])[:, None],
+            torch.stack([attn.norm_added_q.weight, attn.norm_added_k.weight])[:, None],
+            rope,
+        )
+        attn_out = attention(*qkv.unbind(2), mask)
         x.addcmul_(self.attn.to_out[0](attn_out[:, :n_img]), gate[:, None])
         c.addcmul_(self.attn.to_add_out(attn_out[:, n_img:]), c_gate[:, None])
 
@@ -314,16 +317,11 @@ class SingleStreamBlock(nn.Module):
         shift, scale, gate = self.norm(temb)
         dim = self.dim
         h = self.qkv_mlp(modulate_(layer_norm(joint), scale, shift))
-        heads = (self.heads, -1)
-        q_in, k_in, v = (h[..., i * dim : (i + 1) * dim].unflatten(-1, heads) for i in range(3))
-        q = torch.empty_like(q_in)
-        k = torch.empty_like(k_in)
-        norm_rope_into(q[:, :n_img], q_in[:, :n_img], self.attn.norm_q.weight, rope)
-        norm_rope_into(k[:, :n_img], k_in[:, :n_img], self.attn.norm_k.weight, rope)
-        norm_rope_into(q[:, n_img:], q_in[:, n_img:], self.attn.norm_q.weight, None)
-        norm_rope_into(k[:, n_img:], k_in[:, n_img:], self.attn.norm_k.weight, None)
+        qkv = h[..., : 3 * dim].unflatten(-1, (3, self.heads, -1))
+        weights = torch.stack([self.attn.norm_q.weight, self.attn.norm_k.weight])[:, None]
+        qk_norm_rope_(qkv[:, :, :2], n_img, weights, weights, rope)
         torch.ops.aten.gelu_(h[..., 3 * dim :], approximate="tanh")
-        h[..., 2 * dim : 3 * dim] = attention(q, k, v, mask)
+        h[..., 2 * dim : 3 * dim] = attention(*qkv.unbind(2), mask)  # attention output takes v's place
         return joint.addcmul_(self.proj_out(h[..., 2 * dim :]), gate[:, None])
 
 
@@ -336,7 +334,7 @@ class PreparedInputs:
 
     latents_shape: tuple[int, ...]
     clean_tokens: torch.Tensor | None  # [B, L_clean, D]: 4x, 2x, 1x groups in stream order
-    rope: torch.Tensor  # complex [Bi, L_img, 1, hd/2] for the whole image stream
+    rope: torch.Tensor  # complex [Bi, L_img, hd/2] (cos + i sin) for the whole image stream
     image_tokens: torch.Tensor | None  # [B, N, D] projected image embeddings
     text_tokens: torch.Tensor  # [B, n_max, D] proj_in of the text cropped to the longest mask
     refiner_mask: torch.Tensor | None  # [B, 1, 1, n_max] key mask when text lengths differ
