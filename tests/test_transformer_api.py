@@ -106,8 +106,9 @@ def test_cache_policy_drives_the_block_stack(model: FramePackTransformer, inputs
     x = step.stack_input
     t_freq = transformer_module.timestep_sinusoid(inputs["timestep"])
     temb = model.time_text_embed.timestep_embedder(t_freq) + prepared.guidance_emb + prepared.pooled_emb
-    shift, scale = F.linear(F.silu(temb), model.transformer_blocks[0].norm1.linear.weight,
-                            model.transformer_blocks[0].norm1.linear.bias).chunk(6, -1)[:2]
+    fused = model.transformer_blocks[0].norm1_joint.linear  # rows: checkpoint norm1.linear, then norm1_context
+    rows = 6 * model.config.inner_dim
+    shift, scale = F.linear(F.silu(temb), fused.weight[:rows], fused.bias[:rows]).chunk(6, -1)[:2]
     expected = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
     assert torch.allclose(step.modulated_input, expected, atol=1e-6, rtol=1e-5)
 

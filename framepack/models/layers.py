@@ -24,9 +24,9 @@ def layer_norm(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=NORM_EPS)
 
 
-def modulate_(normed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """In place: normed * (1 + scale) + shift, with scale/shift [B, D] broadcast over tokens."""
-    return torch.addcmul(shift[:, None], normed, 1 + scale[:, None], out=normed)
+def modulate_(normed: torch.Tensor, scale_plus_one: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """In place: normed * (1 + scale) + shift; [B, D] factors broadcast over tokens."""
+    return torch.addcmul(shift[:, None], normed, scale_plus_one[:, None], out=normed)
 
 
 def timestep_sinusoid(values: torch.Tensor) -> torch.Tensor:
@@ -50,23 +50,31 @@ class MLPEmbedder(nn.Module):
 
 
 class Modulation(nn.Module):
-    """The ``linear`` of an adaptive norm: silu(emb) -> n chunks of [B, D]."""
+    """The ``linear`` of an adaptive norm: silu(emb) -> [B, chunks, D].
+
+    Takes ``silu(emb)`` already applied: one step's conditioning vector feeds every block,
+    so the activation is computed once per step, not once per block.
+    """
 
     def __init__(self, dim: int, chunks: int) -> None:
         super().__init__()
         self.chunks = chunks
         self.linear = nn.Linear(dim, chunks * dim)
 
-    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.linear(F.silu(emb)).chunk(self.chunks, dim=-1)
+    def forward(self, emb_act: torch.Tensor) -> torch.Tensor:
+        return self.linear(emb_act).unflatten(-1, (self.chunks, -1))
 
 
-class RMSNormWeight(nn.Module):
-    """Holds an RMSNorm weight under the checkpoint's name; applied by ``rms_norm``."""
+class RMSNormWeights(nn.Module):
+    """RMSNorm weights of q and k side by side, [2 * hd] (checkpoint: two [hd] tensors)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, head_dim: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(2 * head_dim))
+
+    def pair(self) -> torch.Tensor:
+        """[2, 1, hd]: broadcasts over the (q|k) and head dims of a [B, L, 2, H, hd] tensor."""
+        return self.weight.view(2, 1, -1)
 
 
 class FeedForward(nn.Module):

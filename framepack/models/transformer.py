@@ -30,7 +30,7 @@ from .layers import (
     FeedForward,
     MLPEmbedder,
     Modulation,
-    RMSNormWeight,
+    RMSNormWeights,
     attention,
     layer_norm,
     modulate_,
@@ -193,10 +193,10 @@ class RefinerBlock(nn.Module):
         self.ff = FeedForward(dim, int(dim * mlp_ratio), activation="silu")
         self.norm_out = Modulation(dim, 2)
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, temb_act: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         q, k, v = self.attn.to_qkv(self.norm1(h)).unflatten(-1, (3, self.heads, -1)).unbind(-3)
         attn_out = self.attn.to_out[0](attention(q, k, v, mask))
-        gate_msa, gate_mlp = self.norm_out(temb)
+        gate_msa, gate_mlp = self.norm_out(temb_act).unbind(1)
         h = h + attn_out * gate_msa[:, None]
         return h + self.ff(self.norm2(h)) * gate_mlp[:, None]
 
@@ -217,8 +217,9 @@ class TokenRefiner(nn.Module):
         self.token_refiner = _RefinerBlocks(dim, heads, layers, mlp_ratio)
 
     def forward(self, tokens: torch.Tensor, temb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        temb_act = F.silu(temb)
         for block in self.token_refiner.refiner_blocks:
-            tokens = block(tokens, temb, mask)
+            tokens = block(tokens, temb_act, mask)
         return tokens
 
 
@@ -232,33 +233,36 @@ class _DoubleAttention(nn.Module):
         self.add_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: add_q_proj, add_k_proj, add_v_proj
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
         self.to_add_out = nn.Linear(dim, dim)
-        self.norm_q = RMSNormWeight(head_dim)
-        self.norm_k = RMSNormWeight(head_dim)
-        self.norm_added_q = RMSNormWeight(head_dim)
-        self.norm_added_k = RMSNormWeight(head_dim)
+        self.norm_qk = RMSNormWeights(head_dim)  # checkpoint: norm_q, norm_k
+        self.norm_added_qk = RMSNormWeights(head_dim)  # checkpoint: norm_added_q, norm_added_k
 
 
 class DoubleStreamBlock(nn.Module):
-    """Image and context streams with their own weights, joined in one attention."""
+    """Image and context streams with their own weights, joined in one attention.
+
+    ``norm1_joint`` fuses the checkpoint's norm1.linear and norm1_context.linear: 12
+    chunks, (shift, scale, gate) x (attention, MLP) x (image, context).
+    """
 
     def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int) -> None:
         super().__init__()
         self.heads = heads
-        self.norm1 = Modulation(dim, 6)
-        self.norm1_context = Modulation(dim, 6)
+        self.norm1_joint = Modulation(dim, 12)
         self.attn = _DoubleAttention(dim, head_dim)
         self.ff = FeedForward(dim, mlp_dim, activation="gelu_tanh")
         self.ff_context = FeedForward(dim, mlp_dim, activation="gelu_tanh")
 
-    def modulated_input(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.norm1(temb)[:2]
-        return modulate_(layer_norm(x), scale, shift)
+    def modulated_input(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.norm1_joint(temb_act)[:, :2].unbind(1)
+        return modulate_(layer_norm(x), 1 + scale, shift)
 
     def forward(
-        self, joint: torch.Tensor, n_img: int, temb: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None
+        self, joint: torch.Tensor, n_img: int, temb_act: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        shift, scale, gate, shift2, scale2, gate2 = self.norm1(temb)
-        c_shift, c_scale, c_gate, c_shift2, c_scale2, c_gate2 = self.norm1_context(temb)
+        mod = self.norm1_joint(temb_act)
+        mod[:, 1::3].add_(1)  # every scale becomes 1 + scale
+        shift, scale, gate, shift2, scale2, gate2 = mod[:, :6].unbind(1)
+        c_shift, c_scale, c_gate, c_shift2, c_scale2, c_gate2 = mod[:, 6:].unbind(1)
         x, c = joint[:, :n_img], joint[:, n_img:]
 
         normed = layer_norm(joint)
@@ -266,13 +270,7 @@ class DoubleStreamBlock(nn.Module):
         linear_into(qkv[:, :n_img], modulate_(normed[:, :n_img], scale, shift), self.attn.to_qkv)
         linear_into(qkv[:, n_img:], modulate_(normed[:, n_img:], c_scale, c_shift), self.attn.add_qkv)
         qkv = qkv.unflatten(-1, (3, self.heads, -1))
-        attn = self.attn
-        qk_norm_rope_(
-            qkv[:, :, :2], n_img,
-            torch.stack([attn.norm_q.weight, attn.norm_k.weight])[:, None],
-            torch.stack([attn.norm_added_q.weight, attn.norm_added_k.weight])[:, None],
-            rope,
-        )
+        qk_norm_rope_(qkv[:, :, :2], n_img, self.attn.norm_qk.pair(), self.attn.norm_added_qk.pair(), rope)
         attn_out = attention(*qkv.unbind(2), mask)
         x.addcmul_(self.attn.to_out[0](attn_out[:, :n_img]), gate[:, None])
         c.addcmul_(self.attn.to_add_out(attn_out[:, n_img:]), c_gate[:, None])
@@ -286,8 +284,7 @@ class DoubleStreamBlock(nn.Module):
 class _SingleAttention(nn.Module):
     def __init__(self, head_dim: int) -> None:
         super().__init__()
-        self.norm_q = RMSNormWeight(head_dim)
-        self.norm_k = RMSNormWeight(head_dim)
+        self.norm_qk = RMSNormWeights(head_dim)  # checkpoint: norm_q, norm_k
 
 
 class SingleStreamBlock(nn.Module):
@@ -307,18 +304,20 @@ class SingleStreamBlock(nn.Module):
         self.attn = _SingleAttention(head_dim)
         self.proj_out = nn.Linear(dim + mlp_dim, dim)
 
-    def modulated_input(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.norm(temb)[:2]
-        return modulate_(layer_norm(x), scale, shift)
+    def modulated_input(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.norm(temb_act)[:, :2].unbind(1)
+        return modulate_(layer_norm(x), 1 + scale, shift)
 
     def forward(
-        self, joint: torch.Tensor, n_img: int, temb: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None
+        self, joint: torch.Tensor, n_img: int, temb_act: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        shift, scale, gate = self.norm(temb)
+        mod = self.norm(temb_act)
+        mod[:, 1].add_(1)
+        shift, scale, gate = mod.unbind(1)
         dim = self.dim
         h = self.qkv_mlp(modulate_(layer_norm(joint), scale, shift))
         qkv = h[..., : 3 * dim].unflatten(-1, (3, self.heads, -1))
-        weights = torch.stack([self.attn.norm_q.weight, self.attn.norm_k.weight])[:, None]
+        weights = self.attn.norm_qk.pair()
         qk_norm_rope_(qkv[:, :, :2], n_img, weights, weights, rope)
         torch.ops.aten.gelu_(h[..., 3 * dim :], approximate="tanh")
         h[..., 2 * dim : 3 * dim] = attention(*qkv.unbind(2), mask)  # attention output takes v's place
@@ -368,7 +367,7 @@ class TransformerStack:
         self._model = model
         self._image = image
         self._context = context
-        self._temb = temb
+        self._temb_act = F.silu(temb)  # every block's modulation reads silu(temb)
         self._rope = rope
         self._mask = mask
         self._joint: torch.Tensor | None = None
@@ -381,7 +380,7 @@ class TransformerStack:
     @torch.no_grad()
     def modulated_input(self) -> torch.Tensor:
         first = next(self._model._blocks(0, 1))
-        return first.modulated_input(self._image, self._temb)
+        return first.modulated_input(self._image, self._temb_act)
 
     @torch.no_grad()
     def run_first(self) -> torch.Tensor:
@@ -402,14 +401,18 @@ class TransformerStack:
     def _run(self, start: int, stop: int) -> torch.Tensor:
         n_img = self._image.shape[1]
         for block in self._model._blocks(start, stop):
-            block(self._joint, n_img, self._temb, self._rope, self._mask)
+            block(self._joint, n_img, self._temb_act, self._rope, self._mask)
         self._next_block = stop
         return self._joint[:, :n_img]
 
 
 # --- the model -----------------------------------------------------------------------------
 
+# fused model tensor -> the checkpoint tensors concatenated (dim 0) to make it
 _FUSED = {
+    "norm1_joint.linear": ("norm1.linear", "norm1_context.linear"),
+    "attn.norm_qk": ("attn.norm_q", "attn.norm_k"),
+    "attn.norm_added_qk": ("attn.norm_added_q", "attn.norm_added_k"),
     "attn.to_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
     "attn.add_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
     "qkv_mlp": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
@@ -598,8 +601,8 @@ class FramePackTransformer(PretrainedModel):
         return self._output_head(image[:, -noisy.shape[1] :], temb, prepared.latents_shape)
 
     def _output_head(self, tokens: torch.Tensor, temb: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        scale, shift = self.norm_out(temb)  # scale first (AdaLayerNormContinuous)
-        tokens = modulate_(layer_norm(tokens), scale, shift)
+        scale, shift = self.norm_out(F.silu(temb)).unbind(1)  # scale first (AdaLayerNormContinuous)
+        tokens = modulate_(layer_norm(tokens), 1 + scale, shift)
         tokens = self.proj_out(tokens.to(self.proj_out.weight.dtype))
         batch, _, frames, height, width = shape
         p, pt = self.config.patch_size, self.config.patch_size_t
