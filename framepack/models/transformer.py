@@ -341,11 +341,7 @@ class PreparedInputs:
     guidance_emb: torch.Tensor  # [B, D]
     pooled_emb: torch.Tensor  # [B, D]
     joint_mask: torch.Tensor | None  # [B, 1, 1, L_img + L_ctx] key mask when lengths differ
-
-    @property
-    def noisy_tokens(self) -> int:
-        _, _, t, h, w = self.latents_shape
-        return t * (h // 2) * (w // 2)
+    noisy_tokens: int  # tokens of the noisy window, the last of the image stream
 
 
 class TransformerStack:
@@ -564,6 +560,7 @@ class FramePackTransformer(PretrainedModel):
             guidance_emb=self.time_text_embed.guidance_embedder(timestep_sinusoid(guidance).to(dtype)),
             pooled_emb=self.time_text_embed.text_embedder(conditioning.pooled.to(device=device, dtype=dtype)),
             joint_mask=joint_mask,
+            noisy_tokens=frames // config.patch_size_t * grid[0] * grid[1],
         )
 
     @torch.no_grad()
@@ -598,7 +595,7 @@ class FramePackTransformer(PretrainedModel):
 
         stack = TransformerStack(self, image, context, temb, prepared.rope, prepared.joint_mask)
         image = stack.run_all() if cache is None else cache.run(stack, branch)
-        return self._output_head(image[:, -noisy.shape[1] :], temb, prepared.latents_shape)
+        return self._output_head(image[:, -prepared.noisy_tokens :], temb, prepared.latents_shape)
 
     def _output_head(self, tokens: torch.Tensor, temb: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         scale, shift = self.norm_out(F.silu(temb)).unbind(1)  # scale first (AdaLayerNormContinuous)
