@@ -1,0 +1,192 @@
+"""Building blocks of the packed HunyuanVideo transformer: norms, RoPE, embedders, attention.
+
+Module and parameter names follow the checkpoint (``linear_1``, ``norm1.linear``…). Where
+the checkpoint stores separate q/k/v projections we keep one fused ``Linear`` and let the
+model's ``checkpoint_layout`` concatenate the checkpoint tensors into it at load time.
+Numerics follow the reference (facts sheet §3): LayerNorm eps 1e-6, RMSNorm over the head
+dim with an fp32 reduction, tanh GELU, interleaved-pair rotary embedding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_EPS = 1e-6
+SINUSOID_DIM = 256
+
+
+def layer_norm(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free LayerNorm over the last dim (every AdaLN norm of the model)."""
+    return F.layer_norm(x, x.shape[-1:], eps=NORM_EPS)
+
+
+def modulate_(normed: torch.Tensor, scale_plus_one: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """In place: normed * (1 + scale) + shift; [B, D] factors broadcast over tokens."""
+    return torch.addcmul(shift[:, None], normed, scale_plus_one[:, None], out=normed)
+
+
+def timestep_sinusoid(values: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B, 256] float32: cos then sin of value * 10000^(-j/128) (flip_sin_to_cos)."""
+    half = SINUSOID_DIM // 2
+    exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=values.device) / half
+    angles = values.float()[:, None] * torch.exp(exponent)[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class MLPEmbedder(nn.Module):
+    """linear_2(silu(linear_1(x))): TimestepEmbedding and PixArtAlphaTextProjection alike."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, out_features)
+        self.linear_2 = nn.Linear(out_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class Modulation(nn.Module):
+    """The ``linear`` of an adaptive norm: silu(emb) -> [B, chunks, D].
+
+    Takes ``silu(emb)`` already applied: one step's conditioning vector feeds every block,
+    so the activation is computed once per step, not once per block.
+    """
+
+    def __init__(self, dim: int, chunks: int) -> None:
+        super().__init__()
+        self.chunks = chunks
+        self.linear = nn.Linear(dim, chunks * dim)
+
+    def forward(self, emb_act: torch.Tensor) -> torch.Tensor:
+        return self.linear(emb_act).unflatten(-1, (self.chunks, -1))
+
+
+class RMSNormWeights(nn.Module):
+    """RMSNorm weights of q and k side by side, [2 * hd] (checkpoint: two [hd] tensors)."""
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(2 * head_dim))
+
+    def pair(self) -> torch.Tensor:
+        """[2, 1, hd]: broadcasts over the (q|k) and head dims of a [B, L, 2, H, hd] tensor."""
+        return self.weight.view(2, 1, -1)
+
+
+class FeedForward(nn.Module):
+    """``net.2(act(net.0.proj(x)))`` with the checkpoint's ``net.0.proj`` / ``net.2`` names."""
+
+    def __init__(self, dim: int, hidden: int, activation: str) -> None:
+        super().__init__()
+        self.activation = activation
+        self.net = nn.ModuleList([_Proj(dim, hidden), nn.Identity(), nn.Linear(hidden, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.net[0].proj(x)
+        if self.activation == "gelu_tanh":
+            torch.ops.aten.gelu_(h, approximate="tanh")  # in place: no second [L, M] buffer
+        else:
+            F.silu(h, inplace=True)
+        return self.net[2](h)
+
+
+class _Proj(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, L, H, hd] x3 -> [B, L, H*hd]; ``mask`` is a bool key mask [B, 1, 1, L] or None."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2).flatten(2)
+
+
+# --- rotary position embedding ----------------------------------------------------------------
+
+
+def rope_table(
+    indices: torch.Tensor, height: int, width: int, axes_dim: tuple[int, ...], theta: float
+) -> torch.Tensor:
+    """Angles' cos and sin per token of a (frame, row, column) grid.
+
+    indices [Bi, t] -> [Bi, 2, t, height, width, hd/2] float32 (index 0 = cos, 1 = sin), one
+    value per rotated channel pair: the reference repeats every angle for both channels of
+    its pair, so half the table carries all of it.
+    """
+    device = indices.device
+    grids = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32),
+        torch.arange(width, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    frames = indices.to(torch.float32)[:, :, None, None]  # [Bi, t, 1, 1]
+    positions = (frames, grids[0][None, None], grids[1][None, None])
+    angles = []
+    for position, dim in zip(positions, axes_dim):
+        freqs = 1.0 / theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+        angle = position[..., None] * freqs  # [.., dim/2]
+        angles.append(angle.expand(indices.shape[0], indices.shape[1], height, width, dim // 2))
+    angle = torch.cat(angles, dim=-1)
+    return torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+
+
+def pool_rope_table(table: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor:
+    """Average the cos/sin values over kernel cells after replicate-padding (2x/4x clean groups)."""
+    batch, _, t, h, w, half = table.shape
+    grid = table.permute(0, 1, 5, 2, 3, 4).reshape(batch, 2 * half, t, h, w)
+    pooled = F.avg_pool3d(replicate_pad(grid, kernel), kernel, stride=kernel)
+    return pooled.reshape(batch, 2, half, *pooled.shape[2:]).permute(0, 1, 3, 4, 5, 2)
+
+
+def replicate_pad(x: torch.Tensor, multiple: tuple[int, int, int]) -> torch.Tensor:
+    """Pad [B, C, T, H, W] at the end of T, H, W (edge values) to multiples of ``multiple``."""
+    pads = [(-size) % m for size, m in zip(x.shape[2:], multiple)]
+    if not any(pads):
+        return x
+    return F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+
+
+def rope_as_complex(table: torch.Tensor) -> torch.Tensor:
+    """[Bi, 2, L, hd/2] cos/sin -> complex [Bi, L, hd/2]."""
+    return torch.complex(table[:, 0], table[:, 1])
+
+
+def qk_norm_rope_(
+    qk: torch.Tensor, n_img: int, weight_img: torch.Tensor, weight_ctx: torch.Tensor, rope: torch.Tensor
+) -> None:
+    """In place on qk [B, L, 2, H, hd] (q and k side by side): RMSNorm, then RoPE on the image tokens.
+
+    ``weight_img``/``weight_ctx`` [2, 1, hd] are the (q, k) RMSNorm weights of the image
+    tokens (the first ``n_img``) and of the context tokens. As the reference: the
+    normalisation factor is fp32, the normalised values are cast back before the weight
+    multiplies, and the rotation of interleaved pairs (x0, x1) -> (x0 cos - x1 sin,
+    x1 cos + x0 sin), a complex multiply by ``rope`` = cos + i sin, runs in fp32.
+    """
+    head_dim = qk.shape[-1]
+    norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=torch.float32)
+    inv = torch.addcmul(torch.tensor(NORM_EPS), norm, norm, value=1 / head_dim).rsqrt_()
+    qk.mul_(inv)
+    image, context = qk[:, :n_img], qk[:, n_img:]
+    image.mul_(weight_img.to(qk.dtype))
+    if context.shape[1]:
+        context.mul_(weight_ctx.to(qk.dtype))
+    rope = rope[:, :, None, None]  # broadcast over (q|k) and heads
+    if qk.dtype == torch.float32:
+        pairs = torch.view_as_complex(image.unflatten(-1, (-1, 2)))
+        torch.mul(pairs, rope, out=pairs)
+    else:
+        rotated = torch.view_as_complex(image.float().unflatten(-1, (-1, 2))) * rope
+        image.copy_(torch.view_as_real(rotated).flatten(-2))
+
+
+def linear_into(out: torch.Tensor, x: torch.Tensor, layer: nn.Linear) -> None:
+    """out[...] = layer(x), written straight into ``out`` (a slice of a joint buffer) when it is contiguous."""
+    if out.is_contiguous() and x.is_contiguous():
+        torch.addmm(layer.bias, x.reshape(-1, x.shape[-1]), layer.weight.t(), out=out.view(-1, out.shape[-1]))
+    else:
+        out.copy_(layer(x))

@@ -1,0 +1,663 @@
+"""FramePackTransformer: the packed-context HunyuanVideo transformer (facts sheet §1–§4).
+
+The work of one call is split in two so that a sampler pays for the step-invariant part
+once per section: ``prepare`` embeds the clean history, the image and the text, and builds
+RoPE tables and masks; ``denoise`` embeds the noisy latents and the timestep, refines the
+text (its gates depend on the timestep) and runs the block stack through an optional
+cache policy. ``forward`` is the two in sequence.
+
+Inside the stack the image stream and the context stream live in ONE joint buffer
+[B, L_img + L_ctx, D] that every block updates in place: double blocks work on the two
+views of it, single blocks on all of it, so nothing is concatenated per block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cache.base import POSITIVE, CachePolicy
+from ..conditioning import Conditioning, PackedContext
+from ..errors import ConfigError, InputError
+from .configuration import ModelConfig
+from .loading import PretrainedModel
+from .layers import (
+    FeedForward,
+    MLPEmbedder,
+    Modulation,
+    RMSNormWeights,
+    attention,
+    layer_norm,
+    modulate_,
+    linear_into,
+    pool_rope_table,
+    qk_norm_rope_,
+    replicate_pad,
+    rope_as_complex,
+    rope_table,
+    timestep_sinusoid,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig(ModelConfig):
+    """Fields named as in the checkpoint's config.json (diffusers' register_to_config).
+
+    ``fp32_output_head`` is ours, not a checkpoint field: keep ``proj_out`` in float32 and
+    return float32, as both reference demos do (high_quality_fp32_output_for_inference).
+    """
+
+    in_channels: int = 16
+    out_channels: int = 16
+    num_attention_heads: int = 24
+    attention_head_dim: int = 128
+    num_layers: int = 20
+    num_single_layers: int = 40
+    num_refiner_layers: int = 2
+    mlp_ratio: float = 4.0
+    patch_size: int = 2
+    patch_size_t: int = 1
+    qk_norm: str = "rms_norm"
+    guidance_embeds: bool = True
+    text_embed_dim: int = 4096
+    pooled_projection_dim: int = 768
+    rope_theta: float = 256.0
+    rope_axes_dim: tuple[int, ...] = (16, 56, 56)
+    image_condition_type: str | None = None
+    has_image_proj: bool = True
+    image_proj_dim: int = 1152
+    has_clean_x_embedder: bool = True
+    fp32_output_head: bool = True
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "framepack": {},
+        "medium": dict(
+            num_attention_heads=8, attention_head_dim=64, num_layers=2, num_single_layers=4, num_refiner_layers=1,
+            text_embed_dim=1024, pooled_projection_dim=256, image_proj_dim=384, rope_axes_dim=(16, 24, 24),
+        ),
+        "tiny": dict(
+            num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=2, num_refiner_layers=1,
+            text_embed_dim=32, pooled_projection_dim=16, image_proj_dim=24, rope_axes_dim=(4, 6, 6),
+        ),
+    }
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> TransformerConfig:
+        """A named config: "framepack" (the real 13B model), "medium" (benchmarks) or "tiny" (tests)."""
+        if name not in cls.PRESETS:
+            raise ConfigError(f"TransformerConfig: unknown preset {name!r}; choose from {sorted(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    def __post_init__(self) -> None:
+        problems = []
+        if len(self.rope_axes_dim) != 3 or any(d % 2 for d in self.rope_axes_dim):
+            problems.append(f"rope_axes_dim must be 3 even sizes, got {list(self.rope_axes_dim)}")
+        if sum(self.rope_axes_dim) != self.attention_head_dim:
+            problems.append(
+                f"rope_axes_dim {list(self.rope_axes_dim)} must sum to attention_head_dim {self.attention_head_dim}"
+            )
+        if self.qk_norm != "rms_norm":
+            problems.append(f"qk_norm must be 'rms_norm', got {self.qk_norm!r}")
+        if self.image_condition_type is not None:
+            problems.append(f"image_condition_type must be null (FramePack), got {self.image_condition_type!r}")
+        if self.has_clean_x_embedder and (self.patch_size, self.patch_size_t) != (2, 1):
+            problems.append("the clean-latent embedders are built for patch_size 2 and patch_size_t 1")
+        if self.num_layers + self.num_single_layers < 1:
+            problems.append("the model needs at least one double or single block")
+        if problems:
+            raise ConfigError("TransformerConfig: " + "; ".join(problems))
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.inner_dim * self.mlp_ratio)
+
+
+# --- embedders ---------------------------------------------------------------------------
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, in_channels: int, dim: int, kernel: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, dim, kernel_size=kernel, stride=kernel)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.proj(latents).flatten(2).transpose(1, 2)
+
+
+class CleanLatentEmbedder(nn.Module):
+    """Clean history at full (1x), 2x and 4x compression; 2x/4x latents are replicate-padded."""
+
+    KERNELS: ClassVar[dict[str, tuple[int, int, int]]] = {
+        "clean": (1, 2, 2), "clean_2x": (2, 4, 4), "clean_4x": (4, 8, 8),
+    }
+
+    def __init__(self, in_channels: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, dim, kernel_size=(1, 2, 2), stride=(1, 2, 2))
+        self.proj_2x = nn.Conv3d(in_channels, dim, kernel_size=(2, 4, 4), stride=(2, 4, 4))
+        self.proj_4x = nn.Conv3d(in_channels, dim, kernel_size=(4, 8, 8), stride=(4, 8, 8))
+
+    def forward(self, group: str, latents: torch.Tensor) -> torch.Tensor:
+        kernel = self.KERNELS[group]
+        conv = {"clean": self.proj, "clean_2x": self.proj_2x, "clean_4x": self.proj_4x}[group]
+        return conv(replicate_pad(latents, kernel)).flatten(2).transpose(1, 2)
+
+
+class ImageProjection(nn.Module):
+    def __init__(self, in_features: int, dim: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(in_features, 3 * dim)
+        self.down = nn.Linear(3 * dim, dim)
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.up(image_embeds)))
+
+
+class ConditionEmbedding(nn.Module):
+    """``time_text_embed``: timestep, guidance and pooled-text embedders."""
+
+    def __init__(self, dim: int, pooled_dim: int, with_guidance: bool = True) -> None:
+        super().__init__()
+        self.timestep_embedder = MLPEmbedder(256, dim)
+        if with_guidance:
+            self.guidance_embedder = MLPEmbedder(256, dim)
+        self.text_embedder = MLPEmbedder(pooled_dim, dim)
+
+
+# --- token refiner -----------------------------------------------------------------------
+
+
+class _RefinerAttention(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.to_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: to_q, to_k, to_v
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+
+
+class RefinerBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = _RefinerAttention(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.ff = FeedForward(dim, int(dim * mlp_ratio), activation="silu")
+        self.norm_out = Modulation(dim, 2)
+
+    def forward(self, h: torch.Tensor, temb_act: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        q, k, v = self.attn.to_qkv(self.norm1(h)).unflatten(-1, (3, self.heads, -1)).unbind(-3)
+        attn_out = self.attn.to_out[0](attention(q, k, v, mask))
+        gate_msa, gate_mlp = self.norm_out(temb_act).unbind(1)
+        h = h + attn_out * gate_msa[:, None]
+        return h + self.ff(self.norm2(h)) * gate_mlp[:, None]
+
+
+class _RefinerBlocks(nn.Module):
+    def __init__(self, dim: int, heads: int, layers: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.refiner_blocks = nn.ModuleList([RefinerBlock(dim, heads, mlp_ratio) for _ in range(layers)])
+
+
+class TokenRefiner(nn.Module):
+    """``context_embedder``: projects the text features and refines them, gated by the timestep."""
+
+    def __init__(self, text_dim: int, dim: int, heads: int, layers: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.time_text_embed = ConditionEmbedding(dim, text_dim, with_guidance=False)
+        self.proj_in = nn.Linear(text_dim, dim)
+        self.token_refiner = _RefinerBlocks(dim, heads, layers, mlp_ratio)
+
+    def forward(self, tokens: torch.Tensor, temb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        temb_act = F.silu(temb)
+        for block in self.token_refiner.refiner_blocks:
+            tokens = block(tokens, temb_act, mask)
+        return tokens
+
+
+# --- double- and single-stream blocks ----------------------------------------------------
+
+
+class _DoubleAttention(nn.Module):
+    def __init__(self, dim: int, head_dim: int) -> None:
+        super().__init__()
+        self.to_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: to_q, to_k, to_v
+        self.add_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: add_q_proj, add_k_proj, add_v_proj
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self.to_add_out = nn.Linear(dim, dim)
+        self.norm_qk = RMSNormWeights(head_dim)  # checkpoint: norm_q, norm_k
+        self.norm_added_qk = RMSNormWeights(head_dim)  # checkpoint: norm_added_q, norm_added_k
+
+
+class DoubleStreamBlock(nn.Module):
+    """Image and context streams with their own weights, joined in one attention.
+
+    ``norm1_joint`` fuses the checkpoint's norm1.linear and norm1_context.linear: 12
+    chunks, (shift, scale, gate) x (attention, MLP) x (image, context).
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1_joint = Modulation(dim, 12)
+        self.attn = _DoubleAttention(dim, head_dim)
+        self.ff = FeedForward(dim, mlp_dim, activation="gelu_tanh")
+        self.ff_context = FeedForward(dim, mlp_dim, activation="gelu_tanh")
+
+    def modulated_input(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.norm1_joint(temb_act)[:, :2].unbind(1)
+        return modulate_(layer_norm(x), 1 + scale, shift)
+
+    def forward(
+        self, joint: torch.Tensor, n_img: int, temb_act: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        mod = self.norm1_joint(temb_act)
+        mod[:, 1::3].add_(1)  # every scale becomes 1 + scale
+        shift, scale, gate, shift2, scale2, gate2 = mod[:, :6].unbind(1)
+        c_shift, c_scale, c_gate, c_shift2, c_scale2, c_gate2 = mod[:, 6:].unbind(1)
+        x, c = joint[:, :n_img], joint[:, n_img:]
+
+        normed = layer_norm(joint)
+        qkv = joint.new_empty(*joint.shape[:2], 3 * joint.shape[2])  # joint [image | context] q, k, v
+        linear_into(qkv[:, :n_img], modulate_(normed[:, :n_img], scale, shift), self.attn.to_qkv)
+        linear_into(qkv[:, n_img:], modulate_(normed[:, n_img:], c_scale, c_shift), self.attn.add_qkv)
+        qkv = qkv.unflatten(-1, (3, self.heads, -1))
+        qk_norm_rope_(qkv[:, :, :2], n_img, self.attn.norm_qk.pair(), self.attn.norm_added_qk.pair(), rope)
+        attn_out = attention(*qkv.unbind(2), mask)
+        x.addcmul_(self.attn.to_out[0](attn_out[:, :n_img]), gate[:, None])
+        c.addcmul_(self.attn.to_add_out(attn_out[:, n_img:]), c_gate[:, None])
+
+        normed = layer_norm(joint)
+        x.addcmul_(self.ff(modulate_(normed[:, :n_img], scale2, shift2)), gate2[:, None])
+        c.addcmul_(self.ff_context(modulate_(normed[:, n_img:], c_scale2, c_shift2)), c_gate2[:, None])
+        return joint
+
+
+class _SingleAttention(nn.Module):
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        self.norm_qk = RMSNormWeights(head_dim)  # checkpoint: norm_q, norm_k
+
+
+class SingleStreamBlock(nn.Module):
+    """One stream over image and context tokens; attention and MLP run in parallel.
+
+    ``qkv_mlp`` fuses the checkpoint's to_q, to_k, to_v and proj_mlp. Its output row is
+    [q | k | v | mlp]; after attention the attention output overwrites v, so [attn | mlp]
+    is already a view that ``proj_out`` reads directly, with no concatenation.
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dim = dim
+        self.norm = Modulation(dim, 3)
+        self.qkv_mlp = nn.Linear(dim, 3 * dim + mlp_dim)
+        self.attn = _SingleAttention(head_dim)
+        self.proj_out = nn.Linear(dim + mlp_dim, dim)
+
+    def modulated_input(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.norm(temb_act)[:, :2].unbind(1)
+        return modulate_(layer_norm(x), 1 + scale, shift)
+
+    def forward(
+        self, joint: torch.Tensor, n_img: int, temb_act: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        mod = self.norm(temb_act)
+        mod[:, 1].add_(1)
+        shift, scale, gate = mod.unbind(1)
+        dim = self.dim
+        h = self.qkv_mlp(modulate_(layer_norm(joint), scale, shift))
+        qkv = h[..., : 3 * dim].unflatten(-1, (3, self.heads, -1))
+        weights = self.attn.norm_qk.pair()
+        qk_norm_rope_(qkv[:, :, :2], n_img, weights, weights, rope)
+        torch.ops.aten.gelu_(h[..., 3 * dim :], approximate="tanh")
+        h[..., 2 * dim : 3 * dim] = attention(*qkv.unbind(2), mask)  # attention output takes v's place
+        return joint.addcmul_(self.proj_out(h[..., 2 * dim :]), gate[:, None])
+
+
+# --- step-invariant inputs and the block stack --------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedInputs:
+    """Everything a denoising call needs that does not depend on the latents or the timestep."""
+
+    latents_shape: tuple[int, ...]
+    clean_tokens: torch.Tensor | None  # [B, L_clean, D]: 4x, 2x, 1x groups in stream order
+    rope: torch.Tensor  # complex [Bi, L_img, hd/2] (cos + i sin) for the whole image stream
+    image_tokens: torch.Tensor | None  # [B, N, D] projected image embeddings
+    text_tokens: torch.Tensor  # [B, n_max, D] proj_in of the text cropped to the longest mask
+    refiner_mask: torch.Tensor | None  # [B, 1, 1, n_max] key mask when text lengths differ
+    refiner_text_emb: torch.Tensor  # [B, D] the refiner's pooled-text embedding
+    guidance_emb: torch.Tensor  # [B, D]
+    pooled_emb: torch.Tensor  # [B, D]
+    joint_mask: torch.Tensor | None  # [B, 1, 1, L_img + L_ctx] key mask when lengths differ
+    noisy_tokens: int  # tokens of the noisy window, the last of the image stream
+
+
+class TransformerStack:
+    """One call's block stack as a cache policy sees it (framepack.cache.base.BlockStack).
+
+    Double blocks then single blocks form one list; the context stream rides along in
+    the joint buffer and only the image stream is returned.
+    """
+
+    def __init__(
+        self,
+        model: FramePackTransformer,
+        image: torch.Tensor,
+        context: torch.Tensor,
+        temb: torch.Tensor,
+        rope: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> None:
+        self._model = model
+        self._image = image
+        self._context = context
+        self._temb_act = F.silu(temb)  # every block's modulation reads silu(temb)
+        self._rope = rope
+        self._mask = mask
+        self._joint: torch.Tensor | None = None
+        self._next_block = 0
+
+    @property
+    def stack_input(self) -> torch.Tensor:
+        return self._image
+
+    @torch.no_grad()
+    def modulated_input(self) -> torch.Tensor:
+        first = next(self._model._blocks(0, 1))
+        return first.modulated_input(self._image, self._temb_act)
+
+    @torch.no_grad()
+    def run_first(self) -> torch.Tensor:
+        self._joint = torch.cat([self._image, self._context], dim=1)
+        return self._run(0, 1)
+
+    def run_rest(self) -> torch.Tensor:
+        if self._joint is None or self._next_block != 1:
+            raise RuntimeError("run_rest() continues after run_first(); call run_first() first")
+        return self._run(1, self._model.num_blocks)
+
+    @torch.no_grad()
+    def run_all(self) -> torch.Tensor:
+        self._joint = torch.cat([self._image, self._context], dim=1)
+        return self._run(0, self._model.num_blocks)
+
+    @torch.no_grad()
+    def _run(self, start: int, stop: int) -> torch.Tensor:
+        n_img = self._image.shape[1]
+        for block in self._model._blocks(start, stop):
+            block(self._joint, n_img, self._temb_act, self._rope, self._mask)
+        self._next_block = stop
+        return self._joint[:, :n_img]
+
+
+# --- the model -----------------------------------------------------------------------------
+
+# fused model tensor -> the checkpoint tensors concatenated (dim 0) to make it
+_FUSED = {
+    "norm1_joint.linear": ("norm1.linear", "norm1_context.linear"),
+    "attn.norm_qk": ("attn.norm_q", "attn.norm_k"),
+    "attn.norm_added_qk": ("attn.norm_added_q", "attn.norm_added_k"),
+    "attn.to_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "attn.add_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "qkv_mlp": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+}
+
+
+class FramePackTransformer(PretrainedModel):
+    """The packed HunyuanVideo transformer; predicts the flow-matching velocity."""
+
+    config_class = TransformerConfig
+    weights_name = "diffusion_pytorch_model"
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim, heads, head_dim = config.inner_dim, config.num_attention_heads, config.attention_head_dim
+        patch = (config.patch_size_t, config.patch_size, config.patch_size)
+        self.x_embedder = PatchEmbed(config.in_channels, dim, patch)
+        self.clean_x_embedder = CleanLatentEmbedder(config.in_channels, dim) if config.has_clean_x_embedder else None
+        self.image_projection = ImageProjection(config.image_proj_dim, dim) if config.has_image_proj else None
+        self.time_text_embed = ConditionEmbedding(dim, config.pooled_projection_dim)
+        self.context_embedder = TokenRefiner(
+            config.text_embed_dim, dim, heads, config.num_refiner_layers, config.mlp_ratio
+        )
+        self.transformer_blocks = nn.ModuleList(
+            [DoubleStreamBlock(dim, heads, head_dim, config.mlp_dim) for _ in range(config.num_layers)]
+        )
+        self.single_transformer_blocks = nn.ModuleList(
+            [SingleStreamBlock(dim, heads, head_dim, config.mlp_dim) for _ in range(config.num_single_layers)]
+        )
+        self.norm_out = Modulation(dim, 2)
+        self.proj_out = nn.Linear(dim, config.patch_size_t * config.patch_size**2 * config.out_channels)
+
+    # --- loading ----------------------------------------------------------------------------
+    def checkpoint_layout(self, available: set[str]) -> dict[str, list[str]]:
+        layout = {}
+        for name in self.state_dict(keep_vars=True):
+            prefix, _, param = name.rpartition(".")
+            for fused, parts in _FUSED.items():
+                if prefix == fused or prefix.endswith("." + fused):
+                    block = prefix[: -len(fused)]
+                    layout[name] = [f"{block}{part}.{param}" for part in parts]
+                    break
+            else:
+                layout[name] = [name]
+        return layout
+
+    def keep_float32(self, name: str) -> bool:
+        return self.config.fp32_output_head and name.startswith("proj_out.")
+
+    # --- properties -------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.proj.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_embedder.proj.weight.device
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.transformer_blocks) + len(self.single_transformer_blocks)
+
+    def _blocks(self, start: int, stop: int) -> Iterator[nn.Module]:
+        """Blocks ``start..stop-1`` of the stack (double then single); the one place blocks are fetched."""
+        n_double = len(self.transformer_blocks)
+        for index in range(start, stop):
+            yield self.transformer_blocks[index] if index < n_double else self.single_transformer_blocks[index - n_double]
+
+    # --- the API ------------------------------------------------------------------------------
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        conditioning: Conditioning,
+        context: PackedContext | None = None,
+        *,
+        cache: CachePolicy | None = None,
+        branch: str = POSITIVE,
+    ) -> torch.Tensor:
+        """Velocity [B, C, T, H, W] for noisy ``latents`` at ``timestep`` [B] (1000 x sigma)."""
+        _expect_latents(latents, self.config)
+        prepared = self.prepare(conditioning, context, tuple(latents.shape))
+        return self.denoise(latents, timestep, prepared, cache=cache, branch=branch)
+
+    @torch.no_grad()
+    def prepare(
+        self, conditioning: Conditioning, context: PackedContext | None, latents_shape: tuple[int, ...] | torch.Size
+    ) -> PreparedInputs:
+        """The step-invariant part of a call: run once per section, reuse for every step."""
+        config, dtype, device = self.config, self.dtype, self.device
+        latents_shape = tuple(int(s) for s in latents_shape)
+        batch, _, frames, height, width = _check_shape(latents_shape, config)
+        _check_conditioning(conditioning, batch, config, has_image_proj=self.image_projection is not None)
+        if context is None:
+            context = PackedContext(latent_indices=torch.arange(frames, device=device)[None])
+        else:
+            context.check_against(torch.empty(latents_shape, device="meta"))
+        grid = (height // config.patch_size, width // config.patch_size)
+
+        rope = rope_table(context.latent_indices.to(device), *grid, config.rope_axes_dim, config.rope_theta)
+        ropes, tokens = [rope.flatten(2, 4)], []
+        for name, latents, indices in context.groups:  # 1x, 2x, 4x: each is prepended
+            if self.clean_x_embedder is None:
+                raise InputError(f"PackedContext.{name}: this model has no clean-latent embedder (has_clean_x_embedder=false)")
+            tokens.insert(0, self.clean_x_embedder(name, latents.to(device=device, dtype=dtype)))
+            table = rope_table(indices.to(device), *grid, config.rope_axes_dim, config.rope_theta)
+            if name != "clean":
+                cell = CleanLatentEmbedder.KERNELS[name][0]
+                table = pool_rope_table(table, (cell, cell, cell))
+            ropes.insert(0, table.flatten(2, 4))
+        rows = max(r.shape[0] for r in ropes)
+        rope = rope_as_complex(torch.cat([r.expand(rows, *r.shape[1:]) for r in ropes], dim=2))
+
+        text_mask = conditioning.text_mask.to(device)
+        lengths = text_mask.sum(dim=1)
+        n_text = max(int(lengths.max()), 1)
+        text = conditioning.text_embeds.to(device=device, dtype=dtype)
+        weights = text_mask.float()[..., None]
+        mean = ((text.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)).to(dtype)
+        refiner = self.context_embedder
+        uneven = bool((lengths != lengths[0]).any())
+        refiner_mask = None
+        if uneven:
+            refiner_mask = text_mask[:, :n_text].clone()
+            refiner_mask[:, 0] = True  # as the reference: every query row keeps one key
+            refiner_mask = refiner_mask[:, None, None]
+
+        image_tokens = None
+        if conditioning.image_embeds is not None:
+            image_tokens = self.image_projection(conditioning.image_embeds.to(device=device, dtype=dtype))
+        clean_tokens = torch.cat(tokens, dim=1) if tokens else None
+        joint_mask = None
+        if uneven:
+            n_img = rope.shape[1]
+            n_image = 0 if image_tokens is None else image_tokens.shape[1]
+            positions = torch.arange(n_img + n_image + n_text, device=device)
+            joint_mask = (positions[None] < (n_img + n_image + lengths)[:, None])[:, None, None]
+
+        guidance = (1000 * conditioning.guidance.to(device)).to(dtype)  # the reference rounds it to the model dtype
+        return PreparedInputs(
+            latents_shape=latents_shape,
+            clean_tokens=clean_tokens,
+            rope=rope,
+            image_tokens=image_tokens,
+            text_tokens=refiner.proj_in(text[:, :n_text]),
+            refiner_mask=refiner_mask,
+            refiner_text_emb=refiner.time_text_embed.text_embedder(mean),
+            guidance_emb=self.time_text_embed.guidance_embedder(timestep_sinusoid(guidance).to(dtype)),
+            pooled_emb=self.time_text_embed.text_embedder(conditioning.pooled.to(device=device, dtype=dtype)),
+            joint_mask=joint_mask,
+            noisy_tokens=frames // config.patch_size_t * grid[0] * grid[1],
+        )
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        prepared: PreparedInputs,
+        *,
+        cache: CachePolicy | None = None,
+        branch: str = POSITIVE,
+    ) -> torch.Tensor:
+        """One denoising call on prepared inputs: velocity [B, C, T, H, W]."""
+        _expect_latents(latents, self.config)
+        if tuple(latents.shape) != prepared.latents_shape:
+            raise InputError(
+                f"latents: expected shape {list(prepared.latents_shape)} (the shape given to prepare), "
+                f"got {list(latents.shape)}"
+            )
+        batch = latents.shape[0]
+        timestep = _expect_timestep(timestep, batch).to(device=self.device, dtype=self.dtype)
+        dtype = self.dtype
+
+        noisy = self.x_embedder(latents.to(device=self.device, dtype=dtype))
+        image = noisy if prepared.clean_tokens is None else torch.cat([prepared.clean_tokens, noisy], dim=1)
+        t_freq = timestep_sinusoid(timestep).to(dtype)
+        temb = self.time_text_embed.timestep_embedder(t_freq) + prepared.guidance_emb + prepared.pooled_emb
+        refiner = self.context_embedder
+        text_temb = refiner.time_text_embed.timestep_embedder(t_freq) + prepared.refiner_text_emb
+        text = refiner(prepared.text_tokens, text_temb, prepared.refiner_mask)
+        context = text if prepared.image_tokens is None else torch.cat([prepared.image_tokens, text], dim=1)
+
+        stack = TransformerStack(self, image, context, temb, prepared.rope, prepared.joint_mask)
+        image = stack.run_all() if cache is None else cache.run(stack, branch)
+        return self._output_head(image[:, -prepared.noisy_tokens :], temb, prepared.latents_shape)
+
+    def _output_head(self, tokens: torch.Tensor, temb: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        scale, shift = self.norm_out(F.silu(temb)).unbind(1)  # scale first (AdaLayerNormContinuous)
+        tokens = modulate_(layer_norm(tokens), 1 + scale, shift)
+        tokens = self.proj_out(tokens.to(self.proj_out.weight.dtype))
+        batch, _, frames, height, width = shape
+        p, pt = self.config.patch_size, self.config.patch_size_t
+        out = tokens.reshape(batch, frames // pt, height // p, width // p, -1, pt, p, p)
+        return out.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(batch, -1, frames, height, width)
+
+
+# --- input checks ------------------------------------------------------------------------------
+
+
+def _check_shape(shape: tuple[int, ...], config: TransformerConfig) -> tuple[int, ...]:
+    if len(shape) != 5:
+        raise InputError(f"latents: expected shape [B, {config.in_channels}, T, H, W], got {list(shape)}")
+    batch, channels, frames, height, width = shape
+    if channels != config.in_channels:
+        raise InputError(f"latents: expected {config.in_channels} channels, got shape {list(shape)}")
+    p, pt = config.patch_size, config.patch_size_t
+    if height % p or width % p or frames % pt or min(shape) < 1:
+        raise InputError(
+            f"latents: T must be a multiple of {pt} and H, W multiples of {p} (non-empty), got shape {list(shape)}"
+        )
+    return shape
+
+
+def _expect_latents(latents: object, config: TransformerConfig) -> None:
+    if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+        got = latents.dtype if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise InputError(f"latents: expected a floating-point tensor [B, C, T, H, W], got {got}")
+    _check_shape(tuple(latents.shape), config)
+
+
+def _expect_timestep(timestep: object, batch: int) -> torch.Tensor:
+    if not isinstance(timestep, torch.Tensor):
+        raise InputError(f"timestep: expected a tensor [{batch}] (1000 x sigma), got {type(timestep).__name__}")
+    if timestep.ndim == 0 or tuple(timestep.shape) == (1,):
+        return timestep.reshape(1).expand(batch)
+    if tuple(timestep.shape) != (batch,):
+        raise InputError(f"timestep: expected shape [{batch}] (one per sample), got {list(timestep.shape)}")
+    return timestep
+
+
+def _check_conditioning(cond: Conditioning, batch: int, config: TransformerConfig, *, has_image_proj: bool) -> None:
+    if not isinstance(cond, Conditioning):
+        raise InputError(f"conditioning: expected a Conditioning, got {type(cond).__name__}")
+    if cond.batch_size != batch:
+        raise InputError(f"conditioning: expected batch {batch} to match the latents, got {cond.batch_size}")
+    if cond.text_embeds.shape[-1] != config.text_embed_dim:
+        raise InputError(
+            f"text_embeds: expected {config.text_embed_dim} features, got shape {list(cond.text_embeds.shape)}"
+        )
+    if cond.pooled.shape[-1] != config.pooled_projection_dim:
+        raise InputError(
+            f"pooled: expected {config.pooled_projection_dim} features, got shape {list(cond.pooled.shape)}"
+        )
+    if cond.image_embeds is not None:
+        if not has_image_proj:
+            raise InputError("image_embeds: this model has no image projection (has_image_proj=false); pass None")
+        if cond.image_embeds.shape[-1] != config.image_proj_dim:
+            raise InputError(
+                f"image_embeds: expected {config.image_proj_dim} features, got shape {list(cond.image_embeds.shape)}"
+            )
