@@ -117,7 +117,7 @@ def test_decode_matches_reference(reference, ours, frames: int) -> None:
 
 def test_default_decode_splits_long_clips_in_time_like_reference(reference, ours) -> None:
     # 7 latent frames > 4: temporal tiles at 0, 3 and 6 (the last one adds no frame).
-    z = latents(7, 2, 2, batch=2)
+    z = latents(7, 1, 1, batch=2)
     got = ours.decode(z)
     assert_close(got, ref_decode(reference, z))
     chunks = list(ours.decode_frames(z))
@@ -126,13 +126,13 @@ def test_default_decode_splits_long_clips_in_time_like_reference(reference, ours
 
 
 def test_tiled_decode_matches_reference(reference, ours) -> None:
-    # 5 latent frames × 6×7 latent px: temporal tiles of 2 (stride 1), each split into 2×3 spatial tiles.
-    z = latents(5, 6, 7)
+    # 3 latent frames × 3×6 latent px: temporal tiles of 2 (stride 1), each split into 2×3 spatial tiles.
+    z = latents(3, 3, 6)
     assert_close(ours.decode(z, tiling=SMALL_TILES), ref_decode(reference, z, SMALL_TILES))
 
 
 def test_spatial_only_tiled_decode_matches_reference(reference, ours) -> None:
-    z = latents(2, 5, 6)
+    z = latents(2, 3, 6)  # width 6 > 4: both diffusers versions tile it (2×3 tiles)
     assert_close(ours.decode(z, tiling=VAETiling(**SMALL_TILES)), ref_decode(reference, z, SMALL_TILES))
 
 
@@ -167,7 +167,7 @@ def test_sample_draws_like_reference(reference, ours) -> None:
 
 
 def test_dict_tiling_equals_dataclass(ours) -> None:
-    z = latents(2, 5, 6)
+    z = latents(2, 3, 6)
     assert torch.equal(ours.decode(z, tiling=SMALL_TILES), ours.decode(z, tiling=VAETiling(**SMALL_TILES)))
 
 
