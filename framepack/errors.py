@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FramePackError(Exception):
     """Base of every error framepack raises on purpose."""
@@ -17,3 +19,21 @@ class ConfigError(FramePackError, ValueError):
 
 class InputError(FramePackError, ValueError):
     """An input tensor, image or file has the wrong shape, type or content."""
+
+
+class GenerationInterrupted(FramePackError):
+    """A generation stopped before its end; ``partial`` keeps the latents of every finished section.
+
+    ``partial`` is a [B, 16, T, h, w] tensor in temporal order, or None when no section had finished.
+    """
+
+    def __init__(self, message: str = "generation interrupted", partial: Any = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+class GenerationCancelled(GenerationInterrupted):
+    """A progress callback asked to stop; raise it from the callback to cancel a generation."""
+
+    def __init__(self, message: str = "generation cancelled", partial: Any = None) -> None:
+        super().__init__(message, partial)
