@@ -241,3 +241,26 @@ class SectionHistory:
         b, c, t, h, w = near.shape
         zeros = near.new_zeros(b, c, HISTORY_FRAMES - t, h, w)
         return torch.cat([near, zeros] if self.mode == "inverted" else [zeros, near], dim=2)
+
+
+END_EMBED_MODES = ("weighted_average", "linear", "disabled")
+
+
+def section_image_embeds(
+    start: torch.Tensor, end: torch.Tensor, *, mode: str, strength: float, index: int, count: int
+) -> torch.Tensor:
+    """Image embeddings of section ``index`` (generation order) of ``count`` when an end image is given.
+
+    As kijai's FramePackSampler: "weighted_average" mixes start·s + end·(1−s) on every section;
+    "linear" goes from the start embeds on the first generated section (the video's end) to the
+    end embeds on the last one (the video's start); "disabled" uses start·s.
+    """
+    if mode == "disabled":
+        return start * strength
+    if mode == "linear":
+        start_weight = 1.0 - index / (count - 1) if count > 1 else 1.0
+    elif mode == "weighted_average":
+        start_weight = strength
+    else:
+        raise ConfigError(f"end_embed_mode: expected one of {END_EMBED_MODES}, got {mode!r}")
+    return start * start_weight + end * (1.0 - start_weight)
