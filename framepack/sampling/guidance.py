@@ -78,5 +78,5 @@ class GuidedDenoiser:
         if self.real_cfg != 1.0:
             v_neg = call(model_x, timestep, self.negative, cache=self.cache, branch=NEGATIVE).float()
         velocity = combine_guidance(v_pos, v_neg, self.real_cfg, self.cfg_rescale)
-        x0 = model_x.float() - velocity * sigmas.view(batch, *([1] * (x.ndim - 1)))
-        return x0.to(x.dtype)
+        # x0 from the latents the model saw (rounded on low-precision models), as the reference.
+        return torch.add(model_x.float(), velocity, alpha=-sigma).to(x.dtype)

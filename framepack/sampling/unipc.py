@@ -102,12 +102,21 @@ def _step(
     order: int,
     variant: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One UniP predictor + model call + UniC corrector step of ``order`` from sigmas[-1] to ``sigma``."""
+    """One UniP predictor + model call + UniC corrector step of ``order`` from sigmas[-1] to ``sigma``.
+
+    With s = sigmas[-1], m0 = predictions[-1], h = ln(s / sigma), r_j the older steps' log-sigma
+    offsets over h and D_j = (M_j − m0) / r_j:
+        x̃      = (sigma / s)·x − expm1(−h)·m0
+        x_pred = x̃ − B·Σ ρp_j·D_j
+        x_new  = x̃ − B·(Σ ρc_j·D_j + ρc_k·(denoise(x_pred) − m0))
+    Both are evaluated as one linear combination of x, m0, the older M_j (and the new
+    prediction): the same sums with fewer passes over the latents.
+    """
     prev_sigma, prev_prediction = sigmas[-1], predictions[-1]
     lambda_prev = -math.log(prev_sigma)
     h = -math.log(sigma) - lambda_prev
     ratios = [(-math.log(sigmas[-(j + 1)]) - lambda_prev) / h for j in range(1, order)]
-    differences = [(predictions[-(j + 1)] - prev_prediction) / r for j, r in zip(range(1, order), ratios)]
+    older = [predictions[-(j + 1)] for j in range(1, order)]
 
     z = -h
     phi = math.expm1(z)
@@ -118,16 +127,27 @@ def _step(
         rhs.append(g * factorial / b_h)
         factorial *= n + 1
         g = g / z - 1 / factorial
-    predictor = [] if order == 1 else [0.5] if order == 2 else list(np.linalg.solve(rows[:-1, :-1], rhs[:-1]))
-    corrector = [0.5] if order == 1 else list(np.linalg.solve(rows, rhs))
+    predictor = [] if order == 1 else [0.5] if order == 2 else [float(v) for v in np.linalg.solve(rows[:-1, :-1], rhs[:-1])]
+    corrector = [0.5] if order == 1 else [float(v) for v in np.linalg.solve(rows, rhs)]
 
-    first_order = x * (sigma / prev_sigma) - prev_prediction * phi
-    x_pred = first_order
-    for rho, difference in zip(predictor, differences):
-        x_pred = x_pred - difference * (b_h * float(rho))
+    # B·ρ_j·D_j = (B·ρ_j / r_j)·(M_j − m0): weight on M_j, and its negative on m0.
+    pred_weights = [b_h * rho / r for rho, r in zip(predictor, ratios)]
+    x_pred = _combine(x, sigma / prev_sigma, [(prev_prediction, -phi + sum(pred_weights))] + [
+        (m, -w) for m, w in zip(older, pred_weights)
+    ])
     prediction = denoise(x_pred, sigma)
 
-    correction = (prediction - prev_prediction) * float(corrector[-1])
-    for rho, difference in zip(corrector, differences):
-        correction = correction + difference * float(rho)
-    return first_order - correction * b_h, prediction
+    corr_weights = [b_h * rho / r for rho, r in zip(corrector, ratios)]
+    new_weight = b_h * corrector[-1]
+    x_new = _combine(x, sigma / prev_sigma, [(prev_prediction, -phi + sum(corr_weights) + new_weight)] + [
+        (m, -w) for m, w in zip(older, corr_weights)
+    ] + [(prediction, -new_weight)])
+    return x_new, prediction
+
+
+def _combine(first: torch.Tensor, weight: float, terms: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+    """weight·first + Σ w·t, accumulated in place in one new tensor."""
+    out = first * weight
+    for tensor, w in terms:
+        out.add_(tensor, alpha=w)
+    return out
