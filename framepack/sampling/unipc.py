@@ -1,13 +1,16 @@
 """Flow-matching UniPC (the reference's "Better Flow Matching UniPC"), variants bh1 and bh2.
 
-The model is any callable ``denoise(x, sigma) -> x0`` returning a data (x0) prediction.
+The model is any callable ``denoise(x, sigma) -> x0`` (sigma a Python float) returning a
+data (x0) prediction.
 Step i moves x from sigma[i-1] to sigma[i] with a UniP predictor, evaluates the model there
 once and applies the UniC corrector with that evaluation, so N steps cost N model calls.
 The order ramps up 1, 2, 3 over the first steps (capped at min(3, N - 1)). The result is the
 last x0 prediction (made at sigma[N-1]); sigma[N] (0) only sets N and is never evaluated.
 
 Coefficients are computed in double precision from the float32 sigmas; the latents are
-updated in their own dtype (float32 in the reference, float64 accepted for analysis).
+updated in their own dtype (float32 in the reference, float64 accepted for analysis), each
+update as one linear combination, so float32 results differ from the reference's operation
+order by rounding only.
 """
 
 from __future__ import annotations
