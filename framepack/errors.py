@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FramePackError(Exception):
     """Base of every error framepack raises on purpose."""
@@ -21,3 +23,21 @@ class InputError(FramePackError, ValueError):
 
 class NumericalError(FramePackError, ArithmeticError):
     """A computation produced inf or NaN (typically a float16 overflow)."""
+
+
+class GenerationInterrupted(FramePackError):
+    """A generation stopped before its end; ``partial`` keeps the latents of every finished section.
+
+    ``partial`` is a [B, 16, T, h, w] tensor in temporal order, or None when no section had finished.
+    """
+
+    def __init__(self, message: str = "generation interrupted", partial: Any = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+class GenerationCancelled(GenerationInterrupted):
+    """A progress callback asked to stop; raise it from the callback to cancel a generation."""
+
+    def __init__(self, message: str = "generation cancelled", partial: Any = None) -> None:
+        super().__init__(message, partial)

@@ -1,0 +1,279 @@
+"""The section loop: a whole video of latents from ready conditioning, section by section.
+
+``stream_latents`` yields a ``SectionResult`` per finished section; ``generate_latents``
+runs it to the end and returns the video's latents in temporal order. Research code can use
+either without any encoder or VAE.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+
+from ..cache.base import CachePolicy
+from ..conditioning import Conditioning
+from ..config import GenerationConfig
+from ..errors import ConfigError, GenerationCancelled, GenerationInterrupted, InputError
+from .guidance import Denoising, GuidedDenoiser
+from .schedule import flux_sigmas, sequence_length
+from .sections import SectionHistory, SectionLayout, SectionPlan, plan_sections, section_image_embeds
+from .unipc import StepInfo, sample_unipc
+
+LATENT_CHANNELS = 16
+
+
+class SectionTransformer(Denoising, Protocol):
+    """What the loop needs from a transformer: ``prepare`` once per section, ``denoise`` per call."""
+
+    def prepare(self, conditioning: Conditioning, context: Any, latents_shape: tuple[int, ...]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a generation stands, after one sampler step."""
+
+    section: int
+    num_sections: int
+    step: int
+    num_steps: int
+    elapsed: float
+    eta: float
+    denoised: torch.Tensor  # the step's x0 prediction, for previews
+
+    @property
+    def fraction(self) -> float:
+        return (self.section * self.num_steps + self.step + 1) / (self.num_sections * self.num_steps)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class SectionResult:
+    """One finished section.
+
+    latents  the latents it added to the video, in temporal order (with the start latent on
+             the inverted loop's last section)
+    history  every real latent generated so far, in temporal order
+    """
+
+    index: int
+    num_sections: int
+    layout: SectionLayout
+    latents: torch.Tensor
+    history: torch.Tensor
+    seconds: float
+    elapsed: float
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.num_sections - 1
+
+
+def stream_latents(
+    transformer: SectionTransformer,
+    conditioning: Conditioning,
+    start_latent: torch.Tensor,
+    config: GenerationConfig,
+    *,
+    negative: Conditioning | None = None,
+    end_latent: torch.Tensor | None = None,
+    end_image_embeds: torch.Tensor | None = None,
+    cache: CachePolicy | None = None,
+    callback: ProgressCallback | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[SectionResult]:
+    """Generate section by section, yielding each finished one.
+
+    conditioning      used as given; its ``guidance`` must equal ``config.distilled_cfg``
+    start_latent      [B, 16, 1, h, w] scaled VAE latent of the first frame (zeros: text-to-video)
+    negative          text conditioning of the negative pass, required when ``config.real_cfg != 1``;
+                      its image embeddings and guidance are taken from ``conditioning``
+    end_latent        [B, 16, 1, h, w] last frame (inverted mode): the 1x context of the first
+                      generated section, as kijai's end-frame sampler
+    end_image_embeds  end image's embeddings; with them, image embeddings mix per
+                      ``config.end_embed_mode`` / ``start_embed_strength`` (without, they are unchanged)
+    cache             overrides ``config.cache``; started anew for every section
+    callback          called after every sampler step; raise GenerationCancelled in it to stop
+    generator         the noise source; by default a CPU generator seeded with ``config.seed``
+
+    A cancelled or failed run raises GenerationCancelled / GenerationInterrupted whose
+    ``partial`` holds the real latents of the finished sections (None if none finished).
+    """
+    device = next(iter(transformer.parameters())).device
+    plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
+    start_latent = _check_latent("start_latent", start_latent, conditioning.batch_size).to(device, torch.float32)
+    _check_guidance(conditioning, config)
+    if end_latent is not None:
+        if config.mode != "inverted":
+            raise ConfigError(f"end_latent: only the 'inverted' mode can end on a given frame, got mode {config.mode!r}")
+        end_latent = _check_latent("end_latent", end_latent, conditioning.batch_size, like=start_latent)
+        end_latent = end_latent.to(device, torch.float32)
+    if end_image_embeds is not None and (end_latent is None or conditioning.image_embeds is None):
+        raise InputError("end_image_embeds: given without an end_latent or without conditioning.image_embeds")
+    if config.real_cfg != 1.0 and negative is None:
+        raise ConfigError(f"real_cfg is {config.real_cfg}: real CFG needs a negative Conditioning, got None")
+    cache = cache if cache is not None else config.cache
+    if generator is None:
+        generator = torch.Generator("cpu").manual_seed(config.seed)
+
+    batch, _, _, height, width = start_latent.shape
+    noise_shape = (batch, LATENT_CHANNELS, config.window, height, width)
+    # The shift rule counts tokens from the pixel size of one window, as the reference.
+    seq_len = sequence_length(plan.window_pixel_frames, height * 8, width * 8)
+    sigmas = flux_sigmas(config.steps, seq_len, config.shift)
+    conditioning = conditioning.to(device)
+    history = SectionHistory(config.mode, start_latent)
+    clock = _Clock(plan.num_sections * config.steps)
+
+    for layout in plan.sections:
+        section_started = time.perf_counter()
+        try:
+            positive = _section_conditioning(conditioning, end_image_embeds, config, layout, plan)
+            context = history.context(layout, end_latent=end_latent if layout.index == 0 else None)
+            prepared_positive = transformer.prepare(positive, context, noise_shape)
+            prepared_negative = None
+            if config.real_cfg != 1.0:
+                negative_section = replace(
+                    positive, text_embeds=negative.text_embeds, text_mask=negative.text_mask, pooled=negative.pooled
+                ).to(device)
+                prepared_negative = transformer.prepare(negative_section, context, noise_shape)
+            if cache is not None:
+                cache.start_section(config.steps)
+            denoiser = GuidedDenoiser(
+                transformer,
+                prepared_positive,
+                prepared_negative,
+                real_cfg=config.real_cfg,
+                cfg_rescale=config.cfg_rescale,
+                cache=cache,
+            )
+            noise = torch.randn(noise_shape, generator=generator, device=generator.device, dtype=torch.float32)
+            generated = sample_unipc(
+                denoiser,
+                noise.to(device),
+                sigmas,
+                variant=config.variant,
+                callback=None if callback is None else clock.step_callback(callback, layout.index, plan.num_sections),
+            )
+        except GenerationCancelled as exc:
+            raise GenerationCancelled(
+                f"generation cancelled in section {layout.index} of {plan.num_sections}; "
+                f"{layout.index} finished section(s) kept in .partial",
+                partial=_finished(history, layout),
+            ) from exc
+        except Exception as exc:
+            if layout.index == 0:
+                raise
+            raise GenerationInterrupted(
+                f"section {layout.index} of {plan.num_sections} failed ({type(exc).__name__}: {exc}); "
+                f"{layout.index} finished section(s) kept in .partial",
+                partial=_finished(history, layout),
+            ) from exc
+        added = history.add(layout, generated)
+        now = time.perf_counter()
+        yield SectionResult(
+            layout.index, plan.num_sections, layout, added, history.latents, now - section_started, now - clock.started
+        )
+
+
+def generate_latents(
+    transformer: SectionTransformer,
+    conditioning: Conditioning,
+    start_latent: torch.Tensor,
+    config: GenerationConfig,
+    *,
+    negative: Conditioning | None = None,
+    end_latent: torch.Tensor | None = None,
+    end_image_embeds: torch.Tensor | None = None,
+    cache: CachePolicy | None = None,
+    callback: ProgressCallback | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The whole video's latents [B, 16, T, h, w] in temporal order (T = sections·window + 1).
+
+    Arguments as ``stream_latents``; on cancellation or failure the raised exception's
+    ``partial`` holds the finished sections.
+    """
+    result = None
+    for result in stream_latents(
+        transformer,
+        conditioning,
+        start_latent,
+        config,
+        negative=negative,
+        end_latent=end_latent,
+        end_image_embeds=end_image_embeds,
+        cache=cache,
+        callback=callback,
+        generator=generator,
+    ):
+        pass
+    assert result is not None  # a plan always has at least one section
+    return result.history
+
+
+def _check_latent(name: str, latent: object, batch: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    if not isinstance(latent, torch.Tensor) or not latent.is_floating_point():
+        raise InputError(f"{name}: expected a float tensor [B, 16, 1, h, w], got {type(latent).__name__}")
+    expected = (batch, LATENT_CHANNELS, 1) if like is None else tuple(like.shape)
+    if latent.ndim != 5 or tuple(latent.shape[: len(expected)]) != expected:
+        want = f"[{batch}, {LATENT_CHANNELS}, 1, h, w]" if like is None else str(list(like.shape))
+        raise InputError(f"{name}: expected shape {want}, got {list(latent.shape)}")
+    return latent
+
+
+def _check_guidance(conditioning: Conditioning, config: GenerationConfig) -> None:
+    values = conditioning.guidance.detach().float().cpu()
+    if not torch.all(values == config.distilled_cfg):
+        raise ConfigError(
+            f"conditioning.guidance is {values.tolist()} but config.distilled_cfg is {config.distilled_cfg}; "
+            "build the Conditioning with guidance = distilled_cfg"
+        )
+
+
+def _section_conditioning(
+    conditioning: Conditioning,
+    end_image_embeds: torch.Tensor | None,
+    config: GenerationConfig,
+    layout: SectionLayout,
+    plan: SectionPlan,
+) -> Conditioning:
+    if end_image_embeds is None:
+        return conditioning
+    start = conditioning.image_embeds
+    embeds = section_image_embeds(
+        start,
+        end_image_embeds.to(start),
+        mode=config.end_embed_mode,
+        strength=config.start_embed_strength,
+        index=layout.index,
+        count=plan.num_sections,
+    )
+    return replace(conditioning, image_embeds=embeds)
+
+
+def _finished(history: SectionHistory, running: SectionLayout) -> torch.Tensor | None:
+    return history.latents if running.index > 0 else None
+
+
+class _Clock:
+    """Elapsed time and ETA over every step of every section."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+        self.started = time.perf_counter()
+
+    def step_callback(
+        self, callback: ProgressCallback, section: int, num_sections: int
+    ) -> Callable[[StepInfo], None]:
+        def on_step(info: StepInfo) -> None:
+            elapsed = time.perf_counter() - self.started
+            done = section * info.num_steps + info.step + 1
+            eta = elapsed / done * (self.total_steps - done)
+            callback(Progress(section, num_sections, info.step, info.num_steps, elapsed, eta, info.denoised))
+
+        return on_step

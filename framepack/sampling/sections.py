@@ -1,0 +1,266 @@
+"""Section plans (which frames each section generates, at which indices, from which history)
+and the history bookkeeping that turns finished sections into the next section's packed context.
+
+Two orders, as the reference apps:
+
+- ``inverted`` (FramePackI2V_HY, anti-drifting): sections are generated from the END of the
+  video back to its start. Each window sits after the start frame and ``padding`` blank
+  windows; its clean context is the start frame plus the frames generated just after it
+  (the front of the history). The last generated section (padding 0) is joined to the start latent.
+- ``forward`` (FramePack-F1): sections are appended in temporal order; the context is the
+  start frame plus the end of the history.
+
+The history a section reads is the real latents so far (temporal order) padded with 19 zero
+frames on the side not yet generated: after them in ``inverted``, before them in ``forward``.
+The ``history_*`` slices of a layout index that 19-frame padded history.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..conditioning import PackedContext
+from ..errors import ConfigError
+
+MODES = ("inverted", "forward")
+HISTORY_FRAMES = 1 + 2 + 16  # 1x, 2x and 4x context frames
+
+Slice = tuple[int, "int | None"]
+_INVERTED_SLICES: tuple[Slice, Slice, Slice] = ((0, 1), (1, 3), (3, 19))
+_FORWARD_SLICES: tuple[Slice, Slice, Slice] = ((-1, None), (-3, -1), (-19, -3))
+
+
+@dataclass(frozen=True)
+class SectionLayout:
+    """One section: the frame indices the transformer sees and where its latents come from and go.
+
+    index               position in generation order (0 = generated first)
+    padding             blank windows between the start frame and this window (inverted; 0 in forward)
+    latent_indices      frame index of each noisy latent frame
+    clean_indices       (start frame, 1x history frame)
+    clean_2x_indices    indices of the two 2x history frames
+    clean_4x_indices    indices of the sixteen 4x history frames
+    history_1x/2x/4x    (start, stop) slices of the 19-frame padded history feeding each group
+    video_frames        (start, stop) latent frames this section fills in the final video
+    joins_start         the start latent is prepended to this section's output (inverted, last section)
+    """
+
+    index: int
+    padding: int
+    latent_indices: tuple[int, ...]
+    clean_indices: tuple[int, int]
+    clean_2x_indices: tuple[int, ...]
+    clean_4x_indices: tuple[int, ...]
+    history_1x: Slice
+    history_2x: Slice
+    history_4x: Slice
+    video_frames: tuple[int, int]
+    joins_start: bool
+
+    def describe(self) -> str:
+        def span(values: tuple[int, ...]) -> str:
+            return f"{values[0]}..{values[-1]}" if len(values) > 1 else str(values[0])
+
+        def cut(s: Slice) -> str:
+            return f"[{s[0]}:{'' if s[1] is None else s[1]}]"
+
+        return (
+            f"section {self.index}: padding {self.padding}, latent {span(self.latent_indices)}, "
+            f"clean {list(self.clean_indices)}, 2x {span(self.clean_2x_indices)}, 4x {span(self.clean_4x_indices)}; "
+            f"1x/2x/4x <- history{cut(self.history_1x)}/{cut(self.history_2x)}/{cut(self.history_4x)}; "
+            f"fills video latents {self.video_frames[0]}..{self.video_frames[1] - 1}"
+            + (" (with the start latent)" if self.joins_start else "")
+        )
+
+
+@dataclass(frozen=True)
+class SectionPlan:
+    """Every section of one video, in generation order."""
+
+    mode: str
+    seconds: float
+    fps: int
+    window: int
+    sections: tuple[SectionLayout, ...]
+
+    @property
+    def num_sections(self) -> int:
+        return len(self.sections)
+
+    @property
+    def window_pixel_frames(self) -> int:
+        """Pixel frames of one section window (4·window − 3), which set its noise shape and shift."""
+        return 4 * self.window - 3
+
+    @property
+    def latent_frames(self) -> int:
+        """Latent frames of the finished video: the start latent plus every window."""
+        return self.num_sections * self.window + 1
+
+    @property
+    def pixel_frames(self) -> int:
+        return 4 * self.latent_frames - 3
+
+    def describe(self) -> str:
+        head = (
+            f"{self.mode} plan: {self.seconds:g} s at {self.fps} fps, window {self.window} -> "
+            f"{self.num_sections} section(s), {self.latent_frames} latent frames ({self.pixel_frames} pixel frames)"
+        )
+        return "\n".join([head] + ["  " + s.describe() for s in self.sections])
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+def section_count(seconds: float, fps: int, window: int) -> int:
+    """The reference's count: ``max(round(seconds·fps / (4·window)), 1)`` with Python's round (half to even)."""
+    return int(max(round(seconds * fps / (window * 4)), 1))
+
+
+def inverted_paddings(num_sections: int) -> list[int]:
+    """Blank windows before each section, in generation order: n−1 … 0, or 3, 2, …, 2, 1, 0 beyond four sections."""
+    if num_sections > 4:
+        return [3] + [2] * (num_sections - 3) + [1, 0]
+    return list(range(num_sections - 1, -1, -1))
+
+
+def plan_sections(seconds: float, *, fps: int = 30, window: int = 9, mode: str) -> SectionPlan:
+    """Plan a video of ``seconds`` at ``fps`` in windows of ``window`` latent frames."""
+    if mode not in MODES:
+        raise ConfigError(f"mode: expected one of {MODES}, got {mode!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"seconds: expected a finite number > 0, got {seconds!r}")
+    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
+        raise ConfigError(f"fps: expected an int >= 1, got {fps!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"window: expected an int >= 1, got {window!r}")
+    count = section_count(seconds, fps, window)
+    if mode == "inverted":
+        sections = tuple(
+            _inverted_layout(i, pad, window, count) for i, pad in enumerate(inverted_paddings(count))
+        )
+    else:
+        sections = tuple(_forward_layout(i, window) for i in range(count))
+    return SectionPlan(mode, float(seconds), fps, window, sections)
+
+
+def _inverted_layout(index: int, padding: int, window: int, count: int) -> SectionLayout:
+    # Index groups in order: start [1], blank [padding·window], latent [window], 1x [1], 2x [2], 4x [16].
+    first_latent = 1 + padding * window
+    post = first_latent + window
+    temporal_slot = count - 1 - index  # generation runs from the video's end to its start
+    start_frame = 1 + temporal_slot * window
+    return SectionLayout(
+        index=index,
+        padding=padding,
+        latent_indices=tuple(range(first_latent, post)),
+        clean_indices=(0, post),
+        clean_2x_indices=(post + 1, post + 2),
+        clean_4x_indices=tuple(range(post + 3, post + 19)),
+        history_1x=_INVERTED_SLICES[0],
+        history_2x=_INVERTED_SLICES[1],
+        history_4x=_INVERTED_SLICES[2],
+        video_frames=(0 if padding == 0 else start_frame, start_frame + window),
+        joins_start=padding == 0,
+    )
+
+
+def _forward_layout(index: int, window: int) -> SectionLayout:
+    # Index groups in order: start [1], 4x [16], 2x [2], 1x [1], latent [window].
+    return SectionLayout(
+        index=index,
+        padding=0,
+        latent_indices=tuple(range(20, 20 + window)),
+        clean_indices=(0, 19),
+        clean_2x_indices=(17, 18),
+        clean_4x_indices=tuple(range(1, 17)),
+        history_1x=_FORWARD_SLICES[0],
+        history_2x=_FORWARD_SLICES[1],
+        history_4x=_FORWARD_SLICES[2],
+        video_frames=(1 + index * window, 1 + (index + 1) * window),
+        joins_start=False,
+    )
+
+
+class SectionHistory:
+    """The real latents generated so far, in temporal order, and the context they give a section.
+
+    In ``forward`` mode the history starts as the start latent; in ``inverted`` mode it starts
+    empty and the start latent joins with the last section.
+    """
+
+    def __init__(self, mode: str, start_latent: torch.Tensor) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"mode: expected one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.start_latent = start_latent
+        self.latents = start_latent if mode == "forward" else start_latent[:, :, :0]
+
+    def context(self, layout: SectionLayout, *, end_latent: torch.Tensor | None = None) -> PackedContext:
+        """The packed context of ``layout``; ``end_latent`` replaces the 1x history frame (end-frame conditioning)."""
+        padded = self._padded()
+
+        def take(s: Slice) -> torch.Tensor:
+            return padded[:, :, s[0] : s[1]]
+
+        post = take(layout.history_1x) if end_latent is None else end_latent
+        device = self.start_latent.device
+
+        def indices(values: tuple[int, ...]) -> torch.Tensor:
+            return torch.tensor([values], dtype=torch.int64, device=device)
+
+        return PackedContext(
+            latent_indices=indices(layout.latent_indices),
+            clean=torch.cat([self.start_latent, post.to(padded)], dim=2),
+            clean_indices=indices(layout.clean_indices),
+            clean_2x=take(layout.history_2x),
+            clean_2x_indices=indices(layout.clean_2x_indices),
+            clean_4x=take(layout.history_4x),
+            clean_4x_indices=indices(layout.clean_4x_indices),
+        )
+
+    def add(self, layout: SectionLayout, generated: torch.Tensor) -> torch.Tensor:
+        """Record a finished section; returns the latents it added, in temporal order."""
+        if layout.joins_start:
+            generated = torch.cat([self.start_latent, generated.to(self.start_latent)], dim=2)
+        if self.mode == "inverted":
+            self.latents = torch.cat([generated.to(self.latents), self.latents], dim=2)
+        else:
+            self.latents = torch.cat([self.latents, generated.to(self.latents)], dim=2)
+        return generated
+
+    def _padded(self) -> torch.Tensor:
+        """The 19 history frames nearest the next section, zero-padded on the side not generated yet."""
+        if self.mode == "inverted":
+            near = self.latents[:, :, :HISTORY_FRAMES]
+        else:
+            near = self.latents[:, :, -HISTORY_FRAMES:]
+        b, c, t, h, w = near.shape
+        zeros = near.new_zeros(b, c, HISTORY_FRAMES - t, h, w)
+        return torch.cat([near, zeros] if self.mode == "inverted" else [zeros, near], dim=2)
+
+
+END_EMBED_MODES = ("weighted_average", "linear", "disabled")
+
+
+def section_image_embeds(
+    start: torch.Tensor, end: torch.Tensor, *, mode: str, strength: float, index: int, count: int
+) -> torch.Tensor:
+    """Image embeddings of section ``index`` (generation order) of ``count`` when an end image is given.
+
+    As kijai's FramePackSampler: "weighted_average" mixes start·s + end·(1−s) on every section;
+    "linear" goes from the start embeds on the first generated section (the video's end) to the
+    end embeds on the last one (the video's start); "disabled" uses start·s.
+    """
+    if mode == "disabled":
+        return start * strength
+    if mode == "linear":
+        start_weight = 1.0 - index / (count - 1) if count > 1 else 1.0
+    elif mode == "weighted_average":
+        start_weight = strength
+    else:
+        raise ConfigError(f"end_embed_mode: expected one of {END_EMBED_MODES}, got {mode!r}")
+    return start * start_weight + end * (1.0 - start_weight)

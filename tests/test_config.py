@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from framepack.cache.base import NoCache
+from framepack.config import GenerationConfig
+from framepack.errors import ConfigError
+
+
+def test_defaults_are_the_reference_app() -> None:
+    c = GenerationConfig()
+    assert (c.seconds, c.fps, c.window, c.steps, c.seed) == (5.0, 30, 9, 25, 31337)
+    assert (c.mode, c.variant, c.shift, c.resolution, c.resize) == ("inverted", "bh1", None, 640, "crop")
+    assert (c.real_cfg, c.distilled_cfg, c.cfg_rescale, c.crf, c.negative_prompt) == (1.0, 10.0, 0.0, 16, "")
+    assert c.cache is None and c.end_image is None
+
+
+def test_valid_non_defaults() -> None:
+    c = GenerationConfig(seconds=1, mode="forward", variant="bh2", shift=3.0, resolution=32, resize="pad",
+                         cache=NoCache(), cfg_rescale=1.0, vae_tiling=True, crf=0)
+    assert c.mode == "forward"
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("seconds", -1.0, "seconds: expected a number > 0, got -1.0"),
+        ("seconds", float("nan"), "seconds: expected a finite number, got nan"),
+        ("steps", 0, "steps: expected an int >= 1, got 0"),
+        ("steps", 2.5, "steps: expected an int, got 2.5"),
+        ("window", 0, "window: expected an int >= 1, got 0"),
+        ("fps", True, "fps: expected an int, got True"),
+        ("resolution", 600, "resolution: expected a multiple of 16, got 600"),
+        ("resolution", 16, "resolution: expected an int >= 32, got 16"),
+        ("mode", "backward", "mode: expected one of inverted, forward, got 'backward'"),
+        ("resize", "fill", "resize: expected one of crop, stretch, pad, got 'fill'"),
+        ("variant", "bh3", "variant: expected one of bh1, bh2, got 'bh3'"),
+        ("cfg_rescale", 1.5, "cfg_rescale: expected a number in [0, 1], got 1.5"),
+        ("real_cfg", 0.0, "real_cfg: expected a number > 0, got 0.0"),
+        ("shift", -2.0, "shift: expected a number > 0, got -2.0"),
+        ("crf", 101, "crf: expected an int in [0, 100], got 101"),
+        ("cache", "teacache", "cache: expected a CachePolicy instance or None, got str"),
+        ("end_embed_mode", "mean", "end_embed_mode: expected one of weighted_average, linear, disabled, got 'mean'"),
+        ("vae_tiling", "yes", "vae_tiling: expected True, False or None, got 'yes'"),
+        ("seed", 2**64, "seed: expected an int below 2**64"),
+    ],
+)
+def test_impossible_values_name_the_field(field: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        GenerationConfig(**{field: value})
+    assert str(caught.value).startswith(message)
+
+
+def test_end_image_needs_inverted_mode() -> None:
+    with pytest.raises(ConfigError, match="end_image"):
+        GenerationConfig(mode="forward", end_image="last.png")
