@@ -414,9 +414,16 @@ class TransformerStack:
         for index, block in zip(range(start, stop), self._model._blocks(start, stop)):
             block(self._joint, n_img, self._temb_act, self._rope, self._mask)
             if guard:
-                check_finite(self._joint, f"{self._model.block_name(index)} (output)")
+                check_finite(self._joint, f"{self._model.block_name(index)} output{_FLOAT16_HINT}")
         self._next_block = stop
         return self._joint[:, :n_img]
+
+
+# The streams are float32 under float16 weights, so an inf there came from a float16 matmul.
+_FLOAT16_HINT = (
+    " (float16 weights: a float16 result inside it passed 65504; run in bfloat16 on a GPU that supports it, "
+    "or in float32)"
+)
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -634,7 +641,7 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         text_temb = refiner.time_text_embed.timestep_embedder(t_freq) + prepared.refiner_text_emb
         text = refiner(prepared.text_tokens.to(stream), text_temb, prepared.refiner_mask)
         if dtype == torch.float16:
-            check_finite(text, "context_embedder (token refiner output)")
+            check_finite(text, f"context_embedder (token refiner) output{_FLOAT16_HINT}")
         context = text if prepared.image_tokens is None else torch.cat([prepared.image_tokens.to(stream), text], dim=1)
 
         stack = TransformerStack(self, image, context, temb, prepared.rope, prepared.joint_mask)
