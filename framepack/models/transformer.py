@@ -37,9 +37,9 @@ from .loading import PretrainedModel
 from .layers import (
     FeedForward,
     MLPEmbedder,
-    affine_layer_norm,
     Modulation,
     RMSNormWeights,
+    affine_layer_norm,
     attention,
     layer_norm,
     modulate_,
@@ -387,7 +387,7 @@ class TransformerStack:
 
     @torch.no_grad()
     def modulated_input(self) -> torch.Tensor:
-        # Used inside the loop: a streamer may reuse block 0's slot once its iterator is closed.
+        # Computed while block 0 is in hand: once its iterator closes, a streamer may reuse its slot.
         for first in self._model._blocks(0, 1):
             return first.modulated_input(self._image, self._temb_act)
         raise AssertionError("the model has at least one block (TransformerConfig checks it)")
