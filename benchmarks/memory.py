@@ -11,6 +11,11 @@
 3. With CUDA: resident step time, streamed step time, and the time of the copies alone,
    for a compute-bound and a copy-bound token count; target streamed <= 1.15 x
    max(compute, copy). Also peak device memory vs the budget.
+4. The real model class: one FramePackTransformer denoising step (full packed context)
+   resident vs streamed at the minimum block budget and one byte under resident, through
+   ``enable_streaming``: on the CPU the "medium" config in float32; with CUDA a
+   real-width model (the "framepack" preset cut to 2 double + 4 single blocks) in the
+   GPU's compute dtype, plus float16 (float32 islands) vs bfloat16 where both run.
 Timings are medians of interleaved repeats after a warm-up.
 """
 
@@ -34,9 +39,12 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from framepack.conditioning import Conditioning, PackedContext
 from framepack.models.configuration import ModelConfig
 from framepack.models.loading import PretrainedModel
+from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from framepack.offload import LayerStreamer, block_nbytes, format_bytes, minimum_budget
+from framepack.precision import compute_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +212,68 @@ def gpu_streaming(repeats: int) -> None:
         del streamer, host, target
 
 
+def random_transformer(config: TransformerConfig, dtype: torch.dtype) -> FramePackTransformer:
+    """Random weights at ~1/sqrt(fan_in) (vectors small) so activations stay in range, on the CPU."""
+    torch.manual_seed(0)
+    model = FramePackTransformer(config).eval().requires_grad_(False)
+    for p in model.parameters():
+        p.normal_(0, 1 / p[0].numel() ** 0.5 if p.ndim > 1 else 0.1)
+    model = model.to(dtype)
+    model.proj_out.float()  # fp32 output head, as from_pretrained keeps it
+    return model
+
+
+def step_inputs(config: TransformerConfig, height: int, width: int) -> tuple[torch.Tensor, Conditioning, PackedContext]:
+    """A last inverted section: 9-frame window with the 1x, 2x and 4x clean history, 80-token text."""
+    g = torch.Generator().manual_seed(1)
+    w = 9
+    latents = torch.randn(1, 16, w, height, width, generator=g)
+    mask = torch.zeros(1, 256, dtype=torch.bool)
+    mask[:, :80] = True
+    text = torch.randn(1, 256, config.text_embed_dim, generator=g) * mask[..., None]
+    cond = Conditioning(text, mask, torch.randn(1, config.pooled_projection_dim, generator=g), torch.tensor([10.0]),
+                        torch.randn(1, 729, config.image_proj_dim, generator=g))
+    pre, latent, post, two, four = torch.arange(0, 1 + w + 1 + 2 + 16)[None].split([1, w, 1, 2, 16], dim=1)
+    clean = [torch.randn(1, 16, n, height, width, generator=g) for n in (2, 2, 16)]
+    context = PackedContext(latent, clean[0], torch.cat([pre, post], 1), clean[1], two, clean[2], four)
+    return latents, cond, context
+
+
+def transformer_streaming(repeats: int, device: torch.device) -> None:
+    cuda = device.type == "cuda"
+    if cuda:
+        config, size = TransformerConfig.preset("framepack", num_layers=2, num_single_layers=4), (80, 80)
+    else:
+        config, size = TransformerConfig.preset("medium"), (32, 24)
+    dtypes = [compute_dtype(device)]
+    if cuda and dtypes[0] == torch.bfloat16:
+        dtypes.append(torch.float16)  # the float32-island path, for its cost
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    latents, cond, context = step_inputs(config, *size)
+    timestep = torch.tensor([875.0])
+    for dtype in dtypes:
+        base = random_transformer(config, dtype)
+        sizes = [block_nbytes(b) for b in base.streamable_blocks()]
+        # One byte short of resident: how much the planner streams to save the first byte.
+        budgets = {"resident": None, "just_under": sum(sizes) - 1, "minimum": minimum_budget(sizes)}
+        models, steps = {}, {}
+        for label, budget in budgets.items():
+            model = copy.deepcopy(base) if label != "minimum" else base
+            models[label] = model
+            streamer = model.enable_streaming(device, budget)
+            prepared = model.prepare(cond, context, latents.shape)
+            steps[label] = lambda m=model, p=prepared: m.denoise(latents, timestep, p)
+            print(f"  {label:10s} {streamer.plan}")
+        outs = {label: step() for label, step in steps.items()}
+        assert all(torch.equal(o, outs["resident"]) for o in outs.values()), "streamed output differs"
+        t = interleaved(steps, repeats, sync)
+        print(f"transformer step on {device} ({dtype}, inner dim {config.inner_dim}, {len(sizes)} blocks, "
+              f"{format_bytes(sum(sizes))} of blocks):")
+        print("  " + "   ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items())
+              + "   " + "   ".join(f"{k}/resident = {t[k] / t['resident']:.2f}" for k in ("just_under", "minimum")))
+        del models, steps, outs, base
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=256, help="checkpoint size for the host-memory test")
@@ -215,8 +285,10 @@ def main() -> None:
         return
     host_memory(args.mib, args.repeats)
     cpu_streaming(args.repeats)
+    transformer_streaming(args.repeats, torch.device("cpu"))
     if torch.cuda.is_available():
         gpu_streaming(args.repeats)
+        transformer_streaming(args.repeats, torch.device("cuda", torch.cuda.current_device()))
     else:
         print("no CUDA device: GPU streaming figures skipped")
 

@@ -225,7 +225,7 @@ class LayerStreamer:
     for CUDA) moves streamed weights into page-locked host memory for asynchronous DMA;
     that memory is locked RAM, so pass ``False`` to leave memory-mapped weights in the page
     cache at the cost of slower, staged copies. Blocks must not be moved after the
-    streamer takes them; ``offload()`` and the next ``iterate`` move them.
+    streamer takes them; ``offload()`` and ``load()`` (or the next ``iterate``) move them.
     """
 
     def __init__(
@@ -260,7 +260,7 @@ class LayerStreamer:
         self._shells: dict[int, list[nn.Module]] = {}
         self._slot_free: list[torch.cuda.Event | None] = []
         self._loaded = False
-        self._load()
+        self.load()
         logger.info("LayerStreamer on %s: %s", self.device, self.plan)
 
     # --- moving weights -------------------------------------------------------------
@@ -279,7 +279,8 @@ class LayerStreamer:
     def _pinned_buffer(nbytes: int) -> torch.Tensor:
         return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
 
-    def _load(self) -> None:
+    def load(self) -> None:
+        """Put the resident blocks on the device and allocate the slots (``iterate`` does it when needed)."""
         if self._loaded:
             return
         for i in self.plan.resident:
@@ -340,7 +341,7 @@ class LayerStreamer:
         stop = len(self.blocks) if stop is None else stop
         if not 0 <= start <= stop <= len(self.blocks):
             raise ConfigError(f"iterate({start}, {stop}) is outside the {len(self.blocks)} blocks")
-        self._load()
+        self.load()
         order = [i for i in range(start, stop) if i in self._streamed]
         stats = self.stats
         stats.passes += 1

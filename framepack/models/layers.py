@@ -24,6 +24,11 @@ def layer_norm(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=NORM_EPS)
 
 
+def affine_layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` computed in ``x``'s dtype: a float32 stream stays float32 under float16 weights."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.bias.to(x.dtype), norm.eps)
+
+
 def modulate_(normed: torch.Tensor, scale_plus_one: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """In place: normed * (1 + scale) + shift; [B, D] factors broadcast over tokens."""
     return torch.addcmul(shift[:, None], normed, scale_plus_one[:, None], out=normed)
@@ -86,7 +91,9 @@ class FeedForward(nn.Module):
         self.net = nn.ModuleList([_Proj(dim, hidden), nn.Identity(), nn.Linear(hidden, dim)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.net[0].proj(x)
+        """``x`` in any float dtype; computed in the weights' dtype (a float32 stream meets float16 weights)."""
+        proj = self.net[0].proj
+        h = proj(x.to(proj.weight.dtype))
         if self.activation == "gelu_tanh":
             torch.ops.aten.gelu_(h, approximate="tanh")  # in place: no second [L, M] buffer
         else:
@@ -185,7 +192,9 @@ def qk_norm_rope_(
 
 
 def linear_into(out: torch.Tensor, x: torch.Tensor, layer: nn.Linear) -> None:
-    """out[...] = layer(x), written straight into ``out`` (a slice of a joint buffer) when it is contiguous."""
+    """out[...] = layer(x), written straight into ``out`` (a slice of a joint buffer) when it is contiguous;
+    ``x`` is cast to the weights' dtype (a float32 stream meets float16 weights)."""
+    x = x.to(layer.weight.dtype)
     if out.is_contiguous() and x.is_contiguous():
         torch.addmm(layer.bias, x.reshape(-1, x.shape[-1]), layer.weight.t(), out=out.view(-1, out.shape[-1]))
     else:

@@ -6,7 +6,9 @@ of layer 29 of 32, before the final norm. Only the layers up to the requested st
 All 32 layers and the final norm are *built*, so loading the real checkpoint stays strict
 and every index (−1 = final-norm output included) works; the unused layers cost no memory
 when weights are memory-mapped (``storage="mmap"``) or streamed, because they are never
-read. Layers are fetched through ``_layers(stop)`` so a layer streamer can take over.
+read. Layers are fetched through ``_layers(stop)``, which iterates the ``LayerStreamer``
+while streaming is enabled: ``enable_streaming(device, budget, num_blocks=
+encoder.layers_needed(-3))`` streams only the 29 layers FramePack reads.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 from ..errors import ConfigError, InputError
 from .configuration import ModelConfig
 from .loading import PretrainedModel
+from .streaming import StreamableModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +174,7 @@ class LlamaDecoderLayer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
-class LlamaTextEncoder(PretrainedModel):
+class LlamaTextEncoder(StreamableModel, PretrainedModel):
     """``LlamaModel`` as a feature extractor: ``(input_ids, attention_mask) -> hidden state [B, L, D]``."""
 
     config_class = LlamaConfig
@@ -188,9 +191,32 @@ class LlamaTextEncoder(PretrainedModel):
         # Checkpoints from older transformers stored the RoPE frequencies; we recompute them.
         return {k for k in available if k.endswith("rotary_emb.inv_freq")}
 
+    def streamable_blocks(self) -> list[nn.Module]:
+        return list(self.layers)
+
+    def layers_needed(self, hidden_state_index: int) -> int:
+        """How many decoder layers ``forward(..., hidden_state_index)`` runs (29 of 32 for -3)."""
+        return min(self._hidden_state_position(hidden_state_index), self.config.num_hidden_layers)
+
+    def _hidden_state_position(self, hidden_state_index: int) -> int:
+        count = self.config.num_hidden_layers + 1
+        if not -count <= hidden_state_index < count:
+            raise InputError(
+                f"hidden_state_index: expected an index into {count} hidden states, got {hidden_state_index}"
+            )
+        return hidden_state_index % count
+
     def _layers(self, stop: int) -> Iterator[nn.Module]:
-        """The first ``stop`` decoder layers, in order: the one place a layer streamer hooks in."""
-        return iter(self.layers[:stop])
+        """The first ``stop`` decoder layers, in order, through the streamer when streaming is on."""
+        streamer = self.streamer
+        if streamer is None:
+            return iter(self.layers[:stop])
+        if stop > len(streamer.blocks):
+            raise ConfigError(
+                f"LlamaTextEncoder: streaming was enabled for the first {len(streamer.blocks)} layers but this "
+                f"hidden state needs {stop}; call enable_streaming(..., num_blocks={stop}) (or None for all)"
+            )
+        return streamer.iterate(0, stop)
 
     def forward(
         self,
@@ -212,14 +238,9 @@ class LlamaTextEncoder(PretrainedModel):
                 f"attention_mask: expected shape {list(input_ids.shape)} like input_ids, "
                 f"got {list(attention_mask.shape)}"
             )
-        count = self.config.num_hidden_layers + 1
-        if not -count <= hidden_state_index < count:
-            raise InputError(
-                f"hidden_state_index: expected an index into {count} hidden states, got {hidden_state_index}"
-            )
-        stop = hidden_state_index % count
+        stop = self._hidden_state_position(hidden_state_index)
 
-        h = self.embed_tokens(input_ids)
+        h = self.embed_tokens(input_ids.to(self.embed_tokens.weight.device))
         length = input_ids.shape[1]
         cos, sin = rope_tables(
             length, self.config.attention_head_dim, self.config.rope_base, device=h.device, dtype=h.dtype

@@ -9,6 +9,13 @@ cache policy. ``forward`` is the two in sequence.
 Inside the stack the image stream and the context stream live in ONE joint buffer
 [B, L_img + L_ctx, D] that every block updates in place: double blocks work on the two
 views of it, single blocks on all of it, so nothing is concatenated per block.
+
+float16 weights (GPUs without bfloat16) keep that buffer, the refiner's stream, every
+norm, the modulation and the output head in float32: only the matmuls and attention run
+in float16, and each block's float16 update is added to the float32 stream in float32.
+An overflow that still happens (a float16 matmul output past 65504) raises
+``NumericalError`` naming the block, checked after every block in float16 only.
+float32 and bfloat16 run entirely in the weights' dtype, as the reference does.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from torch import nn
 from ..cache.base import POSITIVE, CachePolicy
 from ..conditioning import Conditioning, PackedContext
 from ..errors import ConfigError, InputError
+from ..precision import add_residual, check_finite
 from .configuration import ModelConfig
 from .loading import PretrainedModel
 from .layers import (
@@ -31,6 +39,7 @@ from .layers import (
     MLPEmbedder,
     Modulation,
     RMSNormWeights,
+    affine_layer_norm,
     attention,
     layer_norm,
     modulate_,
@@ -42,6 +51,7 @@ from .layers import (
     rope_table,
     timestep_sinusoid,
 )
+from .streaming import StreamableModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,11 +204,12 @@ class RefinerBlock(nn.Module):
         self.norm_out = Modulation(dim, 2)
 
     def forward(self, h: torch.Tensor, temb_act: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        q, k, v = self.attn.to_qkv(self.norm1(h)).unflatten(-1, (3, self.heads, -1)).unbind(-3)
+        normed = affine_layer_norm(self.norm1, h).to(self.attn.to_qkv.weight.dtype)
+        q, k, v = self.attn.to_qkv(normed).unflatten(-1, (3, self.heads, -1)).unbind(-3)
         attn_out = self.attn.to_out[0](attention(q, k, v, mask))
         gate_msa, gate_mlp = self.norm_out(temb_act).unbind(1)
-        h = h + attn_out * gate_msa[:, None]
-        return h + self.ff(self.norm2(h)) * gate_mlp[:, None]
+        h = add_residual(h, attn_out, gate_msa[:, None])
+        return add_residual(h, self.ff(affine_layer_norm(self.norm2, h)), gate_mlp[:, None])
 
 
 class _RefinerBlocks(nn.Module):
@@ -259,19 +270,20 @@ class DoubleStreamBlock(nn.Module):
     def forward(
         self, joint: torch.Tensor, n_img: int, temb_act: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        mod = self.norm1_joint(temb_act)
+        mod = self.norm1_joint(temb_act).to(joint.dtype)  # float32 modulation under float16 weights
         mod[:, 1::3].add_(1)  # every scale becomes 1 + scale
         shift, scale, gate, shift2, scale2, gate2 = mod[:, :6].unbind(1)
         c_shift, c_scale, c_gate, c_shift2, c_scale2, c_gate2 = mod[:, 6:].unbind(1)
         x, c = joint[:, :n_img], joint[:, n_img:]
 
         normed = layer_norm(joint)
-        qkv = joint.new_empty(*joint.shape[:2], 3 * joint.shape[2])  # joint [image | context] q, k, v
+        qkv = joint.new_empty(*joint.shape[:2], 3 * joint.shape[2], dtype=self.attn.to_qkv.weight.dtype)
         linear_into(qkv[:, :n_img], modulate_(normed[:, :n_img], scale, shift), self.attn.to_qkv)
         linear_into(qkv[:, n_img:], modulate_(normed[:, n_img:], c_scale, c_shift), self.attn.add_qkv)
-        qkv = qkv.unflatten(-1, (3, self.heads, -1))
+        qkv = qkv.unflatten(-1, (3, self.heads, -1))  # joint [image | context] q, k, v
         qk_norm_rope_(qkv[:, :, :2], n_img, self.attn.norm_qk.pair(), self.attn.norm_added_qk.pair(), rope)
         attn_out = attention(*qkv.unbind(2), mask)
+        # In place into the stream: a float16 update meets a float32 stream in float32 (add_residual's rule).
         x.addcmul_(self.attn.to_out[0](attn_out[:, :n_img]), gate[:, None])
         c.addcmul_(self.attn.to_add_out(attn_out[:, n_img:]), c_gate[:, None])
 
@@ -311,11 +323,11 @@ class SingleStreamBlock(nn.Module):
     def forward(
         self, joint: torch.Tensor, n_img: int, temb_act: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        mod = self.norm(temb_act)
+        mod = self.norm(temb_act).to(joint.dtype)  # float32 modulation under float16 weights
         mod[:, 1].add_(1)
         shift, scale, gate = mod.unbind(1)
         dim = self.dim
-        h = self.qkv_mlp(modulate_(layer_norm(joint), scale, shift))
+        h = self.qkv_mlp(modulate_(layer_norm(joint), scale, shift).to(self.qkv_mlp.weight.dtype))
         qkv = h[..., : 3 * dim].unflatten(-1, (3, self.heads, -1))
         weights = self.attn.norm_qk.pair()
         qk_norm_rope_(qkv[:, :, :2], n_img, weights, weights, rope)
@@ -375,8 +387,10 @@ class TransformerStack:
 
     @torch.no_grad()
     def modulated_input(self) -> torch.Tensor:
-        first = next(self._model._blocks(0, 1))
-        return first.modulated_input(self._image, self._temb_act)
+        # Computed while block 0 is in hand: once its iterator closes, a streamer may reuse its slot.
+        for first in self._model._blocks(0, 1):
+            return first.modulated_input(self._image, self._temb_act)
+        raise AssertionError("the model has at least one block (TransformerConfig checks it)")
 
     @torch.no_grad()
     def run_first(self) -> torch.Tensor:
@@ -396,10 +410,20 @@ class TransformerStack:
     @torch.no_grad()
     def _run(self, start: int, stop: int) -> torch.Tensor:
         n_img = self._image.shape[1]
-        for block in self._model._blocks(start, stop):
+        guard = self._model.dtype == torch.float16  # the check syncs the device: float16 only
+        for index, block in zip(range(start, stop), self._model._blocks(start, stop)):
             block(self._joint, n_img, self._temb_act, self._rope, self._mask)
+            if guard:
+                check_finite(self._joint, f"{self._model.block_name(index)} output{_FLOAT16_HINT}")
         self._next_block = stop
         return self._joint[:, :n_img]
+
+
+# The streams are float32 under float16 weights, so an inf there came from a float16 matmul.
+_FLOAT16_HINT = (
+    " (float16 weights: a float16 result inside it passed 65504; run in bfloat16 on a GPU that supports it, "
+    "or in float32)"
+)
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -415,8 +439,13 @@ _FUSED = {
 }
 
 
-class FramePackTransformer(PretrainedModel):
-    """The packed HunyuanVideo transformer; predicts the flow-matching velocity."""
+class FramePackTransformer(StreamableModel, PretrainedModel):
+    """The packed HunyuanVideo transformer; predicts the flow-matching velocity.
+
+    ``enable_streaming(device, budget_bytes)`` (framepack.models.streaming) streams the
+    double and single blocks through one ``LayerStreamer``: one budget, slots shared by
+    both kinds, and prefetching crosses from the last double block to the first single one.
+    """
 
     config_class = TransformerConfig
     weights_name = "diffusion_pytorch_model"
@@ -469,11 +498,29 @@ class FramePackTransformer(PretrainedModel):
         return self.x_embedder.proj.weight.device
 
     @property
+    def residual_dtype(self) -> torch.dtype:
+        """dtype of the streams between blocks: float32 under float16 weights (range), else the weights'."""
+        return torch.float32 if self.dtype == torch.float16 else self.dtype
+
+    @property
     def num_blocks(self) -> int:
         return len(self.transformer_blocks) + len(self.single_transformer_blocks)
 
+    def streamable_blocks(self) -> list[nn.Module]:
+        return [*self.transformer_blocks, *self.single_transformer_blocks]
+
+    def block_name(self, index: int) -> str:
+        """Checkpoint name of block ``index`` of the stack, e.g. ``single_transformer_blocks.3``."""
+        n_double = len(self.transformer_blocks)
+        return f"transformer_blocks.{index}" if index < n_double else f"single_transformer_blocks.{index - n_double}"
+
     def _blocks(self, start: int, stop: int) -> Iterator[nn.Module]:
         """Blocks ``start..stop-1`` of the stack (double then single); the one place blocks are fetched."""
+        if self.streamer is not None:
+            return self.streamer.iterate(start, stop)
+        return self._resident_blocks(start, stop)
+
+    def _resident_blocks(self, start: int, stop: int) -> Iterator[nn.Module]:
         n_double = len(self.transformer_blocks)
         for index in range(start, stop):
             yield self.transformer_blocks[index] if index < n_double else self.single_transformer_blocks[index - n_double]
@@ -584,21 +631,26 @@ class FramePackTransformer(PretrainedModel):
         timestep = _expect_timestep(timestep, batch).to(device=self.device, dtype=self.dtype)
         dtype = self.dtype
 
+        stream = self.residual_dtype
         noisy = self.x_embedder(latents.to(device=self.device, dtype=dtype))
         image = noisy if prepared.clean_tokens is None else torch.cat([prepared.clean_tokens, noisy], dim=1)
+        image = image.to(stream)
         t_freq = timestep_sinusoid(timestep).to(dtype)
         temb = self.time_text_embed.timestep_embedder(t_freq) + prepared.guidance_emb + prepared.pooled_emb
         refiner = self.context_embedder
         text_temb = refiner.time_text_embed.timestep_embedder(t_freq) + prepared.refiner_text_emb
-        text = refiner(prepared.text_tokens, text_temb, prepared.refiner_mask)
-        context = text if prepared.image_tokens is None else torch.cat([prepared.image_tokens, text], dim=1)
+        text = refiner(prepared.text_tokens.to(stream), text_temb, prepared.refiner_mask)
+        if dtype == torch.float16:
+            check_finite(text, f"context_embedder (token refiner) output{_FLOAT16_HINT}")
+        context = text if prepared.image_tokens is None else torch.cat([prepared.image_tokens.to(stream), text], dim=1)
 
         stack = TransformerStack(self, image, context, temb, prepared.rope, prepared.joint_mask)
         image = stack.run_all() if cache is None else cache.run(stack, branch)
         return self._output_head(image[:, -prepared.noisy_tokens :], temb, prepared.latents_shape)
 
     def _output_head(self, tokens: torch.Tensor, temb: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        scale, shift = self.norm_out(F.silu(temb)).unbind(1)  # scale first (AdaLayerNormContinuous)
+        # scale first (AdaLayerNormContinuous); float32 under float16 weights, like the stream
+        scale, shift = self.norm_out(F.silu(temb)).to(tokens.dtype).unbind(1)
         tokens = modulate_(layer_norm(tokens), 1 + scale, shift)
         tokens = self.proj_out(tokens.to(self.proj_out.weight.dtype))
         batch, _, frames, height, width = shape

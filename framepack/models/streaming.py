@@ -1,0 +1,117 @@
+"""Explicit layer streaming for a model built around a stack of repeated blocks.
+
+A model mixes in ``StreamableModel``, names its blocks (``streamable_blocks``) and fetches
+them through ``self.streamer.iterate(...)`` whenever ``self.streamer`` is set. Then::
+
+    streamer = model.enable_streaming("cuda", budget_bytes)   # non-block weights -> device,
+    out = model(...)                                          # blocks resident or streamed
+    model.offload()      # phase over: give the device memory back, keep the set-up
+    model.to_device()    # next phase: weights back on the device
+    model.disable_streaming()  # everything back on its own host tensors
+
+``budget_bytes`` bounds the *blocks* (resident blocks + the streamer's slots): the
+non-block weights (``streaming_sizes().fixed_bytes``: embedders, norms, heads) are always
+whole on the device on top of it, exactly the split ``plan_pipeline_memory`` plans with.
+``budget_bytes=None`` keeps every block resident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..memory_plan import ComponentSize
+from ..offload import LayerStreamer, block_nbytes
+from ..residency import ComponentResidency, ModuleTensors
+
+
+@dataclass(frozen=True)
+class _StreamingSetup:
+    residency: ComponentResidency  # every weight outside the blocks
+    streamer: LayerStreamer
+
+
+class StreamableModel(nn.Module):
+    """Mixin for models whose blocks a ``LayerStreamer`` can stream (inference only)."""
+
+    _streaming: _StreamingSetup | None = None
+
+    def streamable_blocks(self) -> Sequence[nn.Module]:
+        """Every repeated block, in the order a forward pass runs them."""
+        raise NotImplementedError
+
+    @property
+    def streamer(self) -> LayerStreamer | None:
+        """The active streamer, or None when streaming is off."""
+        return None if self._streaming is None else self._streaming.streamer
+
+    def _leading_blocks(self, num_blocks: int | None) -> Sequence[nn.Module]:
+        blocks = self.streamable_blocks()
+        if num_blocks is None:
+            return blocks
+        if not 0 <= num_blocks <= len(blocks):
+            raise ConfigError(
+                f"{type(self).__name__}: num_blocks must be in [0, {len(blocks)}] (blocks to stream), got {num_blocks}"
+            )
+        return blocks[:num_blocks]
+
+    def streaming_sizes(self, num_blocks: int | None = None) -> ComponentSize:
+        """Device bytes of this model as ``plan_pipeline_memory`` wants them: the non-block
+        weights (always whole on the device) and each streamable block (packed size).
+        ``num_blocks`` counts only the first blocks, as ``enable_streaming`` does."""
+        fixed = ModuleTensors(self, exclude=self.streamable_blocks()).nbytes
+        return ComponentSize(fixed, tuple(block_nbytes(b) for b in self._leading_blocks(num_blocks)))
+
+    def enable_streaming(
+        self,
+        device: torch.device | str,
+        budget_bytes: int | None,
+        *,
+        prefetch: int = 1,
+        pin_memory: bool | None = None,
+        num_blocks: int | None = None,
+    ) -> LayerStreamer:
+        """Move every non-block weight to ``device`` and stream the blocks within ``budget_bytes``.
+
+        ``num_blocks`` manages only the first blocks (a text encoder read at an inner layer
+        never runs the last ones; they stay on the host, unread). The model's weights must
+        be on the CPU. Returns the streamer (its ``plan`` and ``stats`` say what it does).
+        """
+        self.disable_streaming()
+        blocks = self._leading_blocks(num_blocks)
+        # The streamer first: a budget it refuses leaves the model untouched.
+        streamer = LayerStreamer(blocks, device, budget_bytes, prefetch=prefetch, pin_memory=pin_memory)
+        residency = ComponentResidency(self, streamer.device, exclude=self.streamable_blocks())
+        residency.to_device()
+        self._streaming = _StreamingSetup(residency, streamer)
+        return streamer
+
+    def disable_streaming(self) -> None:
+        """Every weight back on its own host tensor; blocks are fetched directly again."""
+        if self._streaming is None:
+            return
+        self._streaming.streamer.offload()
+        self._streaming.residency.offload()
+        self._streaming = None
+
+    def offload(self) -> None:
+        """Free the device memory this model holds, keeping the streaming set-up (plan,
+        pinned host copies) for ``to_device``."""
+        setup = self._require_streaming("offload")
+        setup.streamer.offload()
+        setup.residency.offload()
+
+    def to_device(self) -> None:
+        """Put the non-block weights and the resident blocks back on the device after ``offload``."""
+        setup = self._require_streaming("to_device")
+        setup.residency.to_device()
+        setup.streamer.load()
+
+    def _require_streaming(self, what: str) -> _StreamingSetup:
+        if self._streaming is None:
+            raise ConfigError(f"{type(self).__name__}.{what}() needs enable_streaming(device, budget_bytes) first")
+        return self._streaming
