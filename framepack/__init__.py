@@ -13,6 +13,10 @@ _EXPORTS = {
     "CheckpointError": "framepack.errors",
     "ConfigError": "framepack.errors",
     "InputError": "framepack.errors",
+    "FramePackPipeline": "framepack.pipeline",
+    "GenerationConfig": "framepack.config",
+    "F1_REPO": "framepack.components",
+    "I2V_REPO": "framepack.components",
     "Conditioning": "framepack.conditioning",
     "PackedContext": "framepack.conditioning",
 }

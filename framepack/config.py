@@ -15,6 +15,7 @@ from .cache.base import CachePolicy
 from .errors import ConfigError
 from .sampling.sections import END_EMBED_MODES, MODES
 from .sampling.unipc import VARIANTS
+from .video.mp4 import MAX_CRF
 
 RESIZE_METHODS = ("crop", "stretch", "pad")
 MIN_RESOLUTION = 32
@@ -38,7 +39,7 @@ class GenerationConfig:
                            embeds on the video's end to end embeds on its start) or "disabled" (start·s)
     start_embed_strength   s above
     negative_prompt        used only when real_cfg != 1
-    crf                    x264 quality (0 = lossless; libx264 treats values above 51 as 51)
+    crf                    x264 quality, 0 (best: High-profile quantizer 1, still widely playable) to 51
     vae_tiling             True/False to force VAE tiling, None to let the pipeline decide
     """
 
@@ -91,8 +92,8 @@ class GenerationConfig:
         if not isinstance(self.negative_prompt, str):
             raise ConfigError(f"negative_prompt: expected a str, got {type(self.negative_prompt).__name__}")
         _integer("crf", self.crf, minimum=0)
-        if self.crf > 100:
-            raise ConfigError(f"crf: expected an int in [0, 100], got {self.crf}")
+        if self.crf > MAX_CRF:
+            raise ConfigError(f"crf: expected an int in [0, {MAX_CRF}] (x264's range), got {self.crf}")
         if self.vae_tiling is not None and not isinstance(self.vae_tiling, bool):
             raise ConfigError(f"vae_tiling: expected True, False or None, got {self.vae_tiling!r}")
 

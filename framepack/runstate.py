@@ -33,6 +33,7 @@ class RunState:
     fingerprint: dict[str, Any]
     sections_done: int
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    frame_chunks: list[str] = field(default_factory=list)  # finished-frame files, in generation order
 
 
 def digest(*parts: bytes | str | torch.Tensor | None) -> str:
@@ -65,6 +66,7 @@ def save_run_state(run_dir: str | Path, state: RunState) -> None:
         "fingerprint": state.fingerprint,
         "sections_done": state.sections_done,
         "tensors": tensors_name,
+        "frame_chunks": state.frame_chunks,
     }
     tmp = run_dir / f"{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
@@ -85,7 +87,7 @@ def load_run_state(run_dir: str | Path) -> RunState | None:
         if record.get("format") != _FORMAT:
             raise InputError(f"{path}: run state format {record.get('format')!r}, this framepack reads {_FORMAT}")
         tensors = load_file(run_dir / record["tensors"])
-        return RunState(record["fingerprint"], int(record["sections_done"]), tensors)
+        return RunState(record["fingerprint"], int(record["sections_done"]), tensors, list(record["frame_chunks"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         if isinstance(e, InputError):
             raise

@@ -38,7 +38,7 @@ def test_valid_non_defaults() -> None:
         ("cfg_rescale", 1.5, "cfg_rescale: expected a number in [0, 1], got 1.5"),
         ("real_cfg", 0.0, "real_cfg: expected a number > 0, got 0.0"),
         ("shift", -2.0, "shift: expected a number > 0, got -2.0"),
-        ("crf", 101, "crf: expected an int in [0, 100], got 101"),
+        ("crf", 52, "crf: expected an int in [0, 51] (x264's range), got 52"),
         ("cache", "teacache", "cache: expected a CachePolicy instance or None, got str"),
         ("end_embed_mode", "mean", "end_embed_mode: expected one of weighted_average, linear, disabled, got 'mean'"),
         ("vae_tiling", "yes", "vae_tiling: expected True, False or None, got 'yes'"),

@@ -170,8 +170,9 @@ def resolve_folder(
             repo_id=repo_id, revision=revision, allow_patterns=[prefix + p for p in patterns]
         )
     except Exception as e:  # hub errors come in many classes; all mean "could not get it"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(
-            f"cannot download {repo_id!r}{f' (subfolder {subfolder!r})' if subfolder else ''} from the hub: {e}. "
+            f"cannot download {repo_id!r}{f' (subfolder {subfolder!r})' if subfolder else ''} from the hub ({reason}). "
             "Pass a local folder instead when offline."
         ) from e
     folder = Path(snapshot) / subfolder if subfolder else Path(snapshot)

@@ -85,6 +85,8 @@ def stream_latents(
     cache: CachePolicy | None = None,
     callback: ProgressCallback | None = None,
     generator: torch.Generator | None = None,
+    resume_history: torch.Tensor | None = None,
+    sections_done: int = 0,
 ) -> Iterator[SectionResult]:
     """Generate section by section, yielding each finished one.
 
@@ -99,6 +101,9 @@ def stream_latents(
     cache             overrides ``config.cache``; started anew for every section
     callback          called after every sampler step; raise GenerationCancelled in it to stop
     generator         the noise source; by default a CPU generator seeded with ``config.seed``
+    resume_history    to continue an interrupted run: the ``history`` of its last finished
+    sections_done     section and how many sections had finished; ``generator`` must then be in
+                      the state it had after that section
 
     A cancelled or failed run raises GenerationCancelled / GenerationInterrupted whose
     ``partial`` holds the real latents of the finished sections (None if none finished).
@@ -127,9 +132,19 @@ def stream_latents(
     sigmas = flux_sigmas(config.steps, seq_len, config.shift)
     conditioning = conditioning.to(device)
     history = SectionHistory(config.mode, start_latent)
-    clock = _Clock(plan.num_sections * config.steps)
+    if not 0 <= sections_done <= plan.num_sections:
+        raise InputError(f"sections_done: expected 0..{plan.num_sections}, got {sections_done}")
+    if resume_history is not None:
+        expected = plan.resumed_latent_frames(sections_done)
+        if resume_history.ndim != 5 or resume_history.shape[2] != expected or resume_history.shape[3:] != start_latent.shape[3:]:
+            raise InputError(
+                f"resume_history: expected {expected} latent frames of {list(start_latent.shape[3:])} after "
+                f"{sections_done} section(s), got shape {list(resume_history.shape)}"
+            )
+        history.latents = resume_history.to(device, torch.float32)
+    clock = _Clock(plan.num_sections, config.steps, first_section=sections_done)
 
-    for layout in plan.sections:
+    for layout in plan.sections[sections_done:]:
         section_started = time.perf_counter()
         try:
             positive = _section_conditioning(conditioning, end_image_embeds, config, layout, plan)
@@ -263,8 +278,9 @@ def _finished(history: SectionHistory, running: SectionLayout) -> torch.Tensor |
 class _Clock:
     """Elapsed time and ETA over every step of every section."""
 
-    def __init__(self, total_steps: int) -> None:
-        self.total_steps = total_steps
+    def __init__(self, num_sections: int, steps: int, *, first_section: int = 0) -> None:
+        self.first_section = first_section  # sections before it were done by an earlier run
+        self.total_steps = (num_sections - first_section) * steps
         self.started = time.perf_counter()
 
     def step_callback(
@@ -272,7 +288,7 @@ class _Clock:
     ) -> Callable[[StepInfo], None]:
         def on_step(info: StepInfo) -> None:
             elapsed = time.perf_counter() - self.started
-            done = section * info.num_steps + info.step + 1
+            done = (section - self.first_section) * info.num_steps + info.step + 1
             eta = elapsed / done * (self.total_steps - done)
             callback(Progress(section, num_sections, info.step, info.num_steps, elapsed, eta, info.denoised))
 

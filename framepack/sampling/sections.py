@@ -104,6 +104,15 @@ class SectionPlan:
     def pixel_frames(self) -> int:
         return 4 * self.latent_frames - 3
 
+    def resumed_latent_frames(self, sections_done: int) -> int:
+        """Real latent frames in the history after ``sections_done`` sections.
+
+        Forward histories start with the start latent; inverted ones get it with the last section.
+        """
+        if self.mode == "forward":
+            return 1 + sections_done * self.window
+        return sections_done * self.window + (1 if sections_done == self.num_sections else 0)
+
     def describe(self) -> str:
         head = (
             f"{self.mode} plan: {self.seconds:g} s at {self.fps} fps, window {self.window} -> "

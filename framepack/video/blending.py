@@ -82,6 +82,15 @@ class SectionBlender:
             return np.zeros((0, 0, 0, 3), dtype=np.uint8)
         return pixels_to_uint8(self._held)
 
+    def held(self) -> torch.Tensor | None:
+        """The float32 frames [3, n, H, W] still waiting for a blend (None before the first section)."""
+        return self._held
+
+    def restore(self, held: torch.Tensor | None, frame_count: int) -> None:
+        """Continue a video whose blender had ``held`` frames after ``frame_count`` frames (resuming)."""
+        self._held = None if held is None else held.detach().to(device="cpu", dtype=torch.float32).clone()
+        self.frame_count = frame_count
+
     def finish(self) -> np.ndarray:
         """Return the held frames as final (uint8 [n, H, W, 3]) and accept no more sections."""
         frames = self.held_frames()
@@ -150,6 +159,24 @@ class FrameAssembler:
             chunk = self.spool_dir / f"chunk_{len(self._chunks):05d}.npy"
             np.save(chunk, finished)
             self._chunks.append(chunk)
+
+    @property
+    def chunk_names(self) -> list[str]:
+        """Names of the finished-frame chunk files in ``spool_dir``, in generation order."""
+        return [chunk.name for chunk in self._chunks]
+
+    @property
+    def held(self) -> torch.Tensor | None:
+        """The float32 frames still waiting for a blend (see ``SectionBlender.held``)."""
+        return self._blender.held()
+
+    def restore(self, held: torch.Tensor | None, frame_count: int, chunk_names: list[str]) -> None:
+        """Continue from a saved state: the chunk files already in ``spool_dir`` and the held frames."""
+        missing = [name for name in chunk_names if not (self.spool_dir / name).exists()]
+        if missing:
+            raise InputError(f"cannot resume the video in {self.spool_dir}: frame chunk(s) {missing} are missing")
+        self._blender.restore(held, frame_count)
+        self._chunks = [self.spool_dir / name for name in chunk_names]
 
     def frames(self) -> Iterator[np.ndarray]:
         """Every frame so far, uint8 (H, W, 3), in temporal order, read one chunk at a time."""

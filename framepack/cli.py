@@ -1,0 +1,209 @@
+"""The ``framepack`` command: ``generate`` a video, or ``plan`` one without running a model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FramePackError
+
+TINY_DEFAULTS = {"resolution": 128, "seconds": 1.0, "steps": 8}
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.run(args)
+    except FramePackError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        where = getattr(args, "run_dir_used", None)
+        hint = f"; continue with --resume {where}" if where else ""
+        print(f"interrupted: finished sections are kept{hint}", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="framepack", description="FramePack image-to-video in pure PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate a video from an image and a prompt")
+    gen.add_argument("--image", help="start image (path); omitted with --tiny: a built-in test pattern")
+    gen.add_argument("--prompt", default="", help="what happens in the video")
+    gen.add_argument("--out", default="framepack.mp4", help="output mp4 (default %(default)s)")
+    _settings_arguments(gen)
+    gen.add_argument("--steps", type=int, help="sampler steps per section (default 25; 8 with --tiny)")
+    gen.add_argument("--seed", type=int, default=31337)
+    gen.add_argument("--resize", default="crop", choices=("crop", "stretch", "pad"))
+    gen.add_argument("--end-image", help="last frame (inverted mode only)")
+    gen.add_argument("--cache", default="none", help="none, teacache[:T], magcache[:T], magcache-f1[:T], fbcache[:T]")
+    gen.add_argument("--real-cfg", type=float, default=1.0, help="real CFG scale (1 = off, one pass per step)")
+    gen.add_argument("--distilled-cfg", type=float, default=10.0, help="distilled guidance scale")
+    gen.add_argument("--cfg-rescale", type=float, default=0.0)
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--crf", type=int, default=16, help="H.264 quality, 0 (best) to 51")
+    gen.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
+    gen.add_argument("--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)")
+    gen.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
+    gen.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
+    gen.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
+    gen.add_argument("--dtype", choices=DTYPES, default=None, help="transformer dtype (default bf16 on GPU, fp32 on CPU)")
+    gen.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
+    gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")
+    gen.add_argument("--resume", help="continue an interrupted run from its run directory")
+    gen.add_argument("--tiny", action="store_true", help="tiny random models: offline demo, the video is noise")
+    gen.set_defaults(run=_generate)
+
+    plan = sub.add_parser("plan", help="print the section plan and sizes without running a model")
+    _settings_arguments(plan)
+    plan.add_argument("--size", default="480x640", help="input image size HxW (default %(default)s)")
+    plan.add_argument("--image", help="take the input size from this image instead of --size")
+    plan.set_defaults(run=_plan)
+
+    for p in (gen, plan):
+        p.add_argument("--verbose", action="store_true", help="log progress details")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _settings_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, help="video length (default 5; 1 with --tiny)")
+    parser.add_argument("--mode", default="inverted", choices=("inverted", "forward"))
+    parser.add_argument("--window", type=int, default=9, help="latent frames per section")
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--resolution", type=int, help="bucket resolution, multiple of 16 (default 640; 128 with --tiny)")
+
+
+def _setting(args: argparse.Namespace, name: str, default: float) -> float:
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    return TINY_DEFAULTS[name] if getattr(args, "tiny", False) else default
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .cache import parse_cache_spec
+    from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
+    from .config import GenerationConfig
+    from .pipeline import FramePackPipeline
+    from .sampling.loop import Progress
+    from .sampling.sections import plan_sections
+    from .video import load_image
+
+    config = GenerationConfig(
+        seconds=float(_setting(args, "seconds", 5.0)),
+        fps=args.fps,
+        window=args.window,
+        steps=int(_setting(args, "steps", 25)),
+        seed=args.seed,
+        mode=args.mode,
+        real_cfg=args.real_cfg,
+        distilled_cfg=args.distilled_cfg,
+        cfg_rescale=args.cfg_rescale,
+        resolution=int(_setting(args, "resolution", 640)),
+        resize=args.resize,
+        cache=parse_cache_spec(args.cache),
+        end_image=args.end_image,
+        negative_prompt=args.negative_prompt,
+        crf=args.crf,
+    )
+    # Read the inputs before any model: a bad path fails in a second, not after loading 30 GB.
+    image = load_image(args.image) if args.image else None
+    if args.end_image:
+        load_image(args.end_image)
+    if args.tiny:
+        pipe = FramePackPipeline.tiny(seed=0, device=args.device or "cpu")
+        if image is None:
+            image = demo_image(config.resolution)
+    else:
+        if image is None:
+            raise FramePackError("--image is required (or use --tiny for the offline demo)")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
+        model = {"i2v": I2V_REPO, "f1": F1_REPO}.get(args.model or "", args.model)
+        pipe = FramePackPipeline.from_pretrained(
+            model or (F1_REPO if config.mode == "forward" else I2V_REPO),
+            hunyuan=args.hunyuan or HUNYUAN_REPO,
+            redux=args.redux or REDUX_REPO,
+            device=args.device,
+            dtype=dtype,
+            storage="mmap" if args.mmap else "copy",
+        )
+    pipe.vae_tiling = args.vae_tiling
+
+    sections = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode).num_sections
+    bar = tqdm(total=sections * config.steps, unit="step", dynamic_ncols=True)
+
+    def on_step(progress: Progress) -> None:
+        bar.set_description(
+            f"section {progress.section + 1}/{progress.num_sections} step {progress.step + 1}/{progress.num_steps}"
+        )
+        bar.update(1)
+
+    run = pipe.stream(image, args.prompt, config, callback=on_step, run_dir=args.run_dir, resume=args.resume)
+    args.run_dir_used = run.run_dir
+    try:
+        for section in run:
+            bar.write(f"section {section.index + 1}/{section.num_sections} done in {section.seconds:.1f}s; preview {section.preview}")
+    finally:
+        bar.close()
+    path = run.result().save(args.out)
+    print(f"wrote {path} ({run.result().num_frames} frames; run directory {run.run_dir})")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .sampling.schedule import sequence_length
+    from .sampling.sections import plan_sections
+    from .video import find_bucket, load_image
+
+    if args.image:
+        height, width = load_image(args.image).shape[:2]
+    else:
+        try:
+            height, width = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise FramePackError(f"--size: expected HxW like 480x640, got {args.size!r}") from None
+    resolution = int(_setting(args, "resolution", 640))
+    bucket_h, bucket_w = find_bucket(height, width, resolution)
+    plan = plan_sections(float(_setting(args, "seconds", 5.0)), fps=args.fps, window=args.window, mode=args.mode)
+    h, w = bucket_h // 8, bucket_w // 8
+    per_frame = (h // 2) * (w // 2)
+    noisy = args.window * per_frame
+    clean = 2 * per_frame + _ceil(h, 4) * _ceil(w, 4) + 4 * _ceil(h, 8) * _ceil(w, 8)
+    print(plan.describe())
+    print(f"input {height}x{width} -> bucket {bucket_h}x{bucket_w} px, latent {h}x{w}")
+    print(f"video: {plan.latent_frames} latent frames, {plan.pixel_frames} pixel frames at {args.fps} fps")
+    print(f"tokens per section: {noisy} noisy + {clean} packed context = {noisy + clean} image tokens (+ <= 985 text/image)")
+    print(f"shift sequence length: {sequence_length(plan.window_pixel_frames, bucket_h, bucket_w)}")
+    return 0
+
+
+def _ceil(n: int, k: int) -> int:
+    return -(-n // k)
+
+
+def demo_image(size: int) -> np.ndarray:
+    """A smooth colourful uint8 image, size x size: the --tiny default input."""
+    y, x = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    rgb = np.stack([x, y, 0.5 + 0.5 * np.sin(6.28 * (x + y))], axis=-1)
+    return (rgb * 255).astype(np.uint8)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The seven parts of a FramePack pipeline, loaded from the official repos or built tiny."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from .models.clip import CLIPTextConfig, CLIPTextEncoder
+from .models.llama import LlamaConfig, LlamaTextEncoder
+from .models.loading import Storage
+from .models.siglip import SiglipImageEncoder, SiglipVisionConfig
+from .models.tokenizers import CLIPTokenizer, LlamaTokenizer
+from .models.transformer import FramePackTransformer, TransformerConfig
+from .models.vae import HunyuanVideoVAE, VAEConfig
+from .tiny import tiny_clip_tokenizer, tiny_llama_tokenizer
+
+I2V_REPO = "lllyasviel/FramePackI2V_HY"
+F1_REPO = "lllyasviel/FramePack_F1_I2V_HY_20250503"
+HUNYUAN_REPO = "hunyuanvideo-community/HunyuanVideo"
+REDUX_REPO = "lllyasviel/flux_redux_bfl"
+
+
+@dataclass
+class Components:
+    """Every model and tokenizer a generation needs."""
+
+    transformer: FramePackTransformer
+    vae: HunyuanVideoVAE
+    text_encoder: LlamaTextEncoder
+    text_encoder_2: CLIPTextEncoder
+    image_encoder: SiglipImageEncoder
+    tokenizer: LlamaTokenizer
+    tokenizer_2: CLIPTokenizer
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The neural networks by name (tokenizers excluded)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), nn.Module)}
+
+
+def component_dtypes(device: torch.device, dtype: torch.dtype | None) -> tuple[torch.dtype, torch.dtype]:
+    """(transformer dtype, encoders and VAE dtype).
+
+    CPU computes in float32. On accelerators the reference runs the transformer in bf16 and
+    the encoders and VAE in fp16; ``dtype`` overrides the transformer's (fp16 for cards
+    without bf16, which then runs the encoders in fp16 too).
+    """
+    if device.type == "cpu":
+        return dtype or torch.float32, dtype or torch.float32
+    return dtype or torch.bfloat16, torch.float16 if dtype in (None, torch.bfloat16, torch.float16) else dtype
+
+
+def load_components(
+    *,
+    transformer: str | os.PathLike[str] = I2V_REPO,
+    hunyuan: str | os.PathLike[str] = HUNYUAN_REPO,
+    redux: str | os.PathLike[str] = REDUX_REPO,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    storage: Storage = "copy",
+    load_device: torch.device | None = None,
+) -> Components:
+    """Load every component; ``hunyuan`` and ``redux`` are repos (or folders) with the subfolders
+    of ``hunyuanvideo-community/HunyuanVideo`` and ``lllyasviel/flux_redux_bfl``.
+
+    ``load_device`` is where weights land (the host when the pipeline will swap or stream them).
+    """
+    main_dtype, side_dtype = component_dtypes(device, dtype)
+    where = load_device or device
+    common = dict(device=where, storage=storage)
+    return Components(
+        transformer=FramePackTransformer.from_pretrained(transformer, dtype=main_dtype, **common),
+        vae=HunyuanVideoVAE.from_pretrained(hunyuan, subfolder="vae", dtype=side_dtype, **common),
+        text_encoder=LlamaTextEncoder.from_pretrained(hunyuan, subfolder="text_encoder", dtype=side_dtype, **common),
+        text_encoder_2=CLIPTextEncoder.from_pretrained(hunyuan, subfolder="text_encoder_2", dtype=side_dtype, **common),
+        image_encoder=SiglipImageEncoder.from_pretrained(redux, subfolder="image_encoder", dtype=side_dtype, **common),
+        tokenizer=LlamaTokenizer.from_pretrained(hunyuan, subfolder="tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(hunyuan, subfolder="tokenizer_2"),
+    )
+
+
+def tiny_components(seed: int = 0, *, device: torch.device | str = "cpu") -> Components:
+    """Every component built from tiny random configs: the offline demo and test fixture.
+
+    Initialisation draws from a private RNG state, so building one leaves the caller's
+    global torch RNG untouched.
+    """
+    llama_config = LlamaConfig.preset("tiny")
+    clip_config = CLIPTextConfig.preset("tiny")
+    siglip_config = SiglipVisionConfig.preset("tiny")
+    transformer_config = TransformerConfig.preset(
+        "tiny",
+        text_embed_dim=llama_config.hidden_size,
+        pooled_projection_dim=clip_config.hidden_size,
+        image_proj_dim=siglip_config.hidden_size,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        models = dict(
+            transformer=FramePackTransformer(transformer_config),
+            vae=HunyuanVideoVAE(VAEConfig.preset("tiny")),
+            text_encoder=LlamaTextEncoder(llama_config),
+            text_encoder_2=CLIPTextEncoder(clip_config),
+            image_encoder=SiglipImageEncoder(siglip_config),
+        )
+    for model in models.values():
+        model.to(device).eval().requires_grad_(False)
+    return Components(**models, tokenizer=tiny_llama_tokenizer(), tokenizer_2=tiny_clip_tokenizer())

@@ -1,0 +1,340 @@
+"""FramePackPipeline: image + prompt in, mp4 out, one section at a time.
+
+The only module that knows every part: it encodes the inputs (bucket and resize, VAE,
+SigLIP, Llama + CLIP), runs the section loop of ``sampling``, decodes each finished section,
+blends it into the video on disk and saves what a resumed run needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .cache.base import CachePolicy
+from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO, Components, load_components, tiny_components
+from .conditioning import Conditioning
+from .config import GenerationConfig
+from .errors import InputError
+from .models.loading import Storage
+from .models.vae import VAETiling
+from .prompt import build_conditioning, encode_prompt
+from .results import SectionOutput, VideoResult
+from .runstate import RunState, check_fingerprint, digest, load_run_state, save_run_state
+from .sampling.loop import Progress, SectionResult, stream_latents
+from .sampling.sections import plan_sections
+from .video import FrameAssembler, find_bucket, load_image, resize_image
+from .video.blending import pixels_to_uint8
+
+logger = logging.getLogger("framepack")
+
+ImageInput = Any  # a path, PIL image or uint8 array; see framepack.video.load_image
+
+__all__ = ["FramePackPipeline", "EncodedInputs", "F1_REPO", "I2V_REPO"]
+
+
+@dataclass(frozen=True)
+class EncodedInputs:
+    """Everything the section loop needs, computed once per video."""
+
+    image: np.ndarray  # the start image after bucketing and resizing, uint8 (H, W, 3)
+    start_latent: torch.Tensor
+    conditioning: Conditioning
+    negative: Conditioning | None
+    end_image: np.ndarray | None
+    end_latent: torch.Tensor | None
+    end_image_embeds: torch.Tensor | None
+    dropped_tokens: int
+
+
+class FramePackPipeline:
+    """Wires the encoders, VAE, transformer, sampler and video output together."""
+
+    def __init__(self, components: Components, *, device: torch.device | str = "cpu", vae_tiling: bool = False) -> None:
+        self.components = components
+        self.device = torch.device(device)
+        self.vae_tiling = vae_tiling
+
+    # --- construction -----------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        transformer: str | os.PathLike[str] = I2V_REPO,
+        *,
+        hunyuan: str | os.PathLike[str] = HUNYUAN_REPO,
+        redux: str | os.PathLike[str] = REDUX_REPO,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        storage: Storage = "copy",
+    ) -> FramePackPipeline:
+        """Load the official checkpoints (or local folders laid out like them).
+
+        transformer  ``I2V_REPO`` (inverted mode, the default) or ``F1_REPO`` (forward mode)
+        device       default: cuda when available, else cpu (float32 on cpu)
+        dtype        transformer dtype on accelerators (default bf16; fp16 for cards without bf16)
+        storage      "mmap" keeps weights memory-mapped from the files (host RAM below the model size)
+        """
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        components = load_components(
+            transformer=transformer, hunyuan=hunyuan, redux=redux, device=device, dtype=dtype, storage=storage
+        )
+        return cls(components, device=device)
+
+    @classmethod
+    def tiny(cls, seed: int = 0, *, device: torch.device | str = "cpu") -> FramePackPipeline:
+        """Every component tiny and random: runs offline in seconds; the videos are noise."""
+        return cls(tiny_components(seed, device=device), device=device)
+
+    # --- inputs -----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, image: ImageInput | None, prompt: str, config: GenerationConfig) -> EncodedInputs:
+        """Bucket and resize the image, encode it (VAE and SigLIP) and the prompt(s).
+
+        ``image=None`` gives text-to-video: a zero start latent and no image embeddings, at
+        the bucket a square image would get.
+        """
+        c = self.components
+        if image is None:
+            height, width = find_bucket(1, 1, config.resolution)
+            start_image = None
+        else:
+            source = load_image(image)
+            height, width = find_bucket(source.shape[0], source.shape[1], config.resolution)
+            start_image = resize_image(source, height, width, config.resize)
+        prompt_embeds = encode_prompt(prompt, c.text_encoder, c.text_encoder_2, c.tokenizer, c.tokenizer_2)
+        if prompt_embeds.dropped_tokens:
+            logger.warning("prompt is too long: %d token(s) were cut", prompt_embeds.dropped_tokens)
+
+        if start_image is None:
+            latent_shape = (1, c.vae.config.latent_channels, 1, height // 8, width // 8)
+            start_latent = torch.zeros(latent_shape, device=self.device)
+            image_embeds = None
+        else:
+            start_latent = self._encode_latent(start_image)
+            image_embeds = self._image_embeds(start_image)
+        conditioning = self._conditioning(build_conditioning(prompt_embeds, image_embeds, config.distilled_cfg))
+        negative = None
+        if config.real_cfg != 1.0:
+            negative_embeds = encode_prompt(
+                config.negative_prompt, c.text_encoder, c.text_encoder_2, c.tokenizer, c.tokenizer_2
+            )
+            negative = self._conditioning(build_conditioning(negative_embeds, image_embeds, config.distilled_cfg))
+
+        end_image = end_latent = end_embeds = None
+        if config.end_image is not None:
+            end_image = resize_image(load_image(config.end_image), height, width, config.resize)
+            end_latent = self._encode_latent(end_image)
+            end_embeds = self._image_embeds(end_image) if image_embeds is not None else None
+        return EncodedInputs(
+            image=start_image if start_image is not None else np.zeros((height, width, 3), np.uint8),
+            start_latent=start_latent,
+            conditioning=conditioning,
+            negative=negative,
+            end_image=end_image,
+            end_latent=end_latent,
+            end_image_embeds=end_embeds,
+            dropped_tokens=prompt_embeds.dropped_tokens,
+        )
+
+    def _encode_latent(self, image: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1.0
+        return self.components.vae.encode(pixels, tiling=self._tiling()).float()
+
+    def _image_embeds(self, image: np.ndarray) -> torch.Tensor:
+        encoder = self.components.image_encoder
+        pixel_values = encoder.preprocess(image).to(self.device, next(encoder.parameters()).dtype)
+        return encoder(pixel_values)
+
+    def _conditioning(self, conditioning: Conditioning) -> Conditioning:
+        dtype = next(self.components.transformer.parameters()).dtype
+        return conditioning.to(self.device, dtype)
+
+    def _tiling(self) -> VAETiling | None:
+        return VAETiling() if self.vae_tiling else None
+
+    # --- generation -------------------------------------------------------------------
+    def stream(
+        self,
+        image: ImageInput | None,
+        prompt: str,
+        config: GenerationConfig | None = None,
+        *,
+        callback: Callable[[Progress], None] | None = None,
+        run_dir: str | Path | None = None,
+        resume: str | Path | None = None,
+    ) -> GenerationRun:
+        """Start a generation; iterate the returned run for one ``SectionOutput`` per section.
+
+        run_dir  where the finished sections, previews and resume state are kept (default:
+                 a new temporary folder, see ``GenerationRun.run_dir``)
+        resume   a run directory of an interrupted run with the same inputs and settings:
+                 continue it (bit-identical to a run never interrupted)
+        callback called after every sampler step with a ``Progress``; raise
+                 ``framepack.errors.GenerationCancelled`` in it to stop
+        """
+        config = config or GenerationConfig()
+        if resume is not None:
+            if run_dir is not None and Path(run_dir).resolve() != Path(resume).resolve():
+                raise InputError(f"run_dir {run_dir} and resume {resume} name different folders; give one")
+            run_dir = resume
+        directory = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="framepack-run-"))
+        return GenerationRun(self, image, prompt, config, directory, callback=callback, resume=resume is not None)
+
+    def generate(
+        self,
+        image: ImageInput | None,
+        prompt: str,
+        config: GenerationConfig | None = None,
+        *,
+        callback: Callable[[Progress], None] | None = None,
+        run_dir: str | Path | None = None,
+        resume: str | Path | None = None,
+    ) -> VideoResult:
+        """Generate a whole video (arguments as ``stream``)."""
+        run = self.stream(image, prompt, config, callback=callback, run_dir=run_dir, resume=resume)
+        for _ in run:
+            pass
+        return run.result()
+
+    def fingerprint(self, inputs: EncodedInputs, prompt: str, config: GenerationConfig) -> dict[str, Any]:
+        """What must not change between a run and its resumption."""
+        settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("crf", "end_image", "cache")}
+        return {
+            "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
+            "image": digest(torch.from_numpy(np.ascontiguousarray(inputs.image))),
+            "end_image": None if inputs.end_image is None else digest(torch.from_numpy(inputs.end_image)),
+            "prompt": digest(prompt),
+            "settings": {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in settings.items()},
+            "cache": describe_policy(config.cache),
+        }
+
+
+def describe_policy(policy: CachePolicy | None) -> str:
+    """A policy's class and settings, e.g. ``TeaCache(rel_l1_thresh=0.15)``."""
+    if policy is None:
+        return "None"
+    settings = {
+        k: v for k, v in sorted(vars(policy).items()) if not k.startswith("_") and isinstance(v, (int, float, str, bool))
+    }
+    return f"{type(policy).__name__}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
+
+
+class GenerationRun:
+    """One generation in progress: iterate it for the finished sections, then take ``result()``.
+
+    After every section the run directory holds the frames so far (``frames/``), a playable
+    ``preview.mp4`` and the state needed to resume; at the end it holds ``video.mp4``.
+    """
+
+    def __init__(
+        self,
+        pipeline: FramePackPipeline,
+        image: ImageInput | None,
+        prompt: str,
+        config: GenerationConfig,
+        run_dir: Path,
+        *,
+        callback: Callable[[Progress], None] | None,
+        resume: bool,
+    ) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.run_dir = run_dir
+        self.plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
+        self._image = image
+        self._prompt = prompt
+        self._callback = callback
+        self._resume = resume
+        self._result: VideoResult | None = None
+
+    def __iter__(self) -> Iterator[SectionOutput]:
+        p, config, w = self.pipeline, self.config, self.config.window
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        inputs = p.encode(self._image, self._prompt, config)
+        fingerprint = p.fingerprint(inputs, self._prompt, config)
+        frames = FrameAssembler(config.mode, 4 * w - 3, spool_dir=self.run_dir / "frames")
+        generator = torch.Generator("cpu").manual_seed(config.seed)
+        saved = load_run_state(self.run_dir) if self._resume else None
+        done, history = 0, None
+        if saved is not None:
+            check_fingerprint(saved.fingerprint, fingerprint, self.run_dir)
+            generator.set_state(saved.tensors["generator"])
+            history = saved.tensors["history"].to(p.device)
+            done = saved.sections_done
+            frames.restore(saved.tensors.get("held_frames"), int(saved.tensors["frame_count"]), saved.frame_chunks)
+            logger.info("resuming %s after %d of %d sections", self.run_dir, done, self.plan.num_sections)
+        started = time.perf_counter()
+        sections = stream_latents(
+            p.components.transformer,
+            inputs.conditioning,
+            inputs.start_latent,
+            config,
+            negative=inputs.negative,
+            end_latent=inputs.end_latent,
+            end_image_embeds=inputs.end_image_embeds,
+            callback=self._callback,
+            generator=generator,
+            resume_history=history,
+            sections_done=done,
+        )
+        result: SectionResult | None = None
+        for result in sections:
+            decoded = p.components.vae.decode(_latents_to_decode(result, config.mode, w), tiling=p._tiling())
+            frames.add(decoded)
+            preview = frames.write_mp4(self.run_dir / "preview.partial.mp4", fps=config.fps, crf=config.crf)
+            os.replace(preview, self.run_dir / "preview.mp4")
+            self._save(fingerprint, result, generator, frames)
+            yield SectionOutput(
+                index=result.index,
+                num_sections=result.num_sections,
+                latents=result.latents,
+                frames=pixels_to_uint8(decoded[0]),
+                video_frames=len(frames),
+                preview=self.run_dir / "preview.mp4",
+                seconds=result.seconds,
+                elapsed=time.perf_counter() - started,
+            )
+        if result is None:  # every section was already done: the saved run is complete
+            latents = history
+        else:
+            latents = result.history
+        video = frames.write_mp4(self.run_dir / "video.mp4", fps=config.fps, crf=config.crf)
+        logger.info("wrote %s (%d frames)", video, len(frames))
+        self._result = VideoResult(latents, frames, self.run_dir, config.fps, config.crf)
+
+    def result(self) -> VideoResult:
+        if self._result is None:
+            raise InputError("the run has not finished: iterate it to the end before asking for its result")
+        return self._result
+
+    def _save(self, fingerprint: dict[str, Any], result: SectionResult, generator: torch.Generator, frames: FrameAssembler) -> None:
+        tensors = {
+            "history": result.history,
+            "generator": generator.get_state(),
+            "frame_count": torch.tensor(len(frames)),
+        }
+        if frames.held is not None:
+            tensors["held_frames"] = frames.held
+        save_run_state(self.run_dir, RunState(fingerprint, result.index + 1, tensors, frames.chunk_names))
+
+
+def _latents_to_decode(result: SectionResult, mode: str, window: int) -> torch.Tensor:
+    """The latents a finished section decodes, as the reference does.
+
+    The first section decodes everything generated so far; a later one decodes its own
+    latents plus the ``window`` latents of the neighbouring section, whose pixels the
+    overlap blend needs (in front of the video when inverted, at its end when forward).
+    """
+    if result.index == 0:
+        return result.history
+    if mode == "inverted":
+        return result.history[:, :, : 2 * window + (1 if result.is_last else 0)]
+    return result.history[:, :, -2 * window :]
