@@ -6,7 +6,8 @@ others. It needs no indicator, so it decides from the step index alone; a policy
 to measure something sets ``needs_modulated_input`` or ``decides_after_first_block`` and
 reads ``step.modulated_input`` / ``step.first_block_residual``.
 
-Run: ``python examples/custom_cache_policy.py`` (offline; tiny random transformer).
+    python examples/custom_cache_policy.py --tiny                 # offline, tiny random models
+    python examples/custom_cache_policy.py --image dancer.png     # the real checkpoints
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
-from framepack.cache import CachePolicy, CacheStep, NoCache
+from framepack.cache import CachePolicy, CacheStep
 
 
 class SkipAlternateMiddleSteps(CachePolicy):
@@ -35,52 +34,22 @@ class SkipAlternateMiddleSteps(CachePolicy):
         return (step.step - first_middle) % 2 == 0
 
 
-def sample_section(model: Any, prepared: Any, noise: torch.Tensor, policy: CachePolicy, steps: int) -> torch.Tensor:
-    """One section of plain Euler flow matching from sigma 1 to 0, every call through ``policy``."""
-    sigmas = torch.linspace(1.0, 0.0, steps + 1)
-    policy.start_section(steps)
-    x = noise
-    for i in range(steps):
-        timestep = torch.full((x.shape[0],), 1000.0 * sigmas[i].item())
-        velocity = model.denoise(x, timestep, prepared, cache=policy, branch="positive")
-        x = x + (sigmas[i + 1] - sigmas[i]) * velocity
-    return x
-
-
 def main() -> None:
-    from framepack.conditioning import Conditioning, PackedContext
-    from framepack.models.transformer import FramePackTransformer, TransformerConfig
+    # Imported here so that tests can import the policy without the examples folder on the path.
+    from common import example_args, pipeline_and_image, resolution, steps
 
-    torch.manual_seed(0)
-    config = TransformerConfig.preset("tiny")
-    model = FramePackTransformer(config).eval()
-    batch, frames, height, width = 1, 3, 8, 8
-    cond = Conditioning(
-        text_embeds=torch.randn(batch, 7, config.text_embed_dim),
-        text_mask=torch.ones(batch, 7, dtype=torch.bool),
-        pooled=torch.randn(batch, config.pooled_projection_dim),
-        guidance=torch.full((batch,), 10.0),
-        image_embeds=torch.randn(batch, 5, config.image_proj_dim),
-    )
-    ctx = PackedContext(
-        latent_indices=torch.arange(1, 1 + frames).unsqueeze(0),
-        clean=torch.randn(batch, config.in_channels, 2, height, width),
-        clean_indices=torch.tensor([[0, 1 + frames]]),
-    )
-    shape = (batch, config.in_channels, frames, height, width)
-    prepared = model.prepare(cond, ctx, shape)
-    noise = torch.randn(shape)
+    from framepack import GenerationConfig
 
-    steps = 25
-    with torch.no_grad():
-        reference = sample_section(model, prepared, noise, NoCache(), steps)
-        policy = SkipAlternateMiddleSteps()
-        cached = sample_section(model, prepared, noise, policy, steps)
-    stats = policy.stats[-1]
-    distance = ((cached - reference).norm() / reference.norm()).item()
-    print(f"computed steps {stats.computed['positive']}")
-    print(f"skipped steps  {stats.skipped['positive']}")
-    print(f"{stats.skipped_count}/{steps} skipped; relative L2 distance to no cache: {distance:.4f}")
+    args = example_args("A cache policy written by subclassing CachePolicy.", "custom_cache_policy.mp4")
+    pipe, image = pipeline_and_image(args)
+    policy = SkipAlternateMiddleSteps()
+    config = GenerationConfig(
+        seconds=1.0 if args.tiny else 5.0, steps=max(steps(args), 10), resolution=resolution(args), cache=policy
+    )
+    video = pipe.generate(image, args.prompt, config)
+    for i, section in enumerate(policy.stats):
+        print(f"section {i}: computed steps {section.computed.get('positive')}, skipped {section.skipped.get('positive')}")
+    print(f"wrote {video.save(args.out)}: {video.num_frames} frames")
 
 
 if __name__ == "__main__":

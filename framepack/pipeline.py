@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import AbstractContextManager, nullcontext
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,9 @@ from .conditioning import Conditioning
 from .config import GenerationConfig
 from .errors import InputError
 from .models.loading import Storage
+from .memory_plan import MemoryPlan
 from .models.vae import VAETiling
+from .placement import Placement, plan_memory
 from .prompt import build_conditioning, encode_prompt
 from .results import SectionOutput, VideoResult
 from .runstate import RunState, check_fingerprint, digest, load_run_state, save_run_state
@@ -62,6 +65,7 @@ class FramePackPipeline:
         self.components = components
         self.device = torch.device(device)
         self.vae_tiling = vae_tiling
+        self._placement: Placement | None = None
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -74,24 +78,69 @@ class FramePackPipeline:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         storage: Storage = "copy",
+        vram_budget_gb: float | None = None,
+        resolution: int = 640,
+        window: int = 9,
     ) -> FramePackPipeline:
         """Load the official checkpoints (or local folders laid out like them).
 
-        transformer  ``I2V_REPO`` (inverted mode, the default) or ``F1_REPO`` (forward mode)
-        device       default: cuda when available, else cpu (float32 on cpu)
-        dtype        transformer dtype on accelerators (default bf16; fp16 for cards without bf16)
-        storage      "mmap" keeps weights memory-mapped from the files (host RAM below the model size)
+        transformer     ``I2V_REPO`` (inverted mode, the default) or ``F1_REPO`` (forward mode)
+        device          default: cuda when available, else cpu (float32 on cpu)
+        dtype           transformer dtype on accelerators (default bf16; fp16 for cards without bf16)
+        storage         "mmap" keeps weights memory-mapped from the files (host RAM below the model size)
+        vram_budget_gb  device memory to stay within (see ``set_vram_budget``); None: all resident
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         components = load_components(
-            transformer=transformer, hunyuan=hunyuan, redux=redux, device=device, dtype=dtype, storage=storage
+            transformer=transformer,
+            hunyuan=hunyuan,
+            redux=redux,
+            device=device,
+            dtype=dtype,
+            storage=storage,
+            load_device=torch.device("cpu") if vram_budget_gb is not None else None,
         )
-        return cls(components, device=device)
+        pipe = cls(components, device=device)
+        if vram_budget_gb is not None:
+            pipe.set_vram_budget(vram_budget_gb, resolution=resolution, window=window)
+        return pipe
 
     @classmethod
     def tiny(cls, seed: int = 0, *, device: torch.device | str = "cpu") -> FramePackPipeline:
         """Every component tiny and random: runs offline in seconds; the videos are noise."""
         return cls(tiny_components(seed, device=device), device=device)
+
+    # --- memory -----------------------------------------------------------------------
+    def set_vram_budget(self, vram_budget_gb: float | None, *, resolution: int = 640, window: int = 9) -> MemoryPlan:
+        """Place every component to stay within ``vram_budget_gb`` GiB of device memory.
+
+        One number decides it all: which transformer and Llama blocks stream (the rest stay
+        resident), whether components swap on and off the device per phase (text, image,
+        sampling, decode), and whether the VAE tiles. Weights must be on the host (load with
+        ``vram_budget_gb`` or on the cpu). ``None`` puts everything on the device, resident.
+        """
+        if self._placement is not None:
+            self._placement.release()
+            self._placement = None
+        plan = plan_memory(self.components, vram_budget_gb, resolution=resolution, window=window)
+        self._placement = Placement(self.components, self.device, plan)
+        self.vae_tiling = self.vae_tiling or plan.vae_tiling
+        logger.info("memory plan: %s", plan)
+        return plan
+
+    def memory_report(self) -> str:
+        """The memory plan in force and what the streamers moved so far."""
+        if self._placement is None:
+            return f"no budget: every component resident on {self.device}"
+        lines = [str(self._placement.plan)]
+        for name, module in self.components.modules().items():
+            streamer = getattr(module, "streamer", None)
+            if streamer is not None:
+                lines.append(f"  {name} streamer: {streamer.stats}")
+        return "\n".join(lines)
+
+    def _phase(self, name: str) -> AbstractContextManager[None]:
+        return self._placement.phase(name) if self._placement is not None else nullcontext()
 
     # --- inputs -----------------------------------------------------------------------
     @torch.no_grad()
@@ -109,30 +158,34 @@ class FramePackPipeline:
             source = load_image(image)
             height, width = find_bucket(source.shape[0], source.shape[1], config.resolution)
             start_image = resize_image(source, height, width, config.resize)
-        prompt_embeds = encode_prompt(prompt, c.text_encoder, c.text_encoder_2, c.tokenizer, c.tokenizer_2)
+        with self._phase("text"):
+            prompt_embeds = encode_prompt(prompt, c.text_encoder, c.text_encoder_2, c.tokenizer, c.tokenizer_2)
+            negative_embeds = None
+            if config.real_cfg != 1.0:
+                negative_embeds = encode_prompt(
+                    config.negative_prompt, c.text_encoder, c.text_encoder_2, c.tokenizer, c.tokenizer_2
+                )
         if prompt_embeds.dropped_tokens:
             logger.warning("prompt is too long: %d token(s) were cut", prompt_embeds.dropped_tokens)
-
-        if start_image is None:
-            latent_shape = (1, c.vae.config.latent_channels, 1, height // 8, width // 8)
-            start_latent = torch.zeros(latent_shape, device=self.device)
-            image_embeds = None
-        else:
-            start_latent = self._encode_latent(start_image)
-            image_embeds = self._image_embeds(start_image)
-        conditioning = self._conditioning(build_conditioning(prompt_embeds, image_embeds, config.distilled_cfg))
-        negative = None
-        if config.real_cfg != 1.0:
-            negative_embeds = encode_prompt(
-                config.negative_prompt, c.text_encoder, c.text_encoder_2, c.tokenizer, c.tokenizer_2
-            )
-            negative = self._conditioning(build_conditioning(negative_embeds, image_embeds, config.distilled_cfg))
 
         end_image = end_latent = end_embeds = None
         if config.end_image is not None:
             end_image = resize_image(load_image(config.end_image), height, width, config.resize)
-            end_latent = self._encode_latent(end_image)
-            end_embeds = self._image_embeds(end_image) if image_embeds is not None else None
+        with self._phase("image"):
+            if start_image is None:
+                latent_shape = (1, c.vae.config.latent_channels, 1, height // 8, width // 8)
+                start_latent = torch.zeros(latent_shape, device=self.device)
+                image_embeds = None
+            else:
+                start_latent = self._encode_latent(start_image)
+                image_embeds = self._image_embeds(start_image)
+            if end_image is not None:
+                end_latent = self._encode_latent(end_image)
+                end_embeds = self._image_embeds(end_image) if image_embeds is not None else None
+        conditioning = self._conditioning(build_conditioning(prompt_embeds, image_embeds, config.distilled_cfg))
+        negative = None
+        if negative_embeds is not None:
+            negative = self._conditioning(build_conditioning(negative_embeds, image_embeds, config.distilled_cfg))
         return EncodedInputs(
             image=start_image if start_image is not None else np.zeros((height, width, 3), np.uint8),
             start_latent=start_latent,
@@ -154,8 +207,7 @@ class FramePackPipeline:
         return encoder(pixel_values)
 
     def _conditioning(self, conditioning: Conditioning) -> Conditioning:
-        dtype = next(self.components.transformer.parameters()).dtype
-        return conditioning.to(self.device, dtype)
+        return conditioning.to(self.device, next(self.components.transformer.parameters()).dtype)
 
     def _tiling(self) -> VAETiling | None:
         return VAETiling() if self.vae_tiling else None
@@ -286,8 +338,14 @@ class GenerationRun:
             sections_done=done,
         )
         result: SectionResult | None = None
-        for result in sections:
-            decoded = p.components.vae.decode(_latents_to_decode(result, config.mode, w), tiling=p._tiling())
+        while True:
+            with p._phase("sampling"):  # a tight budget swaps the transformer out for each decode
+                section = next(sections, None)
+            if section is None:
+                break
+            result = section
+            with p._phase("decode"):
+                decoded = p.components.vae.decode(_latents_to_decode(result, config.mode, w), tiling=p._tiling())
             frames.add(decoded)
             preview = frames.write_mp4(self.run_dir / "preview.partial.mp4", fps=config.fps, crf=config.crf)
             os.replace(preview, self.run_dir / "preview.mp4")

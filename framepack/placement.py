@@ -1,0 +1,122 @@
+"""Where each component lives, phase by phase, under one device-memory budget.
+
+``plan_pipeline_memory`` decides (pure arithmetic); ``Placement`` carries the decision
+out: it sets up layer streaming for the transformer and the Llama encoder, and with a
+tight budget loads each phase's components onto the device only for that phase.
+Activation sizes are conservative estimates from the model widths and the video size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .components import Components
+from .memory_plan import PHASES, ComponentSize, MemoryPlan, plan_pipeline_memory
+from .models.streaming import StreamableModel
+from .residency import ComponentResidency
+
+PROMPT_HIDDEN_STATE = -3  # FramePack reads Llama's hidden state three from the end
+TEXT_TOKENS = 351  # 95 template tokens + 256 prompt tokens
+CONTEXT_TOKENS = 729 + 512  # SigLIP image tokens + padded text tokens
+VAE_TILE = 256  # default spatial tile of the VAE, pixels
+VAE_TEMPORAL_TILE = 17  # pixel frames of one temporal tile (5 latent frames)
+
+
+def component_sizes(components: Components) -> dict[str, int | ComponentSize]:
+    """Device bytes of every component, with the blocks of the streamable ones listed."""
+    llama = components.text_encoder
+    return {
+        "transformer": components.transformer.streaming_sizes(),
+        "text_encoder": llama.streaming_sizes(llama.layers_needed(PROMPT_HIDDEN_STATE)),
+        "text_encoder_2": _nbytes(components.text_encoder_2),
+        "image_encoder": _nbytes(components.image_encoder),
+        "vae": _nbytes(components.vae),
+    }
+
+
+def activation_estimates(components: Components, resolution: int, window: int) -> tuple[dict[str, int], int]:
+    """(peak activation bytes per phase with an untiled VAE, the VAE phases' peak when tiled)."""
+    t = components.transformer.config
+    element = next(components.transformer.parameters()).element_size()
+    side = resolution + resolution // 8  # the widest 640-style bucket side, a little over the resolution
+    pixels = side * side
+    # The packed context adds 1x (2 frames), 2x and 4x groups: about 28 % of a 9-frame window.
+    tokens = int(window * pixels / 256 * 1.3) + CONTEXT_TOKENS
+    sampling = tokens * t.inner_dim * element * 16  # streams, q/k/v, MLP hidden (4x), attention output
+    llama = components.text_encoder.config
+    text = TEXT_TOKENS * llama.intermediate_size * element * 6
+    vae = components.vae.config
+    width = vae.block_out_channels[0] * next(components.vae.parameters()).element_size()
+    image = pixels * width * 8
+    decode = VAE_TEMPORAL_TILE * pixels * width * 6
+    tiled = VAE_TEMPORAL_TILE * min(pixels, VAE_TILE * VAE_TILE) * width * 6
+    return {"text": text, "image": image, "sampling": sampling, "decode": decode}, tiled
+
+
+def plan_memory(components: Components, vram_budget_gb: float | None, *, resolution: int, window: int) -> MemoryPlan:
+    activations, tiled = activation_estimates(components, resolution, window)
+    return plan_pipeline_memory(
+        vram_budget_gb, component_sizes(components), activations, tiled_vae_activation_bytes=tiled
+    )
+
+
+class Placement:
+    """Applies a ``MemoryPlan`` to a pipeline's components on ``device``."""
+
+    def __init__(self, components: Components, device: torch.device, plan: MemoryPlan) -> None:
+        self.plan = plan
+        self._components = components
+        self._residency: dict[str, ComponentResidency] = {}
+        for name, module in components.modules().items():
+            if isinstance(module, StreamableModel) and name in plan.streaming and plan.streaming[name].streamed:
+                num_blocks = len(plan.streaming[name].block_bytes)
+                module.enable_streaming(device, plan.streaming[name].device_bytes, num_blocks=num_blocks)
+                if plan.swap_components:
+                    module.offload()
+            else:
+                self._residency[name] = ComponentResidency(module, device)
+                if not plan.swap_components:
+                    self._residency[name].to_device()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Components of phase ``name`` on the device for the block; off it after, when swapping."""
+        if not self.plan.swap_components:
+            yield
+            return
+        names = [n for n in PHASES[name] if n in self._components.modules()]
+        for n in names:
+            self._bring(n)
+        try:
+            yield
+        finally:
+            for n in names:
+                self._release(n)
+
+    def release(self) -> None:
+        """Every weight back on its host tensors (streaming switched off)."""
+        for name, module in self._components.modules().items():
+            if isinstance(module, StreamableModel):
+                module.disable_streaming()
+        for residency in self._residency.values():
+            residency.offload()
+
+    def _bring(self, name: str) -> None:
+        if name in self._residency:
+            self._residency[name].to_device()
+        else:
+            getattr(self._components, name).to_device()
+
+    def _release(self, name: str) -> None:
+        if name in self._residency:
+            self._residency[name].offload()
+        else:
+            getattr(self._components, name).offload()
+
+
+def _nbytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])

@@ -1,0 +1,61 @@
+"""The framepack command: generate offline, plan, resume, and one clear line on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import pytest
+
+from framepack.cli import main
+
+FAST = ["--tiny", "--seconds", "0.8", "--window", "3", "--steps", "2", "--resolution", "64"]
+
+
+def frame_count(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_generate_tiny_writes_a_video_and_resume_of_a_finished_run_rewrites_it(tmp_path: Path, capsys) -> None:
+    out, run_dir = tmp_path / "out.mp4", tmp_path / "run"
+    assert main(["generate", *FAST, "--prompt", "a dancer", "--out", str(out), "--run-dir", str(run_dir)]) == 0
+    assert frame_count(out) == 4 * (2 * 3 + 1) - 3
+    assert "section 2/2 done" in capsys.readouterr().out
+
+    again = tmp_path / "again.mp4"
+    assert main(["generate", *FAST, "--prompt", "a dancer", "--out", str(again), "--resume", str(run_dir)]) == 0
+    assert frame_count(again) == frame_count(out)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["generate", *FAST, "--steps", "0"], "error: steps: expected an int >= 1, got 0"),
+        (["generate", "--image", "/no/such/image.png", "--prompt", "x"], "error: image file '/no/such/image.png' does not exist"),
+        (["generate", *FAST, "--cache", "warp:9"], "error: cache 'warp:9': unknown policy 'warp'"),
+        (["generate", "--prompt", "x"], "error: --image is required"),
+        (["plan", "--size", "big"], "error: --size: expected HxW like 480x640, got 'big'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(arguments: list[str], message: str, capsys) -> None:
+    assert main(arguments) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message)
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_resume_with_another_prompt_names_it(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    assert main(["generate", *FAST, "--prompt", "a dancer", "--out", str(tmp_path / "a.mp4"), "--run-dir", str(run_dir)]) == 0
+    assert main(["generate", *FAST, "--prompt", "a cat", "--out", str(tmp_path / "b.mp4"), "--resume", str(run_dir)]) == 2
+    assert "prompt: saved" in capsys.readouterr().err
+
+
+def test_plan_prints_sections_sizes_and_tokens(capsys) -> None:
+    assert main(["plan", "--seconds", "5", "--size", "480x640"]) == 0
+    out = capsys.readouterr().out
+    assert "4 section(s), 37 latent frames (145 pixel frames)" in out
+    assert "input 480x640 -> bucket 544x704 px, latent 68x88" in out
+    # 9 frames of 34x44 patches; 1x: 2 frames, 2x: 17x22, 4x: 4 frames of 9x11.
+    assert "13464 noisy + 3762 packed context = 17226 image tokens" in out

@@ -1,0 +1,70 @@
+"""One budget places every component: a tight one streams and swaps, with the same latents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import copy
+import dataclasses
+
+from framepack import FramePackPipeline, GenerationConfig
+from framepack.cli import demo_image
+from framepack.components import Components, tiny_components
+from framepack.errors import ConfigError
+from framepack.memory_plan import GIB
+from framepack.models.transformer import FramePackTransformer
+
+CONFIG = GenerationConfig(window=3, steps=3, resolution=64, seconds=0.8)
+
+
+def smallest_budget_gb(pipe: FramePackPipeline) -> float:
+    """The smallest budget (to 2 %) the planner accepts for the tiny pipeline."""
+    budget = 1 << 20
+    while True:
+        try:
+            pipe.set_vram_budget(budget / GIB, resolution=CONFIG.resolution, window=CONFIG.window)
+            return budget / GIB
+        except ConfigError:
+            budget = int(budget * 1.02)
+
+
+def wide_components() -> Components:
+    """The tiny pipeline with a transformer wide enough (~35 MB of blocks) that sampling,
+    not the tiny Llama's 16 MB embedding table, decides how the budget is spent."""
+    components = tiny_components(seed=0)
+    config = dataclasses.replace(components.transformer.config, num_attention_heads=8, attention_head_dim=32,
+                                 rope_axes_dim=(8, 12, 12))  # fmt: skip
+    torch.manual_seed(0)
+    return dataclasses.replace(components, transformer=FramePackTransformer(config).eval().requires_grad_(False))
+
+
+def test_a_budget_that_forces_streaming_gives_the_same_latents(tmp_path: Path) -> None:
+    image = demo_image(96)
+    components = wide_components()
+    reference = FramePackPipeline(copy.deepcopy(components)).generate(image, "a dancer", CONFIG, run_dir=tmp_path / "a")
+
+    pipe = FramePackPipeline(components)
+    plan = pipe.set_vram_budget(smallest_budget_gb(pipe), resolution=CONFIG.resolution, window=CONFIG.window)
+    assert plan.swap_components
+    assert plan.streaming["transformer"].streamed, "the smallest budget must stream transformer blocks"
+    assert pipe.components.transformer.streamer is not None
+    streamed = pipe.generate(image, "a dancer", CONFIG, run_dir=tmp_path / "b")
+    assert torch.equal(streamed.latents, reference.latents)
+    assert pipe.components.transformer.streamer.stats.transferred_bytes > 0
+    assert "transformer streamer" in pipe.memory_report()
+
+
+def test_too_small_a_budget_says_which_phase_and_how_much(tmp_path: Path) -> None:
+    pipe = FramePackPipeline.tiny(seed=0)
+    with pytest.raises(ConfigError, match=r"too small for the \w+ phase: it needs at least"):
+        pipe.set_vram_budget(1e-6)
+
+
+def test_no_budget_keeps_everything_resident() -> None:
+    pipe = FramePackPipeline.tiny(seed=0)
+    plan = pipe.set_vram_budget(None)
+    assert not plan.swap_components and not plan.vae_tiling
+    assert pipe.components.transformer.streamer is None
