@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
     gen.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
     gen.add_argument("--dtype", choices=DTYPES, default=None, help="transformer dtype (default bf16 on GPU, fp32 on CPU)")
+    gen.add_argument("--vram-budget", type=float, help="GPU memory to stay within, GB (streams blocks, swaps components)")
     gen.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
     gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")
     gen.add_argument("--resume", help="continue an interrupted run from its run directory")
@@ -129,6 +131,8 @@ def _generate(args: argparse.Namespace) -> int:
         load_image(args.end_image)
     if args.tiny:
         pipe = FramePackPipeline.tiny(seed=0, device=args.device or "cpu")
+        if args.vram_budget is not None:
+            pipe.set_vram_budget(args.vram_budget, resolution=config.resolution, window=config.window)
         if image is None:
             image = demo_image(config.resolution)
     else:
@@ -143,6 +147,9 @@ def _generate(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=dtype,
             storage="mmap" if args.mmap else "copy",
+            vram_budget_gb=args.vram_budget,
+            resolution=config.resolution,
+            window=config.window,
         )
     pipe.vae_tiling = args.vae_tiling
 
@@ -163,7 +170,9 @@ def _generate(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     path = run.result().save(args.out)
-    print(f"wrote {path} ({run.result().num_frames} frames; run directory {run.run_dir})")
+    print(f"wrote {path} ({run.result().num_frames} frames)")
+    if args.run_dir is None and args.resume is None:
+        shutil.rmtree(run.run_dir, ignore_errors=True)  # a finished temporary run has nothing left to resume
     return 0
 
 
