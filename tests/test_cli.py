@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from framepack.cli import main
+from framepack.runstate import load_run_state
 
 FAST = ["--tiny", "--seconds", "0.8", "--window", "3", "--steps", "2", "--resolution", "64"]
 
@@ -59,3 +65,41 @@ def test_plan_prints_sections_sizes_and_tokens(capsys) -> None:
     assert "input 480x640 -> bucket 544x704 px, latent 68x88" in out
     # 9 frames of 34x44 patches; 1x: 2 frames, 2x: 17x22, 4x: 4 frames of 9x11.
     assert "13464 noisy + 3762 packed context = 17226 image tokens" in out
+
+
+@pytest.mark.parametrize("spec", ["none", "teacache:0.15", "magcache", "fbcache:0.05"])
+def test_every_cache_policy_runs_through_the_command(spec: str, tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    assert main(["generate", *FAST, "--steps", "6", "--cache", spec, "--out", str(out)]) == 0
+    assert frame_count(out) == 4 * (2 * 3 + 1) - 3
+
+
+def test_killed_run_resumes_to_the_same_video(tmp_path: Path) -> None:
+    """A process killed hard after its first section, resumed, equals a run never interrupted."""
+    args = [*FAST, "--seconds", "1.2", "--steps", "4", "--prompt", "a dancer"]  # three sections
+    whole = tmp_path / "whole.mp4"
+    assert main(["generate", *args, "--out", str(whole), "--run-dir", str(tmp_path / "whole")]) == 0
+
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "framepack.cli", "generate", *args, "--out", str(tmp_path / "never.mp4"),
+               "--run-dir", str(run_dir)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "state.json").exists():
+            assert process.poll() is None, "the run ended before its first section was saved"
+            assert time.monotonic() < deadline, "no section finished within two minutes"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert load_run_state(run_dir).sections_done < 3  # killed mid-run, not after it
+
+    resumed = tmp_path / "resumed.mp4"
+    assert main(["generate", *args, "--out", str(resumed), "--resume", str(run_dir)]) == 0
+    assert np.array_equal(decoded(resumed), decoded(whole))
+
+
+def decoded(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
