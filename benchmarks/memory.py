@@ -1,17 +1,28 @@
-"""Memory benchmark: host RSS of mmap vs copied weights, and the cost of layer streaming.
+"""Memory benchmark: host RSS of mmap vs copied weights and of short vs long videos, and the
+cost of layer streaming.
 
-    PYTHONPATH=. python benchmarks/memory.py [--mib 256] [--repeats 5]
+    python -m benchmarks.memory [--only PART ...] [--mib 256] [--repeats 5] [--steps 2]
 
-1. Host memory: a toy transformer-like checkpoint is loaded and run in fresh subprocesses,
+(from the repository root: the pipeline part writes its checkpoints with ``tests`` helpers)
+
+1. The whole pipeline: a random checkpoint tree in the real layout (benchmarks/checkpoints.py,
+   ~1 GB of float32 safetensors, most of it Llama's full-vocabulary embedding) is loaded with
+   FramePackPipeline.from_pretrained and generates one video at resolution 64, in a fresh
+   subprocess per run. Peak RSS (VmHWM) of the whole process, with storage="mmap" vs "copy"
+   (5 s video), and for a 5 s vs a 60 s video (storage="copy"; target: within 10 %, host
+   memory flat in video length). Also printed: RSS after imports and after loading
+   (anonymous / file-backed), the generation's own peak above the loaded weights (VmHWM is
+   reset after loading) and RSS after the first and the last section.
+2. Host memory: a toy transformer-like checkpoint is loaded and run in fresh subprocesses,
    alternating storage="copy" and storage="mmap". Printed per storage: growth of peak RSS
    (ru_maxrss: counts file pages too, but growth below the import-time peak is invisible) and of anonymous RSS
    (RssAnon: memory the OS cannot drop) and of file-backed RSS (RssFile: reclaimable page cache).
-2. Streaming on this machine's CPU: one pass over the blocks fully resident vs streamed
+3. Streaming on this machine's CPU: one pass over the blocks fully resident vs streamed
    at the minimum budget (copies are memcpy here, so this measures bookkeeping cost).
-3. With CUDA: resident step time, streamed step time, and the time of the copies alone,
+4. With CUDA: resident step time, streamed step time, and the time of the copies alone,
    for a compute-bound and a copy-bound token count; target streamed <= 1.15 x
    max(compute, copy). Also peak device memory vs the budget.
-4. The real model class: one FramePackTransformer denoising step (full packed context)
+5. The real model class: one FramePackTransformer denoising step (full packed context)
    resident vs streamed at the minimum block budget and one byte under resident, through
    ``enable_streaming``: on the CPU the "medium" config in float32; with CUDA a
    real-width model (the "framepack" preset cut to 2 double + 4 single blocks) in the
@@ -39,11 +50,15 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from benchmarks.checkpoints import REPO_ROOT, TreeSizes, tree_bytes, write_checkpoint_tree
+from framepack.cli import demo_image
 from framepack.conditioning import Conditioning, PackedContext
+from framepack.config import GenerationConfig
 from framepack.models.configuration import ModelConfig
 from framepack.models.loading import PretrainedModel
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from framepack.offload import LayerStreamer, block_nbytes, format_bytes, minimum_budget
+from framepack.pipeline import FramePackPipeline
 from framepack.precision import compute_dtype
 
 
@@ -96,6 +111,16 @@ def _status_kib(field: str) -> int:
     return -1
 
 
+def run_probe(*args: str) -> dict[str, float]:
+    """Run this module with ``args`` in a fresh interpreter; its last stdout line is JSON."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", *args], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    if out.returncode:
+        raise RuntimeError(f"probe {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def probe(folder: str, storage: str) -> None:
     """Runs in a fresh subprocess: load, run once, print memory growth as JSON."""
     torch.set_num_threads(1)
@@ -120,10 +145,7 @@ def host_memory(mib: int, repeats: int) -> None:
         runs: dict[str, list[dict[str, float]]] = {"copy": [], "mmap": []}
         for _ in range(repeats):
             for storage in runs:  # interleaved so both see the same machine load
-                out = subprocess.run(
-                    [sys.executable, __file__, "--probe", tmp, storage], capture_output=True, text=True, check=True
-                ).stdout
-                runs[storage].append(json.loads(out))
+                runs[storage].append(run_probe("--probe", tmp, storage))
     print(f"host memory, {size:.0f} MiB checkpoint, load + one forward, median of {repeats}:")
     med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
     for storage, m in med.items():
@@ -132,6 +154,92 @@ def host_memory(mib: int, repeats: int) -> None:
               f"load+run {m['seconds']:.3f} s")
     print(f"  anonymous memory mmap/copy = {med['mmap']['anon_mib'] / max(med['copy']['anon_mib'], 1e-9):.3f}; "
           f"load time mmap/copy = {med['mmap']['seconds'] / med['copy']['seconds']:.2f}")
+
+
+PROMPT = "The man dances energetically, leaping mid-air with fluid arm swings and quick footwork."
+
+
+def generation_config(seconds: float, steps: int) -> GenerationConfig:
+    return GenerationConfig(seconds=seconds, steps=steps, resolution=64, window=9)
+
+
+def _reset_peak_rss() -> None:
+    # Writing 5 to clear_refs sets VmHWM back to the current RSS (Linux >= 4.0).
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def generation_probe(folder: str, storage: str, seconds: str, steps: str) -> None:
+    """Runs in a fresh subprocess: load the tree, generate one video, print memory as JSON (MiB)."""
+    tree = Path(folder)
+    imported = _status_kib("VmRSS")
+    start = time.perf_counter()
+    pipe = FramePackPipeline.from_pretrained(
+        tree / "transformer", hunyuan=tree / "hunyuan", redux=tree / "redux", device="cpu",
+        storage=storage,  # type: ignore[arg-type]
+    )  # fmt: skip
+    load_seconds = time.perf_counter() - start
+    load_peak = _status_kib("VmHWM")
+    loaded = {field: _status_kib(field) for field in ("VmRSS", "RssAnon", "RssFile")}
+    _reset_peak_rss()
+    config = generation_config(float(seconds), int(steps))
+    section_rss = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as run_dir:
+        run = pipe.stream(demo_image(config.resolution), PROMPT, config, run_dir=run_dir)
+        for _ in run:
+            section_rss.append(_status_kib("VmRSS"))
+        frames = run.result().num_frames
+    generate_seconds = time.perf_counter() - start
+    generation_peak = _status_kib("VmHWM")
+    mib = 1 / 1024
+    print(json.dumps({
+        "peak_mib": max(load_peak, generation_peak) * mib,
+        "load_peak_mib": load_peak * mib,
+        "generation_peak_mib": generation_peak * mib,
+        "imported_mib": imported * mib,
+        "loaded_mib": loaded["VmRSS"] * mib,
+        "loaded_anon_mib": loaded["RssAnon"] * mib,
+        "loaded_file_mib": loaded["RssFile"] * mib,
+        "generation_growth_mib": (generation_peak - loaded["VmRSS"]) * mib,
+        "first_section_mib": section_rss[0] * mib,
+        "last_section_mib": section_rss[-1] * mib,
+        "sections": len(section_rss),
+        "frames": frames,
+        "load_s": load_seconds,
+        "generate_s": generate_seconds,
+    }))
+
+
+def pipeline_memory(steps: int, short: float = 5.0, long: float = 60.0, sizes: TreeSizes = TreeSizes()) -> None:
+    cases = [("copy", short), ("mmap", short), ("copy", long)]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        write_checkpoint_tree(Path(tmp), sizes)
+        size = tree_bytes(Path(tmp)) / 2**20
+        print(f"whole pipeline: wrote a random checkpoint tree in {time.perf_counter() - start:.0f} s: {size:.0f} MiB "
+              f"of float32 safetensors; {sizes.describe()}")
+        runs = {(storage, seconds): run_probe("--generation-probe", tmp, storage, str(seconds), str(steps))
+                for storage, seconds in cases}  # fmt: skip
+    config = generation_config(short, steps)
+    print(f"  {config.resolution}px image, GenerationConfig(resolution={config.resolution}, steps={steps}, "
+          f"window={config.window}, seconds=...), device cpu float32, one fresh process per run; MiB:")
+    print("  storage  video  sections (frames)  peak RSS (load / generation)  after imports  after load (anon / file)"
+          "  generation over load  after 1st / last section  load s  generate s")
+    for (storage, seconds), r in runs.items():
+        print(f"  {storage:7s} {seconds:4.0f} s  {r['sections']:8d} ({r['frames']:6d})  {r['peak_mib']:8.0f} "
+              f"({r['load_peak_mib']:4.0f} / {r['generation_peak_mib']:4.0f})  {r['imported_mib']:17.0f}  "
+              f"{r['loaded_mib']:10.0f} ({r['loaded_anon_mib']:4.0f} / {r['loaded_file_mib']:4.0f})  "
+              f"{r['generation_growth_mib']:+20.0f}  {r['first_section_mib']:11.0f} / {r['last_section_mib']:4.0f}  "
+              f"{r['load_s']:6.1f}  {r['generate_s']:10.1f}")
+    copy_short, mmap_short, copy_long = runs.values()
+    print(f"  mmap vs copy ({short:.0f} s): peak RSS {mmap_short['peak_mib']:.0f} / {copy_short['peak_mib']:.0f} MiB = "
+          f"{mmap_short['peak_mib'] / copy_short['peak_mib']:.3f}; anonymous after load = "
+          f"{mmap_short['loaded_anon_mib'] / copy_short['loaded_anon_mib']:.3f}")
+    print(f"  {long:.0f} s vs {short:.0f} s (copy): peak RSS during generation "
+          f"{copy_long['generation_peak_mib']:.0f} / {copy_short['generation_peak_mib']:.0f} MiB = "
+          f"{copy_long['generation_peak_mib'] / copy_short['generation_peak_mib']:.3f} (target <= 1.10); whole process "
+          f"(includes the load's transient) {copy_long['peak_mib'] / copy_short['peak_mib']:.3f}; above the loaded "
+          f"weights {copy_long['generation_growth_mib']:+.0f} vs {copy_short['generation_growth_mib']:+.0f} MiB")
 
 
 def median_time(fn: Callable[[], object], sync: Callable[[], None]) -> float:
@@ -274,23 +382,37 @@ def transformer_streaming(repeats: int, device: torch.device) -> None:
         del models, steps, outs, base
 
 
+PARTS = ["pipeline", "host", "streaming"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=256, help="checkpoint size for the host-memory test")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2, help="sampler steps of the whole-pipeline runs")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=PARTS, help="run these parts only")
     parser.add_argument("--probe", nargs=2, metavar=("FOLDER", "STORAGE"), help=argparse.SUPPRESS)
+    parser.add_argument("--generation-probe", nargs=4, metavar=("FOLDER", "STORAGE", "SECONDS", "STEPS"),
+                        help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
     if args.probe:
         probe(*args.probe)
         return
-    host_memory(args.mib, args.repeats)
-    cpu_streaming(args.repeats)
-    transformer_streaming(args.repeats, torch.device("cpu"))
-    if torch.cuda.is_available():
-        gpu_streaming(args.repeats)
-        transformer_streaming(args.repeats, torch.device("cuda", torch.cuda.current_device()))
-    else:
-        print("no CUDA device: GPU streaming figures skipped")
+    if args.generation_probe:
+        generation_probe(*args.generation_probe)
+        return
+    if "pipeline" in args.only:
+        pipeline_memory(args.steps)
+    if "host" in args.only:
+        host_memory(args.mib, args.repeats)
+    if "streaming" in args.only:
+        cpu_streaming(args.repeats)
+        transformer_streaming(args.repeats, torch.device("cpu"))
+        if torch.cuda.is_available():
+            gpu_streaming(args.repeats)
+            transformer_streaming(args.repeats, torch.device("cuda", torch.cuda.current_device()))
+        else:
+            print("no CUDA device: GPU streaming figures skipped")
 
 
 if __name__ == "__main__":
