@@ -20,6 +20,7 @@ import torch
 from framepack.cache import CachePolicy, FirstBlockCache, MagCache, NoCache, TeaCache
 from framepack.conditioning import Conditioning, PackedContext
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
+from framepack.sampling.guidance import GuidedDenoiser
 from framepack.sampling.schedule import flux_sigmas
 from framepack.sampling.unipc import sample_unipc
 
@@ -65,10 +66,7 @@ def run_section(model: FramePackTransformer, prepared: object, noise: torch.Tens
                 policy: CachePolicy) -> tuple[torch.Tensor, float]:  # fmt: skip
     """One section through ``policy``; returns the final latents and the wall time."""
 
-    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        velocity = model.denoise(x, sigma * 1000.0, prepared, cache=policy, branch="positive")
-        return x - sigma.view(-1, 1, 1, 1, 1) * velocity
-
+    denoise = GuidedDenoiser(model, prepared, cache=policy)
     start = time.perf_counter()
     policy.start_section(len(sigmas) - 1)
     with torch.no_grad():
