@@ -124,6 +124,7 @@ def _generate(args: argparse.Namespace) -> int:
         end_image=args.end_image,
         negative_prompt=args.negative_prompt,
         crf=args.crf,
+        vae_tiling=True if args.vae_tiling else None,
     )
     # Read the inputs before any model: a bad path fails in a second, not after loading 30 GB.
     image = load_image(args.image) if args.image else None
@@ -151,7 +152,6 @@ def _generate(args: argparse.Namespace) -> int:
             resolution=config.resolution,
             window=config.window,
         )
-    pipe.vae_tiling = args.vae_tiling
 
     sections = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode).num_sections
     bar = tqdm(total=sections * config.steps, unit="step", dynamic_ncols=True)

@@ -61,10 +61,9 @@ class EncodedInputs:
 class FramePackPipeline:
     """Wires the encoders, VAE, transformer, sampler and video output together."""
 
-    def __init__(self, components: Components, *, device: torch.device | str = "cpu", vae_tiling: bool = False) -> None:
+    def __init__(self, components: Components, *, device: torch.device | str = "cpu") -> None:
         self.components = components
         self.device = torch.device(device)
-        self.vae_tiling = vae_tiling
         self._placement: Placement | None = None
 
     # --- construction -----------------------------------------------------------------
@@ -124,7 +123,6 @@ class FramePackPipeline:
             self._placement = None
         plan = plan_memory(self.components, vram_budget_gb, resolution=resolution, window=window)
         self._placement = Placement(self.components, self.device, plan)
-        self.vae_tiling = self.vae_tiling or plan.vae_tiling
         logger.info("memory plan: %s", plan)
         return plan
 
@@ -177,10 +175,10 @@ class FramePackPipeline:
                 start_latent = torch.zeros(latent_shape, device=self.device)
                 image_embeds = None
             else:
-                start_latent = self._encode_latent(start_image)
+                start_latent = self._encode_latent(start_image, config)
                 image_embeds = self._image_embeds(start_image)
             if end_image is not None:
-                end_latent = self._encode_latent(end_image)
+                end_latent = self._encode_latent(end_image, config)
                 end_embeds = self._image_embeds(end_image) if image_embeds is not None else None
         conditioning = self._conditioning(build_conditioning(prompt_embeds, image_embeds, config.distilled_cfg))
         negative = None
@@ -197,9 +195,9 @@ class FramePackPipeline:
             dropped_tokens=prompt_embeds.dropped_tokens,
         )
 
-    def _encode_latent(self, image: np.ndarray) -> torch.Tensor:
+    def _encode_latent(self, image: np.ndarray, config: GenerationConfig) -> torch.Tensor:
         pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1.0
-        return self.components.vae.encode(pixels, tiling=self._tiling()).float()
+        return self.components.vae.encode(pixels, tiling=self._tiling(config)).float()
 
     def _image_embeds(self, image: np.ndarray) -> torch.Tensor:
         encoder = self.components.image_encoder
@@ -209,8 +207,12 @@ class FramePackPipeline:
     def _conditioning(self, conditioning: Conditioning) -> Conditioning:
         return conditioning.to(self.device, next(self.components.transformer.parameters()).dtype)
 
-    def _tiling(self) -> VAETiling | None:
-        return VAETiling() if self.vae_tiling else None
+    def _tiling(self, config: GenerationConfig) -> VAETiling | None:
+        """The reference's spatial tiles when the config asks, or (None) when the memory plan needs them."""
+        tiled = config.vae_tiling
+        if tiled is None:
+            tiled = self._placement is not None and self._placement.plan.vae_tiling
+        return VAETiling() if tiled else None
 
     # --- generation -------------------------------------------------------------------
     def stream(
@@ -345,7 +347,7 @@ class GenerationRun:
                 break
             result = section
             with p._phase("decode"):
-                decoded = p.components.vae.decode(_latents_to_decode(result, config.mode, w), tiling=p._tiling())
+                decoded = p.components.vae.decode(_latents_to_decode(result, config.mode, w), tiling=p._tiling(config))
             frames.add(decoded)
             preview = frames.write_mp4(self.run_dir / "preview.partial.mp4", fps=config.fps, crf=config.crf)
             os.replace(preview, self.run_dir / "preview.mp4")

@@ -20,12 +20,12 @@ from framepack.models.transformer import FramePackTransformer
 CONFIG = GenerationConfig(window=3, steps=3, resolution=64, seconds=0.8)
 
 
-def smallest_budget_gb(pipe: FramePackPipeline) -> float:
+def smallest_budget_gb(pipe: FramePackPipeline, resolution: int = CONFIG.resolution) -> float:
     """The smallest budget (to 2 %) the planner accepts for the tiny pipeline."""
     budget = 1 << 20
     while True:
         try:
-            pipe.set_vram_budget(budget / GIB, resolution=CONFIG.resolution, window=CONFIG.window)
+            pipe.set_vram_budget(budget / GIB, resolution=resolution, window=CONFIG.window)
             return budget / GIB
         except ConfigError:
             budget = int(budget * 1.02)
@@ -68,3 +68,13 @@ def test_no_budget_keeps_everything_resident() -> None:
     plan = pipe.set_vram_budget(None)
     assert not plan.swap_components and not plan.vae_tiling
     assert pipe.components.transformer.streamer is None
+
+
+def test_vae_tiling_follows_the_config_else_the_memory_plan() -> None:
+    pipe = FramePackPipeline.tiny(seed=0)
+    assert pipe._tiling(GenerationConfig(vae_tiling=True)) is not None
+    assert pipe._tiling(GenerationConfig()) is None  # no plan: the reference's default path
+    plan = pipe.set_vram_budget(smallest_budget_gb(pipe, 640), resolution=640, window=CONFIG.window)
+    assert plan.vae_tiling, "a tight budget at 640 px must tile the VAE"
+    assert pipe._tiling(GenerationConfig()) is not None
+    assert pipe._tiling(GenerationConfig(vae_tiling=False)) is None
