@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputError
 from .configuration import ModelConfig
+from .encoder_layers import EncoderLayer, quick_gelu
 from .loading import PretrainedModel
 
 _PREFIX = "text_model."
@@ -65,50 +65,6 @@ class CLIPTextConfig(ModelConfig):
         return presets[name]
 
 
-class CLIPAttention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)
-
-        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
-
-
-class CLIPMLP(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1(x)
-        return self.fc2(x * torch.sigmoid(1.702 * x))  # quick_gelu
-
-
-class CLIPEncoderLayer(nn.Module):
-    def __init__(self, config: CLIPTextConfig) -> None:
-        super().__init__()
-        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.self_attn = CLIPAttention(config.hidden_size, config.num_attention_heads)
-        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = CLIPMLP(config.hidden_size, config.intermediate_size)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = h + self.self_attn(self.layer_norm1(h))
-        return h + self.mlp(self.layer_norm2(h))
-
-
 class CLIPEmbeddings(nn.Module):
     def __init__(self, config: CLIPTextConfig) -> None:
         super().__init__()
@@ -122,7 +78,17 @@ class CLIPEmbeddings(nn.Module):
 class CLIPEncoder(nn.Module):
     def __init__(self, config: CLIPTextConfig) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(
+                config.hidden_size,
+                config.num_attention_heads,
+                config.intermediate_size,
+                eps=config.layer_norm_eps,
+                activation=quick_gelu,
+                causal=True,
+            )
+            for _ in range(config.num_hidden_layers)
+        )
 
 
 class CLIPTextEncoder(PretrainedModel):

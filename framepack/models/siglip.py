@@ -16,12 +16,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from ..errors import ConfigError, InputError
 from .configuration import ModelConfig
+from .encoder_layers import EncoderLayer, gelu_tanh
 from .loading import PretrainedModel, Storage, read_json, resolve_folder
 
 logger = logging.getLogger("framepack")
@@ -117,48 +117,6 @@ class SiglipPreprocessing(ModelConfig):
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))[None]
 
 
-class SiglipAttention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)))
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
-
-
-class SiglipMLP(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-
-
-class SiglipEncoderLayer(nn.Module):
-    def __init__(self, config: SiglipVisionConfig) -> None:
-        super().__init__()
-        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.self_attn = SiglipAttention(config.hidden_size, config.num_attention_heads)
-        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = SiglipMLP(config.hidden_size, config.intermediate_size)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = h + self.self_attn(self.layer_norm1(h))
-        return h + self.mlp(self.layer_norm2(h))
-
-
 class SiglipEmbeddings(nn.Module):
     def __init__(self, config: SiglipVisionConfig) -> None:
         super().__init__()
@@ -176,7 +134,17 @@ class SiglipEmbeddings(nn.Module):
 class SiglipEncoder(nn.Module):
     def __init__(self, config: SiglipVisionConfig) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(SiglipEncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(
+                config.hidden_size,
+                config.num_attention_heads,
+                config.intermediate_size,
+                eps=config.layer_norm_eps,
+                activation=gelu_tanh,
+                causal=False,
+            )
+            for _ in range(config.num_hidden_layers)
+        )
 
 
 class SiglipImageEncoder(PretrainedModel):
