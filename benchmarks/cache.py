@@ -5,7 +5,7 @@ For each policy at its default: steps skipped, median section time as a ratio to
 distance of the section's final latents to NoCache's. Random weights, so the distance says
 how far a policy drifts on this model, not how a video would look.
 
-    PYTHONPATH=. python benchmarks/cache.py [--steps 25] [--repeats 5] [--preset medium]
+    python -m benchmarks.cache [--steps 25] [--repeats 5] [--preset medium]
 """
 
 from __future__ import annotations

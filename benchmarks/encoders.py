@@ -3,7 +3,7 @@
 Mid-sized random models in the real layouts (saved by transformers, loaded by us); the Llama
 case runs FramePack's 351-token padded input on the reference and the valid prefix on ours,
 exactly as encode_prompt does, plus the same padded input for a like-for-like figure.
-Run: PYTHONPATH=. python benchmarks/encoders.py
+Run: python -m benchmarks.encoders
 """
 
 from __future__ import annotations

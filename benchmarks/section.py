@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -28,6 +27,8 @@ from framepack.sampling.guidance import GuidedDenoiser
 from framepack.sampling.schedule import flux_sigmas, sequence_length
 from framepack.sampling.sections import SectionHistory, plan_sections
 from framepack.sampling.unipc import sample_unipc
+
+from .reference_pair import medium_pair
 
 
 class TimedTransformer:
@@ -130,18 +131,8 @@ def main() -> None:
     parser.add_argument("--image-tokens", type=int, default=729)
     args = parser.parse_args()
 
-    from diffusers import HunyuanVideoFramepackTransformer3DModel
-
-    from tests.transformer_support import randomise_
-
     torch.manual_seed(0)
-    config = TransformerConfig.preset("medium")
-    fields = {k: v for k, v in config.to_dict().items() if k != "fp32_output_head"}
-    original = HunyuanVideoFramepackTransformer3DModel(**fields).eval()
-    randomise_(original, 0)
-    with tempfile.TemporaryDirectory() as folder:
-        original.save_pretrained(folder)
-        transformer = FramePackTransformer.from_pretrained(folder)
+    original, transformer, config = medium_pair()
     conditioning, context, noise = build_inputs(config, args.latent, args.window, args.text_tokens, args.image_tokens)
     pixels = args.latent * 8
     sigmas = flux_sigmas(args.steps, sequence_length(4 * args.window - 3, pixels, pixels))

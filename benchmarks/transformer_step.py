@@ -1,6 +1,6 @@
 """One denoising step: FramePackTransformer vs diffusers' HunyuanVideoFramepackTransformer3DModel.
 
-    PYTHONPATH=. python benchmarks/transformer_step.py
+    python -m benchmarks.transformer_step
 
 CPU, float32, the "medium" config (inner dim 512, 2 double + 4 single blocks) with random
 weights saved by diffusers and loaded by our from_pretrained, a 9-frame window with the
@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 
 import torch
 
 from framepack.conditioning import Conditioning, PackedContext
-from framepack.models.transformer import FramePackTransformer, TransformerConfig
+from framepack.models.transformer import TransformerConfig
+
+from .reference_pair import medium_pair
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -61,18 +62,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=24)
     args = parser.parse_args()
 
-    from diffusers import HunyuanVideoFramepackTransformer3DModel
-
-    from tests.transformer_support import randomise_
-
     torch.manual_seed(0)
-    config = TransformerConfig.preset("medium")
-    fields = {k: v for k, v in config.to_dict().items() if k != "fp32_output_head"}
-    reference = HunyuanVideoFramepackTransformer3DModel(**fields).eval()
-    randomise_(reference, 0)
-    with tempfile.TemporaryDirectory() as folder:
-        reference.save_pretrained(folder)
-        ours = FramePackTransformer.from_pretrained(folder)
+    reference, ours, config = medium_pair()
 
     g = torch.Generator().manual_seed(1)
     w, h, wd = 9, args.height, args.width

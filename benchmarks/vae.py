@@ -12,7 +12,7 @@
    each chunk into uint8 as a video writer would; the reference's ``decode`` must return
    the whole float video. Target: ours within 10% between 9 and 33 frames.
 
-Run: PYTHONPATH=. python benchmarks/vae.py
+Run: python -m benchmarks.vae
 """
 
 from __future__ import annotations
