@@ -8,6 +8,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from pathlib import Path
 
 import numpy as np
 
@@ -26,15 +27,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FramePackError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{_resume_hint(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.debug:
             raise
-        where = getattr(args, "run_dir_used", None)
-        hint = f"; continue with --resume {where}" if where else ""
-        print(f"interrupted: finished sections are kept{hint}", file=sys.stderr)
+        print(f"interrupted{_resume_hint(args) or ' before any section finished'}", file=sys.stderr)
         return 130
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """Where the finished sections of a failed or interrupted run are, if any finished."""
+    from .runstate import STATE_FILE
+
+    run_dir = getattr(args, "run_dir_used", None)
+    if run_dir is None or not (Path(run_dir) / STATE_FILE).exists():
+        return ""
+    return f" (finished sections are kept: continue with --resume {run_dir})"
 
 
 def _parser() -> argparse.ArgumentParser:
