@@ -8,11 +8,10 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from pathlib import Path
 
 import numpy as np
 
-from .errors import FramePackError
+from .errors import FramePackError, InputError
 
 TINY_DEFAULTS = {"resolution": 128, "seconds": 1.0, "steps": 8}
 DTYPES = ("bf16", "fp16", "fp32")
@@ -114,6 +113,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .config import GenerationConfig
     from .pipeline import FramePackPipeline
     from .sampling.loop import Progress
+    from .runstate import load_run_state
     from .sampling.sections import plan_sections
     from .video import load_image
 
@@ -135,7 +135,10 @@ def _generate(args: argparse.Namespace) -> int:
         crf=args.crf,
         vae_tiling=True if args.vae_tiling else None,
     )
-    # Read the inputs before any model: a bad path fails in a second, not after loading 30 GB.
+    # Check the inputs before any model: a bad path fails in a second, not after loading 30 GB.
+    out_dir = Path(args.out).resolve().parent
+    if not out_dir.is_dir():
+        raise InputError(f"--out: expected a file in an existing folder, but {out_dir} does not exist")
     image = load_image(args.image) if args.image else None
     if args.end_image:
         load_image(args.end_image)
@@ -147,7 +150,7 @@ def _generate(args: argparse.Namespace) -> int:
             image = demo_image(config.resolution)
     else:
         if image is None:
-            raise FramePackError("--image is required (or use --tiny for the offline demo)")
+            raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
         model = {"i2v": I2V_REPO, "f1": F1_REPO}.get(args.model or "", args.model)
         pipe = FramePackPipeline.from_pretrained(
@@ -163,7 +166,9 @@ def _generate(args: argparse.Namespace) -> int:
         )
 
     sections = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode).num_sections
-    bar = tqdm(total=sections * config.steps, unit="step", dynamic_ncols=True)
+    saved = load_run_state(args.resume) if args.resume else None
+    done = saved.sections_done * config.steps if saved is not None else 0
+    bar = tqdm(total=sections * config.steps, initial=done, unit="step", dynamic_ncols=True)
 
     def on_step(progress: Progress) -> None:
         bar.set_description(

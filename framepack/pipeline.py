@@ -31,7 +31,7 @@ from .models.vae import VAETiling
 from .placement import Placement, plan_memory
 from .prompt import build_conditioning, encode_prompt
 from .results import SectionOutput, VideoResult
-from .runstate import RunState, check_fingerprint, digest, load_run_state, save_run_state
+from .runstate import STATE_FILE, RunState, check_fingerprint, digest, load_run_state, save_run_state
 from .sampling.loop import Progress, SectionResult, stream_latents
 from .sampling.sections import plan_sections
 from .video import FrameAssembler, find_bucket, load_image, resize_image
@@ -205,7 +205,7 @@ class FramePackPipeline:
         return encoder(pixel_values)
 
     def _conditioning(self, conditioning: Conditioning) -> Conditioning:
-        return conditioning.to(self.device, next(self.components.transformer.parameters()).dtype)
+        return conditioning.to(self.device, self.components.transformer.dtype)
 
     def _tiling(self, config: GenerationConfig) -> VAETiling | None:
         """The reference's spatial tiles when the config asks, or (None) when the memory plan needs them."""
@@ -238,7 +238,14 @@ class FramePackPipeline:
         if resume is not None:
             if run_dir is not None and Path(run_dir).resolve() != Path(resume).resolve():
                 raise InputError(f"run_dir {run_dir} and resume {resume} name different folders; give one")
+            if not (Path(resume) / STATE_FILE).exists():
+                raise InputError(f"cannot resume {resume}: expected a run directory with {STATE_FILE}, found none")
             run_dir = resume
+        elif run_dir is not None and (Path(run_dir) / STATE_FILE).exists():
+            raise InputError(
+                f"run_dir {run_dir} already holds a run: continue it with resume={str(run_dir)!r}, "
+                "or give an empty folder"
+            )
         directory = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="framepack-run-"))
         return GenerationRun(self, image, prompt, config, directory, callback=callback, resume=resume is not None)
 
@@ -263,8 +270,10 @@ class FramePackPipeline:
         settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("crf", "end_image", "cache")}
         return {
             "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
-            "image": digest(torch.from_numpy(np.ascontiguousarray(inputs.image))),
-            "end_image": None if inputs.end_image is None else digest(torch.from_numpy(inputs.end_image)),
+            "dtype": str(self.components.transformer.dtype),
+            "vae_tiling": self._tiling(config) is not None,
+            "image": _image_digest(inputs.image),
+            "end_image": None if inputs.end_image is None else _image_digest(inputs.end_image),
             "prompt": digest(prompt),
             "settings": {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in settings.items()},
             "cache": describe_policy(config.cache),
@@ -272,11 +281,13 @@ class FramePackPipeline:
 
 
 def describe_policy(policy: CachePolicy | None) -> str:
-    """A policy's class and settings, e.g. ``TeaCache(rel_l1_thresh=0.15)``."""
+    """A policy's class and settings, e.g. ``TeaCache(rel_l1_thresh=0.15)`` (its statistics left out)."""
     if policy is None:
         return "None"
     settings = {
-        k: v for k, v in sorted(vars(policy).items()) if not k.startswith("_") and isinstance(v, (int, float, str, bool))
+        k: v
+        for k, v in sorted(vars(policy).items())
+        if not k.startswith("_") and k != "stats" and isinstance(v, (int, float, str, bool, tuple))
     }
     return f"{type(policy).__name__}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
 
@@ -347,7 +358,9 @@ class GenerationRun:
                 break
             result = section
             with p._phase("decode"):
-                decoded = p.components.vae.decode(_latents_to_decode(result, config.mode, w), tiling=p._tiling(config))
+                # To the host at once: the pixels must not hold device memory during the next section.
+                latents = _latents_to_decode(result, config.mode, w)
+                decoded = p.components.vae.decode(latents, tiling=p._tiling(config)).cpu()
             frames.add(decoded)
             preview = frames.write_mp4(self.run_dir / "preview.partial.mp4", fps=config.fps, crf=config.crf)
             os.replace(preview, self.run_dir / "preview.mp4")
@@ -384,6 +397,10 @@ class GenerationRun:
         if frames.held is not None:
             tensors["held_frames"] = frames.held
         save_run_state(self.run_dir, RunState(fingerprint, result.index + 1, tensors, frames.chunk_names))
+
+
+def _image_digest(image: np.ndarray) -> str:
+    return digest(torch.from_numpy(np.ascontiguousarray(image)))
 
 
 def _latents_to_decode(result: SectionResult, mode: str, window: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from .components import Components
 from .memory_plan import PHASES, ComponentSize, MemoryPlan, plan_pipeline_memory
 from .models.streaming import StreamableModel
 from .residency import ComponentResidency
+from .video.buckets import BASE_RESOLUTION, BUCKETS_640
 
 PROMPT_HIDDEN_STATE = -3  # FramePack reads Llama's hidden state three from the end
 TEXT_TOKENS = 351  # 95 template tokens + 256 prompt tokens
@@ -42,8 +43,8 @@ def activation_estimates(components: Components, resolution: int, window: int) -
     """(peak activation bytes per phase with an untiled VAE, the VAE phases' peak when tiled)."""
     t = components.transformer.config
     element = next(components.transformer.parameters()).element_size()
-    side = resolution + resolution // 8  # the widest 640-style bucket side, a little over the resolution
-    pixels = side * side
+    # The largest bucket area at this resolution (416 x 960 at 640), scaled like the buckets.
+    pixels = int(max(h * w for h, w in BUCKETS_640) * (resolution / BASE_RESOLUTION) ** 2)
     # The packed context adds 1x (2 frames), 2x and 4x groups: about 28 % of a 9-frame window.
     tokens = int(window * pixels / 256 * 1.3) + CONTEXT_TOKENS
     sampling = tokens * t.inner_dim * element * 16  # streams, q/k/v, MLP hidden (4x), attention output

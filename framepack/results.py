@@ -21,7 +21,7 @@ class SectionOutput:
     frames       this section's decoded frames, uint8 [n, H, W, 3] (before overlap blending)
     video_frames frames of the video so far
     preview      an mp4 of the video so far, rewritten after every section
-    seconds      time spent on this section; elapsed: since the run started
+    seconds      time this section spent sampling; elapsed: since the run started (all work)
     """
 
     index: int

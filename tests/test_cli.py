@@ -40,8 +40,9 @@ def test_generate_tiny_writes_a_video_and_resume_of_a_finished_run_rewrites_it(t
         (["generate", *FAST, "--steps", "0"], "error: steps: expected an int >= 1, got 0"),
         (["generate", "--image", "/no/such/image.png", "--prompt", "x"], "error: image file '/no/such/image.png' does not exist"),
         (["generate", *FAST, "--cache", "warp:9"], "error: cache 'warp:9': unknown policy 'warp'"),
-        (["generate", "--prompt", "x"], "error: --image is required"),
+        (["generate", "--prompt", "x"], "error: --image: expected an image path"),
         (["plan", "--size", "big"], "error: --size: expected HxW like 480x640, got 'big'"),
+        (["generate", *FAST, "--out", "/no/such/folder/x.mp4"], "error: --out: expected a file in an existing folder"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(arguments: list[str], message: str, capsys) -> None:

@@ -120,3 +120,12 @@ def test_unreadable_image_fails_before_any_work(pipe, tmp_path: Path) -> None:
     bad.write_text("hello")
     with pytest.raises(InputError, match="not a readable image"):
         pipe.generate(bad, "a dancer", GenerationConfig(**FAST), run_dir=tmp_path / "run")
+
+
+def test_a_run_directory_is_never_mixed_up(pipe, image, tmp_path: Path) -> None:
+    config = GenerationConfig(**FAST)
+    pipe.generate(image, "a dancer", config, run_dir=tmp_path / "run")
+    with pytest.raises(InputError, match="already holds a run: continue it with resume="):
+        pipe.generate(image, "a dancer", config, run_dir=tmp_path / "run")
+    with pytest.raises(InputError, match="expected a run directory with state.json, found none"):
+        pipe.generate(image, "a dancer", config, resume=tmp_path / "nothing here")

@@ -248,29 +248,42 @@ def load_checkpoint(
     if storage == "mmap" and device.type != "cpu":
         raise CheckpointError(f"storage='mmap' keeps weights in host memory; device must be cpu, got {device}")
     shards = [SafetensorsFile(p) for p in files]
-    where: dict[str, SafetensorsFile] = {}
-    for shard in shards:
-        for key in shard.entries:
-            if key in where:
-                raise CheckpointError(f"tensor {key!r} appears in both {where[key].path.name} and {shard.path.name}")
-            where[key] = shard
-    available = set(where)
-    layout = model.checkpoint_layout(available)
-    targets = dict(model.state_dict(keep_vars=True))
-    _check_layout(model, layout, targets, where, available)
+    try:
+        where: dict[str, SafetensorsFile] = {}
+        for shard in shards:
+            for key in shard.entries:
+                if key in where:
+                    raise CheckpointError(
+                        f"tensor {key!r} appears in both {where[key].path.name} and {shard.path.name}"
+                    )
+                where[key] = shard
+        available = set(where)
+        layout = model.checkpoint_layout(available)
+        targets = dict(model.state_dict(keep_vars=True))
+        _check_layout(model, layout, targets, where, available)
 
-    for name, keys in layout.items():
-        parts = [where[k].tensor(k) for k in keys]
-        tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        target_dtype = torch.float32 if model.keep_float32(name) else dtype
-        if tensor.is_floating_point() and tensor.dtype != target_dtype:
-            tensor = tensor.to(target_dtype)
-        elif storage == "copy" and len(parts) == 1:
-            tensor = tensor.clone()  # detach from the mapping so the file can be released
-        tensor = tensor.to(device)
-        _assign(model, name, tensor, requires_grad=False)
-    for shard in shards:
-        shard.close()
+        copied_bytes = 0
+        for name, keys in layout.items():
+            parts = [where[k].tensor(k) for k in keys]
+            tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            target_dtype = torch.float32 if model.keep_float32(name) else dtype
+            if tensor.is_floating_point() and tensor.dtype != target_dtype:
+                tensor = tensor.to(target_dtype)
+                copied_bytes += tensor.nbytes
+            elif storage == "copy" and len(parts) == 1 and device.type == "cpu":
+                tensor = tensor.clone()  # detach from the mapping so the file can be released
+            tensor = tensor.to(device)
+            _assign(model, name, tensor, requires_grad=False)
+        if storage == "mmap" and copied_bytes:
+            logger.warning(
+                "%s: %.1f MiB of weights are stored in another dtype than %s and were copied, not mapped",
+                type(model).__name__,
+                copied_bytes / 2**20,
+                dtype,
+            )
+    finally:
+        for shard in shards:
+            shard.close()
     unfilled = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if unfilled:
         raise CheckpointError(f"{type(model).__name__} tensors left unfilled after loading: {_short(unfilled)}")

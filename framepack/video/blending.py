@@ -35,7 +35,7 @@ def pixels_to_uint8(pixels: torch.Tensor) -> np.ndarray:
     """Float pixels [3, t, H, W] in [-1, 1] -> uint8 [t, H, W, 3], exactly the reference's
     ``x.float().clamp(-1, 1) * 127.5 + 127.5`` then ``.to(uint8)`` (truncation)."""
     scaled = pixels.float().clamp(-1, 1) * 127.5 + 127.5
-    return scaled.to(torch.uint8).permute(1, 2, 3, 0).contiguous().numpy()
+    return scaled.to(torch.uint8).cpu().permute(1, 2, 3, 0).contiguous().numpy()
 
 
 class SectionBlender:
