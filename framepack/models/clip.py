@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from .configuration import ModelConfig
-from .encoder_layers import EncoderLayer, quick_gelu
+from .encoder_layers import Encoder, quick_gelu
 from .loading import PretrainedModel
 
 _PREFIX = "text_model."
@@ -75,22 +75,6 @@ class CLIPEmbeddings(nn.Module):
         return self.token_embedding(input_ids) + self.position_embedding.weight[: input_ids.shape[1]]
 
 
-class CLIPEncoder(nn.Module):
-    def __init__(self, config: CLIPTextConfig) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            EncoderLayer(
-                config.hidden_size,
-                config.num_attention_heads,
-                config.intermediate_size,
-                eps=config.layer_norm_eps,
-                activation=quick_gelu,
-                causal=True,
-            )
-            for _ in range(config.num_hidden_layers)
-        )
-
-
 class CLIPTextEncoder(PretrainedModel):
     """``CLIPTextModel``: ``input_ids [B, L] -> pooler_output [B, hidden_size]``.
 
@@ -100,22 +84,26 @@ class CLIPTextEncoder(PretrainedModel):
 
     config_class = CLIPTextConfig
     weights_name = "model"
+    optional_key_prefix = _PREFIX
 
     def __init__(self, config: CLIPTextConfig) -> None:
         super().__init__()
         self.config = config
         self.embeddings = CLIPEmbeddings(config)
-        self.encoder = CLIPEncoder(config)
+        self.encoder = Encoder(
+            config.num_hidden_layers,
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            eps=config.layer_norm_eps,
+            activation=quick_gelu,
+            causal=True,
+        )
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def checkpoint_layout(self, available: set[str]) -> dict[str, list[str]]:
-        # transformers 4.x (the real files) writes `text_model.` in front of every key, 5.x does not.
-        prefix = _PREFIX if any(k.startswith(_PREFIX) for k in available) else ""
-        return {name: [prefix + name] for name in self.state_dict(keep_vars=True)}
 
     def ignored_checkpoint_keys(self, available: set[str]) -> set[str]:
         # Older files persisted the position_ids buffer (0..76); positions are implicit here.
-        return {k for k in available if k.removeprefix(_PREFIX) == "embeddings.position_ids"}
+        return {k for k in available if k.removeprefix(self.optional_key_prefix) == "embeddings.position_ids"}
 
     def _layers(self) -> Iterator[nn.Module]:
         return iter(self.encoder.layers)

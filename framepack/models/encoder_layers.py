@@ -72,3 +72,15 @@ class EncoderLayer(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = h + self.self_attn(self.layer_norm1(h))
         return h + self.mlp(self.layer_norm2(h))
+
+
+class Encoder(nn.Module):
+    """``layers``: ``count`` encoder layers (the checkpoints' ``encoder.layers.{i}``)."""
+
+    def __init__(
+        self, count: int, dim: int, heads: int, hidden: int, *, eps: float, activation: Activation, causal: bool
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EncoderLayer(dim, heads, hidden, eps=eps, activation=activation, causal=causal) for _ in range(count)
+        )

@@ -199,9 +199,19 @@ class PretrainedModel(nn.Module):
     config_class: ClassVar[type[ModelConfig]]
     weights_name: ClassVar[str] = "diffusion_pytorch_model"
 
+    # A prefix some checkpoints put before every key and others omit (transformers 4.x writes
+    # `text_model.` / `vision_model.`, 5.x does not); either form loads.
+    optional_key_prefix: ClassVar[str] = ""
+
+    def checkpoint_prefix(self, available: set[str]) -> str:
+        """``optional_key_prefix`` if these checkpoint keys carry it, else ""."""
+        prefix = self.optional_key_prefix
+        return prefix if prefix and any(k.startswith(prefix) for k in available) else ""
+
     def checkpoint_layout(self, available: set[str]) -> dict[str, list[str]]:
         """Model tensor name -> checkpoint keys concatenated along dim 0 to make it."""
-        return {name: [name] for name in self.state_dict(keep_vars=True)}
+        prefix = self.checkpoint_prefix(available)
+        return {name: [prefix + name] for name in self.state_dict(keep_vars=True)}
 
     def ignored_checkpoint_keys(self, available: set[str]) -> set[str]:
         return set()

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from .configuration import ModelConfig
-from .encoder_layers import EncoderLayer, gelu_tanh
+from .encoder_layers import Encoder, gelu_tanh
 from .loading import PretrainedModel, Storage, read_json, resolve_folder
 
 logger = logging.getLogger("framepack")
@@ -131,34 +131,27 @@ class SiglipEmbeddings(nn.Module):
         return patches.flatten(2).transpose(1, 2) + self.position_embedding.weight
 
 
-class SiglipEncoder(nn.Module):
-    def __init__(self, config: SiglipVisionConfig) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            EncoderLayer(
-                config.hidden_size,
-                config.num_attention_heads,
-                config.intermediate_size,
-                eps=config.layer_norm_eps,
-                activation=gelu_tanh,
-                causal=False,
-            )
-            for _ in range(config.num_hidden_layers)
-        )
-
-
 class SiglipImageEncoder(PretrainedModel):
     """``SiglipVisionModel`` without its pooling head: ``pixel_values -> last_hidden_state [B, 729, D]``."""
 
     config_class = SiglipVisionConfig
     weights_name = "model"
+    optional_key_prefix = _PREFIX
 
     def __init__(self, config: SiglipVisionConfig, preprocessing: SiglipPreprocessing | None = None) -> None:
         super().__init__()
         self.config = config
         self.preprocessing = preprocessing or SiglipPreprocessing()
         self.embeddings = SiglipEmbeddings(config)
-        self.encoder = SiglipEncoder(config)
+        self.encoder = Encoder(
+            config.num_hidden_layers,
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            eps=config.layer_norm_eps,
+            activation=gelu_tanh,
+            causal=False,
+        )
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     @classmethod
@@ -182,18 +175,10 @@ class SiglipImageEncoder(PretrainedModel):
             model.preprocessing = load_preprocessing(source, subfolder=preprocessor_subfolder, revision=revision)
         return model
 
-    def checkpoint_layout(self, available: set[str]) -> dict[str, list[str]]:
-        # transformers 4.x (the real files) writes `vision_model.` in front of every key, 5.x does not.
-        prefix = self._prefix(available)
-        return {name: [prefix + name] for name in self.state_dict(keep_vars=True)}
-
     def ignored_checkpoint_keys(self, available: set[str]) -> set[str]:
-        head = self._prefix(available) + "head."
+        # The pooling head (SiglipVisionModel's default) is not used by FramePack.
+        head = self.checkpoint_prefix(available) + "head."
         return {k for k in available if k.startswith(head)}
-
-    @staticmethod
-    def _prefix(available: set[str]) -> str:
-        return _PREFIX if any(k.startswith(_PREFIX) for k in available) else ""
 
     def preprocess(self, image: np.ndarray | Image.Image) -> torch.Tensor:
         """RGB uint8 image [H, W, 3] (array or PIL) -> pixel_values [1, 3, 384, 384] float32 on CPU."""
