@@ -17,7 +17,7 @@ from torch import nn
 from .components import Components
 from .memory_plan import PHASES, ComponentSize, MemoryPlan, plan_pipeline_memory
 from .models.streaming import StreamableModel
-from .residency import ComponentResidency
+from .residency import ComponentResidency, ModuleTensors
 from .video.buckets import BASE_RESOLUTION, BUCKETS_640
 
 PROMPT_HIDDEN_STATE = -3  # FramePack reads Llama's hidden state three from the end
@@ -33,9 +33,9 @@ def component_sizes(components: Components) -> dict[str, int | ComponentSize]:
     return {
         "transformer": components.transformer.streaming_sizes(),
         "text_encoder": llama.streaming_sizes(llama.layers_needed(PROMPT_HIDDEN_STATE)),
-        "text_encoder_2": _nbytes(components.text_encoder_2),
-        "image_encoder": _nbytes(components.image_encoder),
-        "vae": _nbytes(components.vae),
+        "text_encoder_2": ModuleTensors(components.text_encoder_2).nbytes,
+        "image_encoder": ModuleTensors(components.image_encoder).nbytes,
+        "vae": ModuleTensors(components.vae).nbytes,
     }
 
 
@@ -118,6 +118,3 @@ class Placement:
         else:
             getattr(self._components, name).offload()
 
-
-def _nbytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
