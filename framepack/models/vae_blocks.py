@@ -137,36 +137,44 @@ class MidBlock(nn.Module):
         return self.resnets[1](x)
 
 
-class DownBlock(nn.Module):
+class _ResnetStage(nn.Module):
+    """``layers`` resnets, then the stage's resampler if it has one (named as in the checkpoint)."""
+
+    def __init__(self, in_channels: int, out_channels: int, layers: int, groups: int) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups) for i in range(layers)]
+        )
+
+    def _resamplers(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in [*self.resnets, *self._resamplers()]:
+            x = layer(x)
+        return x
+
+
+class DownBlock(_ResnetStage):
     def __init__(
         self, in_channels: int, out_channels: int, layers: int, groups: int, stride: tuple[int, int, int] | None
     ):
-        super().__init__()
-        self.resnets = nn.ModuleList(
-            [ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups) for i in range(layers)]
-        )
+        super().__init__(in_channels, out_channels, layers, groups)
         self.downsamplers = nn.ModuleList([Downsample(out_channels, stride)] if stride else [])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in [*self.resnets, *self.downsamplers]:
-            x = layer(x)
-        return x
+    def _resamplers(self) -> nn.ModuleList:
+        return self.downsamplers
 
 
-class UpBlock(nn.Module):
+class UpBlock(_ResnetStage):
     def __init__(
         self, in_channels: int, out_channels: int, layers: int, groups: int, factor: tuple[int, int, int] | None
     ):
-        super().__init__()
-        self.resnets = nn.ModuleList(
-            [ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups) for i in range(layers)]
-        )
+        super().__init__(in_channels, out_channels, layers, groups)
         self.upsamplers = nn.ModuleList([Upsample(out_channels, factor)] if factor else [])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in [*self.resnets, *self.upsamplers]:
-            x = layer(x)
-        return x
+    def _resamplers(self) -> nn.ModuleList:
+        return self.upsamplers
 
 
 def resample_factors(num_blocks: int, spatial_ratio: int, temporal_ratio: int) -> list[tuple[int, int, int] | None]:
