@@ -35,6 +35,7 @@ from ..precision import check_finite
 from .configuration import ModelConfig
 from .layers import (
     Modulation,
+    Scratch,
     layer_norm,
     modulate_,
     pool_rope_table,
@@ -179,6 +180,7 @@ class TransformerStack:
         self._mask = mask
         self._joint: torch.Tensor | None = None
         self._next_block = 0
+        self._scratch = Scratch()  # the blocks' largest temporaries, one allocation per call
 
     @property
     def stack_input(self) -> torch.Tensor:
@@ -211,7 +213,7 @@ class TransformerStack:
         n_img = self._image.shape[1]
         guard = self._model.dtype == torch.float16  # the check syncs the device: float16 only
         for index, block in zip(range(start, stop), self._model._blocks(start, stop)):
-            block(self._joint, n_img, self._temb_act, self._rope, self._mask)
+            block(self._joint, n_img, self._temb_act, self._rope, self._mask, self._scratch)
             if guard:
                 check_finite(self._joint, f"{self._model.block_name(index)} output{_FLOAT16_HINT}")
         self._next_block = stop

@@ -19,8 +19,10 @@ from .layers import (
     MLPEmbedder,
     Modulation,
     RMSNormWeights,
+    Scratch,
     affine_layer_norm,
     attention,
+    gelu_tanh_,
     layer_norm,
     linear_into,
     modulate_,
@@ -163,7 +165,13 @@ class DoubleStreamBlock(nn.Module):
         return modulate_(layer_norm(x), 1 + scale, shift)
 
     def forward(
-        self, joint: torch.Tensor, n_img: int, temb_act: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None
+        self,
+        joint: torch.Tensor,
+        n_img: int,
+        temb_act: torch.Tensor,
+        rope: torch.Tensor,
+        mask: torch.Tensor | None,
+        scratch: Scratch,
     ) -> torch.Tensor:
         mod = self.norm1_joint(temb_act).to(joint.dtype)  # float32 modulation under float16 weights
         mod[:, 1::3].add_(1)  # every scale becomes 1 + scale
@@ -172,7 +180,7 @@ class DoubleStreamBlock(nn.Module):
         x, c = joint[:, :n_img], joint[:, n_img:]
 
         normed = layer_norm(joint)
-        qkv = joint.new_empty(*joint.shape[:2], 3 * joint.shape[2], dtype=self.attn.to_qkv.weight.dtype)
+        qkv = scratch.take((*joint.shape[:2], 3 * joint.shape[2]), self.attn.to_qkv.weight)
         linear_into(qkv[:, :n_img], modulate_(normed[:, :n_img], scale, shift), self.attn.to_qkv)
         linear_into(qkv[:, n_img:], modulate_(normed[:, n_img:], c_scale, c_shift), self.attn.add_qkv)
         qkv = qkv.unflatten(-1, (3, self.heads, -1))  # joint [image | context] q, k, v
@@ -183,8 +191,8 @@ class DoubleStreamBlock(nn.Module):
         c.addcmul_(self.attn.to_add_out(attn_out[:, n_img:]), c_gate[:, None])
 
         normed = layer_norm(joint)
-        x.addcmul_(self.ff(modulate_(normed[:, :n_img], scale2, shift2)), gate2[:, None])
-        c.addcmul_(self.ff_context(modulate_(normed[:, n_img:], c_scale2, c_shift2)), c_gate2[:, None])
+        x.addcmul_(self.ff(modulate_(normed[:, :n_img], scale2, shift2), scratch), gate2[:, None])
+        c.addcmul_(self.ff_context(modulate_(normed[:, n_img:], c_scale2, c_shift2), scratch), c_gate2[:, None])
         return joint
 
 
@@ -216,16 +224,23 @@ class SingleStreamBlock(nn.Module):
         return modulate_(layer_norm(x), 1 + scale, shift)
 
     def forward(
-        self, joint: torch.Tensor, n_img: int, temb_act: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None
+        self,
+        joint: torch.Tensor,
+        n_img: int,
+        temb_act: torch.Tensor,
+        rope: torch.Tensor,
+        mask: torch.Tensor | None,
+        scratch: Scratch,
     ) -> torch.Tensor:
         mod = self.norm(temb_act).to(joint.dtype)  # float32 modulation under float16 weights
         mod[:, 1].add_(1)
         shift, scale, gate = mod.unbind(1)
         dim = self.dim
-        h = self.qkv_mlp(modulate_(layer_norm(joint), scale, shift).to(self.qkv_mlp.weight.dtype))
+        h = scratch.take((*joint.shape[:2], self.qkv_mlp.out_features), self.qkv_mlp.weight)
+        linear_into(h, modulate_(layer_norm(joint), scale, shift), self.qkv_mlp)
         qkv = h[..., : 3 * dim].unflatten(-1, (3, self.heads, -1))
         weights = self.attn.norm_qk.pair()
         qk_norm_rope_(qkv[:, :, :2], n_img, weights, weights, rope)
-        torch.ops.aten.gelu_(h[..., 3 * dim :], approximate="tanh")
+        gelu_tanh_(h[..., 3 * dim :])
         h[..., 2 * dim : 3 * dim] = attention(*qkv.unbind(2), mask)  # attention output takes v's place
         return joint.addcmul_(self.proj_out(h[..., 2 * dim :]), gate[:, None])
