@@ -6,8 +6,10 @@ loop calling the transformer with the full inputs on every step and a straightfo
 tensor transcription of the reference UniPC, once with our transformer's ``forward`` and
 once with diffusers' port of the original model (same weights, loaded from one checkpoint).
 Same noise, no caching on any side, CPU float32. Runs interleaved; prints medians, the time
-ratios (target <= 0.8), the share of our wall time spent outside the transformer (target
-<= 3%), and the largest difference between the results.
+ratios (target <= 0.8), the kernel floor of our section (benchmarks/kernel_floor.py: its
+matmuls and attentions alone, so the best ratio any arrangement of this arithmetic could
+reach), the share of our wall time spent outside the transformer (target <= 3%), and the
+largest difference between the results.
 
     python -m benchmarks.section [--repeats 5] [--latent 16] [--steps 25]
 """
@@ -28,6 +30,7 @@ from framepack.sampling.schedule import flux_sigmas, sequence_length
 from framepack.sampling.sections import SectionHistory, plan_sections
 from framepack.sampling.unipc import sample_unipc
 
+from .kernel_floor import kernel_floor_seconds, record_kernels
 from .reference_pair import medium_pair
 
 
@@ -171,6 +174,7 @@ def main() -> None:
             started = time.perf_counter()
             original_app()
             original_times.append(time.perf_counter() - started)
+    floor = kernel_floor_seconds(record_kernels(ours), repeats=1)
 
     ours_median, reference_median = statistics.median(ours_times), statistics.median(reference_times)
     original_median = statistics.median(original_times)
@@ -183,6 +187,8 @@ def main() -> None:
     print(f"  reference loop, diffusers' transformer {original_median * 1000:9.1f} ms")
     print(f"  time ratio ours/reference loop: {ours_median / reference_median:.3f} with our transformer, "
           f"{ours_median / original_median:.3f} with diffusers' (target <= 0.8)")
+    print(f"  kernel floor of our section (its matmuls and attentions alone): {floor * 1000:.1f} ms; "
+          f"best reachable ratio with this arithmetic: {floor / original_median:.3f} against diffusers' loop")
     print(f"  wall time outside the transformer: {100 * statistics.median(outside_shares):.2f}% (target <= 3%)")
     print(f"  max |ours - references| = {difference:.3e} ({difference / scale:.1e} of max(1, |reference|))")
 

@@ -5,7 +5,9 @@
 CPU, float32, the "medium" config (inner dim 512, 2 double + 4 single blocks) with random
 weights saved by diffusers and loaded by our from_pretrained, a 9-frame window with the
 full packed context (1x, 2x, 4x), 729 image tokens and a 512-token text with 80 valid.
-Both models run on the same inputs, interleaved; medians of the timed repeats.
+Both models run on the same inputs, interleaved; medians of the timed repeats. The kernel
+floor (benchmarks/kernel_floor.py) replays each step's matmuls and attentions alone: the
+time the step would take if everything around them were free.
 
 Our step is ``denoise`` on inputs ``prepare`` built once per section (clean-latent
 embeddings, RoPE tables, image projection, text projection): that work is outside the
@@ -25,6 +27,7 @@ import torch
 from framepack.conditioning import Conditioning, PackedContext
 from framepack.models.transformer import TransformerConfig
 
+from .kernel_floor import kernel_floor_seconds, record_kernels
 from .reference_pair import medium_pair
 
 
@@ -104,6 +107,8 @@ def main() -> None:
             reference_times.append(timed(run_reference))
             ours_times.append(timed(run_ours))
             rates.append(matmul_rate())
+        floor_ours = kernel_floor_seconds(record_kernels(run_ours), args.repeats)
+        floor_reference = kernel_floor_seconds(record_kernels(run_reference), args.repeats)
 
     n_noisy = prepared.noisy_tokens
     n_img = prepared.rope.shape[1]
@@ -118,6 +123,10 @@ def main() -> None:
     print(f"ratio ours/diffusers: {t_ours / t_ref:.3f}  ({t_ref / t_ours:.2f}x faster)")
     print(f"step FLOPs (matmul + attention): {flops / 1e9:.2f} GFLOP; torch.mm float32 rate: {mm / 1e9:.1f} GFLOP/s")
     print(f"ours reaches {flops / t_ours / mm:.1%} of the matmul rate; diffusers {flops / t_ref / mm:.1%}")
+    print(f"kernel floor (matmuls, attention, convolutions alone, replayed): ours {floor_ours * 1e3:.1f} ms, "
+          f"diffusers {floor_reference * 1e3:.1f} ms")
+    print(f"  best ratio reachable with this arithmetic (ours at its floor): {floor_ours / t_ref:.3f}; "
+          f"work around the kernels: ours {(t_ours - floor_ours) * 1e3:.0f} ms, diffusers {(t_ref - floor_reference) * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":

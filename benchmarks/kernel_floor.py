@@ -1,0 +1,109 @@
+"""The kernel floor of a call: its matmuls, attentions and convolutions alone, replayed back to back.
+
+A transformer step is these kernels plus everything around them (norms, modulation, RoPE,
+GELU, residual adds, copies). Replaying only the kernels, with the same shapes on fresh
+contiguous inputs and warm output buffers, measures what the step would cost if all the
+work around them were free: no rearrangement of the same arithmetic can run faster than
+this with these kernels on this machine. A speed target below the floor cannot be met
+without doing less arithmetic.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+# Ops that do the arithmetic of a step; anything else is overhead around them.
+_KERNELS = {
+    aten.mm.default, aten.addmm.default, aten.addmm.out, aten.bmm.default, aten.baddbmm.default,
+    aten.convolution.default, aten._scaled_dot_product_flash_attention_for_cpu.default,
+}
+# Replayed into a preallocated output: the floor counts the kernel, not the allocator's page faults.
+_OUT_VARIANTS = {aten.mm.default: aten.mm.out, aten.addmm.default: aten.addmm.out, aten.addmm.out: aten.addmm.out}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: torch.Size
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    op: Any
+    args: tuple[Any, ...]  # a TensorSpec for each tensor argument, the value otherwise
+    kwargs: dict[str, Any]
+    out: TensorSpec | None
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[KernelCall] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if func in _KERNELS:
+            out = kwargs.get("out", result)
+            inputs = {k: v for k, v in kwargs.items() if k != "out"}
+            self.calls.append(KernelCall(
+                func, tuple(_spec(a) for a in args), {k: _spec(v) for k, v in inputs.items()},
+                _spec(out) if isinstance(out, torch.Tensor) else None,
+            ))  # fmt: skip
+        return result
+
+
+def _spec(value: Any) -> Any:
+    return TensorSpec(value.shape, value.dtype) if isinstance(value, torch.Tensor) else value
+
+
+def record_kernels(fn: Callable[[], object]) -> list[KernelCall]:
+    """The kernel calls ``fn`` makes, in order."""
+    if torch.is_inference_mode_enabled():
+        # Under inference mode, linear and attention reach the dispatch mode as composite ops, not kernels.
+        raise RuntimeError("record_kernels: call it outside torch.inference_mode() (no_grad is applied)")
+    recorder = _Recorder()
+    with torch.no_grad(), recorder:
+        fn()
+    return recorder.calls
+
+
+def _materialise(call: KernelCall, generator: torch.Generator) -> Callable[[], object]:
+    def tensor(value: Any) -> Any:
+        if not isinstance(value, TensorSpec):
+            return value
+        if value.dtype == torch.bool:  # an attention mask: every key visible
+            return torch.ones(value.shape, dtype=torch.bool)
+        return torch.randn(value.shape, generator=generator).to(value.dtype)
+
+    args = tuple(tensor(a) for a in call.args)
+    kwargs = {k: tensor(v) for k, v in call.kwargs.items()}
+    out_op = _OUT_VARIANTS.get(call.op)
+    if out_op is not None and call.out is not None:
+        out = torch.empty(call.out.shape, dtype=call.out.dtype)
+        return lambda: out_op(*args, **kwargs, out=out)
+    return lambda: call.op(*args, **kwargs)
+
+
+def kernel_floor_seconds(calls: list[KernelCall], repeats: int = 5) -> float:
+    """Median seconds to run ``calls`` back to back (after one warm-up pass)."""
+    generator = torch.Generator().manual_seed(0)
+    runs = [_materialise(call, generator) for call in calls]
+    times = []
+    with torch.no_grad():
+        for index in range(repeats + 1):
+            started = time.perf_counter()
+            for run in runs:
+                run()
+            if index:
+                times.append(time.perf_counter() - started)
+    return statistics.median(times)
