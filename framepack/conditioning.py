@@ -77,14 +77,23 @@ class Conditioning:
         return self.text_embeds.shape[0]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Conditioning:
-        """Move every tensor; ``dtype`` applies to the floating-point ones."""
+        """Move the features (text, pooled, image) to ``device`` and ``dtype``.
+
+        ``text_mask`` and ``guidance`` stay host tensors and keep their dtype: they are read
+        on the host (text lengths shape the model's inputs; the guidance value is compared
+        with the config), and reading them from a device would wait for it.
+        """
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None:
-                return None
-            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+            return None if t is None else t.to(device=device, dtype=dtype)
 
-        return Conditioning(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+        return Conditioning(
+            text_embeds=move(self.text_embeds),
+            text_mask=self.text_mask.cpu(),
+            pooled=move(self.pooled),
+            guidance=self.guidance.cpu(),
+            image_embeds=move(self.image_embeds),
+        )
 
 
 _CLEAN_GROUPS = (("clean", "clean_indices"), ("clean_2x", "clean_2x_indices"), ("clean_4x", "clean_4x_indices"))

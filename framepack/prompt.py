@@ -96,21 +96,22 @@ def encode_prompt(
 
 
 def crop_or_pad_with_mask(features: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, n, D] -> ([B, length, D] zero-padded or cropped, [B, length] bool mask of real rows)."""
+    """[B, n, D] -> ([B, length, D] zero-padded or cropped, [B, length] bool mask of real rows).
+
+    The mask is a host tensor wherever the features are: it is read on the host.
+    """
     batch, n, dim = features.shape
+    mask = torch.arange(length)[None].expand(batch, length) < n
     if n >= length:
-        return features[:, :length], torch.ones(batch, length, dtype=torch.bool, device=features.device)
-    padded = torch.cat([features, features.new_zeros(batch, length - n, dim)], dim=1)
-    mask = torch.zeros(batch, length, dtype=torch.bool, device=features.device)
-    mask[:, :n] = True
-    return padded, mask
+        return features[:, :length], mask
+    return torch.cat([features, features.new_zeros(batch, length - n, dim)], dim=1), mask
 
 
 def zeros_like_prompt(positive: PromptEmbeddings) -> PromptEmbeddings:
     """The negative conditioning when real CFG is 1: zero features under the positive's mask."""
     return PromptEmbeddings(
         text_embeds=torch.zeros_like(positive.text_embeds),
-        text_mask=positive.text_mask.clone(),
+        text_mask=positive.text_mask.clone(),  # on the host, as every mask
         pooled=torch.zeros_like(positive.pooled),
     )
 
@@ -138,6 +139,6 @@ def build_conditioning(
         text_embeds=prompt.text_embeds,
         text_mask=prompt.text_mask,
         pooled=prompt.pooled,
-        guidance=torch.full((prompt.text_embeds.shape[0],), float(guidance), device=prompt.text_embeds.device),
+        guidance=torch.full((prompt.text_embeds.shape[0],), float(guidance)),  # a host float32 setting
         image_embeds=image_embeds,
     )

@@ -371,14 +371,15 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         rows = max(r.shape[0] for r in ropes)
         rope = rope_as_complex(torch.cat([r.expand(rows, *r.shape[1:]) for r in ropes], dim=2))
 
-        text_mask = conditioning.text_mask.to(device)
-        lengths = text_mask.sum(dim=1)
+        # Lengths shape the inputs, so they are read on the host, where the mask lives.
+        lengths = conditioning.text_mask.cpu().sum(dim=1)
         n_text = max(int(lengths.max()), 1)
+        uneven = bool((lengths != lengths[0]).any())
+        text_mask = conditioning.text_mask.to(device)
         text = conditioning.text_embeds.to(device=device, dtype=dtype)
         weights = text_mask.float()[..., None]
         mean = ((text.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)).to(dtype)
         refiner = self.context_embedder
-        uneven = bool((lengths != lengths[0]).any())
         refiner_mask = None
         if uneven:
             refiner_mask = text_mask[:, :n_text].clone()
@@ -394,7 +395,7 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
             n_img = rope.shape[1]
             n_image = 0 if image_tokens is None else image_tokens.shape[1]
             positions = torch.arange(n_img + n_image + n_text, device=device)
-            joint_mask = (positions[None] < (n_img + n_image + lengths)[:, None])[:, None, None]
+            joint_mask = (positions[None] < (n_img + n_image + lengths.to(device))[:, None])[:, None, None]
 
         guidance = (1000 * conditioning.guidance.to(device)).to(dtype)  # the reference rounds it to the model dtype
         return PreparedInputs(
