@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
@@ -75,8 +76,9 @@ class _Stream:
 class DryRuntime(DeviceRuntime):
     """The CUDA runtime as a dry run answers it (module docstring)."""
 
-    def __init__(self, counters: DryRunCounters, total_bytes: int, bf16: bool) -> None:
+    def __init__(self, counters: DryRunCounters, total_bytes: int, bf16: bool, fake_mode: FakeTensorMode) -> None:
         self.counters = counters
+        self.fake_mode = fake_mode
         self.total_bytes = total_bytes
         self.bf16 = bf16
 
@@ -90,10 +92,12 @@ class DryRuntime(DeviceRuntime):
         return max(self.total_bytes - self.counters.device_bytes, 0), self.total_bytes
 
     def pinned_empty(self, nbytes: int) -> torch.Tensor:
+        """A fake host buffer: a real-size model's pinned copy would not fit this machine."""
         self.counters.pinned_bytes += nbytes
         self.counters.pinned_allocations.append(nbytes)
         with _disable_current_modes():
-            return torch.empty(nbytes, dtype=torch.uint8)
+            meta = torch.empty(nbytes, dtype=torch.uint8, device="meta")
+        return FakeTensor(self.fake_mode, meta, torch.device("cpu"))
 
     def new_stream(self, device: torch.device) -> _Stream:
         return _Stream()
@@ -127,7 +131,7 @@ class _DeviceBindings(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func in (torch.Tensor.to, torch.Tensor.cuda) and args and not isinstance(args[0], FakeTensor):
+        if func in (torch.Tensor.to, torch.Tensor.cuda) and args and not _on_device(args[0]):
             target = _target_device(func, args, kwargs)
             if target is not None and target.type == "cuda":
                 source = args[0]
@@ -138,6 +142,8 @@ class _DeviceBindings(TorchFunctionMode):
             return torch.ops.aten._to_copy.default(host, device=torch.device(kwargs["device"]))
         if not (args and _on_device(args[0])):
             return func(*args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            return _fused_attention(*args, **kwargs)
         if func in (torch.Tensor.to, torch.Tensor.cpu):
             target = torch.device("cpu") if func is torch.Tensor.cpu else _target_device(func, args, kwargs)
             dtype = _target_dtype(args, kwargs) or args[0].dtype
@@ -175,6 +181,22 @@ _SCALAR_READS = {
     torch.Tensor.__int__: int,
     torch.Tensor.__index__: int,
 }
+
+
+def _fused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None, **options: Any
+) -> torch.Tensor:
+    """SDPA as a GPU runs it: a fused kernel (memory-efficient attention, which takes masks and
+    runs on every card from sm50) whose memory is its output, never the [L, L] scores that the
+    CPU-only build's fallback would materialise."""
+    bias = attn_mask
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        bias = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~attn_mask, float("-inf"))
+    if bias is not None:
+        bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    return torch.ops.aten._scaled_dot_product_efficient_attention.default(
+        q, k, v, bias, False, options.get("dropout_p", 0.0), options.get("is_causal", False), scale=options.get("scale")
+    )[0]
 
 
 def _is_cuda(device: object) -> bool:
@@ -362,9 +384,9 @@ class CudaDryRun:
 
     def __init__(self, total_gib: float = 24.0, *, bf16: bool = True) -> None:
         self.counters = DryRunCounters()
-        self.runtime = DryRuntime(self.counters, int(total_gib * GIB), bf16)
-        self._stack: ExitStack | None = None
         self._accounting = _DeviceAccounting(self.counters)
+        self.runtime = DryRuntime(self.counters, int(total_gib * GIB), bf16, self._accounting.fake_mode)
+        self._stack: ExitStack | None = None
 
     def __enter__(self) -> CudaDryRun:
         stack = ExitStack()

@@ -17,6 +17,10 @@ The pipeline runs in four phases, each using some components (``PHASES``). The r
    * a phase that cannot fit even when streaming every block raises ``ConfigError``
      naming the phase and the smallest budget it needs.
 
+``reserve_bytes`` is kept out of the budget before any of this: memory a device needs that
+no tensor of ours holds (the CUDA context, library workspaces, allocator fragmentation).
+Every phase's bytes, plus the reserve, stay within the budget.
+
 Budgets are in GiB (2**30 bytes), as CUDA tools report memory.
 """
 
@@ -61,9 +65,12 @@ class MemoryPlan:
     vae_tiling: bool
     streaming: dict[str, ResidencyPlan] = field(default_factory=dict)
     phase_device_bytes: dict[str, int] = field(default_factory=dict)
+    reserve_bytes: int = 0
 
     def __str__(self) -> str:
         budget = "no budget" if self.budget_bytes is None else f"budget {format_bytes(self.budget_bytes)}"
+        if self.reserve_bytes:
+            budget += f" ({format_bytes(self.reserve_bytes)} of it reserved)"
         lines = [
             f"{budget}: components {'swap per phase' if self.swap_components else 'stay resident'}, "
             f"VAE tiling {'on' if self.vae_tiling else 'off'}"
@@ -80,6 +87,7 @@ def plan_pipeline_memory(
     *,
     tiled_vae_activation_bytes: int | None = None,
     prefetch: int = 1,
+    reserve_bytes: int = 0,
 ) -> MemoryPlan:
     """Apply the module's rule. ``component_bytes`` names components as in ``PHASES`` (an int
     is a component that never streams); ``activation_estimate_bytes`` gives each phase's
@@ -92,13 +100,20 @@ def plan_pipeline_memory(
         raise ConfigError(f"activation_estimate_bytes lacks phase(s) {missing}; phases in use: {sorted(phases)}")
     activations = {p: int(activation_estimate_bytes[p]) for p in phases}
     total = sum(s.total_bytes for s in sizes.values())
-    budget = None if vram_budget_gb is None else int(vram_budget_gb * GIB)
-    if budget is not None and budget <= 0:
+    requested = None if vram_budget_gb is None else int(vram_budget_gb * GIB)
+    if requested is not None and requested <= 0:
         raise ConfigError(f"vram_budget_gb must be > 0 or None (no budget), got {vram_budget_gb}")
+    if requested is not None and requested <= reserve_bytes:
+        raise ConfigError(
+            f"vram_budget_gb={vram_budget_gb} does not cover the {format_bytes(reserve_bytes)} every device run "
+            "reserves (CUDA context, workspaces, fragmentation); give more"
+        )
+    budget = None if requested is None else requested - reserve_bytes
 
     if budget is None or total + max(activations.values(), default=0) <= budget:
         streaming = {n: plan_residency(s.block_bytes, None, prefetch) for n, s in sizes.items() if s.block_bytes}
-        return MemoryPlan(budget, False, False, streaming, {p: total + a for p, a in activations.items()})
+        phase_bytes = {p: total + a for p, a in activations.items()}
+        return MemoryPlan(requested, False, False, streaming, phase_bytes, reserve_bytes)
 
     whole = {p: sum(sizes[c].total_bytes if not sizes[c].block_bytes else sizes[c].fixed_bytes for c in names)
              for p, names in phases.items()}
@@ -120,7 +135,8 @@ def plan_pipeline_memory(
         if need > budget:
             raise ConfigError(
                 f"vram_budget_gb={vram_budget_gb} is too small for the {phase} phase: it needs at least "
-                f"{format_bytes(need)} ({need} bytes: activations {format_bytes(activations[phase])}, "
+                f"{format_bytes(need + reserve_bytes)} ({need + reserve_bytes} bytes: reserve "
+                f"{format_bytes(reserve_bytes)}, activations {format_bytes(activations[phase])}, "
                 f"whole components {format_bytes(whole[phase])}"
                 + (f", {streamable[0]} streaming with prefetch={prefetch})" if streamable else ")")
             )
@@ -128,7 +144,7 @@ def plan_pipeline_memory(
             streaming[streamable[0]] = plan_residency(blocks, budget - fixed, prefetch)
             fixed += streaming[streamable[0]].device_bytes
         phase_bytes[phase] = fixed
-    return MemoryPlan(budget, True, vae_tiling, streaming, phase_bytes)
+    return MemoryPlan(requested, True, vae_tiling, streaming, phase_bytes, reserve_bytes)
 
 
 def _sizes(component_bytes: Mapping[str, int | ComponentSize]) -> dict[str, ComponentSize]:

@@ -28,7 +28,8 @@ from .errors import InputError
 from .models.loading import Storage
 from .memory_plan import MemoryPlan
 from .models.vae import VAETiling
-from .placement import Placement, plan_memory
+from .device_runtime import runtime
+from .placement import Placement, device_budget_gb, plan_memory
 from .prompt import build_conditioning, encode_prompt
 from .results import SectionOutput, VideoResult
 from .runstate import STATE_FILE, RunState, check_fingerprint, digest, load_run_state, save_run_state
@@ -87,9 +88,12 @@ class FramePackPipeline:
         device          default: cuda when available, else cpu (float32 on cpu)
         dtype           transformer dtype on accelerators (default bf16; fp16 for cards without bf16)
         storage         "mmap" keeps weights memory-mapped from the files (host RAM below the model size)
-        vram_budget_gb  device memory to stay within (see ``set_vram_budget``); None: all resident
+        vram_budget_gb  device memory to stay within (see ``set_vram_budget``); None: on CUDA the
+                        memory free on the device, elsewhere no budget (all resident)
         """
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch.device(device or ("cuda" if runtime().is_available() else "cpu"))
+        # On CUDA the weights land on the host and the plan places them: ~40 GiB never fits at once.
+        budgeted = vram_budget_gb is not None or device.type == "cuda"
         components = load_components(
             transformer=transformer,
             hunyuan=hunyuan,
@@ -97,10 +101,10 @@ class FramePackPipeline:
             device=device,
             dtype=dtype,
             storage=storage,
-            load_device=torch.device("cpu") if vram_budget_gb is not None else None,
+            load_device=torch.device("cpu") if budgeted else None,
         )
         pipe = cls(components, device=device)
-        if vram_budget_gb is not None:
+        if budgeted:
             pipe.set_vram_budget(vram_budget_gb, resolution=resolution, window=window)
         return pipe
 
@@ -116,12 +120,15 @@ class FramePackPipeline:
         One number decides it all: which transformer and Llama blocks stream (the rest stay
         resident), whether components swap on and off the device per phase (text, image,
         sampling, decode), and whether the VAE tiles. Weights must be on the host (load with
-        ``vram_budget_gb`` or on the cpu). ``None`` puts everything on the device, resident.
+        ``vram_budget_gb`` or on the cpu). On CUDA the budget is capped at the free device
+        memory, and ``None`` means that free memory; elsewhere ``None`` keeps everything resident.
         """
         if self._placement is not None:
             self._placement.release()
             self._placement = None
-        plan = plan_memory(self.components, vram_budget_gb, resolution=resolution, window=window)
+            runtime().empty_cache()  # what the old placement held counts as free for the new one
+        budget = device_budget_gb(self.device, vram_budget_gb)
+        plan = plan_memory(self.components, budget, resolution=resolution, window=window, device=self.device)
         self._placement = Placement(self.components, self.device, plan)
         logger.info("memory plan: %s", plan)
         return plan

@@ -8,6 +8,7 @@ Activation sizes are conservative estimates from the model widths and the video 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,10 +16,13 @@ import torch
 from torch import nn
 
 from .components import Components
-from .memory_plan import PHASES, ComponentSize, MemoryPlan, plan_pipeline_memory
+from .device_runtime import runtime
+from .memory_plan import GIB, PHASES, ComponentSize, MemoryPlan, plan_pipeline_memory
 from .models.streaming import StreamableModel
 from .residency import ComponentResidency, ModuleTensors
 from .video.buckets import BASE_RESOLUTION, BUCKETS_640
+
+logger = logging.getLogger("framepack")
 
 PROMPT_HIDDEN_STATE = -3  # FramePack reads Llama's hidden state three from the end
 TEXT_TOKENS = 351  # 95 template tokens + 256 prompt tokens
@@ -39,30 +43,73 @@ def component_sizes(components: Components) -> dict[str, int | ComponentSize]:
     }
 
 
-def activation_estimates(components: Components, resolution: int, window: int) -> tuple[dict[str, int], int]:
-    """(peak activation bytes per phase with an untiled VAE, the VAE phases' peak when tiled)."""
-    t = components.transformer.config
-    element = next(components.transformer.parameters()).element_size()
+# Kept out of every budget on a CUDA device: the context (0.3-0.5 GiB, allocated by the
+# driver, not by PyTorch), cuBLAS/cuDNN workspaces and the caching allocator's fragmentation.
+DEVICE_RESERVE_BYTES = 768 << 20
+# Peak activations of the untiled VAE decoder, in units of one [17 frames, H, W, 128 channels]
+# tensor of the VAE's dtype: measured with benchmarks/dry_run.py (real VAE, 640 bucket).
+VAE_DECODE_PEAK_TENSORS = 7.5
+
+
+def activation_estimates(
+    components: Components, resolution: int, window: int, *, guidance_branches: int = 1
+) -> tuple[dict[str, int], int]:
+    """(peak activation bytes per phase with an untiled VAE, the VAE phases' peak when tiled).
+
+    Sampling counts the joint stream and its temporaries at the stream's element size
+    (float32 under float16 weights), plus one cached residual per guidance branch (what a
+    step cache keeps between calls).
+    """
+    transformer = components.transformer
+    t = transformer.config
+    stream_element = transformer.residual_dtype.itemsize
     # The largest bucket area at this resolution (416 x 960 at 640), scaled like the buckets.
     pixels = int(max(h * w for h, w in BUCKETS_640) * (resolution / BASE_RESOLUTION) ** 2)
     # The packed context adds 1x (2 frames), 2x and 4x groups: about 28 % of a 9-frame window.
-    tokens = int(window * pixels / 256 * 1.3) + CONTEXT_TOKENS
-    sampling = tokens * t.inner_dim * element * 16  # streams, q/k/v, MLP hidden (4x), attention output
+    image_tokens = int(window * pixels / 256 * 1.3)
+    tokens = image_tokens + CONTEXT_TOKENS
+    sampling = tokens * t.inner_dim * stream_element * 16  # streams, q/k/v, MLP hidden (4x), attention output
+    sampling += guidance_branches * image_tokens * t.inner_dim * stream_element
     llama = components.text_encoder.config
-    text = TEXT_TOKENS * llama.intermediate_size * element * 6
+    text = TEXT_TOKENS * llama.intermediate_size * transformer.dtype.itemsize * 6
     vae = components.vae.config
     width = vae.block_out_channels[0] * next(components.vae.parameters()).element_size()
     image = pixels * width * 8
-    decode = VAE_TEMPORAL_TILE * pixels * width * 6
-    tiled = VAE_TEMPORAL_TILE * min(pixels, VAE_TILE * VAE_TILE) * width * 6
+    decode = int(VAE_TEMPORAL_TILE * pixels * width * VAE_DECODE_PEAK_TENSORS)
+    tiled = int(VAE_TEMPORAL_TILE * min(pixels, VAE_TILE * VAE_TILE) * width * VAE_DECODE_PEAK_TENSORS)
     return {"text": text, "image": image, "sampling": sampling, "decode": decode}, tiled
 
 
-def plan_memory(components: Components, vram_budget_gb: float | None, *, resolution: int, window: int) -> MemoryPlan:
+def plan_memory(
+    components: Components, vram_budget_gb: float | None, *, resolution: int, window: int, device: torch.device
+) -> MemoryPlan:
+    """The memory plan for ``components`` on ``device``; a CUDA device keeps ``DEVICE_RESERVE_BYTES`` free."""
     activations, tiled = activation_estimates(components, resolution, window)
     return plan_pipeline_memory(
-        vram_budget_gb, component_sizes(components), activations, tiled_vae_activation_bytes=tiled
+        vram_budget_gb,
+        component_sizes(components),
+        activations,
+        tiled_vae_activation_bytes=tiled,
+        reserve_bytes=DEVICE_RESERVE_BYTES if device.type == "cuda" else 0,
     )
+
+
+def device_budget_gb(device: torch.device, requested: float | None) -> float | None:
+    """The budget to plan with. On CUDA it is at most the device memory free now (other
+    processes and the desktop hold some), and that free memory when none is asked for: a
+    plan for more than the card has would run out of memory mid-video. Elsewhere the
+    request as given (None: no budget)."""
+    if device.type != "cuda":
+        return requested
+    free_gb = runtime().mem_get_info(device)[0] / GIB
+    if requested is None:
+        logger.info("vram budget: %.2f GiB, the memory free on %s", free_gb, device)
+        return free_gb
+    if requested > free_gb:
+        logger.warning("vram budget %.2f GiB is more than the %.2f GiB free on %s: planning with %.2f GiB",
+                       requested, free_gb, device, free_gb)
+        return free_gb
+    return requested
 
 
 class Placement:
