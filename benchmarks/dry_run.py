@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
@@ -55,23 +52,6 @@ def real_size_components(dry: CudaDryRun, dtype: torch.dtype) -> Components:
     return Components(**models, tokenizer=tiny_llama_tokenizer(), tokenizer_2=tiny_clip_tokenizer())
 
 
-@contextmanager
-def measured_phases(pipe: FramePackPipeline, dry: CudaDryRun) -> Iterator[None]:
-    """Record the dry run's peak under each of the pipeline's phase names."""
-    planned = pipe._phase
-
-    @contextmanager
-    def phase(name: str) -> Iterator[None]:
-        with planned(name), dry.phase(name):
-            yield
-
-    pipe._phase = phase
-    try:
-        yield
-    finally:
-        del pipe._phase
-
-
 def run(budget_gib: float, dtype: torch.dtype, resolution: int, card_gib: float) -> dict[str, object]:
     """One generation in a dry run; the plan's and the measured bytes per phase."""
     image = np.full((416, 960, 3), 128, np.uint8)  # the largest frame of the 640 buckets
@@ -79,7 +59,7 @@ def run(budget_gib: float, dtype: torch.dtype, resolution: int, card_gib: float)
     with CudaDryRun(total_gib=card_gib, bf16=dtype == torch.bfloat16) as dry:
         pipe = FramePackPipeline(real_size_components(dry, dtype), device="cuda")
         plan = pipe.set_vram_budget(budget_gib, resolution=resolution, window=config.window)
-        with measured_phases(pipe, dry):
+        with dry.pipeline_phases(pipe):
             syncs_before = dry.syncs()
             started = time.perf_counter()
             pipe.generate(image, "a man dances", config)

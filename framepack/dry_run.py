@@ -413,6 +413,22 @@ class CudaDryRun:
         finally:
             self._accounting.phase = previous
 
+    @contextmanager
+    def pipeline_phases(self, pipeline: Any) -> Iterator[None]:
+        """Record a peak under each phase name a ``FramePackPipeline`` enters (text, image, sampling, decode)."""
+        planned = pipeline._phase
+
+        @contextmanager
+        def phase(name: str) -> Iterator[None]:
+            with planned(name), self.phase(name):
+                yield
+
+        pipeline._phase = phase
+        try:
+            yield
+        finally:
+            del pipeline._phase
+
     def device_bytes(self) -> int:
         """Device bytes alive now (storages still referenced by a tensor)."""
         return self._accounting.sweep()

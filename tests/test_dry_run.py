@@ -1,0 +1,94 @@
+"""The CUDA dry run: the tiny pipeline on tensors that claim device ``cuda``, on this CPU.
+
+Values are not computed there (the other tests compare values on the CPU); what is checked
+is what only a device run has: no op mixes host and device tensors, the device bytes each
+phase holds stay within what the memory plan budgeted, and the sampling loop does not wait
+for the device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from framepack import FramePackPipeline, GenerationConfig
+from framepack.dry_run import CudaDryRun, DeviceMixError
+from framepack.placement import DEVICE_RESERVE_BYTES
+from framepack.residency import ModuleTensors
+
+CONFIG = GenerationConfig(seconds=0.5, steps=3, resolution=64, window=3, seed=1)
+
+
+def test_a_host_scalar_in_a_device_op_is_refused() -> None:
+    """What a CUDA kernel such as addcmul refuses (a CPU 0-dim tensor as ``self``) fails here too."""
+    with CudaDryRun():
+        x = torch.ones(4, device="cuda")
+        with pytest.raises(DeviceMixError, match="addcmul"):
+            torch.addcmul(torch.tensor(1e-6), x, x)
+        assert torch.addcmul(torch.full((), 1e-6, device="cuda"), x, x).device.type == "cuda"
+
+
+def test_copies_and_reads_are_counted() -> None:
+    with CudaDryRun() as dry:
+        x = torch.zeros(1000, dtype=torch.float16).to("cuda")
+        assert dry.counters.host_to_device_bytes == 2000 and dry.device_bytes() == 2000
+        bool(x.sum() > 0)
+        host = x.cpu()
+        assert dry.syncs() == 2 and dry.counters.device_to_host_bytes == 2000
+        assert host.device.type == "cpu" and torch.equal(host, torch.zeros(1000, dtype=torch.float16))
+        del x
+        assert dry.device_bytes() == 0
+
+
+def _tiny_on_claimed_cuda(dtype: torch.dtype, budget_gb: float | None, dry: CudaDryRun) -> FramePackPipeline:
+    pipe = FramePackPipeline.tiny(seed=0)
+    for module in pipe.components.modules().values():
+        module.to(dtype)
+    pipe.device = torch.device("cuda")
+    if budget_gb is None:  # everything resident, as a card with room for it
+        for module in pipe.components.modules().values():
+            tensors = ModuleTensors(module)
+            tensors.assign([t.to("cuda") for t in tensors.tensors])
+    else:
+        pipe.set_vram_budget(budget_gb, resolution=CONFIG.resolution, window=CONFIG.window)
+    return pipe
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("budget_mib", [None, 790, 800, 4096])
+def test_tiny_generation_on_claimed_cuda(dtype: torch.dtype, budget_mib: int | None) -> None:
+    budget_gb = None if budget_mib is None else budget_mib / 1024
+    with CudaDryRun(total_gib=8, bf16=dtype == torch.bfloat16) as dry:
+        pipe = _tiny_on_claimed_cuda(dtype, budget_gb, dry)
+        plan = pipe._placement.plan if pipe._placement is not None else None
+        image = np.full((64, 64, 3), 100, np.uint8)
+        with dry.pipeline_phases(pipe):
+            video = pipe.generate(image, "a dancer", CONFIG)
+        assert len(video.frames) > 0
+        if plan is None:
+            return
+        for phase, planned in plan.phase_device_bytes.items():
+            measured = dry.counters.phase_peaks[phase]
+            assert measured <= planned, f"{phase}: measured {measured} > planned {planned}"
+            assert planned <= 1.15 * measured + DEVICE_RESERVE_BYTES, phase
+            assert planned + plan.reserve_bytes <= plan.budget_bytes
+        if plan.swap_components:
+            assert dry.counters.empty_cache_calls > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_sampling_steps_do_not_wait_for_the_device(dtype: torch.dtype) -> None:
+    """No host read in a step's hot path; float16's overflow guard reads once per transformer call."""
+    with CudaDryRun(total_gib=8, bf16=dtype == torch.bfloat16) as dry:
+        pipe = _tiny_on_claimed_cuda(dtype, None, dry)
+        image = np.full((64, 64, 3), 100, np.uint8)
+        inputs = pipe.encode(image, "a dancer", CONFIG)
+        before = dry.syncs()
+        from framepack.sampling.loop import generate_latents
+
+        generate_latents(pipe.components.transformer, inputs.conditioning, inputs.start_latent, CONFIG,
+                         generator=torch.Generator().manual_seed(0))
+        calls = CONFIG.steps * 2  # two sections of three steps, one call each (no real CFG)
+        allowed = calls if dtype == torch.float16 else 0
+        assert dry.syncs() - before <= allowed, dry.counters.sync_reasons[before:]
