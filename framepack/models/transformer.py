@@ -196,7 +196,8 @@ class TransformerStack:
     @torch.no_grad()
     def run_first(self) -> torch.Tensor:
         self._joint = torch.cat([self._image, self._context], dim=1)
-        return self._run(0, 1)
+        # A copy: run_rest updates the joint buffer in place, and the policy subtracts this from its output.
+        return self._run(0, 1).clone()
 
     def run_rest(self) -> torch.Tensor:
         if self._joint is None or self._next_block != 1:
