@@ -40,7 +40,8 @@ class Conditioning:
     text_embeds  [B, L, D] float  Llama features (zero beyond the mask)
     text_mask    [B, L] bool      True for valid text tokens, which form a prefix
     pooled       [B, P] float     CLIP-L pooled text vector
-    guidance     [B] float        distilled guidance *scale* (10.0 by default); the model embeds 1000x it
+    guidance     [B] float        distilled guidance *scale* (10.0 by default); the model embeds 1000x it,
+                                  rounded to its own dtype
     image_embeds [B, N, E] float  SigLIP last hidden state, or None
     """
 
@@ -77,14 +78,20 @@ class Conditioning:
         return self.text_embeds.shape[0]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Conditioning:
-        """Move every tensor; ``dtype`` applies to the floating-point ones."""
+        """Move every tensor; ``dtype`` applies to the floating-point embeddings.
 
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+        ``guidance`` keeps its dtype: the sampling loop checks it against the config's
+        ``distilled_cfg`` (6.4 would be 6.40625 in bfloat16), and the transformer rounds
+        1000x it to its own dtype where the reference does.
+        """
+
+        def move(name: str, t: torch.Tensor | None) -> torch.Tensor | None:
             if t is None:
                 return None
-            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+            cast = t.is_floating_point() and name != "guidance"
+            return t.to(device=device, dtype=dtype if cast else None)
 
-        return Conditioning(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+        return Conditioning(**{f.name: move(f.name, getattr(self, f.name)) for f in fields(self)})
 
 
 _CLEAN_GROUPS = (("clean", "clean_indices"), ("clean_2x", "clean_2x_indices"), ("clean_4x", "clean_4x_indices"))
