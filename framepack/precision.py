@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import torch
 
+from .device_runtime import runtime
 from .errors import NumericalError
 
 
 def supports_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` computes bfloat16 natively (emulated bf16 on old GPUs is not counted)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    return True
+    return runtime().supports_bf16(torch.device(device))
 
 
 def compute_dtype(device: torch.device | str) -> torch.dtype:
