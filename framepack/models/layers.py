@@ -233,7 +233,8 @@ def qk_norm_rope_(
     """
     head_dim = qk.shape[-1]
     norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=torch.float32)
-    inv = torch.addcmul(torch.tensor(NORM_EPS), norm, norm, value=1 / head_dim).rsqrt_()
+    eps = norm.new_full((), NORM_EPS)  # on norm's device: CUDA's addcmul refuses a CPU tensor
+    inv = torch.addcmul(eps, norm, norm, value=1 / head_dim).rsqrt_()
     qk.mul_(inv)
     image, context = qk[:, :n_img], qk[:, n_img:]
     image.mul_(weight_img.to(qk.dtype))
