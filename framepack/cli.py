@@ -69,7 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
     gen.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
     gen.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
-    gen.add_argument("--dtype", choices=DTYPES, default=None, help="transformer dtype (default bf16 on GPU, fp32 on CPU)")
+    gen.add_argument(
+        "--dtype", choices=DTYPES, default=None,
+        help="transformer dtype (default: bf16 on GPUs that compute it natively, else fp16; fp32 on CPU)",
+    )
     gen.add_argument("--vram-budget", type=float, help="GPU memory to stay within, GB (streams blocks, swaps components)")
     gen.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
     gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")

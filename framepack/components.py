@@ -15,6 +15,7 @@ from .models.siglip import SiglipImageEncoder, SiglipVisionConfig
 from .models.tokenizers import CLIPTokenizer, LlamaTokenizer
 from .models.transformer import FramePackTransformer, TransformerConfig
 from .models.vae import HunyuanVideoVAE, VAEConfig
+from .precision import compute_dtype
 from .tiny import tiny_clip_tokenizer, tiny_llama_tokenizer
 
 I2V_REPO = "lllyasviel/FramePackI2V_HY"
@@ -44,12 +45,14 @@ def component_dtypes(device: torch.device, dtype: torch.dtype | None) -> tuple[t
     """(transformer dtype, encoders and VAE dtype).
 
     CPU computes in float32. On accelerators the reference runs the transformer in bf16 and
-    the encoders and VAE in fp16; ``dtype`` overrides the transformer's (fp16 for cards
-    without bf16, which then runs the encoders in fp16 too).
+    the encoders and VAE in fp16; where bf16 is not native (RTX 20xx, GTX 16xx) the
+    transformer defaults to fp16 with its float32 islands (``precision.compute_dtype``).
+    ``dtype`` overrides the transformer's; a float32 transformer keeps the others float32 too.
     """
     if device.type == "cpu":
         return dtype or torch.float32, dtype or torch.float32
-    return dtype or torch.bfloat16, torch.float16 if dtype in (None, torch.bfloat16, torch.float16) else dtype
+    main = dtype or compute_dtype(device)
+    return main, torch.float16 if main in (torch.bfloat16, torch.float16) else main
 
 
 def load_components(

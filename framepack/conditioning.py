@@ -40,7 +40,8 @@ class Conditioning:
     text_embeds  [B, L, D] float  Llama features (zero beyond the mask)
     text_mask    [B, L] bool      True for valid text tokens, which form a prefix
     pooled       [B, P] float     CLIP-L pooled text vector
-    guidance     [B] float        distilled guidance *scale* (10.0 by default); the model embeds 1000x it
+    guidance     [B] float        distilled guidance *scale* (10.0 by default); the model embeds 1000x it,
+                                  rounded to its own dtype
     image_embeds [B, N, E] float  SigLIP last hidden state, or None
     """
 

@@ -8,10 +8,13 @@ schedules, interpolation examples) or from independent transcriptions written he
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from examples.custom_cache_policy import SkipAlternateMiddleSteps
 from framepack.cache import (
@@ -28,6 +31,10 @@ from framepack.cache import (
     resample_ratios,
 )
 from framepack.errors import ConfigError, InputError
+from framepack.models import transformer as transformer_module
+from framepack.models.layers import Scratch
+from framepack.models.transformer import FramePackTransformer, TransformerConfig
+from tests.transformer_support import conditioning_and_context, make_inputs, randomise_
 
 
 @dataclass
@@ -421,6 +428,60 @@ def test_first_block_cache_reuses_only_strictly_below_the_threshold() -> None:
         policy = FirstBlockCache(threshold)
         policy.start_section(2)
         assert run_policy(policy, calls)[0] == expected
+
+
+class RecordingFirstBlockCache(FirstBlockCache):
+    """Keeps the image stream each call hands back to the transformer."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__(threshold)
+        self.outputs: list[torch.Tensor] = []
+
+    def run(self, stack: Any, branch: str = "positive") -> torch.Tensor:
+        self.outputs.append(super().run(stack, branch).clone())
+        return self.outputs[-1]
+
+
+def blocks_by_hand(
+    model: FramePackTransformer, image: torch.Tensor, context: torch.Tensor, temb: torch.Tensor,
+    rope: torch.Tensor, mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image stream after block 0, after every block), running the model's blocks one by one."""
+    joint, n_img = torch.cat([image, context], dim=1), image.shape[1]
+    blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
+    blocks[0](joint, n_img, F.silu(temb), rope, mask, Scratch())
+    after_first = joint[:, :n_img].clone()
+    for block in blocks[1:]:
+        block(joint, n_img, F.silu(temb), rope, mask, Scratch())
+    return after_first, joint[:, :n_img].clone()
+
+
+def test_first_block_cache_on_the_transformer_reuses_the_residual_after_block_0() -> None:
+    model = FramePackTransformer(TransformerConfig.preset("tiny")).eval().requires_grad_(False)
+    randomise_(model, 3)
+    inputs = make_inputs(1, [5], seed=2)
+    cond, context = conditioning_and_context(inputs)
+    prepared = model.prepare(cond, context, inputs["latents"].shape)
+    policy = RecordingFirstBlockCache(threshold=1e9)  # every call after the first reuses
+    policy.start_section(2)
+    stacks: list[tuple[Any, ...]] = []  # each call's block-stack arguments
+    real_stack = transformer_module.TransformerStack
+
+    def keep(*args: Any) -> Any:
+        stacks.append(args)
+        return real_stack(*args)
+
+    with mock.patch.object(transformer_module, "TransformerStack", side_effect=keep):
+        model.denoise(inputs["latents"], inputs["timestep"], prepared, cache=policy)
+        model.denoise(inputs["latents"] * 0.7, torch.tensor([600.0]), prepared, cache=policy)
+    assert policy.stats[-1].computed == {"positive": [0]} and policy.stats[-1].skipped == {"positive": [1]}
+
+    first_0, out_0 = blocks_by_hand(*stacks[0][:6])  # (model, streams, temb, rope, mask): not the float16 guard
+    first_1, _ = blocks_by_hand(*stacks[1][:6])
+    residual = out_0 - first_0  # what blocks 1.. added on the computed call
+    assert residual.abs().max() > 0.1
+    assert torch.allclose(policy.outputs[0], out_0, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(policy.outputs[1], first_1 + residual, rtol=1e-5, atol=1e-5)
 
 
 # --- spec parsing ----------------------------------------------------------------------------

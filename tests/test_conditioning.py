@@ -27,6 +27,14 @@ def test_good_conditioning_moves_floats_only() -> None:
     assert good_conditioning(image_embeds=None).image_embeds is None
 
 
+def test_guidance_keeps_float32_when_the_embeddings_go_to_a_low_precision_dtype() -> None:
+    # 6.4 is 6.40625 in bfloat16: the loop compares the scale with the config, so it must not be rounded.
+    cond = good_conditioning(guidance=torch.full((2,), 6.4)).to("cpu", torch.bfloat16)
+    assert cond.text_embeds.dtype == cond.pooled.dtype == cond.image_embeds.dtype == torch.bfloat16
+    assert cond.guidance.dtype == torch.float32
+    assert cond.guidance.tolist() == [torch.tensor(6.4).item()] * 2
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [

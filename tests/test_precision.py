@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from unittest import mock
+
 import pytest
 import torch
 
+from framepack.components import component_dtypes
+from framepack.device_runtime import DeviceRuntime, use_runtime
 from framepack.errors import FramePackError, NumericalError
-from framepack.precision import add_residual, check_finite, compute_dtype
+from framepack.models import loading
+from framepack.models.transformer import FramePackTransformer, TransformerConfig
+from framepack.precision import add_residual, check_finite, compute_dtype, supports_bf16
 
 
 def test_finite_tensor_passes_through() -> None:
@@ -39,3 +47,39 @@ def test_add_residual_keeps_float32_range() -> None:
 
 def test_cpu_computes_in_float32() -> None:
     assert compute_dtype("cpu") == torch.float32
+
+
+class StandInRuntime(DeviceRuntime):
+    """A CUDA device that does or does not compute bfloat16 natively (sm75 does not)."""
+
+    def __init__(self, bf16: bool) -> None:
+        self.bf16 = bf16
+
+    def is_available(self) -> bool:
+        return True
+
+    def supports_bf16(self, device: torch.device) -> bool:
+        return self.bf16 or device.type != "cuda"
+
+
+@pytest.mark.parametrize(
+    ("bf16", "transformer", "others"), [(False, torch.float16, torch.float16), (True, torch.bfloat16, torch.float16)]
+)
+def test_accelerator_dtypes_follow_the_runtime(
+    bf16: bool, transformer: torch.dtype, others: torch.dtype, tmp_path: Path
+) -> None:
+    cuda = torch.device("cuda")
+    (tmp_path / "config.json").write_text(json.dumps(TransformerConfig.preset("tiny").to_dict()))
+    with use_runtime(StandInRuntime(bf16)):
+        assert supports_bf16(cuda) is bf16 and supports_bf16("cpu")
+        assert compute_dtype(cuda) == transformer
+        assert component_dtypes(cuda, None) == (transformer, others)
+        with mock.patch.object(loading, "checkpoint_files", return_value=[]), \
+                mock.patch.object(loading, "load_checkpoint") as load:
+            FramePackTransformer.from_pretrained(tmp_path, device=cuda)  # no dtype given
+        assert load.call_args.kwargs["dtype"] == transformer
+        # CPU stays float32; an explicit dtype still wins
+        assert compute_dtype("cpu") == torch.float32
+        assert component_dtypes(torch.device("cpu"), None) == (torch.float32, torch.float32)
+        assert component_dtypes(cuda, torch.bfloat16) == (torch.bfloat16, torch.float16)
+        assert component_dtypes(cuda, torch.float32) == (torch.float32, torch.float32)

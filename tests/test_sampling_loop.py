@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from framepack.cache.base import NoCache
+from framepack.conditioning import Conditioning
 from framepack.config import GenerationConfig
 from framepack.errors import ConfigError, GenerationCancelled, GenerationInterrupted, InputError
+from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from framepack.sampling.loop import Progress, generate_latents, stream_latents
 from tests.sampling_fakes import FakeTransformer, Prepared, conditioning
 
@@ -180,3 +182,22 @@ def test_explicit_generator_is_used() -> None:
                          generator=torch.Generator().manual_seed(99))
     b = generate_latents(FakeTransformer(nonlinear_velocity), conditioning(), start_latent(), config(seed=99))
     assert torch.equal(a, b)
+
+
+def test_bfloat16_transformer_takes_a_guidance_scale_bfloat16_cannot_hold() -> None:
+    torch.manual_seed(0)
+    model = FramePackTransformer(TransformerConfig.preset("tiny")).eval().requires_grad_(False).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(3)
+    cond = Conditioning(
+        text_embeds=torch.randn(1, 4, 32, generator=g),
+        text_mask=torch.tensor([[True, True, True, False]]),
+        pooled=torch.randn(1, 16, generator=g),
+        guidance=torch.full((1,), 6.4),
+        image_embeds=torch.randn(1, 3, 24, generator=g),
+    ).to("cpu", model.dtype)  # as the pipeline hands it over
+    guidance_seen = []
+    prepare = model.prepare
+    model.prepare = lambda c, *args: (guidance_seen.append(c.guidance), prepare(c, *args))[1]  # type: ignore[method-assign]
+    video = generate_latents(model, cond, start_latent(0.5), config(seconds=0.3, steps=2, window=2, distilled_cfg=6.4))
+    assert video.shape == (1, 16, 3, H, W) and torch.isfinite(video).all()
+    assert [(v.dtype, v.tolist()) for v in guidance_seen] == [(torch.float32, [torch.tensor(6.4).item()])]

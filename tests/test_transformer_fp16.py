@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from framepack.cache import FirstBlockCache
 from framepack.errors import NumericalError
 from framepack.models.transformer import FramePackTransformer
+from framepack.precision import FiniteGuard
 from tests.transformer_support import build_diffusers_model, conditioning_and_context, make_inputs
 
 FP16_TOLERANCE = 5e-3
@@ -93,3 +95,29 @@ def test_float16_overflow_in_a_double_block_is_named(folder: Path) -> None:
         half.transformer_blocks[1].ff.net[2].weight.mul_(3e4)  # ~3e3 per weight: the MLP output overflows
     with pytest.raises(NumericalError, match=r"^transformer_blocks\.1 output"):
         run(half, make_inputs(1, [5], seed=6))
+
+
+def test_the_first_overflowing_block_is_named_after_one_read_per_call(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+    read = FiniteGuard.read
+    monkeypatch.setattr(FiniteGuard, "read", lambda guard: (reads.append(1), read(guard))[1])
+    half = as_float16(FramePackTransformer.from_pretrained(folder))
+    inputs = make_inputs(1, [5], seed=6)
+    cond, context = conditioning_and_context(inputs)
+    prepared = half.prepare(cond, context, inputs["latents"].shape)
+    policy = FirstBlockCache(threshold=1e9)  # block 0, then the rest (computed) or the stored residual (reused)
+    policy.start_section(2)
+    for timestep in (900.0, 800.0):
+        assert torch.isfinite(half.denoise(inputs["latents"], torch.tensor([timestep]), prepared, cache=policy)).all()
+    assert policy.stats[-1].skipped == {"positive": [1]}
+    assert len(reads) == 2  # one per call, not one per block (the model has 4) plus the refiner's
+
+    with torch.no_grad():  # two blocks overflow: the error names the first, though both ran
+        half.transformer_blocks[1].ff.net[2].weight.mul_(3e4)
+        half.single_transformer_blocks[1].proj_out.weight.mul_(1e5)
+    reads.clear()
+    with pytest.raises(NumericalError, match=r"^transformer_blocks\.1 output \(float16 weights: .*\): \d+ inf and \d+ NaN"):
+        half.denoise(inputs["latents"], inputs["timestep"], prepared)
+    assert len(reads) == 1

@@ -1,11 +1,18 @@
-"""The transformer's CPU fast paths: GELU as x * sigmoid(2u), and the per-call scratch buffer."""
+"""The transformer's CPU fast paths (GELU as x * sigmoid(2u), the per-call scratch buffer) and
+q/k RMSNorm + RoPE rotated a chunk of tokens at a time in bfloat16/float16."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-from framepack.models.layers import Scratch, gelu_tanh_
+from framepack.models import layers
+from framepack.models.layers import NORM_EPS, Scratch, gelu_tanh_, qk_norm_rope_
 
 
 def _inputs(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -50,3 +57,57 @@ def test_scratch_reuses_one_buffer_and_grows_only_when_needed() -> None:
     assert scratch.take((8, 10), like).data_ptr() == larger.data_ptr()
     other_dtype = scratch.take((8, 10), like.to(torch.float64))
     assert other_dtype.dtype == torch.float64
+
+
+def qk_norm_rope_at_once(
+    qk: torch.Tensor, n_img: int, weight_img: torch.Tensor, weight_ctx: torch.Tensor, rope: torch.Tensor
+) -> torch.Tensor:
+    """The formula with every image token rotated at once (float32 rotation, as the reference)."""
+    qk = qk.clone()
+    norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=torch.float32)
+    qk.mul_(torch.addcmul(torch.tensor(NORM_EPS), norm, norm, value=1 / qk.shape[-1]).rsqrt_())
+    qk[:, :n_img].mul_(weight_img.to(qk.dtype))
+    qk[:, n_img:].mul_(weight_ctx.to(qk.dtype))
+    rotated = torch.view_as_complex(qk[:, :n_img].float().unflatten(-1, (-1, 2))) * rope[:, :, None, None]
+    qk[:, :n_img] = torch.view_as_real(rotated).flatten(-2).to(qk.dtype)
+    return qk
+
+
+class LargestFloatTemporary(TorchDispatchMode):
+    """Bytes of the largest float32/complex64 tensor an op allocates (views excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.dtype in (torch.float32, torch.complex64):
+                    self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def rope_inputs(dtype: torch.dtype, batch: int = 2, n_img: int = 40, n_ctx: int = 6, heads: int = 2, hd: int = 16):
+    g = torch.Generator().manual_seed(5)
+    qkv = (torch.randn(batch, n_img + n_ctx, 3, heads, hd, generator=g) * 3).to(dtype)
+    weights = [1 + 0.2 * torch.randn(2, 1, hd, generator=g) for _ in range(2)]
+    angle = torch.randn(1, n_img, hd // 2, generator=g) * 4
+    return qkv, n_img, *weights, torch.polar(torch.ones_like(angle), angle)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_qk_norm_rope_in_token_chunks_equals_the_formula_at_once(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    qkv, n_img, weight_img, weight_ctx, rope = rope_inputs(dtype)
+    per_token = 2 * 2 * 16 * 4  # batch x (q|k) x heads x head dim, float32
+    monkeypatch.setattr(layers, "ROPE_CHUNK_BYTES", 6 * per_token)  # 7 chunks of 40 tokens, the last partial
+    expected = qk_norm_rope_at_once(qkv[:, :, :2], n_img, weight_img, weight_ctx, rope)
+    with LargestFloatTemporary() as temporaries:
+        qk_norm_rope_(qkv[:, :, :2], n_img, weight_img, weight_ctx, rope)
+    assert torch.equal(qkv[:, :, :2], expected)
+    if dtype != torch.float32:  # float32 rotates in place, with no copy at all
+        norms = qkv.shape[0] * qkv.shape[1] * 2 * 2 * 4  # the [B, L, 2, H, 1] float32 norm and its inverse
+        assert temporaries.largest == max(6 * per_token, norms)

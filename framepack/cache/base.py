@@ -31,7 +31,7 @@ class BlockStack(Protocol):
         """Block 0's ``norm1`` modulated image-stream input: LN(x)·(1+scale)+shift."""
 
     def run_first(self) -> torch.Tensor:
-        """Run block 0 only; returns the image stream after it."""
+        """Run block 0 only; returns the image stream after it, a tensor ``run_rest`` leaves intact."""
 
     def run_rest(self) -> torch.Tensor:
         """Run every block after block 0 (``run_first`` must have run); returns the final image stream."""

@@ -19,6 +19,9 @@ NORM_EPS = 1e-6
 SINUSOID_DIM = 256
 _GELU_SIGMOID_SCALE = 2 * math.sqrt(2 / math.pi)
 _GELU_CHUNK_ELEMENTS = 1 << 19  # a 2 MiB float32 temporary: stays in cache between the passes
+# bfloat16/float16 q|k image tokens are rotated in float32 this many bytes at a time: all at once,
+# the float32 copy is ~0.45 GB per block at the 640 bucket (~18k tokens x (q|k) x 3072 x 4 bytes)
+ROPE_CHUNK_BYTES = 32 << 20
 
 
 def layer_norm(x: torch.Tensor) -> torch.Tensor:
@@ -229,11 +232,13 @@ def qk_norm_rope_(
     tokens (the first ``n_img``) and of the context tokens. As the reference: the
     normalisation factor is fp32, the normalised values are cast back before the weight
     multiplies, and the rotation of interleaved pairs (x0, x1) -> (x0 cos - x1 sin,
-    x1 cos + x0 sin), a complex multiply by ``rope`` = cos + i sin, runs in fp32.
+    x1 cos + x0 sin), a complex multiply by ``rope`` = cos + i sin, runs in fp32
+    (for bf16/fp16 ``qk``, on float32 copies of ``ROPE_CHUNK_BYTES`` at most).
     """
     head_dim = qk.shape[-1]
     norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=torch.float32)
-    inv = torch.addcmul(torch.tensor(NORM_EPS), norm, norm, value=1 / head_dim).rsqrt_()
+    eps = norm.new_full((), NORM_EPS)  # on norm's device: CUDA's addcmul refuses a CPU tensor
+    inv = torch.addcmul(eps, norm, norm, value=1 / head_dim).rsqrt_()
     qk.mul_(inv)
     image, context = qk[:, :n_img], qk[:, n_img:]
     image.mul_(weight_img.to(qk.dtype))
@@ -243,9 +248,15 @@ def qk_norm_rope_(
     if qk.dtype == torch.float32:
         pairs = torch.view_as_complex(image.unflatten(-1, (-1, 2)))
         torch.mul(pairs, rope, out=pairs)
-    else:
-        rotated = torch.view_as_complex(image.float().unflatten(-1, (-1, 2))) * rope
-        image.copy_(torch.view_as_real(rotated).flatten(-2))
+        return
+    token_bytes = image.shape[0] * math.prod(image.shape[2:]) * 4
+    chunk = max(1, ROPE_CHUNK_BYTES // token_bytes)
+    for start in range(0, n_img, chunk):
+        part = image[:, start : start + chunk]
+        rotated = part.float()
+        pairs = torch.view_as_complex(rotated.unflatten(-1, (-1, 2)))
+        pairs.mul_(rope[:, start : start + chunk])
+        part.copy_(rotated)
 
 
 def linear_into(out: torch.Tensor, x: torch.Tensor, layer: nn.Linear) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..precision import compute_dtype
 from .configuration import ModelConfig
 
 logger = logging.getLogger("framepack")
@@ -181,11 +182,6 @@ def resolve_folder(
     return folder
 
 
-def default_dtype(device: torch.device | str) -> torch.dtype:
-    """float32 on CPU (bf16 matmul there is ~100x slower), bfloat16 on accelerators."""
-    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
-
-
 class PretrainedModel(nn.Module):
     """A model with a config dataclass that loads strictly from a checkpoint folder.
 
@@ -237,7 +233,7 @@ class PretrainedModel(nn.Module):
         load_checkpoint(
             model,
             checkpoint_files(folder, cls.weights_name),
-            dtype=dtype or default_dtype(device),
+            dtype=dtype or compute_dtype(device),  # float32 on CPU, bf16 where native, else fp16
             device=torch.device(device),
             storage=storage,
         )

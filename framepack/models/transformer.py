@@ -14,7 +14,8 @@ float16 weights (GPUs without bfloat16) keep that buffer, the refiner's stream, 
 norm, the modulation and the output head in float32: only the matmuls and attention run
 in float16, and each block's float16 update is added to the float32 stream in float32.
 An overflow that still happens (a float16 matmul output past 65504) raises
-``NumericalError`` naming the block, checked after every block in float16 only.
+``NumericalError`` naming the first block it happened in: in float16 only, the inf/NaN
+values are counted on the device after every block and read once per call.
 float32 and bfloat16 run entirely in the weights' dtype, as the reference does.
 """
 
@@ -31,7 +32,7 @@ from torch import nn
 from ..cache.base import POSITIVE, CachePolicy
 from ..conditioning import Conditioning, PackedContext
 from ..errors import ConfigError, InputError
-from ..precision import check_finite
+from ..precision import FiniteGuard
 from .configuration import ModelConfig
 from .layers import (
     Modulation,
@@ -171,6 +172,7 @@ class TransformerStack:
         temb: torch.Tensor,
         rope: torch.Tensor,
         mask: torch.Tensor | None,
+        guard: FiniteGuard | None = None,
     ) -> None:
         self._model = model
         self._image = image
@@ -178,6 +180,7 @@ class TransformerStack:
         self._temb_act = F.silu(temb)  # every block's modulation reads silu(temb)
         self._rope = rope
         self._mask = mask
+        self._guard = guard  # counts each block's non-finite outputs (float16), at position 1 + block index
         self._joint: torch.Tensor | None = None
         self._next_block = 0
         self._scratch = Scratch()  # the blocks' largest temporaries, one allocation per call
@@ -196,7 +199,8 @@ class TransformerStack:
     @torch.no_grad()
     def run_first(self) -> torch.Tensor:
         self._joint = torch.cat([self._image, self._context], dim=1)
-        return self._run(0, 1)
+        # A copy: run_rest updates the joint buffer in place, and the policy subtracts this from its output.
+        return self._run(0, 1).clone()
 
     def run_rest(self) -> torch.Tensor:
         if self._joint is None or self._next_block != 1:
@@ -211,11 +215,10 @@ class TransformerStack:
     @torch.no_grad()
     def _run(self, start: int, stop: int) -> torch.Tensor:
         n_img = self._image.shape[1]
-        guard = self._model.dtype == torch.float16  # the check syncs the device: float16 only
         for index, block in zip(range(start, stop), self._model._blocks(start, stop)):
             block(self._joint, n_img, self._temb_act, self._rope, self._mask, self._scratch)
-            if guard:
-                check_finite(self._joint, f"{self._model.block_name(index)} output{_FLOAT16_HINT}")
+            if self._guard is not None:
+                self._guard.record(1 + index, self._joint)
         self._next_block = stop
         return self._joint[:, :n_img]
 
@@ -442,12 +445,18 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         refiner = self.context_embedder
         text_temb = refiner.time_text_embed.timestep_embedder(t_freq) + prepared.refiner_text_emb
         text = refiner(prepared.text_tokens.to(stream), text_temb, prepared.refiner_mask)
-        if dtype == torch.float16:
-            check_finite(text, f"context_embedder (token refiner) output{_FLOAT16_HINT}")
+        guard = None
+        if dtype == torch.float16:  # reading a verdict syncs the device: once per call, float16 only
+            names = ["context_embedder (token refiner) output"]
+            names += [f"{self.block_name(index)} output" for index in range(self.num_blocks)]
+            guard = FiniteGuard([name + _FLOAT16_HINT for name in names], self.device)
+            guard.record(0, text)
         context = text if prepared.image_tokens is None else torch.cat([prepared.image_tokens.to(stream), text], dim=1)
 
-        stack = TransformerStack(self, image, context, temb, prepared.rope, prepared.joint_mask)
+        stack = TransformerStack(self, image, context, temb, prepared.rope, prepared.joint_mask, guard)
         image = stack.run_all() if cache is None else cache.run(stack, branch)
+        if guard is not None:
+            guard.raise_if_nonfinite()
         return self._output_head(image[:, -prepared.noisy_tokens :], temb, prepared.latents_shape)
 
     def _output_head(self, tokens: torch.Tensor, temb: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
