@@ -14,11 +14,13 @@ from torch import nn
 
 from framepack.cache import FirstBlockCache, NoCache, TeaCache
 from framepack.cache.base import CachePolicy
+from framepack.device_runtime import use_runtime
 from framepack.errors import ConfigError
 from framepack.models.llama import LlamaConfig, LlamaTextEncoder
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from framepack.offload import block_nbytes, minimum_budget
 from tests.encoder_fixtures import randomize
+from tests.test_streamer_host_memory import RecordingRuntime
 from tests.transformer_support import conditioning_and_context, make_inputs, randomise_
 
 BUDGETS: dict[str, Callable[[list[int]], int | None]] = {
@@ -229,3 +231,24 @@ def test_llama_streaming_every_layer_reaches_the_final_norm(llama: LlamaTextEnco
         assert torch.equal(streamed(ids, mask, hidden_state_index=-1), expected)
     with pytest.raises(ConfigError, match=r"num_blocks must be in \[0, 6\]"):
         streamed.enable_streaming("cpu", None, num_blocks=7)
+
+
+def test_on_device_device_bytes_and_idempotent_moves(transformer: FramePackTransformer, step_inputs: dict) -> None:
+    model = copy.deepcopy(transformer)
+    expected = denoise_steps(model, step_inputs, None)[0]
+    assert not model.on_device and model.device_bytes == 0  # streaming off
+    sizes = [block_nbytes(b) for b in model.streamable_blocks()]
+    streamer = model.enable_streaming("cpu", minimum_budget(sizes))
+    fixed = model.streaming_sizes().fixed_bytes
+    assert model.on_device and model.device_bytes == fixed + streamer.plan.device_bytes
+    shells = list(streamer.iterate())
+    with use_runtime(RecordingRuntime()) as rt:
+        model.offload()
+        model.offload()  # already offloaded: nothing more to free
+        assert not model.on_device and model.device_bytes == 0
+        assert rt.empty_cache_calls == 2  # once for the blocks, once for the rest
+        model.to_device()
+        model.to_device()
+    assert model.on_device and model.device_bytes == fixed + streamer.plan.device_bytes
+    assert all(a is b for a, b in zip(shells, streamer.iterate()))
+    assert torch.equal(denoise_steps(model, step_inputs, None)[0], expected)
