@@ -233,6 +233,38 @@ def test_llama_streaming_every_layer_reaches_the_final_norm(llama: LlamaTextEnco
         streamed.enable_streaming("cpu", None, num_blocks=7)
 
 
+def test_llama_embedding_stays_on_the_host_and_out_of_the_fixed_bytes(llama: LlamaTextEncoder) -> None:
+    ids, mask = llama_inputs()
+    with torch.no_grad():
+        expected = llama(ids, mask, hidden_state_index=-3)
+    # Hand count: the only non-block weight besides the table is the final norm, 32 floats.
+    assert llama.streaming_sizes(4).fixed_bytes == 32 * 4
+    streamed = copy.deepcopy(llama)
+    table, norm = streamed.embed_tokens.weight, streamed.norm.weight
+    sizes = [block_nbytes(b) for b in streamed.layers[:4]]
+    with use_runtime(RecordingRuntime()) as rt:
+        streamer = streamed.enable_streaming("cpu", minimum_budget(sizes), num_blocks=4, pin_memory=True)
+        with torch.no_grad():
+            assert torch.equal(streamed(ids, mask, hidden_state_index=-3), expected)
+    assert streamed.embed_tokens.weight is table  # never handed to the device residency
+    assert streamed.norm.weight is not norm  # the final norm was
+    # Page-locked: each streamed layer and the norm (padded to 256 bytes); never the table.
+    assert rt.pinned == [sizes[i] for i in streamer.plan.streamed] + [256]
+
+
+def test_llama_looks_up_on_the_host_and_moves_only_the_rows(llama: LlamaTextEncoder) -> None:
+    ids, mask = llama_inputs()
+    streamed = copy.deepcopy(llama)
+    streamed.enable_streaming("meta", None, num_blocks=4)  # meta stands in for an accelerator
+    inputs: list[torch.Tensor] = []
+    streamed.layers[0].register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    with torch.no_grad():
+        out = streamed(ids, mask, hidden_state_index=-3)
+    assert streamed.embed_tokens.weight.device.type == "cpu" and streamed.norm.weight.is_meta
+    assert inputs[0].is_meta and inputs[0].shape == (2, 13, 32)  # the looked-up rows, on the device
+    assert out.is_meta and out.shape == (2, 13, 32)
+
+
 def test_on_device_device_bytes_and_idempotent_moves(transformer: FramePackTransformer, step_inputs: dict) -> None:
     model = copy.deepcopy(transformer)
     expected = denoise_steps(model, step_inputs, None)[0]

@@ -12,7 +12,9 @@ them through ``self.streamer.iterate(...)`` whenever ``self.streamer`` is set. T
 ``budget_bytes`` bounds the *blocks* (resident blocks + the streamer's slots): the
 non-block weights (``streaming_sizes().fixed_bytes``: embedders, norms, heads) are always
 whole on the device on top of it, exactly the split ``plan_pipeline_memory`` plans with.
-``budget_bytes=None`` keeps every block resident.
+``budget_bytes=None`` keeps every block resident. Modules a model names in
+``host_modules`` (a lookup table read a few rows at a time) stay on the host and count
+in neither.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class StreamableModel(nn.Module):
         """Every repeated block, in the order a forward pass runs them."""
         raise NotImplementedError
 
+    def host_modules(self) -> Sequence[nn.Module]:
+        """Modules that run on the host while streaming (their weights never go to the device)."""
+        return ()
+
     @property
     def streamer(self) -> LayerStreamer | None:
         """The active streamer, or None when streaming is off."""
@@ -63,6 +69,10 @@ class StreamableModel(nn.Module):
             return 0
         return self._streaming.residency.nbytes + self._streaming.streamer.stats.device_bytes
 
+    def _device_excluded(self) -> list[nn.Module]:
+        """Modules whose weights ``enable_streaming`` leaves alone: blocks (the streamer's) and host modules."""
+        return [*self.streamable_blocks(), *self.host_modules()]
+
     def _leading_blocks(self, num_blocks: int | None) -> Sequence[nn.Module]:
         blocks = self.streamable_blocks()
         if num_blocks is None:
@@ -75,9 +85,10 @@ class StreamableModel(nn.Module):
 
     def streaming_sizes(self, num_blocks: int | None = None) -> ComponentSize:
         """Device bytes of this model as ``plan_pipeline_memory`` wants them: the non-block
-        weights (always whole on the device) and each streamable block (packed size).
+        weights (always whole on the device; ``host_modules`` excluded) and each streamable
+        block (packed size).
         ``num_blocks`` counts only the first blocks, as ``enable_streaming`` does."""
-        fixed = ModuleTensors(self, exclude=self.streamable_blocks()).nbytes
+        fixed = ModuleTensors(self, exclude=self._device_excluded()).nbytes
         return ComponentSize(fixed, tuple(block_nbytes(b) for b in self._leading_blocks(num_blocks)))
 
     def enable_streaming(
@@ -107,7 +118,7 @@ class StreamableModel(nn.Module):
             blocks, device, budget_bytes, prefetch=prefetch, pin_memory=pin_memory, staging=staging
         )
         residency = ComponentResidency(
-            self, streamer.device, exclude=self.streamable_blocks(), pin_memory=streamer.staging == "pinned"
+            self, streamer.device, exclude=self._device_excluded(), pin_memory=streamer.staging == "pinned"
         )
         residency.to_device()
         self._streaming = _StreamingSetup(residency, streamer)
