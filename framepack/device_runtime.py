@@ -61,6 +61,9 @@ class DeviceRuntime:
     def wait_stream(self, stream: Any, other: Any) -> None:
         """Make ``stream`` wait for everything queued on ``other``."""
 
+    def synchronize_event(self, event: Any) -> None:
+        """Block the host until ``event`` has happened (before it rewrites memory a queued copy reads)."""
+
     def synchronize(self, device: torch.device) -> None:
         """Block the host until the device is idle."""
 
@@ -122,6 +125,10 @@ class CudaRuntime(DeviceRuntime):
     def wait_stream(self, stream: torch.cuda.Stream | None, other: torch.cuda.Stream | None) -> None:
         if stream is not None and other is not None:
             stream.wait_stream(other)
+
+    def synchronize_event(self, event: torch.cuda.Event | None) -> None:
+        if event is not None:
+            event.synchronize()
 
     def synchronize(self, device: torch.device) -> None:
         if device.type == "cuda":

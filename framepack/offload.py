@@ -2,12 +2,21 @@
 
 Given the blocks (transformer double/single blocks, Llama layers) and a device memory
 budget, ``plan_residency`` decides which blocks stay on the device ("resident") and which
-are streamed. A streamed block's weights live on the host (pinned when the device is
-CUDA, so copies are asynchronous DMA) and are copied, ahead of use, into one of
-``prefetch + 1`` device *slots*: preallocated byte buffers, each as large as the largest
-streamed block. Each streamed block has, per slot, a *shell*: a structural copy of the
-block built once whose parameters are views into that slot, so running a streamed block
-is one copy plus an ordinary call, with no allocation and no patched module classes.
+are streamed. A streamed block's weights live on the host and are copied, ahead of use,
+into one of ``prefetch + 1`` device *slots*: preallocated byte buffers, each as large as
+the largest streamed block. Each streamed block has, per slot, a *shell*: a structural
+copy of the block built once, whose parameters are pointed at views into that slot while
+the streamer is loaded, so running a streamed block is one copy plus an ordinary call,
+with no allocation and no patched module classes.
+
+Where the copies come from (``pin_memory``, default: when the device is CUDA):
+  * ``staging="pinned"``: each streamed block is moved once into page-locked host memory
+    of exactly its packed size, laid out like a slot: one asynchronous DMA per use;
+  * ``staging="ring"``: blocks stay where they are (e.g. memory-mapped, reclaimable page
+    cache); before each DMA the block is copied into one of two page-locked staging
+    buffers of one slot each, so only those are locked;
+  * ``pin_memory=False``: plain copies from wherever the weights are (pageable, slower).
+  "pinned" falls back to "ring" (with a warning) when the host cannot lock that much.
 
 Planning rule (documented because it trades speed for memory):
   * everything fits -> everything resident;
@@ -25,6 +34,7 @@ Usage in a model (the only integration point)::
         x = block(x)
 
 The streamer is for inference: shells share slot memory, so gradients are meaningless.
+Every CUDA-runtime call (page-locking, streams, events) goes through ``runtime()``.
 """
 
 from __future__ import annotations
@@ -34,30 +44,21 @@ import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from .device_runtime import runtime
 from .errors import ConfigError
-from .residency import ModuleTensors
+from .host_memory import lockable_bytes
+from .residency import ModuleTensors, PackedTensors, upload
+from .units import format_bytes
 
 logger = logging.getLogger("framepack")
 
-# Every tensor in a packed block starts on this boundary, so views of any dtype are aligned
-# (and vectorised kernels see the same alignment as with freshly allocated tensors).
-ALIGNMENT = 256
-
-
-def _aligned(nbytes: int) -> int:
-    return -(-nbytes // ALIGNMENT) * ALIGNMENT
-
-
-def format_bytes(nbytes: int) -> str:
-    """Human-readable size in binary units (what ``nvidia-smi`` and the budget use)."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(nbytes) >= scale:
-            return f"{nbytes / scale:.2f} {unit}"
-    return f"{nbytes} B"
+Staging = Literal["pinned", "ring"]
+STAGING_BUFFERS = 2  # one being filled on the host while the other's DMA runs
 
 
 # --- planning: pure arithmetic ---------------------------------------------------------
@@ -159,41 +160,50 @@ def _streaming_candidates(sizes: tuple[int, ...], budget_bytes: int | None, pref
 # --- the blocks' tensors ---------------------------------------------------------------
 
 
-class _PackedBlock(ModuleTensors):
-    """A block's unique tensors with the byte offsets they take in a slot."""
-
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__(block)
-        self.offsets: list[int] = []
-        offset = 0
-        for tensor in self.tensors:
-            self.offsets.append(offset)
-            offset += _aligned(tensor.nbytes)
-        self.packed_nbytes = offset
-
-    def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
-        """This block's tensors laid out in a flat byte ``buffer`` (no copy)."""
-        return [
-            buffer[offset : offset + t.nbytes].view(t.dtype).view(t.shape)
-            for t, offset in zip(self.tensors, self.offsets)
-        ]
-
-
 def block_nbytes(block: nn.Module) -> int:
     """Bytes of a block's parameters and buffers as the streamer packs them (aligned)."""
-    return _PackedBlock(block).packed_nbytes
+    return PackedTensors(block).packed_nbytes
 
 
-def _shell(block: nn.Module, tensors: _PackedBlock, views: Sequence[torch.Tensor]) -> nn.Module:
-    """A structural copy of ``block`` whose tensors are ``views``: deepcopy told, via its memo,
-    to substitute each original tensor, so nothing is copied and every other attribute
-    (hooks, config, eps...) is the block's own."""
-    memo: dict[int, object] = {}
-    for original, view in zip(tensors.tensors, views):
-        memo[id(original)] = (
-            nn.Parameter(view, requires_grad=False) if isinstance(original, nn.Parameter) else view
+@dataclass(frozen=True)
+class _Shell:
+    """A structural copy of a block and its tensors, to be pointed at a slot's views."""
+
+    module: nn.Module
+    tensors: ModuleTensors
+
+
+def _shell(block: nn.Module) -> _Shell:
+    """Deepcopy told, via its memo, to keep each of the block's tensors as they are, so
+    nothing is copied and every other attribute (hooks, config, eps...) is the block's
+    own; its tensors follow the block's order, so a slot's views fit them one to one."""
+    memo: dict[int, object] = {id(t): t for t in ModuleTensors(block).tensors}
+    module = copy.deepcopy(block, memo)
+    return _Shell(module, ModuleTensors(module))
+
+
+def _choose_staging(requested: Staging, plan: ResidencyPlan) -> Staging:
+    """``requested``, or "ring" when the host cannot lock every streamed block.
+
+    Raises ``ConfigError`` when it cannot lock even the staging buffers."""
+    buffers = min(STAGING_BUFFERS, len(plan.streamed))
+    ring = buffers * plan.slot_bytes
+    needed = plan.streamed_bytes if requested == "pinned" else ring
+    lockable = lockable_bytes()
+    if lockable is None or needed <= lockable:
+        return requested
+    if ring <= lockable:
+        logger.warning(
+            "page-locking the %d streamed blocks needs %s but only %s of host RAM can be locked: "
+            "staging them through %d page-locked buffer(s) of %s instead (copies are slower)",
+            len(plan.streamed), format_bytes(needed), format_bytes(lockable), buffers, format_bytes(plan.slot_bytes),
         )
-    return copy.deepcopy(block, memo)
+        return "ring"
+    raise ConfigError(
+        f"streaming needs {format_bytes(ring)} of page-locked host RAM for its staging buffers "
+        f"({buffers} x the largest streamed block) but only {format_bytes(lockable)} can be locked "
+        "(MemAvailable minus a margin). Free host RAM, or pass pin_memory=False (pageable copies)."
+    )
 
 
 # --- the streamer ----------------------------------------------------------------------
@@ -205,6 +215,7 @@ class StreamStats:
 
     resident_bytes: int = 0
     slot_bytes: int = 0
+    pinned_bytes: int = 0
     passes: int = 0
     transfers: int = 0
     transferred_bytes: int = 0
@@ -221,10 +232,8 @@ class LayerStreamer:
     """Keep as many ``blocks`` on ``device`` as ``budget_bytes`` allows and stream the rest.
 
     ``prefetch`` streamed blocks are copied ahead of the one computing (on a side CUDA
-    stream, overlapping compute; elsewhere synchronously). ``pin_memory`` (default: only
-    for CUDA) moves streamed weights into page-locked host memory for asynchronous DMA;
-    that memory is locked RAM, so pass ``False`` to leave memory-mapped weights in the page
-    cache at the cost of slower, staged copies. Blocks must not be moved after the
+    stream, overlapping compute; elsewhere synchronously). ``pin_memory`` and ``staging``
+    choose where copies come from (module docstring). Blocks must not be moved after the
     streamer takes them; ``offload()`` and ``load()`` (or the next ``iterate``) move them.
     """
 
@@ -236,103 +245,124 @@ class LayerStreamer:
         *,
         prefetch: int = 1,
         pin_memory: bool | None = None,
+        staging: Staging = "pinned",
     ) -> None:
+        if staging not in ("pinned", "ring"):
+            raise ConfigError(f"staging must be 'pinned' or 'ring', got {staging!r}")
         self.blocks = list(blocks)
-        self.device = _normalised(torch.device(device))
-        self._tensors = [_PackedBlock(b) for b in self.blocks]
+        self.device = torch.device(device)
+        self._tensors = [PackedTensors(b) for b in self.blocks]
         for i, t in enumerate(self._tensors):
             if any(x.is_meta for x in t.tensors):
                 raise ConfigError(f"block {i} still has meta tensors: load its weights before streaming it")
         self.plan = plan_residency([t.packed_nbytes for t in self._tensors], budget_bytes, prefetch)
         self.stats = StreamStats()
-        self._host = [list(t.tensors) for t in self._tensors]
-        streamed = set(self.plan.streamed)
+        self._streamed = set(self.plan.streamed)
         for i in self.plan.streamed:
-            if any(x.device.type != "cpu" for x in self._host[i]):
+            if any(x.device.type != "cpu" for x in self._tensors[i].tensors):
                 raise ConfigError(f"block {i} is streamed, so its weights must start on the CPU; it is on the device")
-        self._pinned: dict[int, torch.Tensor] = {}
-        if self.plan.streamed and (self.device.type == "cuda" if pin_memory is None else pin_memory):
-            for i in self.plan.streamed:
-                self._pin(i)
-        self._streamed = streamed
-        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" and streamed else None
+        pin = bool(self.plan.streamed) and (self.device.type == "cuda" if pin_memory is None else pin_memory)
+        self.staging: Staging | None = _choose_staging(staging, self.plan) if pin else None
+        rt = runtime()
+        # Page-locked copies of the streamed blocks ("pinned"), laid out like a slot.
+        self._pinned = {i: self._tensors[i].pin() for i in self.plan.streamed} if self.staging == "pinned" else {}
+        # Page-locked staging buffers ("ring") and the copies that last read each.
+        count = min(STAGING_BUFFERS, len(self.plan.streamed)) if self.staging == "ring" else 0
+        self._staging = [rt.pinned_empty(self.plan.slot_bytes) for _ in range(count)]
+        self._staging_read: list[Any] = [None] * count
+        self._next_staging = 0
+        self.stats.pinned_bytes = sum(b.nbytes for b in [*self._pinned.values(), *self._staging])
+        self._host = [list(t.tensors) for t in self._tensors]
+        self._shells = {i: [_shell(self.blocks[i]) for _ in range(self.plan.slots)] for i in self.plan.streamed}
+        self._copy_stream = rt.new_stream(self.device) if self.device.type == "cuda" and self._streamed else None
         self._slots: list[torch.Tensor] = []
-        self._shells: dict[int, list[nn.Module]] = {}
-        self._slot_free: list[torch.cuda.Event | None] = []
+        self._slot_free: list[Any] = []
         self._loaded = False
         self.load()
         logger.info("LayerStreamer on %s: %s", self.device, self.plan)
 
-    # --- moving weights -------------------------------------------------------------
-    def _pin(self, i: int) -> None:
-        """Repack block ``i`` into one page-locked buffer laid out like a slot: one DMA per use."""
-        tensors = self._tensors[i]
-        buffer = self._pinned_buffer(tensors.packed_nbytes)
-        views = tensors.views(buffer)
-        for view, source in zip(views, self._host[i]):
-            view.copy_(source)
-        tensors.assign(views)
-        self._host[i] = views
-        self._pinned[i] = buffer
+    @property
+    def on_device(self) -> bool:
+        """Whether the resident blocks and the slots are on the device (``load`` then does nothing)."""
+        return self._loaded
 
-    @staticmethod
-    def _pinned_buffer(nbytes: int) -> torch.Tensor:
-        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    # --- moving weights -------------------------------------------------------------
+    def _compute_stream(self) -> Any:
+        """The stream the blocks run on, where there is a copy stream to order against."""
+        return None if self._copy_stream is None else runtime().current_stream(self.device)
 
     def load(self) -> None:
-        """Put the resident blocks on the device and allocate the slots (``iterate`` does it when needed)."""
+        """Put the resident blocks on the device, allocate the slots and point the shells at
+        them (``iterate`` does it when needed); no-op when loaded."""
         if self._loaded:
             return
+        rt = runtime()
         for i in self.plan.resident:
-            self._tensors[i].assign([t.to(self.device) for t in self._host[i]])
+            self._tensors[i].assign(upload(self._host[i], self.device))
         self._slots = [
             torch.empty(self.plan.slot_bytes, dtype=torch.uint8, device=self.device) for _ in range(self.plan.slots)
         ]
         self._slot_free = [None] * len(self._slots)
-        self._shells = {
-            i: [_shell(self.blocks[i], self._tensors[i], self._tensors[i].views(s)) for s in self._slots]
-            for i in self.plan.streamed
-        }
+        # The slots may reuse memory that work queued on the compute stream still uses.
+        rt.wait_stream(self._copy_stream, self._compute_stream())
+        for i, shells in self._shells.items():
+            for shell, slot in zip(shells, self._slots):
+                shell.tensors.assign(self._tensors[i].views(slot))
         self.stats.resident_bytes = self.plan.resident_bytes
         self.stats.slot_bytes = sum(s.nbytes for s in self._slots)
         self._loaded = True
 
     def offload(self) -> None:
         """Give back all device memory: resident blocks return to their host tensors (no copy
-        when those are the originals, e.g. memory-mapped), slots are freed. The next
-        ``iterate`` loads them again."""
+        when those are the originals, e.g. memory-mapped), shells let go of the slots, the
+        slots are freed and the allocator's cache is emptied. The next ``iterate`` loads
+        them again; no-op when offloaded."""
         if not self._loaded:
             return
-        if self._copy_stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self._copy_stream)
+        rt = runtime()
+        rt.wait_stream(self._compute_stream(), self._copy_stream)  # no copy may still write a freed slot
         for i in self.plan.resident:
             self._tensors[i].assign(self._host[i])
-        self._slots, self._shells, self._slot_free = [], {}, []
+        for i, shells in self._shells.items():
+            for shell in shells:
+                shell.tensors.assign(self._host[i])
+        self._slots, self._slot_free = [], []
         self.stats.resident_bytes = self.stats.slot_bytes = 0
         self._loaded = False
+        rt.empty_cache()
 
-    def _copy_in(self, i: int, slot: int) -> torch.cuda.Event | None:
-        """Start copying block ``i`` into ``slot``; returns the event marking it ready (CUDA only)."""
+    def _copy_in(self, i: int, slot: int) -> Any:
+        """Start copying block ``i`` into ``slot``; returns the event marking it ready (None
+        where copies are synchronous)."""
+        rt = runtime()
         destination = self._slots[slot]
-        pinned = self._pinned.get(i)
-        if self._copy_stream is None:
-            self._copy_tensors(i, destination, pinned)
-            return None
-        with torch.cuda.stream(self._copy_stream):
-            free = self._slot_free[slot]
-            if free is not None:  # the slot's previous block must have finished computing
-                self._copy_stream.wait_event(free)
-            self._copy_tensors(i, destination, pinned)
-            ready = torch.cuda.Event()
-            ready.record(self._copy_stream)
+        source, staging = self._packed_source(i)
+        with rt.use_stream(self._copy_stream):
+            rt.wait_event(self._copy_stream, self._slot_free[slot])  # the slot's last block has computed
+            if source is None:
+                for view, host in zip(self._tensors[i].views(destination), self._host[i]):
+                    view.copy_(host, non_blocking=True)
+            else:  # same layout as the slot: one contiguous copy
+                destination[: source.numel()].copy_(source, non_blocking=True)
+            ready = rt.record_event(self._copy_stream)
+        if staging is not None:
+            self._staging_read[staging] = ready
         return ready
 
-    def _copy_tensors(self, i: int, destination: torch.Tensor, pinned: torch.Tensor | None) -> None:
-        if pinned is not None:  # same layout as the slot: one contiguous copy
-            destination[: pinned.numel()].copy_(pinned, non_blocking=True)
-            return
-        for view, source in zip(self._tensors[i].views(destination), self._host[i]):
-            view.copy_(source, non_blocking=True)
+    def _packed_source(self, i: int) -> tuple[torch.Tensor | None, int | None]:
+        """Block ``i`` packed like a slot in page-locked memory, and the staging buffer used
+        (None, None when there is no page-locked copy: per-tensor copies)."""
+        if i in self._pinned:
+            return self._pinned[i], None
+        if not self._staging:
+            return None, None
+        k = self._next_staging
+        self._next_staging = (k + 1) % len(self._staging)
+        runtime().synchronize_event(self._staging_read[k])  # its previous DMA must have read it
+        buffer = self._staging[k][: self._tensors[i].packed_nbytes]
+        for view, host in zip(self._tensors[i].views(buffer), self._host[i]):
+            view.copy_(host)
+        return buffer, k
 
     # --- running --------------------------------------------------------------------
     def iterate(self, start: int = 0, stop: int | None = None) -> Iterator[nn.Module]:
@@ -342,15 +372,16 @@ class LayerStreamer:
         if not 0 <= start <= stop <= len(self.blocks):
             raise ConfigError(f"iterate({start}, {stop}) is outside the {len(self.blocks)} blocks")
         self.load()
+        rt = runtime()
         order = [i for i in range(start, stop) if i in self._streamed]
         stats = self.stats
         stats.passes += 1
         stats.last_pass_transferred_bytes = 0
         free_slots = deque(range(len(self._slots)))
-        pending: deque[tuple[int, int, torch.cuda.Event | None]] = deque()
+        pending: deque[tuple[int, int, Any]] = deque()
         in_flight_bytes = 0
         issued = 0
-        compute = torch.cuda.current_stream(self.device) if self._copy_stream is not None else None
+        compute = self._compute_stream()
 
         def top_up() -> None:
             nonlocal issued, in_flight_bytes
@@ -367,10 +398,7 @@ class LayerStreamer:
 
         def release(i: int, slot: int) -> None:
             nonlocal in_flight_bytes
-            if compute is not None:
-                done = torch.cuda.Event()
-                done.record(compute)
-                self._slot_free[slot] = done
+            self._slot_free[slot] = rt.record_event(compute)
             free_slots.append(slot)
             in_flight_bytes -= self._tensors[i].packed_nbytes
 
@@ -382,24 +410,15 @@ class LayerStreamer:
                     yield self.blocks[i]
                     continue
                 _, slot, ready = pending.popleft()
-                if ready is not None and compute is not None:
-                    compute.wait_event(ready)
+                rt.wait_event(compute, ready)
                 in_use = (i, slot)
-                yield self._shells[i][slot]
+                yield self._shells[i][slot].module
                 in_use = None
                 release(i, slot)
-                top_up()  # after the block's kernels are queued, so pageable copies overlap them
+                top_up()  # after the block's kernels are queued, so host-side copies overlap them
         finally:
             if in_use is not None:
                 release(*in_use)
             for i, slot, ready in pending:  # abandoned early: later copies must not race with freed slots
-                if ready is not None and compute is not None:
-                    compute.wait_event(ready)
+                rt.wait_event(compute, ready)
                 release(i, slot)
-
-
-def _normalised(device: torch.device) -> torch.device:
-    """``cuda`` -> ``cuda:<current>`` so streams and events agree on one device."""
-    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return device

@@ -7,15 +7,30 @@ the host*: it remembers the host tensors the component was loaded with and point
 module back at them. With ``from_pretrained(..., storage="mmap")`` those host tensors are
 views of the checkpoint file, so an offloaded component costs only page cache, which
 the OS can reclaim, instead of anonymous RAM.
+
+A component copied to the device phase after phase can instead keep its host tensors in
+one exact-size page-locked buffer (``pin_memory=True``), so each upload is asynchronous
+DMA; that buffer is locked RAM, no longer page cache.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .device_runtime import runtime
+from .host_memory import lockable_bytes
+from .units import format_bytes
+
+logger = logging.getLogger("framepack")
+
+# Every tensor in a packed buffer starts on this boundary, so views of any dtype are aligned
+# (and vectorised kernels see the same alignment as with freshly allocated tensors).
+ALIGNMENT = 256
 
 
 @dataclass(frozen=True)
@@ -65,34 +80,105 @@ class ModuleTensors:
             table[place.attr] = self.tensors[place.tensor]
 
 
+class PackedTensors(ModuleTensors):
+    """A module's unique tensors with the byte offsets they take in one flat buffer."""
+
+    def __init__(self, module: nn.Module, exclude: Iterable[nn.Module] = ()) -> None:
+        super().__init__(module, exclude)
+        self.offsets: list[int] = []
+        offset = 0
+        for tensor in self.tensors:
+            self.offsets.append(offset)
+            offset += -(-tensor.nbytes // ALIGNMENT) * ALIGNMENT
+        self.packed_nbytes = offset
+
+    def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        """The tensors laid out in a flat byte ``buffer`` (no copy)."""
+        return [
+            buffer[offset : offset + t.nbytes].view(t.dtype).view(t.shape)
+            for t, offset in zip(self.tensors, self.offsets)
+        ]
+
+    def pin(self) -> torch.Tensor:
+        """Copy the tensors into one page-locked buffer of exactly ``packed_nbytes``, laid out
+        like ``views``, and point the module at the copies. Returns the buffer."""
+        buffer = runtime().pinned_empty(self.packed_nbytes)
+        views = self.views(buffer)
+        for view, source in zip(views, self.tensors):
+            view.copy_(source)
+        self.assign(views)
+        return buffer
+
+
+def upload(tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Device copies of host tensors, queued on the current stream. ``non_blocking`` makes
+    copies from page-locked memory asynchronous DMA; from pageable memory the copy returns
+    once the source has been read, so either way the host tensors may be reused after."""
+    return [t.to(device, non_blocking=True) for t in tensors]
+
+
 class ComponentResidency:
     """Moves one component to ``device`` for a phase and back to its own host tensors.
 
     ``exclude`` leaves submodules alone (a transformer's streamed blocks, which a
-    ``LayerStreamer`` manages). Inference only: weights are re-wrapped without gradients.
+    ``LayerStreamer`` manages; modules that run on the host). ``pin_memory`` moves the host
+    tensors into one exact-size page-locked buffer first, when the RAM check allows.
+    Inference only: weights are re-wrapped without gradients.
     """
 
-    def __init__(self, module: nn.Module, device: torch.device | str, *, exclude: Iterable[nn.Module] = ()) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        device: torch.device | str,
+        *,
+        exclude: Iterable[nn.Module] = (),
+        pin_memory: bool = False,
+    ) -> None:
         self.module = module
         self.device = torch.device(device)
-        self._tensors = ModuleTensors(module, exclude)
+        self._tensors = PackedTensors(module, exclude)
+        self._pinned: torch.Tensor | None = None
+        if pin_memory and self._tensors.tensors:
+            self._pinned = self._pin()
         self._host = list(self._tensors.tensors)
-        self.on_device = False
+        self._on_device = False
+
+    def _pin(self) -> torch.Tensor | None:
+        needed, lockable = self._tensors.packed_nbytes, lockable_bytes()
+        if lockable is not None and needed > lockable:
+            logger.warning(
+                "not page-locking %s of %s: only %s of host RAM can be locked; uploads stay synchronous",
+                format_bytes(needed), type(self.module).__name__, format_bytes(lockable),
+            )
+            return None
+        return self._tensors.pin()
 
     @property
     def nbytes(self) -> int:
         """Bytes this component occupies on the device while there."""
         return self._tensors.nbytes
 
+    @property
+    def pinned_bytes(self) -> int:
+        """Page-locked host bytes holding this component's host tensors (0 when pageable)."""
+        return 0 if self._pinned is None else self._pinned.nbytes
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the module points at device copies now (``to_device`` then does nothing)."""
+        return self._on_device
+
     def to_device(self) -> nn.Module:
-        """Copy the weights to the device (the host tensors are kept, untouched)."""
-        if not self.on_device:
-            self._tensors.assign([t.to(self.device) for t in self._host])
-            self.on_device = True
+        """Copy the weights to the device (the host tensors are kept, untouched); no-op when there."""
+        if not self._on_device:
+            self._tensors.assign(upload(self._host, self.device))
+            self._on_device = True
         return self.module
 
     def offload(self) -> None:
-        """Drop the device copies: the module points at its original host tensors again."""
-        if self.on_device:
+        """Drop the device copies (the module points at its host tensors again) and hand the
+        freed memory back to the driver; no-op when already offloaded."""
+        if self._on_device:
             self._tensors.assign(self._host)
-            self.on_device = False
+            self._on_device = False
+            runtime().empty_cache()

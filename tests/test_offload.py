@@ -235,19 +235,11 @@ def test_bad_inputs_raise() -> None:
         LayerStreamer(random_blocks(3), "cpu", PACKED_BLOCK_BYTES)
 
 
-class PackedHostStreamer(LayerStreamer):
-    """The CUDA path's host packing, with an ordinary buffer standing in for page-locked memory."""
-
-    @staticmethod
-    def _pinned_buffer(nbytes: int) -> torch.Tensor:
-        return torch.empty(nbytes, dtype=torch.uint8)
-
-
 def test_packed_host_path_matches_and_copies_one_buffer_per_block() -> None:
     blocks = random_blocks(6)
     reference = copy.deepcopy(blocks)
     x = torch.randn(2, WIDTH)
-    streamer = PackedHostStreamer(blocks, "cpu", 2 * PACKED_BLOCK_BYTES, pin_memory=True)
+    streamer = LayerStreamer(blocks, "cpu", 2 * PACKED_BLOCK_BYTES, pin_memory=True)
     storages = set()
     with CopyCounter() as counter:
         out = x
@@ -279,7 +271,7 @@ def test_tied_weights_stay_tied_and_are_copied_once() -> None:
     reference = copy.deepcopy(blocks)
     size = block_nbytes(blocks[0])
     assert size == WIDTH * WIDTH * 4  # one 1024-byte weight
-    streamer = PackedHostStreamer(blocks, "cpu", 2 * size, pin_memory=True)
+    streamer = LayerStreamer(blocks, "cpu", 2 * size, pin_memory=True)
     x = torch.randn(2, WIDTH)
     for block in streamer.iterate():
         assert block.a.weight is block.b.weight

@@ -14,11 +14,13 @@ from torch import nn
 
 from framepack.cache import FirstBlockCache, NoCache, TeaCache
 from framepack.cache.base import CachePolicy
+from framepack.device_runtime import use_runtime
 from framepack.errors import ConfigError
 from framepack.models.llama import LlamaConfig, LlamaTextEncoder
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from framepack.offload import block_nbytes, minimum_budget
 from tests.encoder_fixtures import randomize
+from tests.test_streamer_host_memory import RecordingRuntime
 from tests.transformer_support import conditioning_and_context, make_inputs, randomise_
 
 BUDGETS: dict[str, Callable[[list[int]], int | None]] = {
@@ -229,3 +231,56 @@ def test_llama_streaming_every_layer_reaches_the_final_norm(llama: LlamaTextEnco
         assert torch.equal(streamed(ids, mask, hidden_state_index=-1), expected)
     with pytest.raises(ConfigError, match=r"num_blocks must be in \[0, 6\]"):
         streamed.enable_streaming("cpu", None, num_blocks=7)
+
+
+def test_llama_embedding_stays_on_the_host_and_out_of_the_fixed_bytes(llama: LlamaTextEncoder) -> None:
+    ids, mask = llama_inputs()
+    with torch.no_grad():
+        expected = llama(ids, mask, hidden_state_index=-3)
+    # Hand count: the only non-block weight besides the table is the final norm, 32 floats.
+    assert llama.streaming_sizes(4).fixed_bytes == 32 * 4
+    streamed = copy.deepcopy(llama)
+    table, norm = streamed.embed_tokens.weight, streamed.norm.weight
+    sizes = [block_nbytes(b) for b in streamed.layers[:4]]
+    with use_runtime(RecordingRuntime()) as rt:
+        streamer = streamed.enable_streaming("cpu", minimum_budget(sizes), num_blocks=4, pin_memory=True)
+        with torch.no_grad():
+            assert torch.equal(streamed(ids, mask, hidden_state_index=-3), expected)
+    assert streamed.embed_tokens.weight is table  # never handed to the device residency
+    assert streamed.norm.weight is not norm  # the final norm was
+    # Page-locked: each streamed layer and the norm (padded to 256 bytes); never the table.
+    assert rt.pinned == [sizes[i] for i in streamer.plan.streamed] + [256]
+
+
+def test_llama_looks_up_on_the_host_and_moves_only_the_rows(llama: LlamaTextEncoder) -> None:
+    ids, mask = llama_inputs()
+    streamed = copy.deepcopy(llama)
+    streamed.enable_streaming("meta", None, num_blocks=4)  # meta stands in for an accelerator
+    inputs: list[torch.Tensor] = []
+    streamed.layers[0].register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    with torch.no_grad():
+        out = streamed(ids, mask, hidden_state_index=-3)
+    assert streamed.embed_tokens.weight.device.type == "cpu" and streamed.norm.weight.is_meta
+    assert inputs[0].is_meta and inputs[0].shape == (2, 13, 32)  # the looked-up rows, on the device
+    assert out.is_meta and out.shape == (2, 13, 32)
+
+
+def test_on_device_device_bytes_and_idempotent_moves(transformer: FramePackTransformer, step_inputs: dict) -> None:
+    model = copy.deepcopy(transformer)
+    expected = denoise_steps(model, step_inputs, None)[0]
+    assert not model.on_device and model.device_bytes == 0  # streaming off
+    sizes = [block_nbytes(b) for b in model.streamable_blocks()]
+    streamer = model.enable_streaming("cpu", minimum_budget(sizes))
+    fixed = model.streaming_sizes().fixed_bytes
+    assert model.on_device and model.device_bytes == fixed + streamer.plan.device_bytes
+    shells = list(streamer.iterate())
+    with use_runtime(RecordingRuntime()) as rt:
+        model.offload()
+        model.offload()  # already offloaded: nothing more to free
+        assert not model.on_device and model.device_bytes == 0
+        assert rt.empty_cache_calls == 2  # once for the blocks, once for the rest
+        model.to_device()
+        model.to_device()
+    assert model.on_device and model.device_bytes == fixed + streamer.plan.device_bytes
+    assert all(a is b for a, b in zip(shells, streamer.iterate()))
+    assert torch.equal(denoise_steps(model, step_inputs, None)[0], expected)

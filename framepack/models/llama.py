@@ -8,7 +8,9 @@ and every index (−1 = final-norm output included) works; the unused layers cos
 when weights are memory-mapped (``storage="mmap"``) or streamed, because they are never
 read. Layers are fetched through ``_layers(stop)``, which iterates the ``LayerStreamer``
 while streaming is enabled: ``enable_streaming(device, budget, num_blocks=
-encoder.layers_needed(-3))`` streams only the 29 layers FramePack reads.
+encoder.layers_needed(-3))`` streams only the 29 layers FramePack reads. The embedding
+table (128320 x 4096, about 1 GiB in fp16) stays on the host while streaming: a prompt
+reads about a hundred of its rows, so only those rows ([B, L, D]) go to the device.
 """
 
 from __future__ import annotations
@@ -194,6 +196,9 @@ class LlamaTextEncoder(StreamableModel, PretrainedModel):
     def streamable_blocks(self) -> list[nn.Module]:
         return list(self.layers)
 
+    def host_modules(self) -> list[nn.Module]:
+        return [self.embed_tokens]
+
     def layers_needed(self, hidden_state_index: int) -> int:
         """How many decoder layers ``forward(..., hidden_state_index)`` runs (29 of 32 for -3)."""
         return min(self._hidden_state_position(hidden_state_index), self.config.num_hidden_layers)
@@ -240,7 +245,8 @@ class LlamaTextEncoder(StreamableModel, PretrainedModel):
             )
         stop = self._hidden_state_position(hidden_state_index)
 
-        h = self.embed_tokens(input_ids.to(self.embed_tokens.weight.device))
+        # Look up where the table is (the host, when streaming) and run where the norm is.
+        h = self.embed_tokens(input_ids.to(self.embed_tokens.weight.device)).to(self.norm.weight.device)
         length = input_ids.shape[1]
         cos, sin = rope_tables(
             length, self.config.attention_head_dim, self.config.rope_base, device=h.device, dtype=h.dtype

@@ -12,7 +12,9 @@ them through ``self.streamer.iterate(...)`` whenever ``self.streamer`` is set. T
 ``budget_bytes`` bounds the *blocks* (resident blocks + the streamer's slots): the
 non-block weights (``streaming_sizes().fixed_bytes``: embedders, norms, heads) are always
 whole on the device on top of it, exactly the split ``plan_pipeline_memory`` plans with.
-``budget_bytes=None`` keeps every block resident.
+``budget_bytes=None`` keeps every block resident. Modules a model names in
+``host_modules`` (a lookup table read a few rows at a time) stay on the host and count
+in neither.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..memory_plan import ComponentSize
-from ..offload import LayerStreamer, block_nbytes
+from ..offload import LayerStreamer, Staging, block_nbytes
 from ..residency import ComponentResidency, ModuleTensors
 
 
@@ -44,10 +46,32 @@ class StreamableModel(nn.Module):
         """Every repeated block, in the order a forward pass runs them."""
         raise NotImplementedError
 
+    def host_modules(self) -> Sequence[nn.Module]:
+        """Modules that run on the host while streaming (their weights never go to the device)."""
+        return ()
+
     @property
     def streamer(self) -> LayerStreamer | None:
         """The active streamer, or None when streaming is off."""
         return None if self._streaming is None else self._streaming.streamer
+
+    @property
+    def on_device(self) -> bool:
+        """Whether streaming is on and the weights it places are on the device now (the
+        non-block weights, the resident blocks and the slots): ``to_device`` would do nothing."""
+        return self._streaming is not None and self._streaming.residency.on_device
+
+    @property
+    def device_bytes(self) -> int:
+        """Device memory the weights hold now: non-block weights plus the streamer's resident
+        blocks and slots (0 when offloaded or not streaming)."""
+        if self._streaming is None or not self._streaming.residency.on_device:
+            return 0
+        return self._streaming.residency.nbytes + self._streaming.streamer.stats.device_bytes
+
+    def _device_excluded(self) -> list[nn.Module]:
+        """Modules whose weights ``enable_streaming`` leaves alone: blocks (the streamer's) and host modules."""
+        return [*self.streamable_blocks(), *self.host_modules()]
 
     def _leading_blocks(self, num_blocks: int | None) -> Sequence[nn.Module]:
         blocks = self.streamable_blocks()
@@ -61,9 +85,10 @@ class StreamableModel(nn.Module):
 
     def streaming_sizes(self, num_blocks: int | None = None) -> ComponentSize:
         """Device bytes of this model as ``plan_pipeline_memory`` wants them: the non-block
-        weights (always whole on the device) and each streamable block (packed size).
+        weights (always whole on the device; ``host_modules`` excluded) and each streamable
+        block (packed size).
         ``num_blocks`` counts only the first blocks, as ``enable_streaming`` does."""
-        fixed = ModuleTensors(self, exclude=self.streamable_blocks()).nbytes
+        fixed = ModuleTensors(self, exclude=self._device_excluded()).nbytes
         return ComponentSize(fixed, tuple(block_nbytes(b) for b in self._leading_blocks(num_blocks)))
 
     def enable_streaming(
@@ -73,19 +98,28 @@ class StreamableModel(nn.Module):
         *,
         prefetch: int = 1,
         pin_memory: bool | None = None,
+        staging: Staging = "pinned",
         num_blocks: int | None = None,
     ) -> LayerStreamer:
         """Move every non-block weight to ``device`` and stream the blocks within ``budget_bytes``.
 
         ``num_blocks`` manages only the first blocks (a text encoder read at an inner layer
-        never runs the last ones; they stay on the host, unread). The model's weights must
-        be on the CPU. Returns the streamer (its ``plan`` and ``stats`` say what it does).
+        never runs the last ones; they stay on the host, unread). ``pin_memory`` and
+        ``staging`` are the ``LayerStreamer``'s; with page-locked streamed blocks
+        ("pinned") the non-block weights are page-locked too, as they are uploaded again
+        after every ``offload``. Pass ``pin_memory=False`` for a model run once per video.
+        The model's weights must be on the CPU. Returns the streamer (its ``plan`` and
+        ``stats`` say what it does).
         """
         self.disable_streaming()
         blocks = self._leading_blocks(num_blocks)
         # The streamer first: a budget it refuses leaves the model untouched.
-        streamer = LayerStreamer(blocks, device, budget_bytes, prefetch=prefetch, pin_memory=pin_memory)
-        residency = ComponentResidency(self, streamer.device, exclude=self.streamable_blocks())
+        streamer = LayerStreamer(
+            blocks, device, budget_bytes, prefetch=prefetch, pin_memory=pin_memory, staging=staging
+        )
+        residency = ComponentResidency(
+            self, streamer.device, exclude=self._device_excluded(), pin_memory=streamer.staging == "pinned"
+        )
         residency.to_device()
         self._streaming = _StreamingSetup(residency, streamer)
         return streamer
@@ -100,13 +134,14 @@ class StreamableModel(nn.Module):
 
     def offload(self) -> None:
         """Free the device memory this model holds, keeping the streaming set-up (plan,
-        pinned host copies) for ``to_device``."""
+        page-locked host copies, shells) for ``to_device``; no-op when already offloaded."""
         setup = self._require_streaming("offload")
         setup.streamer.offload()
         setup.residency.offload()
 
     def to_device(self) -> None:
-        """Put the non-block weights and the resident blocks back on the device after ``offload``."""
+        """Put the non-block weights and the resident blocks back on the device after
+        ``offload``; no-op when they are there."""
         setup = self._require_streaming("to_device")
         setup.residency.to_device()
         setup.streamer.load()
