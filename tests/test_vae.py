@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,41 @@ def test_untiled_passes_too_large_for_int32_indexing_are_tiled(ours, monkeypatch
     assert torch.equal(ours.encode(x), ours.encode(x, tiling=VAETiling()))
     monkeypatch.setattr(vae_module, "MAX_UNTILED_ELEMENTS", ours._encode_peak(tuple(x.shape)))
     assert not torch.equal(ours.encode(x), ours.encode(x, tiling=VAETiling()))
+
+
+def test_decode_to_another_device_drops_each_chunk_before_the_next(ours, monkeypatch) -> None:
+    chunks: list[torch.Tensor] = []
+    alive: list[weakref.ref] = []
+
+    def fresh(frames: int) -> torch.Tensor:
+        chunk = torch.randn(1, 3, frames, 16, 16)
+        chunks.append(chunk.clone())
+        alive.append(weakref.ref(chunk))
+        return chunk
+
+    def decode_frames(latents: torch.Tensor, *, tiling: object = None):  # type: ignore[no-untyped-def]
+        for frames in (5, 4, 4):  # 4 latent frames: 13 pixel frames
+            assert all(ref() is None for ref in alive), "decode still holds a chunk when it asks for the next"
+            yield fresh(frames)
+
+    monkeypatch.setattr(ours, "decode_frames", decode_frames)
+    out = ours.decode(latents(4, 2, 2), out_device="cpu")
+    assert torch.equal(out, torch.cat(chunks, dim=2))
+
+
+def test_decode_frames_holds_no_finished_chunk_while_decoding_the_next(ours, monkeypatch) -> None:
+    yielded: list[weakref.ref] = []
+    decode_tile = ours._decode_tile
+
+    def checked(z: torch.Tensor) -> torch.Tensor:
+        assert all(ref() is None for ref in yielded), "a finished chunk is still referenced"
+        return decode_tile(z)
+
+    monkeypatch.setattr(ours, "_decode_tile", checked)
+    for chunk in ours.decode_frames(latents(9, 1, 1)):
+        yielded.append(weakref.ref(chunk))
+        del chunk
+    assert len(yielded) == 3  # temporal tiles at latent frames 0, 3 and 6
 
 
 @pytest.mark.parametrize(

@@ -203,11 +203,15 @@ class HunyuanVideoVAE(PretrainedModel):
     # ---- decode -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, *, tiling: TilingArg = None) -> torch.Tensor:
+    def decode(
+        self, latents: torch.Tensor, *, tiling: TilingArg = None, out_device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """Scaled latents [B, 16, T, h, w] → pixels [B, 3, 4T−3, 8h, 8w], float32, nominally in [-1, 1] (not clamped).
 
         Same numbers as the reference's decode; built from ``decode_frames``' chunks, so the
-        working memory is one tile's plus the output.
+        working memory is one tile's plus the output. The output is on ``out_device`` (default:
+        the VAE's): with ``"cpu"`` each chunk goes to the host as soon as it is finished, so the
+        VAE's device holds one temporal chunk at a time, never the whole video.
         """
         out: torch.Tensor | None = None
         written = 0
@@ -215,13 +219,14 @@ class HunyuanVideoVAE(PretrainedModel):
             if out is None:
                 b, c, _, height, width = chunk.shape
                 frames = self.config.temporal_compression_ratio * (latents.shape[2] - 1) + 1
-                out = chunk.new_empty(b, c, frames, height, width)
+                device = chunk.device if out_device is None else out_device
+                out = torch.empty(b, c, frames, height, width, dtype=chunk.dtype, device=device)
             out[:, :, written : written + chunk.shape[2]] = chunk
             written += chunk.shape[2]
+            del chunk  # the next chunk is decoded while nothing refers to this one
         assert out is not None and written == out.shape[2]  # every latent frame yields its pixel frames
         return out
 
-    @torch.no_grad()
     def decode_frames(self, latents: torch.Tensor, *, tiling: TilingArg = None) -> Iterator[torch.Tensor]:
         """Yield the decoded video as finished float32 chunks [B, 3, t_i, 8h, 8w] along time, in order.
 
@@ -238,7 +243,10 @@ class HunyuanVideoVAE(PretrainedModel):
         t = settings or VAETiling()
         t.check(self.config.spatial_compression_ratio, self.config.temporal_compression_ratio)
         s, r = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
-        z = (latents / self.config.scaling_factor).to(self._device, self._dtype)
+        # Not decorated with torch.no_grad: its generator wrapper would keep the last chunk alive
+        # while the next one decodes. The tiles run under no_grad in _decode_tile instead.
+        with torch.no_grad():
+            z = (latents / self.config.scaling_factor).to(self._device, self._dtype)
         min_h, min_w = t.tile_sample_min_height // s, t.tile_sample_min_width // s
 
         def run_spatial(tile: torch.Tensor) -> torch.Tensor:
@@ -270,8 +278,7 @@ class HunyuanVideoVAE(PretrainedModel):
                 stride_out=t.tile_sample_stride_num_frames,
                 out_frames=r * (z.shape[2] - 1) + 1,
             )
-            for chunk in chunks:
-                yield chunk.float()
+            yield from map(torch.Tensor.float, chunks)  # map keeps no chunk alive once it is yielded
         # diffusers 0.33.1 (FramePack's pin) compares the latent *width* with the spatial
         # stride, not the tile (0.42.1 uses the tile): a width in (stride/8, tile/8] is tiled here.
         elif spatial_tiling and (z.shape[-1] > t.tile_sample_stride_width // s or z.shape[-2] > min_h):
@@ -279,6 +286,7 @@ class HunyuanVideoVAE(PretrainedModel):
         else:
             yield self._decode_tile(z).float()
 
+    @torch.no_grad()
     def _decode_tile(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))
 
