@@ -365,9 +365,10 @@ class GenerationRun:
                 break
             result = section
             with p._phase("decode"):
-                # To the host at once: the pixels must not hold device memory during the next section.
+                # Each temporal chunk goes to the host as it is decoded: the device never holds the
+                # whole section's pixels, and they hold no device memory during the next section.
                 latents = _latents_to_decode(result, config.mode, w)
-                decoded = p.components.vae.decode(latents, tiling=p._tiling(config)).cpu()
+                decoded = p.components.vae.decode(latents, tiling=p._tiling(config), out_device="cpu")
             frames.add(decoded)
             preview = frames.write_mp4(self.run_dir / "preview.partial.mp4", fps=config.fps, crf=config.crf)
             os.replace(preview, self.run_dir / "preview.mp4")

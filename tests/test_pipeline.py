@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import av
@@ -61,6 +62,27 @@ def test_generate_writes_every_frame_of_every_section(pipe, image, tmp_path: Pat
 def as_yuv420p(frame: np.ndarray) -> np.ndarray:
     """What a frame looks like after the conversion to the file's pixel format, and back."""
     return av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(format="yuv420p").to_ndarray(format="rgb24")
+
+
+def test_decoded_chunks_go_to_the_host_one_at_a_time(pipe, image, tmp_path: Path, monkeypatch) -> None:
+    vae = pipe.components.vae
+    decode_frames = vae.decode_frames
+    chunks_per_decode: list[int] = []
+
+    def one_at_a_time(latents: torch.Tensor, *, tiling: object = None):  # type: ignore[no-untyped-def]
+        chunks_per_decode.append(0)
+        for chunk in decode_frames(latents, tiling=tiling):
+            handed = chunk.clone()  # referenced only by the pipeline once yielded
+            alive = weakref.ref(handed)
+            yield handed
+            del handed
+            assert alive() is None, "the pipeline asked for the next chunk while still holding this one"
+            chunks_per_decode[-1] += 1
+
+    monkeypatch.setattr(vae, "decode_frames", one_at_a_time)
+    video = pipe.generate(image, "a dancer", GenerationConfig(**FAST), run_dir=tmp_path / "run")
+    assert video.num_frames == 4 * 7 - 3
+    assert len(chunks_per_decode) == 2 and max(chunks_per_decode) > 1  # a section decodes in several chunks
 
 
 def test_same_seed_same_video_and_other_seed_another(pipe, image, tmp_path: Path) -> None:

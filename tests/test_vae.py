@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from framepack.errors import ConfigError, InputError
+from framepack.models import vae as vae_module
 from framepack.models.vae import HunyuanVideoVAE, VAEConfig, VAETiling
 from framepack.models.vae_preview import decode_preview
 
@@ -169,6 +174,97 @@ def test_sample_draws_like_reference(reference, ours) -> None:
 def test_dict_tiling_equals_dataclass(ours) -> None:
     z = latents(2, 3, 6)
     assert torch.equal(ours.decode(z, tiling=SMALL_TILES), ours.decode(z, tiling=VAETiling(**SMALL_TILES)))
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the most elements any tensor an operation returns has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        self.elements = max([self.elements] + [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)])
+        return out
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 2, 4, 4), (1, 16, 5, 3, 5), (2, 16, 1, 2, 3)])
+def test_decode_peak_is_the_largest_tensor_an_untiled_decode_makes(ours, shape: tuple[int, ...]) -> None:
+    with LargestTensor() as seen:
+        ours.decode(torch.randn(shape))
+    assert ours._decode_peak(shape) == seen.elements
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 32, 32), (1, 3, 1, 24, 40), (2, 3, 9, 16, 24)])
+def test_encode_peak_is_the_largest_tensor_an_untiled_encode_makes(ours, shape: tuple[int, ...]) -> None:
+    with LargestTensor() as seen:
+        ours.encode(torch.randn(shape))
+    assert ours._encode_peak(shape) == seen.elements
+
+
+def test_real_vae_decodes_the_640_buckets_untiled_and_larger_ones_tiled() -> None:
+    with torch.device("meta"):
+        vae = HunyuanVideoVAE(VAEConfig())
+    # One temporal tile: 5 latent frames. 416x960 px is the 640 bucket with the largest padded frame.
+    assert vae._decode_peak((1, 16, 5, 416 // 8, 960 // 8)) == 256 * 19 * 418 * 962 <= vae_module.MAX_UNTILED_ELEMENTS
+    assert vae._decode_peak((1, 16, 5, 512 // 8, 880 // 8)) > vae_module.MAX_UNTILED_ELEMENTS  # a 672 px bucket
+
+
+def test_untiled_passes_too_large_for_int32_indexing_are_tiled(ours, monkeypatch, caplog) -> None:
+    # Latent width 25 > 192/8: tiled in two columns with the default tiles (see the 0.33.1 trigger above).
+    small, large = latents(1, 2, 3), latents(1, 2, 25)
+    untiled_small, untiled_large = ours.decode(small), ours.decode(large)
+    monkeypatch.setattr(vae_module, "MAX_UNTILED_ELEMENTS", ours._decode_peak(tuple(small.shape)))
+    monkeypatch.setattr(ours, "_told_forced_tiling", False)
+    with caplog.at_level(logging.INFO, logger="framepack"):
+        forced = ours.decode(large)
+        assert torch.equal(ours.decode(large), forced)
+    assert torch.equal(forced, ours.decode(large, tiling=VAETiling()))
+    assert not torch.equal(forced, untiled_large)
+    assert torch.equal(ours.decode(small), untiled_small)  # at the bound: untiled
+    assert caplog.text.count("VAE decode: tiling spatially") == 1  # logged once
+
+    x = pixels(1, 16, 264)  # wider than the 256 px tile
+    monkeypatch.setattr(vae_module, "MAX_UNTILED_ELEMENTS", ours._encode_peak(tuple(x.shape)) - 1)
+    assert torch.equal(ours.encode(x), ours.encode(x, tiling=VAETiling()))
+    monkeypatch.setattr(vae_module, "MAX_UNTILED_ELEMENTS", ours._encode_peak(tuple(x.shape)))
+    assert not torch.equal(ours.encode(x), ours.encode(x, tiling=VAETiling()))
+
+
+def test_decode_to_another_device_drops_each_chunk_before_the_next(ours, monkeypatch) -> None:
+    chunks: list[torch.Tensor] = []
+    alive: list[weakref.ref] = []
+
+    def fresh(frames: int) -> torch.Tensor:
+        chunk = torch.randn(1, 3, frames, 16, 16)
+        chunks.append(chunk.clone())
+        alive.append(weakref.ref(chunk))
+        return chunk
+
+    def decode_frames(latents: torch.Tensor, *, tiling: object = None):  # type: ignore[no-untyped-def]
+        for frames in (5, 4, 4):  # 4 latent frames: 13 pixel frames
+            assert all(ref() is None for ref in alive), "decode still holds a chunk when it asks for the next"
+            yield fresh(frames)
+
+    monkeypatch.setattr(ours, "decode_frames", decode_frames)
+    out = ours.decode(latents(4, 2, 2), out_device="cpu")
+    assert torch.equal(out, torch.cat(chunks, dim=2))
+
+
+def test_decode_frames_holds_no_finished_chunk_while_decoding_the_next(ours, monkeypatch) -> None:
+    yielded: list[weakref.ref] = []
+    decode_tile = ours._decode_tile
+
+    def checked(z: torch.Tensor) -> torch.Tensor:
+        assert all(ref() is None for ref in yielded), "a finished chunk is still referenced"
+        return decode_tile(z)
+
+    monkeypatch.setattr(ours, "_decode_tile", checked)
+    for chunk in ours.decode_frames(latents(9, 1, 1)):
+        yielded.append(weakref.ref(chunk))
+        del chunk
+    assert len(yielded) == 3  # temporal tiles at latent frames 0, 3 and 6
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,13 @@ encoded alone (the causal pad replicates it); every later latent frame summarise
 frames. Encode and decode follow the reference's dispatch (diffusers 0.33.1, the version
 FramePack pins): clips longer than the temporal tile are always processed in overlapping
 temporal tiles, and with a ``tiling`` argument large frames also go through spatial tiles.
+Without one, frames too large for an untiled pass (``MAX_UNTILED_ELEMENTS``) are tiled anyway.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from typing import ClassVar, Literal
 
@@ -21,7 +23,17 @@ from .loading import PretrainedModel
 from .vae_blocks import Decoder, Encoder, resample_factors
 from .vae_tiling import TilingArg, VAETiling, as_tiling, spatial_tiled, temporal_tiled
 
-__all__ = ["HunyuanVideoVAE", "VAEConfig", "VAETiling"]
+__all__ = ["HunyuanVideoVAE", "MAX_UNTILED_ELEMENTS", "VAEConfig", "VAETiling"]
+
+logger = logging.getLogger("framepack")
+
+# The most elements one activation of an untiled encode or decode may have; above it the pass
+# is tiled spatially with the reference's tiles. CUDA kernels index with int32 in places, so a
+# tensor of 2**31 elements breaks them; the peak is counted exactly (``_decode_peak``), and
+# 1/16 is left for buffers it does not count. The 640 buckets peak at 1.96e9 (416x960: 256
+# channels x 19 padded frames x 418 x 962), under it, so they decode untiled as the reference
+# does; 672 px buckets reach 2.2e9 and are tiled.
+MAX_UNTILED_ELEMENTS = 2**31 - 2**27
 
 _DOWN_BLOCK = "HunyuanVideoDownBlock3D"
 _UP_BLOCK = "HunyuanVideoUpBlock3D"
@@ -97,6 +109,8 @@ class HunyuanVideoVAE(PretrainedModel):
         factors = resample_factors(
             len(config.block_out_channels), config.spatial_compression_ratio, config.temporal_compression_ratio
         )
+        self._factors = factors
+        self._told_forced_tiling = False  # the forced-tiling message is logged once per VAE
         shape = dict(
             widths=config.block_out_channels,
             layers=config.layers_per_block,
@@ -137,6 +151,8 @@ class HunyuanVideoVAE(PretrainedModel):
         """
         self._check_pixels(pixels)
         settings = as_tiling(tiling)
+        if settings is None:
+            settings = self._tiling_if_too_large("encode", pixels.shape)
         moments = self._encode_moments(pixels.to(self._device, self._dtype), settings)
         mean, logvar = torch.chunk(moments, 2, dim=1)
         latents = mean
@@ -187,11 +203,15 @@ class HunyuanVideoVAE(PretrainedModel):
     # ---- decode -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, *, tiling: TilingArg = None) -> torch.Tensor:
+    def decode(
+        self, latents: torch.Tensor, *, tiling: TilingArg = None, out_device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """Scaled latents [B, 16, T, h, w] → pixels [B, 3, 4T−3, 8h, 8w], float32, nominally in [-1, 1] (not clamped).
 
         Same numbers as the reference's decode; built from ``decode_frames``' chunks, so the
-        working memory is one tile's plus the output.
+        working memory is one tile's plus the output. The output is on ``out_device`` (default:
+        the VAE's): with ``"cpu"`` each chunk goes to the host as soon as it is finished, so the
+        VAE's device holds one temporal chunk at a time, never the whole video.
         """
         out: torch.Tensor | None = None
         written = 0
@@ -199,13 +219,14 @@ class HunyuanVideoVAE(PretrainedModel):
             if out is None:
                 b, c, _, height, width = chunk.shape
                 frames = self.config.temporal_compression_ratio * (latents.shape[2] - 1) + 1
-                out = chunk.new_empty(b, c, frames, height, width)
+                device = chunk.device if out_device is None else out_device
+                out = torch.empty(b, c, frames, height, width, dtype=chunk.dtype, device=device)
             out[:, :, written : written + chunk.shape[2]] = chunk
             written += chunk.shape[2]
+            del chunk  # the next chunk is decoded while nothing refers to this one
         assert out is not None and written == out.shape[2]  # every latent frame yields its pixel frames
         return out
 
-    @torch.no_grad()
     def decode_frames(self, latents: torch.Tensor, *, tiling: TilingArg = None) -> Iterator[torch.Tensor]:
         """Yield the decoded video as finished float32 chunks [B, 3, t_i, 8h, 8w] along time, in order.
 
@@ -216,11 +237,16 @@ class HunyuanVideoVAE(PretrainedModel):
         """
         self._check_latents(latents)
         settings = as_tiling(tiling)
+        if settings is None:
+            settings = self._tiling_if_too_large("decode", latents.shape)
         spatial_tiling = settings is not None
         t = settings or VAETiling()
         t.check(self.config.spatial_compression_ratio, self.config.temporal_compression_ratio)
         s, r = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
-        z = (latents / self.config.scaling_factor).to(self._device, self._dtype)
+        # Not decorated with torch.no_grad: its generator wrapper would keep the last chunk alive
+        # while the next one decodes. The tiles run under no_grad in _decode_tile instead.
+        with torch.no_grad():
+            z = (latents / self.config.scaling_factor).to(self._device, self._dtype)
         min_h, min_w = t.tile_sample_min_height // s, t.tile_sample_min_width // s
 
         def run_spatial(tile: torch.Tensor) -> torch.Tensor:
@@ -252,8 +278,7 @@ class HunyuanVideoVAE(PretrainedModel):
                 stride_out=t.tile_sample_stride_num_frames,
                 out_frames=r * (z.shape[2] - 1) + 1,
             )
-            for chunk in chunks:
-                yield chunk.float()
+            yield from map(torch.Tensor.float, chunks)  # map keeps no chunk alive once it is yielded
         # diffusers 0.33.1 (FramePack's pin) compares the latent *width* with the spatial
         # stride, not the tile (0.42.1 uses the tile): a width in (stride/8, tile/8] is tiled here.
         elif spatial_tiling and (z.shape[-1] > t.tile_sample_stride_width // s or z.shape[-2] > min_h):
@@ -261,8 +286,58 @@ class HunyuanVideoVAE(PretrainedModel):
         else:
             yield self._decode_tile(z).float()
 
+    @torch.no_grad()
     def _decode_tile(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))
+
+    # ---- untiled passes too large for int32 indexing --------------------------------------
+
+    def _tiling_if_too_large(self, what: Literal["encode", "decode"], shape: torch.Size) -> VAETiling | None:
+        """None when an untiled pass over ``shape`` peaks within ``MAX_UNTILED_ELEMENTS``, else default tiles."""
+        # An untiled pass still runs in temporal tiles of tile_sample_min_num_frames + 1 pixel frames.
+        frames = VAETiling().tile_sample_min_num_frames
+        if what == "decode":
+            frames //= self.config.temporal_compression_ratio
+        tile = (*shape[:2], min(shape[2], frames + 1), *shape[3:])
+        peak = self._decode_peak(tile) if what == "decode" else self._encode_peak(tile)
+        if peak <= MAX_UNTILED_ELEMENTS:
+            return None
+        if not self._told_forced_tiling:
+            logger.info(
+                "VAE %s: tiling spatially, as an untiled pass would make a %.3g-element activation "
+                "(over %.3g: CUDA kernels index some tensors with int32)",
+                what,
+                peak,
+                MAX_UNTILED_ELEMENTS,
+            )
+            self._told_forced_tiling = True
+        return VAETiling()
+
+    def _decode_peak(self, shape: tuple[int, ...]) -> int:
+        """Elements of the largest activation the decoder makes from latents of ``shape`` [B, C, T, h, w]."""
+        batch, _, t, h, w = shape
+        widths = self.config.block_out_channels[::-1]
+        peak = max(_conv_peak(self.config.latent_channels, widths[0], t, h, w), _mid_block_peak(widths[0], t, h, w))
+        for i, factor in enumerate(self._factors):
+            width = max(widths[max(i - 1, 0)], widths[i])  # the block's first resnet reads the previous width
+            peak = max(peak, _conv_peak(width, width, t, h, w))
+            if factor is not None:  # nearest upsampling keeps frame 0 single, then a conv at the new size
+                t, h, w = 1 + factor[0] * (t - 1), h * factor[1], w * factor[2]
+                peak = max(peak, _conv_peak(widths[i], widths[i], t, h, w))
+        return batch * max(peak, _conv_peak(widths[-1], self.config.out_channels, t, h, w))
+
+    def _encode_peak(self, shape: tuple[int, ...]) -> int:
+        """Elements of the largest activation the encoder makes from pixels of ``shape`` [B, 3, F, H, W]."""
+        batch, _, t, h, w = shape
+        widths = self.config.block_out_channels
+        peak = _conv_peak(self.config.in_channels, widths[0], t, h, w)
+        for i, factor in enumerate(self._factors):
+            width = max(widths[max(i - 1, 0)], widths[i])
+            peak = max(peak, _conv_peak(width, width, t, h, w))
+            if factor is not None:  # a strided conv reads the padded input at the old size
+                t, h, w = ((size - 1) // f + 1 for size, f in zip((t, h, w), factor))
+        peak = max(peak, _mid_block_peak(widths[-1], t, h, w))
+        return batch * max(peak, _conv_peak(widths[-1], 2 * self.config.latent_channels, t, h, w))
 
     # ---- input checks -------------------------------------------------------------------
 
@@ -292,6 +367,16 @@ class HunyuanVideoVAE(PretrainedModel):
         shape = tuple(latents.shape)
         if latents.ndim != 5 or not latents.is_floating_point() or shape[1] != c or min(shape) < 1:
             raise InputError(f"decode expects {expected}; got {latents.dtype} of shape {shape}")
+
+
+def _conv_peak(in_channels: int, out_channels: int, t: int, h: int, w: int) -> int:
+    """The larger of a 3×3×3 causal conv's padded input (2 frames in front, 1 pixel around) and its output."""
+    return max(in_channels * (t + 2) * (h + 2) * (w + 2), out_channels * t * h * w)
+
+
+def _mid_block_peak(channels: int, t: int, h: int, w: int) -> int:
+    """The mid block's resnets, and its attention's scores should they be materialised (the last frame sees all)."""
+    return max(_conv_peak(channels, channels, t, h, w), h * w * t * h * w)
 
 
 def _standard_normal(

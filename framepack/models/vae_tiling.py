@@ -159,3 +159,4 @@ def temporal_tiled(
         if kept.shape[2]:
             emitted += kept.shape[2]
             yield kept
+        del tile, kept  # while the next tile runs, the caller alone decides whether this chunk lives
