@@ -321,6 +321,31 @@ def test_resample_ratios_uses_the_published_nearest_indices(source: int, target:
     assert resample_ratios([float(i) for i in range(source)], target) == [float(i) for i in indices]
 
 
+def reference_nearest_indices(length: int, num_steps: int) -> list[int]:
+    """The MagCache reference's nearest_interp indices: numpy rounding of the float product."""
+    if num_steps == 1:
+        return [length - 1]
+    scale = (length - 1) / (num_steps - 1)
+    return np.round(np.arange(num_steps) * scale).astype(int).tolist()
+
+
+@pytest.mark.parametrize("length", [25, 50, 75])
+def test_resample_ratios_picks_the_references_indices_for_every_step_count(length: int) -> None:
+    table = [float(i) for i in range(length)]
+    for num_steps in range(1, 1001):
+        expected = [float(i) for i in reference_nearest_indices(length, num_steps)]
+        assert resample_ratios(table, num_steps) == expected, num_steps
+
+
+def test_resample_ratios_takes_the_lower_entry_where_the_float_product_falls_short_of_half() -> None:
+    # 55·24/176 and 99·24/176 are 7.5 and 13.5 exactly; the float products 55·(24/176) and
+    # 99·(24/176) are just under, so the reference takes entries 7 and 13 (half-to-even on
+    # the exact fractions would take 8 and 14).
+    resampled = resample_ratios([float(i) for i in range(25)], 177)
+    assert 55 * (24 / 176) < 7.5 and 99 * (24 / 176) < 13.5
+    assert (resampled[55], resampled[99]) == (7.0, 13.0)
+
+
 def test_magcache_ratio_gate_forbids_skipping_a_step_that_deviates() -> None:
     # Hand-worked, δ 1, K 3, no retention: c=1 ρ=1.05 E=0.05 skip; c=2 ρ=1.1235 E=0.1735 but
     # |1-1.07| > 0.06 so compute (reset); c=3 ρ=1.0 E=0 skip. Without the gate c=2 is skipped too.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from fractions import Fraction
 from typing import Any
 
 import torch
@@ -30,17 +29,21 @@ FRAMEPACK_F1_25 = (
 
 
 def resample_ratios(ratios: Sequence[float], num_steps: int) -> list[float]:
-    """Nearest-index resampling to ``num_steps`` entries: ``new[j] = old[round(j(L-1)/(N-1))]``.
+    """Nearest-index resampling to ``num_steps`` entries: ``new[j] = old[round(j * ((L-1)/(N-1)))]``.
 
-    Rounding is half-to-even on the exact fraction, as numpy's ``round``; endpoints are kept,
-    and one step takes the last entry. Ratios are not rescaled for the new step spacing.
+    The index is the reference's: the float product of j and the float step (L-1)/(N-1),
+    rounded half-to-even. For some N the product lands just under .5 where the exact fraction
+    is .5 (L = 25: N = 177, 353, 657, 705, 753 below 1000) and the lower entry is taken.
+    Endpoints are kept, and one step takes the last entry. Ratios are not rescaled for the
+    new step spacing.
     """
     if num_steps < 1:
         raise ConfigError(f"resample_ratios: num_steps must be >= 1, got {num_steps}")
-    last = len(ratios) - 1
     if num_steps == 1:
-        return [float(ratios[last])]
-    return [float(ratios[round(Fraction(j * last, num_steps - 1))]) for j in range(num_steps)]
+        return [float(ratios[-1])]
+    scale = (len(ratios) - 1) / (num_steps - 1)
+    # Python's round of a float is half-to-even on its exact value, as np.round.
+    return [float(ratios[round(j * scale)]) for j in range(num_steps)]
 
 
 class MagCache(CachePolicy):
