@@ -74,7 +74,7 @@ def activation_estimates(
     text = TEXT_TOKENS * llama.intermediate_size * transformer.dtype.itemsize * 6
     vae = components.vae.config
     width = vae.block_out_channels[0] * next(components.vae.parameters()).element_size()
-    image = pixels * width * 8
+    image = pixels * width * 10  # encoder activations, measured by the dry run with a margin
     decode = int(VAE_TEMPORAL_TILE * pixels * width * VAE_DECODE_PEAK_TENSORS)
     tiled = int(VAE_TEMPORAL_TILE * min(pixels, VAE_TILE * VAE_TILE) * width * VAE_DECODE_PEAK_TENSORS)
     return {"text": text, "image": image, "sampling": sampling, "decode": decode}, tiled
@@ -113,37 +113,55 @@ def device_budget_gb(device: torch.device, requested: float | None) -> float | N
 
 
 class Placement:
-    """Applies a ``MemoryPlan`` to a pipeline's components on ``device``."""
+    """Applies a ``MemoryPlan`` to a pipeline's components on ``device``.
+
+    With swapping, a phase's components come onto the device when it starts, and the
+    components of earlier phases leave only when the new phase would not fit beside them:
+    a budget that holds the transformer's resident blocks and the VAE keeps both between
+    sections instead of uploading gigabytes twice per section.
+    """
 
     def __init__(self, components: Components, device: torch.device, plan: MemoryPlan) -> None:
         self.plan = plan
         self._components = components
         self._residency: dict[str, ComponentResidency] = {}
+        self._device_bytes: dict[str, int] = {}
+        sizes = component_sizes(components)
         for name, module in components.modules().items():
-            if isinstance(module, StreamableModel) and name in plan.streaming and plan.streaming[name].streamed:
-                num_blocks = len(plan.streaming[name].block_bytes)
-                module.enable_streaming(device, plan.streaming[name].device_bytes, num_blocks=num_blocks)
+            size = sizes[name]
+            if isinstance(module, StreamableModel) and isinstance(size, ComponentSize) and name in plan.streaming:
+                streaming = plan.streaming[name]
+                # Through the streamer even when nothing streams: a text encoder's unread last
+                # layers and its embedding table then stay on the host. Llama runs once per
+                # video: its streamed blocks are not worth page-locked host memory.
+                module.enable_streaming(
+                    device, streaming.device_bytes, num_blocks=len(streaming.block_bytes),
+                    pin_memory=False if name == "text_encoder" else None,
+                )
+                self._device_bytes[name] = size.fixed_bytes + streaming.device_bytes
                 if plan.swap_components:
                     module.offload()
             else:
                 self._residency[name] = ComponentResidency(module, device)
+                self._device_bytes[name] = self._residency[name].nbytes
                 if not plan.swap_components:
                     self._residency[name].to_device()
+        self._on_device: list[str] = [] if plan.swap_components else list(components.modules())
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Components of phase ``name`` on the device for the block; off it after, when swapping."""
-        if not self.plan.swap_components:
-            yield
-            return
-        names = [n for n in PHASES[name] if n in self._components.modules()]
-        for n in names:
-            self._bring(n)
-        try:
-            yield
-        finally:
+        """Components of phase ``name`` on the device for the block (kept there until room is needed)."""
+        if self.plan.swap_components:
+            names = [n for n in PHASES[name] if n in self._components.modules()]
+            others = [n for n in self._on_device if n not in names]
+            room = self.plan.budget_bytes - self.plan.reserve_bytes
+            if others and sum(self._device_bytes[n] for n in others) + self.plan.phase_device_bytes[name] > room:
+                for n in others:
+                    self._release(n)
+                runtime().empty_cache()
             for n in names:
-                self._release(n)
+                self._bring(n)
+        yield
 
     def release(self) -> None:
         """Every weight back on its host tensors (streaming switched off)."""
@@ -152,16 +170,21 @@ class Placement:
                 module.disable_streaming()
         for residency in self._residency.values():
             residency.offload()
+        self._on_device = []
+        runtime().empty_cache()
 
     def _bring(self, name: str) -> None:
+        if name in self._on_device:
+            return
         if name in self._residency:
             self._residency[name].to_device()
         else:
             getattr(self._components, name).to_device()
+        self._on_device.append(name)
 
     def _release(self, name: str) -> None:
         if name in self._residency:
             self._residency[name].offload()
         else:
             getattr(self._components, name).offload()
-
+        self._on_device.remove(name)

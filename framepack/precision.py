@@ -68,7 +68,7 @@ class FiniteGuard:
 
     def read(self) -> list[list[int]]:
         """Every (inf, NaN) count, on the host."""
-        return self._counts.tolist()
+        return self._counts.cpu().tolist()  # one copy to the host, not one read per count
 
     def raise_if_nonfinite(self) -> None:
         for position, (inf, nan) in enumerate(self.read()):

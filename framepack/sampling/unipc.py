@@ -91,8 +91,9 @@ def sample_unipc(
     sigma_values = _check_sigmas(sigmas)
     num_steps = len(sigma_values) - 1
     max_order = min(3, num_steps - 1)
-    # Per-sample sigma vectors on the latents' device, as the reference passes them to its update.
-    sigma_vectors = torch.tensor(sigma_values, dtype=torch.float32, device=x.device)[:, None].expand(-1, x.shape[0])
+    # Per-sample float32 sigma vectors, as the reference passes them to its update. They stay on
+    # the host: the coefficients are read there, and reading them from a device would wait for it.
+    sigma_vectors = torch.tensor(sigma_values, dtype=torch.float32)[:, None].expand(-1, x.shape[0])
 
     predictions: list[torch.Tensor] = []
     history: list[torch.Tensor] = []
