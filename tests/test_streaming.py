@@ -284,3 +284,21 @@ def test_on_device_device_bytes_and_idempotent_moves(transformer: FramePackTrans
     assert model.on_device and model.device_bytes == fixed + streamer.plan.device_bytes
     assert all(a is b for a, b in zip(shells, streamer.iterate()))
     assert torch.equal(denoise_steps(model, step_inputs, None)[0], expected)
+
+
+def test_llama_residency_places_exactly_what_streaming_sizes_counts(llama: LlamaTextEncoder) -> None:
+    ids, mask = llama_inputs()
+    model = copy.deepcopy(llama)
+    table, unused = model.embed_tokens.weight, model.layers[4].mlp.up_proj.weight
+    residency = model.residency("meta", 4)  # meta stands in for an accelerator
+    raw_layers = sum(t.nbytes for layer in model.layers[:4] for t in layer.parameters())
+    assert residency.nbytes == model.streaming_sizes(4).fixed_bytes + raw_layers == 32 * 4 + raw_layers
+    residency.to_device()
+    assert model.embed_tokens.weight is table and model.layers[4].mlp.up_proj.weight is unused
+    assert model.layers[3].mlp.up_proj.weight.is_meta and model.norm.weight.is_meta
+    with torch.no_grad():
+        out = model(ids, mask, hidden_state_index=-3)
+    assert out.is_meta and out.shape == (2, 13, 32)
+    residency.offload()
+    with torch.no_grad():
+        assert torch.equal(model(ids, mask, hidden_state_index=-3), llama(ids, mask, hidden_state_index=-3))

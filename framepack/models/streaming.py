@@ -91,6 +91,15 @@ class StreamableModel(nn.Module):
         fixed = ModuleTensors(self, exclude=self._device_excluded()).nbytes
         return ComponentSize(fixed, tuple(block_nbytes(b) for b in self._leading_blocks(num_blocks)))
 
+    def residency(
+        self, device: torch.device | str, num_blocks: int | None = None, *, pin_memory: bool = False
+    ) -> ComponentResidency:
+        """The whole model on ``device`` without streaming: exactly what ``streaming_sizes(num_blocks)``
+        counts (the first ``num_blocks`` blocks and the non-block weights, never the
+        ``host_modules`` or the blocks past ``num_blocks``)."""
+        unused = self.streamable_blocks()[len(self._leading_blocks(num_blocks)) :]
+        return ComponentResidency(self, device, exclude=[*self.host_modules(), *unused], pin_memory=pin_memory)
+
     def enable_streaming(
         self,
         device: torch.device | str,
