@@ -376,12 +376,13 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
 
         text_mask = conditioning.text_mask.to(device)
         lengths = text_mask.sum(dim=1)
-        n_text = max(int(lengths.max()), 1)
+        host_lengths = lengths.tolist()  # they set the shapes: one read of the device per prepare
+        n_text = max(*host_lengths, 1)
         text = conditioning.text_embeds.to(device=device, dtype=dtype)
         weights = text_mask.float()[..., None]
         mean = ((text.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)).to(dtype)
         refiner = self.context_embedder
-        uneven = bool((lengths != lengths[0]).any())
+        uneven = len(set(host_lengths)) > 1
         refiner_mask = None
         if uneven:
             refiner_mask = text_mask[:, :n_text].clone()
