@@ -14,6 +14,7 @@ _EXPORTS = {
     "ConfigError": "framepack.errors",
     "InputError": "framepack.errors",
     "NumericalError": "framepack.errors",
+    "OutputError": "framepack.errors",
     "GenerationCancelled": "framepack.errors",
     "GenerationInterrupted": "framepack.errors",
     "Conditioning": "framepack.conditioning",

@@ -21,6 +21,10 @@ class InputError(FramePackError, ValueError):
     """An input tensor, image or file has the wrong shape, type or content."""
 
 
+class OutputError(FramePackError):
+    """An output file (a preview mp4, the video) could not be written; the cause is chained."""
+
+
 class NumericalError(FramePackError, ArithmeticError):
     """A computation produced inf or NaN (typically a float16 overflow)."""
 

@@ -35,7 +35,7 @@ from .results import SectionOutput, VideoResult
 from .runstate import STATE_FILE, RunState, check_fingerprint, digest, load_run_state, save_run_state
 from .sampling.loop import Progress, SectionResult, stream_latents
 from .sampling.sections import plan_sections
-from .video import FrameAssembler, find_bucket, load_image, resize_image
+from .video import FrameAssembler, PreviewWriter, find_bucket, load_image, resize_image
 from .video.blending import pixels_to_uint8
 
 logger = logging.getLogger("framepack")
@@ -302,8 +302,12 @@ def describe_policy(policy: CachePolicy | None) -> str:
 class GenerationRun:
     """One generation in progress: iterate it for the finished sections, then take ``result()``.
 
-    After every section the run directory holds the frames so far (``frames/``), a playable
-    ``preview.mp4`` and the state needed to resume; at the end it holds ``video.mp4``.
+    After every section the run directory holds the frames so far (``frames/``) and the state
+    needed to resume; at the end it holds ``video.mp4``. ``preview.mp4`` shows the video so far:
+    a worker thread re-encodes it after each section while the next one samples, so at any
+    moment it is the latest preview that finished (see ``wait_for_preview``). When the run
+    ends it shows every finished section, after a cancel or another error too (not after
+    KeyboardInterrupt or an iteration given up midway: then it may lag a section or two).
     """
 
     def __init__(
@@ -326,8 +330,31 @@ class GenerationRun:
         self._callback = callback
         self._resume = resume
         self._result: VideoResult | None = None
+        self._previews: PreviewWriter | None = None
 
     def __iter__(self) -> Iterator[SectionOutput]:
+        previews = PreviewWriter(self.run_dir / "preview.mp4", fps=self.config.fps, crf=self.config.crf)
+        self._previews = previews
+        try:
+            yield from self._sections(previews)
+        except Exception:
+            late = previews.close(finish=True)  # a cancelled or failed run still previews its finished sections
+            if late is not None:
+                logger.warning("%s", late)
+            raise
+        finally:
+            previews.close()  # no worker outlives the run
+
+    def wait_for_preview(self) -> Path:
+        """While iterating: block until ``preview.mp4`` shows every section yielded so far; return its path.
+
+        Raises the preview encoder's error (an ``OutputError``), if it had one.
+        """
+        if self._previews is not None:
+            return self._previews.wait()
+        return self.run_dir / "preview.mp4"
+
+    def _sections(self, previews: PreviewWriter) -> Iterator[SectionOutput]:
         p, config, w = self.pipeline, self.config, self.config.window
         self.run_dir.mkdir(parents=True, exist_ok=True)
         inputs = p.encode(self._image, self._prompt, config)
@@ -370,8 +397,7 @@ class GenerationRun:
                 latents = _latents_to_decode(result, config.mode, w)
                 decoded = p.components.vae.decode(latents, tiling=p._tiling(config), out_device="cpu")
             frames.add(decoded)
-            preview = frames.write_mp4(self.run_dir / "preview.partial.mp4", fps=config.fps, crf=config.crf)
-            os.replace(preview, self.run_dir / "preview.mp4")
+            previews.submit(frames.frames())  # encoded on the worker while the next section samples
             self._save(fingerprint, result, generator, frames)
             yield SectionOutput(
                 index=result.index,
@@ -379,7 +405,7 @@ class GenerationRun:
                 latents=result.latents,
                 frames=pixels_to_uint8(decoded[0]),
                 video_frames=len(frames),
-                preview=self.run_dir / "preview.mp4",
+                preview=previews.path,
                 seconds=result.seconds,
                 elapsed=time.perf_counter() - started,
             )
@@ -387,7 +413,12 @@ class GenerationRun:
             latents = history
         else:
             latents = result.history
+        # The video supersedes any preview still waiting or being encoded: stop those, then copy it.
+        late = previews.close()
+        if late is not None:
+            raise late
         video = frames.write_mp4(self.run_dir / "video.mp4", fps=config.fps, crf=config.crf)
+        previews.publish(video)
         logger.info("wrote %s (%d frames)", video, len(frames))
         self._result = VideoResult(latents, frames, self.run_dir, config.fps, config.crf)
 

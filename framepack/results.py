@@ -20,7 +20,8 @@ class SectionOutput:
     latents      the latents this section added, in temporal order [1, 16, t, h, w]
     frames       this section's decoded frames, uint8 [n, H, W, 3] (before overlap blending)
     video_frames frames of the video so far
-    preview      an mp4 of the video so far, rewritten after every section
+    preview      the preview mp4 of the video so far; it is encoded in the background, so it may still
+                 show an earlier section: ``GenerationRun.wait_for_preview()`` waits for this one
     seconds      time this section spent sampling; elapsed: since the run started (all work)
     """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import weakref
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import torch
 from framepack import FramePackPipeline, GenerationConfig
 from framepack.cache import TeaCache
 from framepack.cli import demo_image
-from framepack.errors import GenerationCancelled, InputError
+from framepack.errors import GenerationCancelled, InputError, OutputError
 from framepack.runstate import load_run_state
+from framepack.video import preview_mp4, write_mp4
 
 # window 3 at 30 fps: 12 pixel frames a section, so 0.8 s is two sections; 64 px keeps it fast.
 FAST = dict(window=3, steps=3, resolution=64, seconds=0.8)
@@ -111,11 +113,77 @@ def test_cancel_then_resume_equals_an_uninterrupted_run(pipe, image, tmp_path: P
     assert cancelled.value.partial is not None and cancelled.value.partial.shape[2] == (3 if mode == "inverted" else 4)
     saved = load_run_state(tmp_path / "cut")
     assert saved is not None and saved.sections_done == 1
-    assert (tmp_path / "cut" / "preview.mp4").exists()
+    frames, _ = read_mp4(tmp_path / "cut" / "preview.mp4")  # the finished section, though the run was cancelled
+    assert len(frames) == int(saved.tensors["frame_count"])
+    assert not preview_threads()
 
     resumed = pipe.generate(image, "a dancer", config, resume=tmp_path / "cut")
     assert torch.equal(resumed.latents, whole.latents)
     assert np.array_equal(np.stack(list(resumed.frames())), np.stack(list(whole.frames())))
+
+
+def preview_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "framepack-preview"]
+
+
+@pytest.mark.parametrize("mode", ["inverted", "forward"])
+def test_the_preview_shows_the_video_so_far(pipe, image, tmp_path: Path, mode: str) -> None:
+    run = pipe.stream(image, "a dancer", GenerationConfig(mode=mode, **FAST), run_dir=tmp_path / "run")
+    for section in run:
+        assert run.wait_for_preview() == section.preview
+        frames, _ = read_mp4(section.preview)
+        assert len(frames) == section.video_frames
+    frames, _ = read_mp4(section.preview)  # the last one: the whole video
+    assert len(frames) == run.result().num_frames == 4 * 7 - 3
+    assert not preview_threads()
+
+
+def test_the_next_section_samples_while_the_preview_encodes(pipe, image, tmp_path: Path, monkeypatch) -> None:
+    """The first preview's encode cannot end before the second section has started sampling."""
+    second_section_started = threading.Event()
+    encoded: list[bool] = []
+
+    def slow_write_mp4(path: Path, frames, *, fps: float, crf: int) -> Path:  # type: ignore[no-untyped-def]
+        encoded.append(second_section_started.wait(timeout=60))  # False only if the loop waited for us
+        return write_mp4(path, frames, fps=fps, crf=crf)
+
+    def callback(progress) -> None:  # type: ignore[no-untyped-def]
+        if progress.section == 1:
+            second_section_started.set()
+
+    monkeypatch.setattr(preview_mp4, "write_mp4", slow_write_mp4)
+    run = pipe.stream(image, "a dancer", GenerationConfig(**FAST), run_dir=tmp_path / "run", callback=callback)
+    sections = iter(run)
+    assert next(sections).index == 0
+    assert next(sections).index == 1
+    run.wait_for_preview()
+    assert encoded[0], "the first preview was encoded before the second section started"
+    assert list(sections) == []
+    assert not preview_threads()
+
+
+def test_no_preview_thread_outlives_a_run_given_up_midway(pipe, image, tmp_path: Path) -> None:
+    sections = iter(pipe.stream(image, "a dancer", GenerationConfig(**FAST), run_dir=tmp_path / "run"))
+    next(sections)
+    sections.close()
+    assert not preview_threads()
+
+
+def test_a_preview_encoder_error_fails_the_run_naming_the_file(pipe, image, tmp_path: Path, monkeypatch) -> None:
+    tried = threading.Event()
+
+    def broken_write_mp4(path: Path, frames, *, fps: float, crf: int) -> Path:  # type: ignore[no-untyped-def]
+        tried.set()
+        raise OSError("No space left on device")
+
+    def callback(progress) -> None:  # type: ignore[no-untyped-def]
+        if progress.section == 1:
+            assert tried.wait(timeout=60)  # the first preview has failed before the run can end
+
+    monkeypatch.setattr(preview_mp4, "write_mp4", broken_write_mp4)
+    with pytest.raises(OutputError, match=r"preview\.mp4: No space left on device"):
+        pipe.generate(image, "a dancer", GenerationConfig(**FAST), run_dir=tmp_path / "run", callback=callback)
+    assert not preview_threads()
 
 
 def test_resume_with_other_inputs_names_what_differs(pipe, image, tmp_path: Path) -> None:

@@ -135,6 +135,18 @@ def test_assembler_writes_the_video(tmp_path: Path) -> None:
         assert sum(1 for _ in container.decode(video=0)) == 4 * 3 * WINDOW + 1
 
 
+@pytest.mark.parametrize("mode", ["forward", "inverted"])
+def test_frames_are_those_of_the_call_even_when_read_later(mode: str) -> None:
+    inputs = random_sections(mode, 3)
+    with FrameAssembler(mode, OVERLAP) as assembler:
+        assembler.add(inputs[0])
+        assembler.add(inputs[1])
+        taken = assembler.frames()  # a preview encoder on another thread may read it a section later
+        assembler.add(inputs[2])
+        expected = reference_uint8(reference_history(mode, inputs)[1])
+        assert np.array_equal(np.stack(list(taken)), expected)
+
+
 def test_bad_sections() -> None:
     with pytest.raises(ConfigError, match="mode"):
         SectionBlender("backward", OVERLAP)

@@ -7,6 +7,7 @@ from .buckets import BASE_RESOLUTION, BUCKETS_640, check_resolution, find_bucket
 from .images import ImageSource, load_image
 from .mp4 import MAX_CRF, Mp4Writer, encoder_options, write_mp4
 from .preview import latent_preview_image
+from .preview_mp4 import PreviewWriter
 from .resize import RESIZE_METHODS, prepare_image, resize_image
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ImageSource",
     "MAX_CRF",
     "Mp4Writer",
+    "PreviewWriter",
     "RESIZE_METHODS",
     "SectionBlender",
     "check_resolution",

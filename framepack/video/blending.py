@@ -17,6 +17,7 @@ Modes (``sampling.md`` §5-§6):
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from pathlib import Path
@@ -179,14 +180,16 @@ class FrameAssembler:
         self._chunks = [self.spool_dir / name for name in chunk_names]
 
     def frames(self) -> Iterator[np.ndarray]:
-        """Every frame so far, uint8 (H, W, 3), in temporal order, read one chunk at a time."""
-        held = self._blender.held_frames()
+        """Every frame so far, uint8 (H, W, 3), in temporal order, read one chunk at a time.
+
+        The frames are those of the call's moment: sections added while the iterator is
+        still being read (say, by a preview encoder on another thread) do not change them.
+        """
+        chunks, held = list(self._chunks), self._blender.held_frames()
         if self._blender.mode == "forward":
-            yield from self._chunk_frames(self._chunks)
-            yield from held
-        else:  # the held head comes first; chunks were finished back to front
-            yield from held
-            yield from self._chunk_frames(self._chunks[::-1])
+            return itertools.chain(self._chunk_frames(chunks), held)
+        # The held head comes first; chunks were finished back to front.
+        return itertools.chain(held, self._chunk_frames(chunks[::-1]))
 
     def write_mp4(self, path: str | Path, fps: float = 30, crf: int = 16) -> Path:
         """Write the video so far to an mp4 (see Mp4Writer); returns the path."""
