@@ -29,7 +29,7 @@ is the path whose memory and syncs it is there to count.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,9 +76,12 @@ class _Stream:
 class DryRuntime(DeviceRuntime):
     """The CUDA runtime as a dry run answers it (module docstring)."""
 
-    def __init__(self, counters: DryRunCounters, total_bytes: int, bf16: bool, fake_mode: FakeTensorMode) -> None:
+    def __init__(
+        self, counters: DryRunCounters, total_bytes: int, bf16: bool, fake_mode: FakeTensorMode, alive: Callable[[], int]
+    ) -> None:
         self.counters = counters
         self.fake_mode = fake_mode
+        self.alive = alive  # device bytes held now
         self.total_bytes = total_bytes
         self.bf16 = bf16
 
@@ -89,7 +92,7 @@ class DryRuntime(DeviceRuntime):
         return self.bf16 or device.type != "cuda"
 
     def mem_get_info(self, device: torch.device) -> tuple[int, int]:
-        return max(self.total_bytes - self.counters.device_bytes, 0), self.total_bytes
+        return max(self.total_bytes - self.alive(), 0), self.total_bytes
 
     def pinned_empty(self, nbytes: int) -> torch.Tensor:
         """A fake host buffer: a real-size model's pinned copy would not fit this machine."""
@@ -309,7 +312,7 @@ class _DeviceAccounting(TorchDispatchMode):
         refuses on a device tensor, so compute it as the functional op and copy with aten. The
         temporary is not counted: the real kernel writes into ``out``."""
         out = kwargs.pop("out")
-        result = func.overloadpacket.default(*args, **kwargs)
+        result = _functional(func)(*args, **kwargs)
         if isinstance(out, torch.Tensor):
             return torch.ops.aten.copy_.default(out, result)
         for target, value in zip(out, result):
@@ -375,6 +378,18 @@ class _DeviceAccounting(TorchDispatchMode):
         return self.counters.device_bytes
 
 
+def _functional(out_variant: Any) -> Any:
+    """The overload of an ``out=`` op that returns a new tensor and takes the same other arguments."""
+    packet = out_variant.overloadpacket
+    wanted = [a.name for a in out_variant._schema.arguments if not a.is_out]
+    for name in packet.overloads():
+        overload = getattr(packet, name)
+        arguments = overload._schema.arguments
+        if not any(a.is_out for a in arguments) and [a.name for a in arguments] == wanted:
+            return overload
+    raise NotImplementedError(f"dry run: no functional form of {out_variant}")
+
+
 class CudaDryRun:
     """A context in which ``cuda`` tensors are fake and every CUDA path can run on a CPU.
 
@@ -385,7 +400,9 @@ class CudaDryRun:
     def __init__(self, total_gib: float = 24.0, *, bf16: bool = True) -> None:
         self.counters = DryRunCounters()
         self._accounting = _DeviceAccounting(self.counters)
-        self.runtime = DryRuntime(self.counters, int(total_gib * GIB), bf16, self._accounting.fake_mode)
+        self.runtime = DryRuntime(
+            self.counters, int(total_gib * GIB), bf16, self._accounting.fake_mode, self._accounting.sweep
+        )
         self._stack: ExitStack | None = None
 
     def __enter__(self) -> CudaDryRun:

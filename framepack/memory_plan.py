@@ -10,7 +10,8 @@ The pipeline runs in four phases, each using some components (``PHASES``). The r
    loaded for it and offloaded after). Per phase, device bytes are
    ``activations + whole components + streamed component's plan``:
    * the VAE tiles (both phases that use it) if an untiled VAE phase would exceed the
-     budget; tiled VAE phases then count ``tiled_vae_activation_bytes``;
+     budget; tiled VAE phases then count ``tiled_vae_activation_bytes`` (one number for
+     both phases, or one per phase);
    * a component given with ``block_bytes`` (the transformer, the Llama encoder) gets
      whatever the rest of its phase leaves and ``plan_residency`` decides which of its
      blocks stream;
@@ -85,7 +86,7 @@ def plan_pipeline_memory(
     component_bytes: Mapping[str, int | ComponentSize],
     activation_estimate_bytes: Mapping[str, int],
     *,
-    tiled_vae_activation_bytes: int | None = None,
+    tiled_vae_activation_bytes: int | Mapping[str, int] | None = None,
     prefetch: int = 1,
     reserve_bytes: int = 0,
 ) -> MemoryPlan:
@@ -121,7 +122,8 @@ def plan_pipeline_memory(
     if vae_tiling:
         if tiled_vae_activation_bytes is None:
             raise ConfigError("the VAE needs tiling to fit the budget: pass tiled_vae_activation_bytes")
-        activations.update({p: int(tiled_vae_activation_bytes) for p in VAE_PHASES if p in phases})
+        tiled = tiled_vae_activation_bytes
+        activations.update({p: int(tiled if isinstance(tiled, int) else tiled[p]) for p in VAE_PHASES if p in phases})
 
     streaming: dict[str, ResidencyPlan] = {}
     phase_bytes: dict[str, int] = {}

@@ -385,12 +385,9 @@ class GenerationRun:
             sections_done=done,
         )
         result: SectionResult | None = None
-        while True:
+        for _ in range(done, self.plan.num_sections):  # no sampling phase after the last one: it would upload for nothing
             with p._phase("sampling"):  # a tight budget swaps the transformer out for each decode
-                section = next(sections, None)
-            if section is None:
-                break
-            result = section
+                result = next(sections)
             with p._phase("decode"):
                 # Each temporal chunk goes to the host as it is decoded: the device never holds the
                 # whole section's pixels, and they hold no device memory during the next section.

@@ -46,15 +46,18 @@ def component_sizes(components: Components) -> dict[str, int | ComponentSize]:
 # Kept out of every budget on a CUDA device: the context (0.3-0.5 GiB, allocated by the
 # driver, not by PyTorch), cuBLAS/cuDNN workspaces and the caching allocator's fragmentation.
 DEVICE_RESERVE_BYTES = 768 << 20
-# Peak activations of the untiled VAE decoder, in units of one [17 frames, H, W, 128 channels]
-# tensor of the VAE's dtype: measured with benchmarks/dry_run.py (real VAE, 640 bucket).
+# Peak activations of the VAE, in units of one [frames, H, W, 128 channels] tensor of its
+# dtype (17 frames decoding, 1 encoding; a tile's H x W when tiled), measured with
+# benchmarks/dry_run.py on the real VAE at the 640 bucket and rounded up.
 VAE_DECODE_PEAK_TENSORS = 7.5
+VAE_TILED_DECODE_PEAK_TENSORS = 8.0  # the tile's own activations plus the frame it is blended into
+VAE_ENCODE_PEAK_TENSORS = 10.0
 
 
 def activation_estimates(
     components: Components, resolution: int, window: int, *, guidance_branches: int = 1
-) -> tuple[dict[str, int], int]:
-    """(peak activation bytes per phase with an untiled VAE, the VAE phases' peak when tiled).
+) -> tuple[dict[str, int], dict[str, int]]:
+    """(peak activation bytes per phase with an untiled VAE, the VAE phases' peaks when tiled).
 
     Sampling counts the joint stream and its temporaries at the stream's element size
     (float32 under float16 weights), plus one cached residual per guidance branch (what a
@@ -74,10 +77,18 @@ def activation_estimates(
     text = TEXT_TOKENS * llama.intermediate_size * transformer.dtype.itemsize * 6
     vae = components.vae.config
     width = vae.block_out_channels[0] * next(components.vae.parameters()).element_size()
-    image = pixels * width * 10  # encoder activations, measured by the dry run with a margin
-    decode = int(VAE_TEMPORAL_TILE * pixels * width * VAE_DECODE_PEAK_TENSORS)
-    tiled = int(VAE_TEMPORAL_TILE * min(pixels, VAE_TILE * VAE_TILE) * width * VAE_DECODE_PEAK_TENSORS)
-    return {"text": text, "image": image, "sampling": sampling, "decode": decode}, tiled
+    tile = min(pixels, VAE_TILE * VAE_TILE)
+    untiled = {
+        "text": text,
+        "image": int(pixels * width * VAE_ENCODE_PEAK_TENSORS),
+        "sampling": sampling,
+        "decode": int(VAE_TEMPORAL_TILE * pixels * width * VAE_DECODE_PEAK_TENSORS),
+    }
+    tiled = {
+        "image": int(tile * width * VAE_ENCODE_PEAK_TENSORS),
+        "decode": int(VAE_TEMPORAL_TILE * tile * width * VAE_TILED_DECODE_PEAK_TENSORS),
+    }
+    return untiled, tiled
 
 
 def plan_memory(
@@ -116,7 +127,8 @@ class Placement:
     """Applies a ``MemoryPlan`` to a pipeline's components on ``device``.
 
     With swapping, a phase's components come onto the device when it starts, and the
-    components of earlier phases leave only when the new phase would not fit beside them:
+    components of earlier phases leave, least recently used first, only while the new phase
+    would not fit beside them:
     a budget that holds the transformer's resident blocks and the VAE keeps both between
     sections instead of uploading gigabytes twice per section.
     """
@@ -153,11 +165,13 @@ class Placement:
         """Components of phase ``name`` on the device for the block (kept there until room is needed)."""
         if self.plan.swap_components:
             names = [n for n in PHASES[name] if n in self._components.modules()]
-            others = [n for n in self._on_device if n not in names]
-            room = self.plan.budget_bytes - self.plan.reserve_bytes
-            if others and sum(self._device_bytes[n] for n in others) + self.plan.phase_device_bytes[name] > room:
-                for n in others:
-                    self._release(n)
+            room = self.plan.budget_bytes - self.plan.reserve_bytes - self.plan.phase_device_bytes[name]
+            others = [n for n in self._on_device if n not in names]  # least recently used first
+            released = False
+            while others and sum(self._device_bytes[n] for n in others) > room:
+                self._release(others.pop(0))
+                released = True
+            if released:
                 runtime().empty_cache()
             for n in names:
                 self._bring(n)
@@ -174,7 +188,9 @@ class Placement:
         runtime().empty_cache()
 
     def _bring(self, name: str) -> None:
-        if name in self._on_device:
+        if name in self._on_device:  # already there: now the most recently used
+            self._on_device.remove(name)
+            self._on_device.append(name)
             return
         if name in self._residency:
             self._residency[name].to_device()
