@@ -60,6 +60,9 @@ class DryRunCounters:
     device_bytes: int = 0  # alive now
     peak_device_bytes: int = 0
     phase_peaks: dict[str, int] = field(default_factory=dict)
+    # Peak bytes a phase added to what was alive when it began (its own weights and activations,
+    # without what earlier phases left on the device), the largest over its entries.
+    phase_own_peaks: dict[str, int] = field(default_factory=dict)
     host_to_device_bytes: int = 0
     device_to_host_bytes: int = 0
     syncs: int = 0
@@ -278,6 +281,7 @@ class _DeviceAccounting(TorchDispatchMode):
         self.counters = counters
         self._live: dict[int, tuple[StorageWeakRef, int]] = {}
         self.phase: str | None = None
+        self.entry_peak = 0
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -370,6 +374,7 @@ class _DeviceAccounting(TorchDispatchMode):
         counters.peak_device_bytes = max(counters.peak_device_bytes, counters.device_bytes)
         if self.phase is not None:
             counters.phase_peaks[self.phase] = max(counters.phase_peaks.get(self.phase, 0), counters.device_bytes)
+            self.entry_peak = max(self.entry_peak, counters.device_bytes)
 
     def sweep(self) -> int:
         """Forget storages that died; returns the device bytes alive."""
@@ -422,13 +427,16 @@ class CudaDryRun:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Record the peak device bytes alive during the block under ``name``."""
-        previous = self._accounting.phase
-        self._accounting.phase = name
-        self.counters.phase_peaks[name] = max(self.counters.phase_peaks.get(name, 0), self.device_bytes())
+        accounting, counters = self._accounting, self.counters
+        previous, previous_peak = accounting.phase, accounting.entry_peak
+        start = self.device_bytes()
+        accounting.phase, accounting.entry_peak = name, start
+        counters.phase_peaks[name] = max(counters.phase_peaks.get(name, 0), start)
         try:
             yield
         finally:
-            self._accounting.phase = previous
+            counters.phase_own_peaks[name] = max(counters.phase_own_peaks.get(name, 0), accounting.entry_peak - start)
+            accounting.phase, accounting.entry_peak = previous, max(previous_peak, accounting.entry_peak)
 
     @contextmanager
     def pipeline_phases(self, pipeline: Any) -> Iterator[None]:

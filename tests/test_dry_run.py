@@ -74,6 +74,7 @@ def test_tiny_generation_on_claimed_cuda(dtype: torch.dtype, budget_mib: int | N
         for phase, planned in plan.phase_device_bytes.items():
             measured = dry.counters.phase_peaks[phase]
             assert measured <= room, f"{phase}: measured {measured} bytes, more than the {room} the budget leaves"
+            assert dry.counters.phase_own_peaks[phase] <= planned, phase  # what the phase adds is what it planned
             if not plan.swap_components:  # alone on the device: the phase's estimate is what it holds
                 assert measured <= planned <= 1.15 * measured + DEVICE_RESERVE_BYTES, (phase, measured, planned)
 
@@ -128,6 +129,7 @@ def test_streamed_transformer_step_on_claimed_cuda(dtype: torch.dtype) -> None:
     """Layer streaming at its smallest budget: exact-size page-locked blocks, and the device
     holds the non-block weights, the streamer's blocks and the step's activations only."""
     from framepack.models.transformer import FramePackTransformer, TransformerConfig
+    from framepack.offload import minimum_budget
     from tests.transformer_support import TINY, conditioning_and_context, make_inputs
 
     transformer = FramePackTransformer(TransformerConfig(**TINY)).to(dtype).requires_grad_(False)
@@ -135,9 +137,12 @@ def test_streamed_transformer_step_on_claimed_cuda(dtype: torch.dtype) -> None:
     conditioning, context = conditioning_and_context(inputs)
     with CudaDryRun(total_gib=8) as dry:
         sizes = transformer.streaming_sizes()
-        streamer = transformer.enable_streaming("cuda", min(sizes.block_bytes) * 2, pin_memory=True)
+        streamer = transformer.enable_streaming("cuda", minimum_budget(sizes.block_bytes), pin_memory=True)
         assert streamer.plan.streamed
-        assert dry.counters.pinned_allocations == [sizes.block_bytes[i] for i in streamer.plan.streamed]
+        # each streamed block exactly (not rounded to a power of two), then the non-block weights, packed
+        *blocks, rest = dry.counters.pinned_allocations
+        assert blocks == [sizes.block_bytes[i] for i in streamer.plan.streamed]
+        assert sizes.fixed_bytes <= rest < sizes.fixed_bytes + 256 * len(ModuleTensors(transformer).tensors)
         held = dry.device_bytes()
         assert held == sizes.fixed_bytes + streamer.plan.device_bytes
         latents = inputs["latents"].to("cuda")
