@@ -60,8 +60,8 @@ class DryRunCounters:
     device_bytes: int = 0  # alive now
     peak_device_bytes: int = 0
     phase_peaks: dict[str, int] = field(default_factory=dict)
-    # Peak bytes a phase added to what was alive when it began (its own weights and activations,
-    # without what earlier phases left on the device), the largest over its entries.
+    # Peak bytes a phase added to what it found alive at its first allocation (its own weights
+    # and activations, not what earlier phases left on the device), the largest over its entries.
     phase_own_peaks: dict[str, int] = field(default_factory=dict)
     host_to_device_bytes: int = 0
     device_to_host_bytes: int = 0
@@ -282,6 +282,7 @@ class _DeviceAccounting(TorchDispatchMode):
         self._live: dict[int, tuple[StorageWeakRef, int]] = {}
         self.phase: str | None = None
         self.entry_peak = 0
+        self.entry_base: int | None = None
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -367,6 +368,8 @@ class _DeviceAccounting(TorchDispatchMode):
             return
         for key in [k for k, (r, _) in self._live.items() if r.expired()]:
             self.counters.device_bytes -= self._live.pop(key)[1]
+        if self.phase is not None and self.entry_base is None:
+            self.entry_base = self.counters.device_bytes  # what the phase found, after what it freed first
         nbytes = storage.nbytes()
         self._live[ref.cdata] = (ref, nbytes)
         counters = self.counters
@@ -428,15 +431,16 @@ class CudaDryRun:
     def phase(self, name: str) -> Iterator[None]:
         """Record the peak device bytes alive during the block under ``name``."""
         accounting, counters = self._accounting, self.counters
-        previous, previous_peak = accounting.phase, accounting.entry_peak
+        outer = accounting.phase, accounting.entry_peak, accounting.entry_base
         start = self.device_bytes()
-        accounting.phase, accounting.entry_peak = name, start
+        accounting.phase, accounting.entry_peak, accounting.entry_base = name, 0, None
         counters.phase_peaks[name] = max(counters.phase_peaks.get(name, 0), start)
         try:
             yield
         finally:
-            counters.phase_own_peaks[name] = max(counters.phase_own_peaks.get(name, 0), accounting.entry_peak - start)
-            accounting.phase, accounting.entry_peak = previous, max(previous_peak, accounting.entry_peak)
+            own = 0 if accounting.entry_base is None else accounting.entry_peak - accounting.entry_base
+            counters.phase_own_peaks[name] = max(counters.phase_own_peaks.get(name, 0), own)
+            accounting.phase, accounting.entry_peak, accounting.entry_base = outer[0], max(outer[1], accounting.entry_peak), outer[2]
 
     @contextmanager
     def pipeline_phases(self, pipeline: Any) -> Iterator[None]:

@@ -141,23 +141,27 @@ class Placement:
         sizes = component_sizes(components)
         for name, module in components.modules().items():
             size = sizes[name]
-            if isinstance(module, StreamableModel) and isinstance(size, ComponentSize) and name in plan.streaming:
-                streaming = plan.streaming[name]
-                # Through the streamer even when nothing streams: a text encoder's unread last
-                # layers and its embedding table then stay on the host. Llama runs once per
-                # video: its streamed blocks are not worth page-locked host memory.
-                module.enable_streaming(
-                    device, streaming.device_bytes, num_blocks=len(streaming.block_bytes),
-                    pin_memory=False if name == "text_encoder" else None,
-                )
-                self._device_bytes[name] = size.fixed_bytes + streaming.device_bytes
-                if plan.swap_components:
-                    module.offload()
+            streaming = plan.streaming.get(name)
+            if isinstance(module, StreamableModel) and isinstance(size, ComponentSize) and streaming is not None:
+                if streaming.streamed:
+                    # Llama runs once per video: its streamed blocks are not worth page-locked memory.
+                    module.enable_streaming(
+                        device, streaming.device_bytes, num_blocks=len(streaming.block_bytes),
+                        pin_memory=False if name == "text_encoder" else None,
+                    )
+                    self._device_bytes[name] = size.fixed_bytes + streaming.device_bytes
+                    if plan.swap_components:
+                        module.offload()
+                    continue
+                # Exactly what the plan counted: a text encoder's unread last layers and its
+                # embedding table stay on the host.
+                residency = module.residency(device, len(streaming.block_bytes))
             else:
-                self._residency[name] = ComponentResidency(module, device)
-                self._device_bytes[name] = self._residency[name].nbytes
-                if not plan.swap_components:
-                    self._residency[name].to_device()
+                residency = ComponentResidency(module, device)
+            self._residency[name] = residency
+            self._device_bytes[name] = residency.nbytes
+            if not plan.swap_components:
+                residency.to_device()
         self._on_device: list[str] = [] if plan.swap_components else list(components.modules())
 
     @contextmanager
