@@ -246,6 +246,7 @@ class LayerStreamer:
         prefetch: int = 1,
         pin_memory: bool | None = None,
         staging: Staging = "pinned",
+        load: bool = True,
     ) -> None:
         if staging not in ("pinned", "ring"):
             raise ConfigError(f"staging must be 'pinned' or 'ring', got {staging!r}")
@@ -278,7 +279,8 @@ class LayerStreamer:
         self._slots: list[torch.Tensor] = []
         self._slot_free: list[Any] = []
         self._loaded = False
-        self.load()
+        if load:
+            self.load()
         logger.info("LayerStreamer on %s: %s", self.device, self.plan)
 
     @property

@@ -147,11 +147,9 @@ class Placement:
                     # Llama runs once per video: its streamed blocks are not worth page-locked memory.
                     module.enable_streaming(
                         device, streaming.device_bytes, num_blocks=len(streaming.block_bytes),
-                        pin_memory=False if name == "text_encoder" else None,
+                        pin_memory=False if name == "text_encoder" else None, load=not plan.swap_components,
                     )
                     self._device_bytes[name] = size.fixed_bytes + streaming.device_bytes
-                    if plan.swap_components:
-                        module.offload()
                     continue
                 # Exactly what the plan counted: a text encoder's unread last layers and its
                 # embedding table stay on the host.

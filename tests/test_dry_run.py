@@ -115,7 +115,7 @@ def test_components_that_fit_together_stay_between_sections() -> None:
         pipe = FramePackPipeline.tiny(seed=0)
         pipe.device = torch.device("cuda")
         plan = pipe.set_vram_budget(808 / 1024, resolution=64, window=3)
-        assert plan.swap_components
+        assert plan.swap_components and dry.counters.host_to_device_bytes == 0  # nothing goes up before its phase
         transformer_bytes = ModuleTensors(pipe.components.transformer).nbytes
         uploaded = []
         for _ in pipe.stream(np.full((64, 64, 3), 100, np.uint8), "a dancer", config):
@@ -137,8 +137,10 @@ def test_streamed_transformer_step_on_claimed_cuda(dtype: torch.dtype) -> None:
     conditioning, context = conditioning_and_context(inputs)
     with CudaDryRun(total_gib=8) as dry:
         sizes = transformer.streaming_sizes()
-        streamer = transformer.enable_streaming("cuda", minimum_budget(sizes.block_bytes), pin_memory=True)
+        streamer = transformer.enable_streaming("cuda", minimum_budget(sizes.block_bytes), pin_memory=True, load=False)
         assert streamer.plan.streamed
+        assert dry.device_bytes() == 0 and dry.counters.host_to_device_bytes == 0  # set up, nothing uploaded yet
+        transformer.to_device()
         # each streamed block exactly (not rounded to a power of two), then the non-block weights, packed
         *blocks, rest = dry.counters.pinned_allocations
         assert blocks == [sizes.block_bytes[i] for i in streamer.plan.streamed]

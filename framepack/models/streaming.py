@@ -109,6 +109,7 @@ class StreamableModel(nn.Module):
         pin_memory: bool | None = None,
         staging: Staging = "pinned",
         num_blocks: int | None = None,
+        load: bool = True,
     ) -> LayerStreamer:
         """Move every non-block weight to ``device`` and stream the blocks within ``budget_bytes``.
 
@@ -117,19 +118,21 @@ class StreamableModel(nn.Module):
         ``staging`` are the ``LayerStreamer``'s; with page-locked streamed blocks
         ("pinned") the non-block weights are page-locked too, as they are uploaded again
         after every ``offload``. Pass ``pin_memory=False`` for a model run once per video.
-        The model's weights must be on the CPU. Returns the streamer (its ``plan`` and
-        ``stats`` say what it does).
+        The model's weights must be on the CPU. ``load=False`` sets everything up but leaves
+        the device empty until ``to_device`` (a component that waits for its phase). Returns
+        the streamer (its ``plan`` and ``stats`` say what it does).
         """
         self.disable_streaming()
         blocks = self._leading_blocks(num_blocks)
         # The streamer first: a budget it refuses leaves the model untouched.
         streamer = LayerStreamer(
-            blocks, device, budget_bytes, prefetch=prefetch, pin_memory=pin_memory, staging=staging
+            blocks, device, budget_bytes, prefetch=prefetch, pin_memory=pin_memory, staging=staging, load=load
         )
         residency = ComponentResidency(
             self, streamer.device, exclude=self._device_excluded(), pin_memory=streamer.staging == "pinned"
         )
-        residency.to_device()
+        if load:
+            residency.to_device()
         self._streaming = _StreamingSetup(residency, streamer)
         return streamer
 
