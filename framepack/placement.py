@@ -59,19 +59,22 @@ def activation_estimates(
 ) -> tuple[dict[str, int], dict[str, int]]:
     """(peak activation bytes per phase with an untiled VAE, the VAE phases' peaks when tiled).
 
-    Sampling counts the joint stream and its temporaries at the stream's element size
-    (float32 under float16 weights), plus one cached residual per guidance branch (what a
-    step cache keeps between calls).
+    Sampling counts a block's temporaries in the compute dtype, the float32 streams of a
+    float16 model at 4 bytes, and one cached residual per guidance branch (what a step cache
+    keeps between calls).
     """
     transformer = components.transformer
     t = transformer.config
-    stream_element = transformer.residual_dtype.itemsize
+    compute_element, stream_element = transformer.dtype.itemsize, transformer.residual_dtype.itemsize
     # The largest bucket area at this resolution (416 x 960 at 640), scaled like the buckets.
     pixels = int(max(h * w for h, w in BUCKETS_640) * (resolution / BASE_RESOLUTION) ** 2)
     # The packed context adds 1x (2 frames), 2x and 4x groups: about 28 % of a 9-frame window.
     image_tokens = int(window * pixels / 256 * 1.3)
     tokens = image_tokens + CONTEXT_TOKENS
-    sampling = tokens * t.inner_dim * stream_element * 16  # streams, q/k/v, MLP hidden (4x), attention output
+    # streams, q/k/v, MLP hidden (4x), attention output: 16 token-wide tensors, of which about
+    # 3 are the streams (the joint buffer and a block's update; measured by benchmarks/dry_run.py)
+    per_token = 16 * compute_element + 3 * (stream_element - compute_element)
+    sampling = tokens * t.inner_dim * per_token
     sampling += guidance_branches * image_tokens * t.inner_dim * stream_element
     llama = components.text_encoder.config
     text = TEXT_TOKENS * llama.intermediate_size * transformer.dtype.itemsize * 6
