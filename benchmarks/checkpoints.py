@@ -5,7 +5,7 @@
     hunyuan/text_encoder      transformers LlamaModel (sharded)
     hunyuan/text_encoder_2    transformers CLIPTextModel
     hunyuan/tokenizer         a small Llama-3-style tokenizer.json
-    hunyuan/tokenizer_2       CLIP's real vocab.json + merges.txt (shared/data/clip-tokenizer)
+    hunyuan/tokenizer_2       CLIP's real vocab.json + merges.txt (tests/data/clip-tokenizer)
     redux/image_encoder       transformers SiglipVisionModel
 
 Each part is written by its reference library's ``save_pretrained`` and loads through
@@ -30,7 +30,7 @@ from tests.transformer_support import TINY as TRANSFORMER_TINY
 from tests.transformer_support import build_diffusers_model, randomise_
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CLIP_TOKENIZER_FILES = REPO_ROOT.parent / "shared" / "data" / "clip-tokenizer"
+CLIP_TOKENIZER_FILES = REPO_ROOT / "tests" / "data" / "clip-tokenizer"
 SHARD_SIZE = "100MB"  # several shards with an index json, like the real repos
 
 

@@ -4,7 +4,7 @@ The reference is transformers 4.46.2's *slow* CLIPTokenizer without ftfy, which 
 runs; transformers 5.x has no slow CLIP tokenizer. Usage, in an environment with
 transformers==4.46.2 and without ftfy:
 
-    python tests/encoders_make_clip_reference.py ../shared/data/clip-tokenizer
+    python tests/encoders_make_clip_reference.py tests/data/clip-tokenizer
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from framepack.models.tokenizers import CLIPTokenizer, LlamaTokenizer, clean_cli
 from framepack.prompt import HUNYUAN_VIDEO_TEMPLATE
 from tests.encoder_fixtures import save_llama_tokenizer
 
-# The real CLIP vocabulary lies in the shared folder beside the repository (see ../shared/data).
-CLIP_FILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "clip-tokenizer"
+# The real CLIP vocabulary, shipped with the tests (tests/data/clip-tokenizer/README.md says where it comes from).
+CLIP_FILES = Path(__file__).resolve().parent / "data" / "clip-tokenizer"
 CLIP_REFERENCE = json.loads((Path(__file__).parent / "data" / "clip_tokenizer_reference.json").read_text())["cases"]
 
 PROMPTS = [

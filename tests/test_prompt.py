@@ -21,8 +21,8 @@ from framepack.prompt import (
 )
 from tests.encoder_fixtures import max_error_ok, save_clip, save_llama, save_llama_tokenizer
 
-# The real CLIP vocabulary lies in the shared folder beside the repository (see ../shared/data).
-CLIP_FILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "clip-tokenizer"
+# The real CLIP vocabulary, shipped with the tests (tests/data/clip-tokenizer/README.md says where it comes from).
+CLIP_FILES = Path(__file__).resolve().parent / "data" / "clip-tokenizer"
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ def sample_unipc(
     max_order = min(3, num_steps - 1)
     # Per-sample float32 sigma vectors, as the reference passes them to its update. They stay on
     # the host: the coefficients are read there, and reading them from a device would wait for it.
-    sigma_vectors = torch.tensor(sigma_values, dtype=torch.float32)[:, None].expand(-1, x.shape[0])
+    sigma_vectors = torch.tensor(sigma_values, dtype=torch.float32, device="cpu")[:, None].expand(-1, x.shape[0])
 
     predictions: list[torch.Tensor] = []
     history: list[torch.Tensor] = []
@@ -163,7 +163,7 @@ def step_coefficients(history: list[torch.Tensor], t: torch.Tensor, order: int, 
 def _check_sigmas(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
     if isinstance(sigmas, torch.Tensor):
         sigmas = sigmas.detach().cpu().flatten().tolist()
-    values = torch.tensor([float(s) for s in sigmas], dtype=torch.float32).tolist()
+    values = torch.tensor([float(s) for s in sigmas], dtype=torch.float32, device="cpu").tolist()  # float32 rounding
     if len(values) < 2:
         raise ConfigError(f"sample_unipc: expected at least 2 sigmas (steps + 1), got {len(values)}")
     evaluated = values[:-1]
