@@ -8,7 +8,7 @@ than as a matmul error deep inside a block.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 

@@ -44,8 +44,8 @@ from torch.utils._pytree import tree_flatten
 
 from .device_runtime import DeviceRuntime, use_runtime
 from .errors import FramePackError
+from .memory_plan import GIB
 
-GIB = 1 << 30
 _COPIES = {torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default, torch.ops.aten._copy_from.default}
 
 
@@ -366,8 +366,7 @@ class _DeviceAccounting(TorchDispatchMode):
         ref = StorageWeakRef(storage)
         if ref.cdata in self._live:
             return
-        for key in [k for k, (r, _) in self._live.items() if r.expired()]:
-            self.counters.device_bytes -= self._live.pop(key)[1]
+        self.sweep()
         if self.phase is not None and self.entry_base is None:
             self.entry_base = self.counters.device_bytes  # what the phase found, after what it freed first
         nbytes = storage.nbytes()
@@ -464,7 +463,6 @@ class CudaDryRun:
 
     def syncs(self) -> int:
         return self.counters.syncs
-
 
     def fake_weights(self, module: torch.nn.Module) -> None:
         """Give a module built on the meta device fake host tensors of the same shapes: a

@@ -54,14 +54,12 @@ VAE_TILED_DECODE_PEAK_TENSORS = 8.0  # the tile's own activations plus the frame
 VAE_ENCODE_PEAK_TENSORS = 10.0
 
 
-def activation_estimates(
-    components: Components, resolution: int, window: int, *, guidance_branches: int = 1
-) -> tuple[dict[str, int], dict[str, int]]:
+def activation_estimates(components: Components, resolution: int, window: int) -> tuple[dict[str, int], dict[str, int]]:
     """(peak activation bytes per phase with an untiled VAE, the VAE phases' peaks when tiled).
 
     Sampling counts a block's temporaries in the compute dtype, the float32 streams of a
-    float16 model at 4 bytes, and one cached residual per guidance branch (what a step cache
-    keeps between calls).
+    float16 model at 4 bytes, and the residual a step cache keeps between calls (one guidance
+    branch: real CFG's second one is not counted).
     """
     transformer = components.transformer
     t = transformer.config
@@ -75,7 +73,7 @@ def activation_estimates(
     # 3 are the streams (the joint buffer and a block's update; measured by benchmarks/dry_run.py)
     per_token = 16 * compute_element + 3 * (stream_element - compute_element)
     sampling = tokens * t.inner_dim * per_token
-    sampling += guidance_branches * image_tokens * t.inner_dim * stream_element
+    sampling += image_tokens * t.inner_dim * stream_element
     llama = components.text_encoder.config
     text = TEXT_TOKENS * llama.intermediate_size * transformer.dtype.itemsize * 6
     vae = components.vae.config
@@ -172,12 +170,8 @@ class Placement:
             names = [n for n in PHASES[name] if n in self._components.modules()]
             room = self.plan.budget_bytes - self.plan.reserve_bytes - self.plan.phase_device_bytes[name]
             others = [n for n in self._on_device if n not in names]  # least recently used first
-            released = False
             while others and sum(self._device_bytes[n] for n in others) > room:
-                self._release(others.pop(0))
-                released = True
-            if released:
-                runtime().empty_cache()
+                self._release(others.pop(0))  # the offload hands its memory back to the driver
             for n in names:
                 self._bring(n)
         yield
@@ -190,7 +184,6 @@ class Placement:
         for residency in self._residency.values():
             residency.offload()
         self._on_device = []
-        runtime().empty_cache()
 
     def _bring(self, name: str) -> None:
         if name in self._on_device:  # already there: now the most recently used

@@ -14,10 +14,13 @@ import torch
 
 from framepack import FramePackPipeline, GenerationConfig
 from framepack.dry_run import CudaDryRun, DeviceMixError
+from framepack.models.transformer import FramePackTransformer, TransformerConfig
+from framepack.offload import minimum_budget
 from framepack.placement import DEVICE_RESERVE_BYTES
 from framepack.residency import ModuleTensors
 from framepack.sampling.loop import generate_latents
 from framepack.sampling.sections import plan_sections
+from tests.transformer_support import TINY, conditioning_and_context, make_inputs
 
 CONFIG = GenerationConfig(seconds=0.5, steps=3, resolution=64, window=3, seed=1)
 
@@ -43,7 +46,8 @@ def test_copies_and_reads_are_counted() -> None:
         assert dry.device_bytes() == 0
 
 
-def _tiny_on_claimed_cuda(dtype: torch.dtype, budget_gb: float | None, dry: CudaDryRun) -> FramePackPipeline:
+def _tiny_on_claimed_cuda(dtype: torch.dtype, budget_gb: float | None) -> FramePackPipeline:
+    """The tiny pipeline in ``dtype`` placed on ``cuda`` (call inside a ``CudaDryRun``)."""
     pipe = FramePackPipeline.tiny(seed=0)
     for module in pipe.components.modules().values():
         module.to(dtype)
@@ -62,7 +66,7 @@ def _tiny_on_claimed_cuda(dtype: torch.dtype, budget_gb: float | None, dry: Cuda
 def test_tiny_generation_on_claimed_cuda(dtype: torch.dtype, budget_mib: int | None) -> None:
     budget_gb = None if budget_mib is None else budget_mib / 1024
     with CudaDryRun(total_gib=8, bf16=dtype == torch.bfloat16) as dry:
-        pipe = _tiny_on_claimed_cuda(dtype, budget_gb, dry)
+        pipe = _tiny_on_claimed_cuda(dtype, budget_gb)
         plan = pipe._placement.plan if pipe._placement is not None else None
         image = np.full((64, 64, 3), 100, np.uint8)
         with dry.pipeline_phases(pipe):
@@ -83,7 +87,7 @@ def test_tiny_generation_on_claimed_cuda(dtype: torch.dtype, budget_mib: int | N
 def test_sampling_steps_do_not_wait_for_the_device(dtype: torch.dtype) -> None:
     """No host read in a step's hot path; float16's overflow guard reads once per transformer call."""
     with CudaDryRun(total_gib=8, bf16=dtype == torch.bfloat16) as dry:
-        pipe = _tiny_on_claimed_cuda(dtype, None, dry)
+        pipe = _tiny_on_claimed_cuda(dtype, None)
         image = np.full((64, 64, 3), 100, np.uint8)
         inputs = pipe.encode(image, "a dancer", CONFIG)
         before = dry.syncs()
@@ -128,10 +132,6 @@ def test_components_that_fit_together_stay_between_sections() -> None:
 def test_streamed_transformer_step_on_claimed_cuda(dtype: torch.dtype) -> None:
     """Layer streaming at its smallest budget: exact-size page-locked blocks, and the device
     holds the non-block weights, the streamer's blocks and the step's activations only."""
-    from framepack.models.transformer import FramePackTransformer, TransformerConfig
-    from framepack.offload import minimum_budget
-    from tests.transformer_support import TINY, conditioning_and_context, make_inputs
-
     transformer = FramePackTransformer(TransformerConfig(**TINY)).to(dtype).requires_grad_(False)
     inputs = make_inputs(1, [5])
     conditioning, context = conditioning_and_context(inputs)
