@@ -76,9 +76,9 @@ def claim_run_dir(run_dir: Path, *, resume: bool) -> RunDirLock:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise OutputError(f"could not create the run directory {run_dir}: {error.strerror or error}") from error
-        # Marked before the lock file exists, while it is still new or empty: from here it is ours.
-        marker = {"format": _MARKER_FORMAT, "written_by": "framepack: a run directory (see framepack.rundir)"}
-        write_bytes(run_dir / MARKER_FILE, json.dumps(marker).encode("utf-8"))
+        if not is_marked(run_dir):  # marked before the lock file exists, while still new or empty: now it is ours
+            marker = {"format": _MARKER_FORMAT, "written_by": "framepack: a run directory (see framepack.rundir)"}
+            write_bytes(run_dir / MARKER_FILE, json.dumps(marker).encode("utf-8"))
     lock = RunDirLock(run_dir)
     try:
         if not resume:

@@ -28,7 +28,8 @@ from framepack.rundir import MARKER_FILE, RunDirLock, claim_run_dir
 from framepack.video import FrameAssembler
 
 # Forward mode: the first section already finishes frames, so its state names a frame chunk.
-FAST = dict(window=3, steps=1, resolution=64, seconds=0.8, mode="forward")
+FAST = dict(window=3, steps=1, resolution=64, seconds=0.8, mode="forward")  # two sections
+ONE = {**FAST, "seconds": 0.4}  # one section
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,7 @@ def test_a_second_run_of_a_locked_folder_is_refused(pipe, image, cut: Path) -> N
 
 def test_a_run_lets_go_of_its_folder_however_it_ends(pipe, image, tmp_path: Path, cut: Path) -> None:
     RunDirLock(cut).release()  # the cancelled run that made it let go
-    sections = iter(pipe.stream(image, "a dancer", GenerationConfig(**FAST), run_dir=tmp_path / "run"))
+    sections = iter(pipe.stream(image, "a dancer", GenerationConfig(**ONE), run_dir=tmp_path / "run"))
     next(sections)
     with pytest.raises(InputError, match="in use"):
         RunDirLock(tmp_path / "run")
@@ -217,7 +218,7 @@ def test_changed_settings_are_a_short_diff(pipe, image, cut: Path) -> None:
 
 # --- temporary run folders -------------------------------------------------------------------------
 def test_a_temporary_run_folder_goes_with_the_saved_video(pipe, image, tmp_path: Path) -> None:
-    video = pipe.generate(image, "a dancer", GenerationConfig(**FAST))
+    video = pipe.generate(image, "a dancer", GenerationConfig(**ONE))
     assert video.temporary and video.run_dir.is_dir()
     video.save(tmp_path / "kept.mp4", keep_run_dir=True)
     assert video.run_dir.is_dir()
@@ -226,13 +227,6 @@ def test_a_temporary_run_folder_goes_with_the_saved_video(pipe, image, tmp_path:
     assert (tmp_path / "kept.mp4").read_bytes() == (tmp_path / "a.MP4").read_bytes()
     with pytest.raises(InputError, match="deleted after save"):
         video.frames()
-
-
-def test_a_given_run_folder_is_never_deleted(pipe, image, cut: Path, tmp_path: Path) -> None:
-    video = pipe.generate(image, "a dancer", GenerationConfig(**FAST), resume=cut)
-    video.save(tmp_path / "out.mp4")
-    video.cleanup()
-    assert not video.temporary and (cut / "video.mp4").exists()
 
 
 def test_a_failed_temporary_run_keeps_its_folder_only_if_a_section_finished(pipe, image, caplog, monkeypatch) -> None:
@@ -250,13 +244,21 @@ def test_a_failed_temporary_run_keeps_its_folder_only_if_a_section_finished(pipe
 
 
 # --- where a video may be saved -----------------------------------------------------------------------
-def finished(tmp_path: Path) -> VideoResult:
+def finished(tmp_path: Path, temporary: bool = False) -> VideoResult:
     """A VideoResult over a small finished run directory, no model needed."""
     run_dir = tmp_path / "run"
     frames = FrameAssembler("forward", 0, spool_dir=run_dir / "frames")
     frames.add(torch.zeros(1, 3, 2, 16, 16))
     frames.write_mp4(run_dir / "video.mp4")
-    return VideoResult(torch.zeros(1), frames, run_dir, fps=30, crf=16)
+    return VideoResult(torch.zeros(1), frames, run_dir, fps=30, crf=16, temporary=temporary)
+
+
+def test_a_given_run_folder_is_never_deleted(tmp_path: Path) -> None:
+    video = finished(tmp_path, temporary=False)
+    video.save(tmp_path / "out.mp4")
+    video.cleanup()
+    assert (tmp_path / "run" / "video.mp4").exists()
+    assert len(list(video.frames())) == 2
 
 
 @pytest.mark.parametrize(
