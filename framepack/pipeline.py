@@ -240,11 +240,11 @@ class FramePackPipeline:
                  temporary folder, see ``GenerationRun.run_dir`` and ``VideoResult.save``)
         resume   a run directory of an interrupted run with the same inputs and settings:
                  continue it (bit-identical to a run never interrupted)
+        callback called after every sampler step with a ``Progress``; raise
+                 ``framepack.errors.GenerationCancelled`` in it to stop
 
         A folder is used by one run at a time: from this call until the run ends, another
         run or resume of it raises InputError.
-        callback called after every sampler step with a ``Progress``; raise
-                 ``framepack.errors.GenerationCancelled`` in it to stop
         """
         config = config or GenerationConfig()
         run_dir, resume = _folder_argument("run_dir", run_dir), _folder_argument("resume", resume)
@@ -259,10 +259,10 @@ class FramePackPipeline:
         lock = claim_run_dir(directory, resume=resume is not None)
         try:
             saved = load_run_state(directory) if resume is not None else None  # a bad state fails here, before any work
+            return GenerationRun(self, image, prompt, config, directory, callback=callback, saved=saved, lock=lock, temporary=temporary)
         except BaseException:
             lock.release()
             raise
-        return GenerationRun(self, image, prompt, config, directory, callback=callback, saved=saved, lock=lock, temporary=temporary)
 
     def generate(
         self,

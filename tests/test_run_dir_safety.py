@@ -209,6 +209,13 @@ def test_a_state_that_disagrees_with_its_frames_is_refused(pipe, image, cut: Pat
         pipe.generate(image, "a dancer", config, resume=cut)
 
 
+def test_a_state_with_more_sections_than_the_video_is_refused(pipe, image, cut: Path) -> None:
+    (cut / "state-0001.safetensors").rename(cut / "state-0005.safetensors")
+    edit_state(cut, sections_done=5, tensors="state-0005.safetensors")
+    with pytest.raises(InputError, match="its state counts 5 finished sections of a video of 2"):
+        pipe.generate(image, "a dancer", GenerationConfig(**FAST), resume=cut)
+
+
 def test_changed_settings_are_a_short_diff(pipe, image, cut: Path) -> None:
     changed = GenerationConfig(**{**FAST, "steps": 2})
     with pytest.raises(InputError) as refused:
