@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -186,10 +185,8 @@ def _generate(args: argparse.Namespace) -> int:
             bar.write(f"section {section.index + 1}/{section.num_sections} done in {section.seconds:.1f}s; preview {section.preview}")
     finally:
         bar.close()
-    path = run.result().save(args.out)
+    path = run.result().save(args.out)  # also deletes the run folder if it was a temporary one
     print(f"wrote {path} ({run.result().num_frames} frames)")
-    if args.run_dir is None and args.resume is None:
-        shutil.rmtree(run.run_dir, ignore_errors=True)  # a finished temporary run has nothing left to resume
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from contextlib import AbstractContextManager, nullcontext
 import tempfile
 import time
@@ -32,6 +33,7 @@ from .device_runtime import runtime
 from .placement import Placement, device_budget_gb, plan_memory
 from .prompt import build_conditioning, encode_prompt
 from .results import SectionOutput, VideoResult
+from .rundir import RunDirLock, claim_run_dir
 from .runstate import STATE_FILE, RunState, check_fingerprint, digest, load_run_state, save_run_state
 from .sampling.loop import Progress, SectionResult, stream_latents
 from .sampling.sections import plan_sections
@@ -228,32 +230,39 @@ class FramePackPipeline:
         config: GenerationConfig | None = None,
         *,
         callback: Callable[[Progress], None] | None = None,
-        run_dir: str | Path | None = None,
-        resume: str | Path | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        resume: str | os.PathLike[str] | None = None,
     ) -> GenerationRun:
         """Start a generation; iterate the returned run for one ``SectionOutput`` per section.
 
-        run_dir  where the finished sections, previews and resume state are kept (default:
-                 a new temporary folder, see ``GenerationRun.run_dir``)
+        run_dir  where the finished sections, previews and resume state are kept: a new or
+                 empty folder, or one of a run that finished no section (default: a new
+                 temporary folder, see ``GenerationRun.run_dir`` and ``VideoResult.save``)
         resume   a run directory of an interrupted run with the same inputs and settings:
                  continue it (bit-identical to a run never interrupted)
         callback called after every sampler step with a ``Progress``; raise
                  ``framepack.errors.GenerationCancelled`` in it to stop
+
+        A folder is used by one run at a time: from this call until the run ends, another
+        run or resume of it raises InputError.
         """
         config = config or GenerationConfig()
+        run_dir, resume = _folder_argument("run_dir", run_dir), _folder_argument("resume", resume)
+        if callback is not None and not callable(callback):
+            raise InputError(f"callback: expected a function taking a Progress, or None; got {type(callback).__name__}")
         if resume is not None:
-            if run_dir is not None and Path(run_dir).resolve() != Path(resume).resolve():
+            if run_dir is not None and run_dir.resolve() != resume.resolve():
                 raise InputError(f"run_dir {run_dir} and resume {resume} name different folders; give one")
-            if not (Path(resume) / STATE_FILE).exists():
-                raise InputError(f"cannot resume {resume}: expected a run directory with {STATE_FILE}, found none")
             run_dir = resume
-        elif run_dir is not None and (Path(run_dir) / STATE_FILE).exists():
-            raise InputError(
-                f"run_dir {run_dir} already holds a run: continue it with resume={str(run_dir)!r}, "
-                "or give an empty folder"
-            )
-        directory = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="framepack-run-"))
-        return GenerationRun(self, image, prompt, config, directory, callback=callback, resume=resume is not None)
+        temporary = run_dir is None
+        directory = Path(tempfile.mkdtemp(prefix="framepack-run-")) if run_dir is None else run_dir
+        lock = claim_run_dir(directory, resume=resume is not None)
+        try:
+            saved = load_run_state(directory) if resume is not None else None  # a bad state fails here, before any work
+            return GenerationRun(self, image, prompt, config, directory, callback=callback, saved=saved, lock=lock, temporary=temporary)
+        except BaseException:
+            lock.release()
+            raise
 
     def generate(
         self,
@@ -262,8 +271,8 @@ class FramePackPipeline:
         config: GenerationConfig | None = None,
         *,
         callback: Callable[[Progress], None] | None = None,
-        run_dir: str | Path | None = None,
-        resume: str | Path | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        resume: str | os.PathLike[str] | None = None,
     ) -> VideoResult:
         """Generate a whole video (arguments as ``stream``)."""
         run = self.stream(image, prompt, config, callback=callback, run_dir=run_dir, resume=resume)
@@ -284,6 +293,17 @@ class FramePackPipeline:
             "settings": {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in settings.items()},
             "cache": describe_policy(config.cache),
         }
+
+
+def _folder_argument(name: str, value: object) -> Path | None:
+    """``run_dir=`` or ``resume=`` as a Path: a non-empty str or path, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not isinstance(os.fspath(value), str):
+        raise InputError(f"{name}: expected a folder path (str or os.PathLike) or None; got {type(value).__name__}")
+    if not os.fspath(value):
+        raise InputError(f"{name}: expected a folder path, got an empty string")
+    return Path(value)
 
 
 def describe_policy(policy: CachePolicy | None) -> str:
@@ -307,6 +327,10 @@ class GenerationRun:
     moment it is the latest preview that finished (see ``wait_for_preview``). When the run
     ends it shows every finished section, after a cancel or another error too (not after
     KeyboardInterrupt or an iteration given up midway: then it may lag a section or two).
+
+    The run holds its folder's lock until it ends (finished, failed or given up). A temporary
+    folder (no ``run_dir`` given) that ends without a finished video is deleted unless a
+    section finished: then it is kept, and logged, so that it can be resumed.
     """
 
     def __init__(
@@ -318,7 +342,9 @@ class GenerationRun:
         run_dir: Path,
         *,
         callback: Callable[[Progress], None] | None,
-        resume: bool,
+        saved: RunState | None,
+        lock: RunDirLock,
+        temporary: bool,
     ) -> None:
         self.pipeline = pipeline
         self.config = config
@@ -327,11 +353,17 @@ class GenerationRun:
         self._image = image
         self._prompt = prompt
         self._callback = callback
-        self._resume = resume
+        self._saved = saved
+        self._lock = lock
+        self._temporary = temporary
+        self._started = False
         self._result: VideoResult | None = None
         self._previews: PreviewWriter | None = None
 
     def __iter__(self) -> Iterator[SectionOutput]:
+        if self._started:
+            raise InputError("a run is iterated once; start another with stream() (resume= continues this one)")
+        self._started = True
         previews = PreviewWriter(self.run_dir / "preview.mp4", fps=self.config.fps, crf=self.config.crf)
         self._previews = previews
         try:
@@ -343,6 +375,16 @@ class GenerationRun:
             raise
         finally:
             previews.close()  # no worker outlives the run
+            self._lock.release()
+            if self._temporary and self._result is None:
+                self._drop_or_keep_temporary()
+
+    def _drop_or_keep_temporary(self) -> None:
+        """After a temporary run ended unfinished: keep its folder only if it can be resumed."""
+        if (self.run_dir / STATE_FILE).exists():
+            logger.warning("finished sections are kept in %s: continue with resume=%r", self.run_dir, str(self.run_dir))
+        else:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def wait_for_preview(self) -> Path:
         """While iterating: block until ``preview.mp4`` shows every section yielded so far; return its path.
@@ -354,20 +396,24 @@ class GenerationRun:
         return self.run_dir / "preview.mp4"
 
     def _sections(self, previews: PreviewWriter) -> Iterator[SectionOutput]:
-        p, config, w = self.pipeline, self.config, self.config.window
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        p, config, w, saved = self.pipeline, self.config, self.config.window, self._saved
+        frames = FrameAssembler(config.mode, 4 * w - 3, spool_dir=self.run_dir / "frames")
+        if saved is not None:  # the files first: a state that disagrees with them fails before any work
+            frames.restore(saved.tensors.get("held_frames"), int(saved.tensors["frame_count"]), saved.frame_chunks)
         inputs = p.encode(self._image, self._prompt, config)
         fingerprint = p.fingerprint(inputs, self._prompt, config)
-        frames = FrameAssembler(config.mode, 4 * w - 3, spool_dir=self.run_dir / "frames")
         generator = torch.Generator("cpu").manual_seed(config.seed)
-        saved = load_run_state(self.run_dir) if self._resume else None
         done, history = 0, None
         if saved is not None:
             check_fingerprint(saved.fingerprint, fingerprint, self.run_dir)
+            if saved.sections_done > self.plan.num_sections:
+                raise InputError(
+                    f"cannot resume {self.run_dir}: its state counts {saved.sections_done} finished sections "
+                    f"of a video of {self.plan.num_sections}"
+                )
             generator.set_state(saved.tensors["generator"])
             history = saved.tensors["history"].to(p.device)
             done = saved.sections_done
-            frames.restore(saved.tensors.get("held_frames"), int(saved.tensors["frame_count"]), saved.frame_chunks)
             logger.info("resuming %s after %d of %d sections", self.run_dir, done, self.plan.num_sections)
         started = time.perf_counter()
         sections = stream_latents(
@@ -416,7 +462,7 @@ class GenerationRun:
         video = frames.write_mp4(self.run_dir / "video.mp4", fps=config.fps, crf=config.crf)
         previews.publish(video)
         logger.info("wrote %s (%d frames)", video, len(frames))
-        self._result = VideoResult(latents, frames, self.run_dir, config.fps, config.crf)
+        self._result = VideoResult(latents, frames, self.run_dir, config.fps, config.crf, temporary=self._temporary)
 
     def result(self) -> VideoResult:
         if self._result is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,7 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import copy_file
+from .errors import InputError
 from .video import FrameAssembler, write_mp4
+
+VIDEO_SUFFIXES = (".mp4",)  # what write_mp4 writes; compared case-insensitively
 
 
 @dataclass(frozen=True)
@@ -40,14 +45,22 @@ class SectionOutput:
 
 
 class VideoResult:
-    """A finished video: its latents, and its frames spooled as uint8 in the run directory."""
+    """A finished video: its latents, and its frames spooled as uint8 in the run directory.
 
-    def __init__(self, latents: torch.Tensor, frames: FrameAssembler, run_dir: Path, fps: int, crf: int) -> None:
+    A temporary run directory (the run was given no ``run_dir``) is deleted by ``save``
+    unless ``keep_run_dir=True``, or by ``cleanup``; a ``run_dir`` the caller gave is never deleted.
+    """
+
+    def __init__(
+        self, latents: torch.Tensor, frames: FrameAssembler, run_dir: Path, fps: int, crf: int, *, temporary: bool = False
+    ) -> None:
         self.latents = latents
         self.run_dir = run_dir
         self.fps = fps
         self.crf = crf
+        self.temporary = temporary
         self._frames = frames
+        self._deleted = False
 
     @property
     def num_frames(self) -> int:
@@ -55,14 +68,53 @@ class VideoResult:
 
     def frames(self) -> Iterator[np.ndarray]:
         """Every frame, uint8 (H, W, 3), in temporal order, read from disk one chunk at a time."""
+        self._check_kept()
         return self._frames.frames()
 
-    def save(self, path: str | Path, *, crf: int | None = None) -> Path:
-        """Write the video as an H.264 mp4 (the run's crf unless given)."""
-        path = Path(path)
+    def save(self, path: str | os.PathLike[str], *, crf: int | None = None, keep_run_dir: bool = False) -> Path:
+        """Write the video as an H.264 mp4 (the run's crf unless given); returns the path.
+
+        The file appears only when complete (an existing one is replaced then, not before).
+        Then a temporary run directory is deleted, unless ``keep_run_dir``.
+        """
+        target = self._check_target(path)
+        self._check_kept()
         final = self.run_dir / "video.mp4"
         if (crf is None or crf == self.crf) and final.exists():
-            if path.resolve() != final.resolve():
-                shutil.copyfile(final, path)
-            return path
-        return write_mp4(path, self.frames(), fps=self.fps, crf=self.crf if crf is None else crf)
+            copy_file(final, target)
+        else:
+            write_mp4(target, self.frames(), fps=self.fps, crf=self.crf if crf is None else crf)
+        if not keep_run_dir:
+            self.cleanup()
+        return target
+
+    def cleanup(self) -> None:
+        """Delete the run directory if it is a temporary one; a given ``run_dir`` is kept."""
+        if self.temporary and not self._deleted:
+            self._deleted = True
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _check_kept(self) -> None:
+        if self._deleted:
+            raise InputError(
+                f"the frames were in the temporary run directory {self.run_dir}, deleted after save() "
+                "(pass keep_run_dir=True to keep it) or cleanup()"
+            )
+
+    def _check_target(self, path: object) -> Path:
+        """Refuse, before anything is written, a path the video cannot or must not go to."""
+        if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str) or not os.fspath(path):
+            raise InputError(f"save: expected a file path ending in .mp4; got {path!r:.60}")
+        target = Path(path)
+        if target.suffix.lower() not in VIDEO_SUFFIXES:
+            raise InputError(f"save: expected a file path ending in .mp4 (the one format written); got {str(target)!r}")
+        if target.is_dir():
+            raise InputError(f"save: {target} is a folder; expected a file path ending in .mp4")
+        if not target.parent.is_dir():
+            raise InputError(f"save: expected a file in an existing folder, but {target.parent} does not exist")
+        if target.resolve().is_relative_to(self.run_dir.resolve()):
+            raise InputError(
+                f"save: {target} is inside the run directory {self.run_dir}, whose files the run manages; "
+                "save the video somewhere else"
+            )
+        return target

@@ -57,7 +57,7 @@ def test_resume_with_another_prompt_names_it(tmp_path: Path, capsys) -> None:
     run_dir = tmp_path / "run"
     assert main(["generate", *FAST, "--prompt", "a dancer", "--out", str(tmp_path / "a.mp4"), "--run-dir", str(run_dir)]) == 0
     assert main(["generate", *FAST, "--prompt", "a cat", "--out", str(tmp_path / "b.mp4"), "--resume", str(run_dir)]) == 2
-    assert "prompt: saved" in capsys.readouterr().err
+    assert "settings differ: prompt changed" in capsys.readouterr().err
 
 
 def test_plan_prints_sections_sizes_and_tokens(capsys) -> None:

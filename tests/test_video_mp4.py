@@ -71,13 +71,16 @@ def test_write_mp4_takes_an_iterable_and_fps(tmp_path: Path) -> None:
     assert len(decoded) == 5 and rate == Fraction(24)
 
 
-def test_error_inside_the_block_keeps_a_playable_partial_video(tmp_path: Path) -> None:
-    frames = smooth_frames(5)
+def test_error_inside_the_block_leaves_the_file_that_was_there(tmp_path: Path) -> None:
+    """The video appears only when complete: an error mid-video keeps the old file and leaves no temporary one."""
+    write_mp4(tmp_path / "p.mp4", smooth_frames(2))
+    before = (tmp_path / "p.mp4").read_bytes()
     with pytest.raises(RuntimeError, match="boom"):
         with Mp4Writer(tmp_path / "p.mp4") as writer:
-            writer.write_all(frames[:3])
+            writer.write_all(smooth_frames(5)[:3])
             raise RuntimeError("boom")
-    assert len(read_back(tmp_path / "p.mp4")[0]) == 3
+    assert (tmp_path / "p.mp4").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["p.mp4"]
 
 
 def test_bad_frames_and_settings(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..atomic import replacing
 from ..errors import ConfigError, InputError
 from .mp4 import write_mp4
 
@@ -134,6 +135,11 @@ class SectionBlender:
         return section.detach().to(device="cpu", dtype=torch.float32)
 
 
+def chunk_name(index: int) -> str:
+    """The file name of the ``index``-th finished-frame chunk (generation order)."""
+    return f"chunk_{index:05d}.npy"
+
+
 class FrameAssembler:
     """A whole video built section by section with flat host memory.
 
@@ -157,8 +163,9 @@ class FrameAssembler:
         """Blend one decoded section in ([1, 3, t, H, W] or [3, t, H, W], float in [-1, 1])."""
         finished = self._blender.add(section)
         if len(finished):
-            chunk = self.spool_dir / f"chunk_{len(self._chunks):05d}.npy"
-            np.save(chunk, finished)
+            chunk = self.spool_dir / chunk_name(len(self._chunks))
+            with replacing(chunk) as temp:  # a full disk leaves no truncated chunk (OutputError)
+                np.save(temp, finished)
             self._chunks.append(chunk)
 
     @property
@@ -172,12 +179,41 @@ class FrameAssembler:
         return self._blender.held()
 
     def restore(self, held: torch.Tensor | None, frame_count: int, chunk_names: list[str]) -> None:
-        """Continue from a saved state: the chunk files already in ``spool_dir`` and the held frames."""
-        missing = [name for name in chunk_names if not (self.spool_dir / name).exists()]
-        if missing:
-            raise InputError(f"cannot resume the video in {self.spool_dir}: frame chunk(s) {missing} are missing")
+        """Continue from a saved state: the chunk files already in ``spool_dir`` and the held frames.
+
+        Every chunk must be there and readable, and with the held frames hold ``frame_count``
+        frames: a state that disagrees with the files would "resume" to a video that is not
+        the one it reports.
+        """
+        size = None if held is None else tuple(held.shape[2:])
+        counted = 0 if held is None else held.shape[1]
+        for name in chunk_names:
+            chunk = self._read_chunk(self.spool_dir / name, size)
+            size, counted = chunk.shape[1:3], counted + len(chunk)
+        if counted != frame_count:
+            raise InputError(
+                f"cannot resume the video in {self.spool_dir}: the run state counts {frame_count} frames, "
+                f"but its {len(chunk_names)} frame chunk(s) and held frames hold {counted}"
+            )
         self._blender.restore(held, frame_count)
         self._chunks = [self.spool_dir / name for name in chunk_names]
+
+    @staticmethod
+    def _read_chunk(path: Path, size: tuple[int, ...] | None) -> np.ndarray:
+        """A saved chunk, memory-mapped: uint8 [n, H, W, 3], H x W as ``size`` when given."""
+        try:
+            chunk = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise InputError(f"cannot resume: the frame chunk {path} is missing") from None
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot resume: the frame chunk {path} is not a readable .npy file ({error})") from error
+        expected = f"{size[0]}x{size[1]}" if size is not None else "HxW"
+        if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[3] != 3 or (size is not None and chunk.shape[1:3] != size):
+            raise InputError(
+                f"cannot resume: the frame chunk {path} should hold uint8 frames [n, {expected}, 3]; "
+                f"it holds {chunk.dtype} {list(chunk.shape)}"
+            )
+        return chunk
 
     def frames(self) -> Iterator[np.ndarray]:
         """Every frame so far, uint8 (H, W, 3), in temporal order, read one chunk at a time.

@@ -9,6 +9,10 @@ exists only in the "High 4:4:4 Predictive" profile, which browsers, QuickTime an
 hardware decoders refuse, even with yuv420p. So crf 0 asks x264 for constant quantizer 1 in
 the High profile instead: the best quality a widely playable stream has. Nothing is lost by
 it that mattered: the RGB -> yuv420p conversion already discards more than quantizer 1 does.
+
+The encoder writes a hidden temporary file beside the target, renamed over it only when the
+video is complete (``framepack.atomic``): a full disk or an error never leaves a truncated
+video at the path, nor costs the file that was there.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Iterable
 import av
 import numpy as np
 
+from ..atomic import commit, discard, partial_path, write_error
 from ..errors import ConfigError, InputError
 from .images import describe
 
@@ -44,7 +49,8 @@ class Mp4Writer:
     """Stream uint8 (H, W, 3) RGB frames into an H.264 mp4; use as a context manager.
 
     The file is opened on the first frame (its size fixes the video size). Width and height
-    must be even (yuv420p); buckets always are.
+    must be even (yuv420p); buckets always are. ``path`` gets the video only when ``close``
+    succeeds; an error (an ``OutputError`` for the file system's) leaves ``path`` untouched.
     """
 
     def __init__(self, path: str | Path, fps: float = 30, crf: int = 16) -> None:
@@ -56,6 +62,7 @@ class Mp4Writer:
         self._container: av.container.OutputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
         self._size: tuple[int, int] | None = None
+        self._temp = partial_path(self.path)
         self.frames_written = 0
         self._closed = False
 
@@ -64,10 +71,14 @@ class Mp4Writer:
         if self._closed:
             raise InputError(f"cannot write to {str(self.path)!r}: the writer is closed")
         frame = _check_frame(frame, self._size)
-        if self._stream is None:
-            self._open(frame.shape[0], frame.shape[1])
-        for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-            self._container.mux(packet)
+        try:
+            if self._stream is None:
+                self._open(frame.shape[0], frame.shape[1])
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                self._container.mux(packet)
+        except OSError as error:
+            self._abandon()
+            raise write_error(self.path, error) from error
         self.frames_written += 1
 
     def write_all(self, frames: Iterable[np.ndarray]) -> None:
@@ -85,8 +96,14 @@ class Mp4Writer:
         try:
             for packet in self._stream.encode():
                 self._container.mux(packet)
-        finally:
             self._container.close()
+        except OSError as error:
+            self._abandon()
+            raise write_error(self.path, error) from error
+        except BaseException:
+            self._abandon()
+            raise
+        commit(self._temp, self.path)
         logger.debug("wrote %d frames to %s", self.frames_written, self.path)
 
     def __enter__(self) -> Mp4Writer:
@@ -98,16 +115,21 @@ class Mp4Writer:
         if exc_type is None:
             self.close()
             return
-        # An error is on its way out: keep what was encoded (a playable partial video), raise nothing new.
+        # An error is on its way out: drop the unfinished video, keep whatever ``path`` held.
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Close without finishing the file and remove it; ``path`` is never touched."""
+        self._closed = True
         if self._container is not None:
             try:
-                self.close()
-            except Exception:  # noqa: BLE001 - never mask the original error
-                logger.exception("could not finish %s after an error", self.path)
-        self._closed = True
+                self._container.close()
+            except Exception:  # noqa: BLE001 - the error on its way out is the one to explain
+                logger.debug("closing the unfinished %s failed too", self._temp, exc_info=True)
+        discard(self._temp)
 
     def _open(self, height: int, width: int) -> None:
-        self._container = av.open(str(self.path), mode="w")
+        self._container = av.open(str(self._temp), mode="w")
         stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
         stream.width = width
         stream.height = height
