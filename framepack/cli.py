@@ -1,19 +1,39 @@
-"""The ``framepack`` command: ``generate`` a video, or ``plan`` one without running a model."""
+"""The ``framepack`` command: ``generate`` a video, or ``plan`` one without running a model.
+
+Whatever goes wrong reaches the user as one ``error:`` line on stderr (``--debug`` shows the
+traceback instead) and an exit status that says whose move it is (``EXIT_STATUS``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import FramePackError, InputError
+from .config import MAX_STEPS, MIN_RESOLUTION
+from .errors import FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
+from .sampling.sections import MAX_LATENT_FRAMES, MAX_WINDOW
+from .video.buckets import MAX_RESOLUTION
+
+if TYPE_CHECKING:
+    from .config import GenerationConfig
+    from .pipeline import FramePackPipeline
 
 TINY_DEFAULTS = {"resolution": 128, "seconds": 1.0, "steps": 8}
 DTYPES = ("bf16", "fp16", "fp32")
+EXIT_STATUS = """exit status: 0 done; 2 the input is wrong (a setting, path, image, model folder or checkpoint:
+change it and run again); 1 a fault (the disk, memory, inf/NaN, or a bug: see the message);
+130 interrupted"""
+# Errors that are not the input's fault: running again with the same input may succeed.
+FAULTS = (OutputError, NumericalError, GenerationInterrupted)
+OUT_OF_MEMORY_HINT = "try --vram-budget, --vae-tiling or a lower --resolution"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,16 +42,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.run(args)
-    except FramePackError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}{_resume_hint(args)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         if args.debug:
             raise
         print(f"interrupted{_resume_hint(args) or ' before any section finished'}", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        message, status = _report(e)
+        print(f"error: {message}{_resume_hint(args)}", file=sys.stderr)
+        return status
+
+
+def _report(error: Exception) -> tuple[str, int]:
+    """The one line a user reads for ``error`` (what it says, folded onto one line) and the exit status."""
+    import torch
+
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, FramePackError):
+        return text, 1 if isinstance(error, FAULTS) else 2
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return f"out of memory ({text}); {OUT_OF_MEMORY_HINT}", 1
+    if isinstance(error, OSError):  # disk full, read-only, no temporary folder…: the message names it
+        return text, 1
+    return f"internal error: {type(error).__name__}: {text} (run with --debug for the traceback)", 1
 
 
 def _resume_hint(args: argparse.Namespace) -> str:
@@ -45,16 +80,20 @@ def _resume_hint(args: argparse.Namespace) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="framepack", description="FramePack image-to-video in pure PyTorch.")
+    parser = argparse.ArgumentParser(
+        prog="framepack", description="FramePack image-to-video in pure PyTorch.", epilog=EXIT_STATUS
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="generate a video from an image and a prompt")
+    gen = sub.add_parser("generate", help="generate a video from an image and a prompt", epilog=EXIT_STATUS)
     gen.add_argument("--image", help="start image (path); omitted with --tiny: a built-in test pattern")
     gen.add_argument("--prompt", default="", help="what happens in the video")
-    gen.add_argument("--out", default="framepack.mp4", help="output mp4 (default %(default)s)")
+    gen.add_argument(
+        "--out", default="framepack.mp4", help="output .mp4 in an existing, writable folder (default %(default)s)"
+    )
     _settings_arguments(gen)
-    gen.add_argument("--steps", type=int, help="sampler steps per section (default 25; 8 with --tiny)")
-    gen.add_argument("--seed", type=int, default=31337)
+    gen.add_argument("--steps", type=int, help=f"sampler steps per section, 1 to {MAX_STEPS} (default 25; 8 with --tiny)")
+    gen.add_argument("--seed", type=int, default=31337, help="-2**63 to 2**64 - 1 (default %(default)s)")
     gen.add_argument("--resize", default="crop", choices=("crop", "stretch", "pad"))
     gen.add_argument("--end-image", help="last frame (inverted mode only)")
     gen.add_argument("--cache", default="none", help="none, teacache[:T], magcache[:T], magcache-f1[:T], fbcache[:T]")
@@ -72,14 +111,16 @@ def _parser() -> argparse.ArgumentParser:
         "--dtype", choices=DTYPES, default=None,
         help="transformer dtype (default: bf16 on GPUs that compute it natively, else fp16; fp32 on CPU)",
     )
-    gen.add_argument("--vram-budget", type=float, help="GPU memory to stay within, GB (streams blocks, swaps components)")
+    gen.add_argument(
+        "--vram-budget", type=float, help="GPU memory to stay within, GB > 0 (streams blocks, swaps components)"
+    )
     gen.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
     gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")
     gen.add_argument("--resume", help="continue an interrupted run from its run directory")
     gen.add_argument("--tiny", action="store_true", help="tiny random models: offline demo, the video is noise")
     gen.set_defaults(run=_generate)
 
-    plan = sub.add_parser("plan", help="print the section plan and sizes without running a model")
+    plan = sub.add_parser("plan", help="print the section plan and sizes without running a model", epilog=EXIT_STATUS)
     _settings_arguments(plan)
     plan.add_argument("--size", default="480x640", help="input image size HxW (default %(default)s)")
     plan.add_argument("--image", help="take the input size from this image instead of --size")
@@ -92,11 +133,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=float, help="video length (default 5; 1 with --tiny)")
+    parser.add_argument(
+        "--seconds", type=float,
+        help=f"video length, up to {MAX_LATENT_FRAMES} latent frames (about an hour at 30 fps) (default 5; 1 with --tiny)",
+    )
     parser.add_argument("--mode", default="inverted", choices=("inverted", "forward"))
-    parser.add_argument("--window", type=int, default=9, help="latent frames per section")
+    parser.add_argument("--window", type=int, default=9, help=f"latent frames per section, 1 to {MAX_WINDOW} (default %(default)s)")
     parser.add_argument("--fps", type=int, default=30)
-    parser.add_argument("--resolution", type=int, help="bucket resolution, multiple of 16 (default 640; 128 with --tiny)")
+    parser.add_argument(
+        "--resolution", type=int,
+        help=f"bucket resolution, multiple of 16 from {MIN_RESOLUTION} to {MAX_RESOLUTION} (default 640; 128 with --tiny)",
+    )
 
 
 def _setting(args: argparse.Namespace, name: str, default: float) -> float:
@@ -115,8 +162,6 @@ def _generate(args: argparse.Namespace) -> int:
     from .config import GenerationConfig
     from .pipeline import FramePackPipeline
     from .sampling.loop import Progress
-    from .runstate import load_run_state
-    from .sampling.sections import plan_sections
     from .video import load_image
 
     config = GenerationConfig(
@@ -138,9 +183,12 @@ def _generate(args: argparse.Namespace) -> int:
         vae_tiling=True if args.vae_tiling else None,
     )
     # Check the inputs before any model: a bad path fails in a second, not after loading 30 GB.
-    out_dir = Path(args.out).resolve().parent
-    if not out_dir.is_dir():
-        raise InputError(f"--out: expected a file in an existing folder, but {out_dir} does not exist")
+    for flag, text in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
+        _check_text(flag, text)
+    _check_device(args.device)
+    if args.vram_budget is not None and not (math.isfinite(args.vram_budget) and args.vram_budget > 0):
+        raise InputError(f"--vram-budget: expected a finite number of GB > 0, got {args.vram_budget:g}")
+    _check_out(args)
     image = load_image(args.image) if args.image else None
     if args.end_image:
         load_image(args.end_image)
@@ -166,11 +214,8 @@ def _generate(args: argparse.Namespace) -> int:
             resolution=config.resolution,
             window=config.window,
         )
-
-    sections = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode).num_sections
-    saved = load_run_state(args.resume) if args.resume else None
-    done = saved.sections_done * config.steps if saved is not None else 0
-    bar = tqdm(total=sections * config.steps, initial=done, unit="step", dynamic_ncols=True)
+    if pipe.device.type == "cpu":
+        _check_host_memory(pipe, config)
 
     def on_step(progress: Progress) -> None:
         bar.set_description(
@@ -178,7 +223,9 @@ def _generate(args: argparse.Namespace) -> int:
         )
         bar.update(1)
 
+    # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
     run = pipe.stream(image, args.prompt, config, callback=on_step, run_dir=args.run_dir, resume=args.resume)
+    bar = tqdm(total=run.plan.num_sections * config.steps, initial=run.sections_done * config.steps, unit="step", dynamic_ncols=True)
     args.run_dir_used = run.run_dir
     try:
         for section in run:
@@ -188,6 +235,97 @@ def _generate(args: argparse.Namespace) -> int:
     path = run.result().save(args.out)  # also deletes the run folder if it was a temporary one
     print(f"wrote {path} ({run.result().num_frames} frames)")
     return 0
+
+
+def _check_text(flag: str, value: str) -> None:
+    """Raise InputError unless ``value`` is text a tokenizer can take: UTF-8 encodable, no NUL."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # argv bytes that are not UTF-8 arrive as lone surrogates
+        raise InputError(
+            f"{flag}: expected UTF-8 text, got bytes that are not (character {e.start} is {value[e.start]!r})"
+        ) from None
+    if "\0" in value:
+        raise InputError(f"{flag}: expected text, got a NUL character at character {value.index(chr(0))}")
+
+
+def _check_device(spec: str | None) -> None:
+    """Raise InputError unless ``spec`` names a device this machine has (None: the default, always)."""
+    import torch
+
+    if spec is None:
+        return
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device: expected a device like cpu, cuda or cuda:1, got {spec!r}; {_devices()}") from None
+    if device.type == "cpu":
+        return
+    backend = getattr(torch, device.type, None)
+    if not getattr(backend, "is_available", lambda: False)():
+        raise InputError(f"--device {spec}: this machine has no {device.type} device; {_devices()}")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if device.index is not None and device.index >= count:
+        raise InputError(f"--device {spec}: this machine has {count} {device.type} device(s); {_devices()}")
+
+
+def _devices() -> str:
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return f"available: {', '.join(found)}"
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Raise InputError unless ``--out`` is a new or replaceable .mp4 in a writable folder that is no input."""
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise InputError(f"--out: expected a path ending in .mp4, got {args.out!r}")
+    if out.is_dir():
+        raise InputError(f"--out: expected a file, but {args.out!r} is a folder")
+    folder = out.absolute().parent
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise InputError(f"--out: expected a file in an existing folder, but {folder} {problem}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"--out: expected a file in a folder you can write to, but {folder} is not writable")
+    for flag, other in (("--image", args.image), ("--end-image", args.end_image), ("--run-dir", args.run_dir),
+                        ("--resume", args.resume)):  # fmt: skip
+        if other and _same_path(out, Path(other)):
+            raise InputError(f"--out: expected a path of its own, but {args.out!r} is also the {flag} {other!r}")
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same resolved path, or (both existing) the same inode."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _check_host_memory(pipe: FramePackPipeline, config: GenerationConfig) -> None:
+    """On the CPU activations share the host RAM with the weights: refuse a run whose smallest
+    estimated peak (VAE tiled) is larger than the RAM still available, before it thrashes or dies."""
+    from .host_memory import available_host_bytes
+    from .memory_plan import GIB
+    from .placement import activation_estimates
+
+    available = available_host_bytes()
+    if available is None:
+        return
+    untiled, tiled = activation_estimates(pipe.components, config.resolution, config.window)
+    peak = max(min(size, tiled.get(phase, size)) for phase, size in untiled.items())
+    if peak > available:
+        raise InputError(
+            f"--resolution {config.resolution} --window {config.window}: a section needs about {peak / GIB:.1f} GiB "
+            f"of activations, more than the {available / GIB:.1f} GiB of RAM available; lower --resolution or --window"
+        )
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -13,12 +13,15 @@ from typing import Any
 
 from .cache.base import CachePolicy
 from .errors import ConfigError
-from .sampling.sections import END_EMBED_MODES, MODES
+from .sampling.sections import END_EMBED_MODES, MODES, check_length
 from .sampling.unipc import VARIANTS
+from .video.buckets import MAX_RESOLUTION
 from .video.mp4 import MAX_CRF
 
 RESIZE_METHODS = ("crop", "stretch", "pad")
 MIN_RESOLUTION = 32
+# Ten times the most the reference app (demo_gradio.py) offers: more is a typo that would run for days.
+MAX_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ class GenerationConfig:
         _number("seconds", self.seconds, minimum=0.0, inclusive=False)
         _integer("fps", self.fps, minimum=1)
         _integer("window", self.window, minimum=1)
-        _integer("steps", self.steps, minimum=1)
+        check_length(self.seconds, self.fps, self.window)
+        _integer("steps", self.steps, minimum=1, maximum=MAX_STEPS)
         _integer("seed", self.seed, minimum=-(2**63))
         if self.seed >= 2**64:
             raise ConfigError(f"seed: expected an int below 2**64, got {self.seed}")
@@ -79,7 +83,7 @@ class GenerationConfig:
         if self.shift is not None:
             _number("shift", self.shift, minimum=0.0, inclusive=False)
         _choice("variant", self.variant, VARIANTS)
-        _integer("resolution", self.resolution, minimum=MIN_RESOLUTION)
+        _integer("resolution", self.resolution, minimum=MIN_RESOLUTION, maximum=MAX_RESOLUTION)
         if self.resolution % 16:
             raise ConfigError(f"resolution: expected a multiple of 16, got {self.resolution}")
         _choice("resize", self.resize, RESIZE_METHODS)
@@ -98,11 +102,13 @@ class GenerationConfig:
             raise ConfigError(f"vae_tiling: expected True, False or None, got {self.vae_tiling!r}")
 
 
-def _integer(name: str, value: Any, *, minimum: int) -> None:
+def _integer(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name}: expected an int, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ConfigError(f"{name}: expected an int >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}: expected an int in [{minimum}, {maximum}], got {value}")
 
 
 def _number(name: str, value: Any, *, minimum: float, maximum: float | None = None, inclusive: bool = True) -> None:

@@ -386,6 +386,11 @@ class GenerationRun:
         else:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
+    @property
+    def sections_done(self) -> int:
+        """Sections a resumed run had already finished (0 for a new run)."""
+        return self._saved.sections_done if self._saved is not None else 0
+
     def wait_for_preview(self) -> Path:
         """While iterating: block until ``preview.mp4`` shows every section yielded so far; return its path.
 

@@ -43,6 +43,10 @@ def test_valid_non_defaults() -> None:
         ("end_embed_mode", "mean", "end_embed_mode: expected one of weighted_average, linear, disabled, got 'mean'"),
         ("vae_tiling", "yes", "vae_tiling: expected True, False or None, got 'yes'"),
         ("seed", 2**64, "seed: expected an int below 2**64"),
+        ("steps", 1001, "steps: expected an int in [1, 1000], got 1001"),
+        ("window", 34, "window: expected an int in [1, 33] latent frames, got 34"),
+        ("resolution", 2064, "resolution: expected an int in [32, 2048], got 2064"),
+        ("seconds", 1e9, "seconds: expected a video of at most 27000 latent frames (3599.9 s at 30 fps), got 1e+09 s"),
     ],
 )
 def test_impossible_values_name_the_field(field: str, value: object, message: str) -> None:

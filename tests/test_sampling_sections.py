@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from framepack.errors import ConfigError
-from framepack.sampling.sections import SectionHistory, inverted_paddings, plan_sections, section_count
+from framepack.sampling.sections import (
+    MAX_LATENT_FRAMES, SectionHistory, inverted_paddings, plan_sections, section_count,
+)
 
 # Hand-worked rows, window 9: (padding, first..last latent index, clean, 2x, first..last 4x, video frames)
 INVERTED_ROWS = {
@@ -75,7 +79,8 @@ def test_describe_is_readable() -> None:
 
 @pytest.mark.parametrize(
     "kwargs", [dict(seconds=-1.0, mode="inverted"), dict(seconds=5.0, mode="backward"), dict(seconds=5.0, window=0, mode="forward"),
-               dict(seconds=float("inf"), mode="forward")]
+               dict(seconds=float("inf"), mode="forward"), dict(seconds=1e9, mode="inverted"),
+               dict(seconds=1e308, mode="forward"), dict(seconds=5.0, window=100_000, mode="inverted")]
 )
 def test_bad_plans(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
@@ -132,3 +137,12 @@ def test_forward_history_context_by_hand() -> None:
     assert third.clean.flatten().tolist() == [5, 28]
     assert third.clean_2x.flatten().tolist() == [26, 27]
     assert third.clean_4x.flatten().tolist() == [5, 10, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 23, 24, 25]
+
+
+def test_the_longest_plan_is_refused_or_built_at_once() -> None:
+    """An hour of video plans in well under a second; one frame over the bound is refused, not built."""
+    start = time.monotonic()
+    assert plan_sections(3599.0, mode="inverted").latent_frames <= MAX_LATENT_FRAMES
+    with pytest.raises(ConfigError, match="at most 27000 latent frames"):
+        plan_sections(3600.0, mode="inverted")
+    assert time.monotonic() - start < 5

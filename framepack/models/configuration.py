@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -19,7 +23,8 @@ class ModelConfig:
     Keys starting with ``_`` (``_class_name``, ``_diffusers_version``…) and the keys a
     subclass lists in ``ignored_keys`` (fields of the real config.json that do not change
     the computation) are accepted and dropped; any other unknown key is an error, so a
-    config written for another model is caught before weights are read.
+    config written for another model is caught before weights are read. Every value must have
+    its field's annotated type (a bool is not an int; an int is a float), as JSON gives them.
     """
 
     ignored_keys: ClassVar[frozenset[str]] = frozenset()
@@ -35,6 +40,12 @@ class ModelConfig:
                 f"{cls.__name__}: unknown config field(s) {unknown}; accepted fields are {sorted(fields)}"
             )
         kwargs = {k: _freeze(v) for k, v in data.items() if k in fields}
+        hints = typing.get_type_hints(cls)
+        for name, value in kwargs.items():
+            if not _has_type(value, hints[name]):
+                raise ConfigError(
+                    f"{cls.__name__}: field {name!r} expects {_type_name(hints[name])}, got {value!r} ({type(value).__name__})"
+                )
         missing = sorted(
             name
             for name, f in fields.items()
@@ -66,3 +77,42 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_freeze(v) for v in value)
     return value
+
+
+def _has_type(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value (lists already tuples) fits ``annotation``: int, float, bool, str,
+    None, X | Y, tuple[X, ...], Mapping[str, X], dict, Any."""
+    if annotation is Any:
+        return True
+    if annotation is type(None) or annotation is None:
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        # A NaN or infinite eps or scale computes NaN everywhere: refused like a wrong type.
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if annotation is str:
+        return isinstance(value, str)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_has_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
+    if origin in (dict, Mapping) or annotation in (dict, Mapping):
+        if not isinstance(value, dict):
+            return False
+        key, item = args or (Any, Any)
+        return all(_has_type(k, key) and _has_type(v, item) for k, v in value.items())
+    raise TypeError(f"config annotation {annotation!r} has no JSON type check")  # a new annotation: add it above
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("collections.abc.", "")

@@ -27,6 +27,13 @@ from ..errors import ConfigError
 
 MODES = ("inverted", "forward")
 HISTORY_FRAMES = 1 + 2 + 16  # 1x, 2x and 4x context frames
+# 33 latent frames = 129 pixel frames, the longest clip HunyuanVideo (the base model) was made
+# for and the top of the reference app's window range (demo_gradio.py); a section's tokens and
+# memory grow with it, so a larger window is a typo that would otherwise run out of memory.
+MAX_WINDOW = 33
+# About an hour of video at 30 fps (4 * 27000 - 3 pixel frames): far beyond any real use,
+# small enough that a plan is built instantly rather than for hours (or out of memory).
+MAX_LATENT_FRAMES = 27_000
 
 Slice = tuple[int, "int | None"]
 _INVERTED_SLICES: tuple[Slice, Slice, Slice] = ((0, 1), (1, 3), (3, 19))
@@ -136,6 +143,20 @@ def inverted_paddings(num_sections: int) -> list[int]:
     return list(range(num_sections - 1, -1, -1))
 
 
+def check_length(seconds: float, fps: int, window: int) -> None:
+    """Raise ConfigError unless ``window`` is in [1, MAX_WINDOW] and the video has at most MAX_LATENT_FRAMES."""
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
+        raise ConfigError(f"window: expected an int in [1, {MAX_WINDOW}] latent frames, got {window!r}")
+    # The float guard first: seconds * fps may be too large (or inf) for section_count's round().
+    too_long = not seconds * fps / (window * 4) <= MAX_LATENT_FRAMES
+    if too_long or section_count(seconds, fps, window) * window + 1 > MAX_LATENT_FRAMES:
+        longest = (4 * MAX_LATENT_FRAMES - 3) / fps
+        raise ConfigError(
+            f"seconds: expected a video of at most {MAX_LATENT_FRAMES} latent frames ({longest:g} s at {fps} fps), "
+            f"got {seconds:g} s"
+        )
+
+
 def plan_sections(seconds: float, *, fps: int = 30, window: int = 9, mode: str) -> SectionPlan:
     """Plan a video of ``seconds`` at ``fps`` in windows of ``window`` latent frames."""
     if mode not in MODES:
@@ -144,8 +165,7 @@ def plan_sections(seconds: float, *, fps: int = 30, window: int = 9, mode: str) 
         raise ConfigError(f"seconds: expected a finite number > 0, got {seconds!r}")
     if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
         raise ConfigError(f"fps: expected an int >= 1, got {fps!r}")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ConfigError(f"window: expected an int >= 1, got {window!r}")
+    check_length(seconds, fps, window)
     count = section_count(seconds, fps, window)
     if mode == "inverted":
         sections = tuple(

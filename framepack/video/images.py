@@ -56,7 +56,7 @@ def _open_file(path: Path) -> Image.Image:
         with Image.open(path) as image:
             image.load()  # decode now, while the file is open, so truncation surfaces here
             return image.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise InputError(f"image file {str(path)!r} is not a readable image: {error}") from error
 
 
