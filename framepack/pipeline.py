@@ -26,10 +26,10 @@ from .conditioning import Conditioning
 from .config import GenerationConfig
 from .errors import InputError
 from .models.loading import Storage
-from .memory_plan import MemoryPlan
 from .models.vae import VAETiling
 from .device_runtime import runtime
-from .placement import Placement, device_budget_gb, plan_memory
+from .memory.placement import Placement, device_budget_gb, plan_memory
+from .memory.planner import MemoryPlan
 from .prompt import build_conditioning, encode_prompt
 from .results import SectionOutput, VideoResult
 from .runstate import STATE_FILE, RunState, check_fingerprint, digest, load_run_state, save_run_state

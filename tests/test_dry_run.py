@@ -15,9 +15,9 @@ import torch
 from framepack import FramePackPipeline, GenerationConfig
 from framepack.dry_run import CudaDryRun, DeviceMixError
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
-from framepack.offload import minimum_budget
-from framepack.placement import DEVICE_RESERVE_BYTES
-from framepack.residency import ModuleTensors
+from framepack.memory.streamer import minimum_budget
+from framepack.memory.placement import DEVICE_RESERVE_BYTES
+from framepack.memory.residency import ModuleTensors
 from framepack.sampling.loop import generate_latents
 from framepack.sampling.sections import plan_sections
 from tests.transformer_support import TINY, conditioning_and_context, make_inputs

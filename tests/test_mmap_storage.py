@@ -18,8 +18,8 @@ from torch import nn
 
 from framepack.models.configuration import ModelConfig
 from framepack.models.loading import PretrainedModel
-from framepack.offload import LayerStreamer, block_nbytes
-from framepack.residency import ComponentResidency
+from framepack.memory.streamer import LayerStreamer, block_nbytes
+from framepack.memory.residency import ComponentResidency
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
 

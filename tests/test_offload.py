@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from framepack.errors import ConfigError
-from framepack.offload import LayerStreamer, block_nbytes, plan_residency, spread_indices
+from framepack.memory.streamer import LayerStreamer, block_nbytes, plan_residency, spread_indices
 
 WIDTH = 16
 # Hand-worked bytes of one ToyBlock (float32): LayerNorm weight+bias 2*16*4, Linear weight

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from framepack import host_memory
+from framepack.memory import host as host_memory
 from framepack.device_runtime import DeviceRuntime, use_runtime
 from framepack.errors import ConfigError
-from framepack.offload import LayerStreamer, block_nbytes
-from framepack.residency import ComponentResidency, PackedTensors
+from framepack.memory.streamer import LayerStreamer, block_nbytes
+from framepack.memory.residency import ComponentResidency, PackedTensors
 from tests.test_offload import PACKED_BLOCK_BYTES, RAW_BLOCK_BYTES, WIDTH, CopyCounter, random_blocks, run
 
 # Hand-worked packed bytes of one WideBlock (float32, each tensor on a 256-byte boundary):

@@ -18,7 +18,7 @@ from framepack.device_runtime import use_runtime
 from framepack.errors import ConfigError
 from framepack.models.llama import LlamaConfig, LlamaTextEncoder
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
-from framepack.offload import block_nbytes, minimum_budget
+from framepack.memory.streamer import block_nbytes, minimum_budget
 from tests.encoder_fixtures import randomize
 from tests.test_streamer_host_memory import RecordingRuntime
 from tests.transformer_support import conditioning_and_context, make_inputs, randomise_

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..memory_plan import ComponentSize
-from ..offload import LayerStreamer, Staging, block_nbytes
-from ..residency import ComponentResidency, ModuleTensors
+from ..memory.planner import ComponentSize
+from ..memory.residency import ComponentResidency, ModuleTensors
+from ..memory.streamer import LayerStreamer, Staging, block_nbytes
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .device_runtime import runtime
-from .host_memory import lockable_bytes
-from .units import format_bytes
+from ..device_runtime import runtime
+from ..units import format_bytes
+from .host import lockable_bytes
 
 logger = logging.getLogger("framepack")
 

@@ -30,8 +30,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
-from .offload import ResidencyPlan, format_bytes, minimum_budget, plan_residency
+from ..errors import ConfigError
+from ..units import format_bytes
+from .streamer import ResidencyPlan, minimum_budget, plan_residency
 
 GIB = 1 << 30
 

@@ -15,12 +15,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .components import Components
-from .device_runtime import runtime
-from .memory_plan import GIB, PHASES, ComponentSize, MemoryPlan, plan_pipeline_memory
-from .models.streaming import StreamableModel
+from ..components import Components
+from ..device_runtime import runtime
+from ..models.streaming import StreamableModel
+from ..video.buckets import BASE_RESOLUTION, BUCKETS_640
+from .planner import GIB, PHASES, ComponentSize, MemoryPlan, plan_pipeline_memory
 from .residency import ComponentResidency, ModuleTensors
-from .video.buckets import BASE_RESOLUTION, BUCKETS_640
 
 logger = logging.getLogger("framepack")
 

@@ -49,11 +49,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .device_runtime import runtime
-from .errors import ConfigError
-from .host_memory import lockable_bytes
+from ..device_runtime import runtime
+from ..errors import ConfigError
+from ..units import format_bytes
+from .host import lockable_bytes
 from .residency import ModuleTensors, PackedTensors, upload
-from .units import format_bytes
 
 logger = logging.getLogger("framepack")
 
