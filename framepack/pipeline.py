@@ -28,8 +28,8 @@ from .errors import InputError
 from .models.loading import Storage
 from .models.vae import VAETiling
 from .device_runtime import runtime
-from .memory.placement import Placement, device_budget_gb, plan_memory
-from .memory.planner import MemoryPlan
+from .memory.placement import Placement, device_budget_gb
+from .memory.planner import MemoryPlan, plan_memory
 from .prompt import build_conditioning, encode_prompt
 from .results import SectionOutput, VideoResult
 from .runstate import STATE_FILE, RunState, check_fingerprint, digest, load_run_state, save_run_state
@@ -127,8 +127,8 @@ class FramePackPipeline:
             self._placement.release()
             self._placement = None  # its offloads gave the memory back: it counts as free below
         budget = device_budget_gb(self.device, vram_budget_gb)
-        plan = plan_memory(self.components, budget, resolution=resolution, window=window, device=self.device)
-        self._placement = Placement(self.components, self.device, plan)
+        plan = plan_memory(self.components.modules(), budget, resolution=resolution, window=window, device=self.device)
+        self._placement = Placement(self.components.modules(), self.device, plan)
         logger.info("memory plan: %s", plan)
         return plan
 

@@ -16,7 +16,7 @@ from framepack import FramePackPipeline, GenerationConfig
 from framepack.dry_run import CudaDryRun, DeviceMixError
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from framepack.memory.streamer import minimum_budget
-from framepack.memory.placement import DEVICE_RESERVE_BYTES
+from framepack.memory.planner import DEVICE_RESERVE_BYTES
 from framepack.memory.residency import ModuleTensors
 from framepack.sampling.loop import generate_latents
 from framepack.sampling.sections import plan_sections

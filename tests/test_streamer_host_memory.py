@@ -19,7 +19,7 @@ from framepack.memory import host as host_memory
 from framepack.device_runtime import DeviceRuntime, use_runtime
 from framepack.errors import ConfigError
 from framepack.memory.streamer import LayerStreamer, block_nbytes
-from framepack.memory.residency import ComponentResidency, PackedTensors
+from framepack.memory.residency import ComponentResidency, ModuleTensors
 from tests.test_offload import PACKED_BLOCK_BYTES, RAW_BLOCK_BYTES, WIDTH, CopyCounter, random_blocks, run
 
 # Hand-worked packed bytes of one WideBlock (float32, each tensor on a 256-byte boundary):
@@ -178,7 +178,7 @@ def test_component_residency_pins_exactly_and_uploads_without_blocking() -> None
     values = [t.clone() for t in model.state_dict().values()]
     with use_runtime(RecordingRuntime()) as rt:
         residency = ComponentResidency(model, "meta", pin_memory=True)  # meta stands in for an accelerator
-        assert rt.pinned == [PackedTensors(model).packed_nbytes] == [3072 + 256 + 256 + 256]
+        assert rt.pinned == [ModuleTensors(model).packed_nbytes] == [3072 + 256 + 256 + 256]
         assert residency.pinned_bytes == 3840
         # The module now computes from the page-locked copies (one buffer), with the same values.
         assert len({t.untyped_storage().data_ptr() for t in model.state_dict().values()}) == 1

@@ -15,7 +15,7 @@ _EXPORTS = {
     "lockable_bytes": "host",
     "ModuleTensors": "residency",
     "ComponentResidency": "residency",
-    "ComponentSize": "planner",
+    "ComponentSize": "residency",
     "ResidencyPlan": "streamer",
     "plan_residency": "streamer",
     "minimum_budget": "streamer",
@@ -25,7 +25,7 @@ _EXPORTS = {
     "MemoryPlan": "planner",
     "plan_pipeline_memory": "planner",
     "Placement": "placement",
-    "plan_memory": "placement",
+    "plan_memory": "planner",
 }
 
 __all__ = sorted(_EXPORTS)

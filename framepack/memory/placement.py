@@ -3,107 +3,25 @@
 ``plan_pipeline_memory`` decides (pure arithmetic); ``Placement`` carries the decision
 out: it sets up layer streaming for the transformer and the Llama encoder, and with a
 tight budget loads each phase's components onto the device only for that phase.
-Activation sizes are conservative estimates from the model widths and the video size.
+The plan's sizes and activation estimates come from ``planner.plan_memory``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from ..components import Components
 from ..device_runtime import runtime
 from ..models.streaming import StreamableModel
-from ..video.buckets import BASE_RESOLUTION, BUCKETS_640
-from .planner import GIB, PHASES, ComponentSize, MemoryPlan, plan_pipeline_memory
-from .residency import ComponentResidency, ModuleTensors
+from ..units import GIB
+from .planner import PHASES, MemoryPlan, component_sizes
+from .residency import ComponentResidency, ComponentSize
 
 logger = logging.getLogger("framepack")
-
-PROMPT_HIDDEN_STATE = -3  # FramePack reads Llama's hidden state three from the end
-TEXT_TOKENS = 351  # 95 template tokens + 256 prompt tokens
-CONTEXT_TOKENS = 729 + 512  # SigLIP image tokens + padded text tokens
-VAE_TILE = 256  # default spatial tile of the VAE, pixels
-VAE_TEMPORAL_TILE = 17  # pixel frames of one temporal tile (5 latent frames)
-
-
-def component_sizes(components: Components) -> dict[str, int | ComponentSize]:
-    """Device bytes of every component, with the blocks of the streamable ones listed."""
-    llama = components.text_encoder
-    return {
-        "transformer": components.transformer.streaming_sizes(),
-        "text_encoder": llama.streaming_sizes(llama.layers_needed(PROMPT_HIDDEN_STATE)),
-        "text_encoder_2": ModuleTensors(components.text_encoder_2).nbytes,
-        "image_encoder": ModuleTensors(components.image_encoder).nbytes,
-        "vae": ModuleTensors(components.vae).nbytes,
-    }
-
-
-# Kept out of every budget on a CUDA device: the context (0.3-0.5 GiB, allocated by the
-# driver, not by PyTorch), cuBLAS/cuDNN workspaces and the caching allocator's fragmentation.
-DEVICE_RESERVE_BYTES = 768 << 20
-# Peak activations of the VAE, in units of one [frames, H, W, 128 channels] tensor of its
-# dtype (17 frames decoding, 1 encoding; a tile's H x W when tiled), measured with
-# benchmarks/dry_run.py on the real VAE at the 640 bucket and rounded up.
-VAE_DECODE_PEAK_TENSORS = 7.5
-VAE_TILED_DECODE_PEAK_TENSORS = 8.0  # the tile's own activations plus the frame it is blended into
-VAE_ENCODE_PEAK_TENSORS = 10.0
-
-
-def activation_estimates(components: Components, resolution: int, window: int) -> tuple[dict[str, int], dict[str, int]]:
-    """(peak activation bytes per phase with an untiled VAE, the VAE phases' peaks when tiled).
-
-    Sampling counts a block's temporaries in the compute dtype, the float32 streams of a
-    float16 model at 4 bytes, and the residual a step cache keeps between calls (one guidance
-    branch: real CFG's second one is not counted).
-    """
-    transformer = components.transformer
-    t = transformer.config
-    compute_element, stream_element = transformer.dtype.itemsize, transformer.residual_dtype.itemsize
-    # The largest bucket area at this resolution (416 x 960 at 640), scaled like the buckets.
-    pixels = int(max(h * w for h, w in BUCKETS_640) * (resolution / BASE_RESOLUTION) ** 2)
-    # The packed context adds 1x (2 frames), 2x and 4x groups: about 28 % of a 9-frame window.
-    image_tokens = int(window * pixels / 256 * 1.3)
-    tokens = image_tokens + CONTEXT_TOKENS
-    # streams, q/k/v, MLP hidden (4x), attention output: 16 token-wide tensors, of which about
-    # 3 are the streams (the joint buffer and a block's update; measured by benchmarks/dry_run.py)
-    per_token = 16 * compute_element + 3 * (stream_element - compute_element)
-    sampling = tokens * t.inner_dim * per_token
-    sampling += image_tokens * t.inner_dim * stream_element
-    llama = components.text_encoder.config
-    text = TEXT_TOKENS * llama.intermediate_size * transformer.dtype.itemsize * 6
-    vae = components.vae.config
-    width = vae.block_out_channels[0] * next(components.vae.parameters()).element_size()
-    tile = min(pixels, VAE_TILE * VAE_TILE)
-    untiled = {
-        "text": text,
-        "image": int(pixels * width * VAE_ENCODE_PEAK_TENSORS),
-        "sampling": sampling,
-        "decode": int(VAE_TEMPORAL_TILE * pixels * width * VAE_DECODE_PEAK_TENSORS),
-    }
-    tiled = {
-        "image": int(tile * width * VAE_ENCODE_PEAK_TENSORS),
-        "decode": int(VAE_TEMPORAL_TILE * tile * width * VAE_TILED_DECODE_PEAK_TENSORS),
-    }
-    return untiled, tiled
-
-
-def plan_memory(
-    components: Components, vram_budget_gb: float | None, *, resolution: int, window: int, device: torch.device
-) -> MemoryPlan:
-    """The memory plan for ``components`` on ``device``; a CUDA device keeps ``DEVICE_RESERVE_BYTES`` free."""
-    activations, tiled = activation_estimates(components, resolution, window)
-    return plan_pipeline_memory(
-        vram_budget_gb,
-        component_sizes(components),
-        activations,
-        tiled_vae_activation_bytes=tiled,
-        reserve_bytes=DEVICE_RESERVE_BYTES if device.type == "cuda" else 0,
-    )
 
 
 def device_budget_gb(device: torch.device, requested: float | None) -> float | None:
@@ -125,7 +43,7 @@ def device_budget_gb(device: torch.device, requested: float | None) -> float | N
 
 
 class Placement:
-    """Applies a ``MemoryPlan`` to a pipeline's components on ``device``.
+    """Applies a ``MemoryPlan`` to the named components (``PHASES`` names) on ``device``.
 
     With swapping, a phase's components come onto the device when it starts, and the
     components of earlier phases leave, least recently used first, only while the new phase
@@ -134,13 +52,13 @@ class Placement:
     sections instead of uploading gigabytes twice per section.
     """
 
-    def __init__(self, components: Components, device: torch.device, plan: MemoryPlan) -> None:
+    def __init__(self, modules: Mapping[str, nn.Module], device: torch.device, plan: MemoryPlan) -> None:
         self.plan = plan
-        self._components = components
+        self._modules = dict(modules)
         self._residency: dict[str, ComponentResidency] = {}
         self._device_bytes: dict[str, int] = {}
-        sizes = component_sizes(components)
-        for name, module in components.modules().items():
+        sizes = component_sizes(self._modules)
+        for name, module in self._modules.items():
             size = sizes[name]
             streaming = plan.streaming.get(name)
             if isinstance(module, StreamableModel) and isinstance(size, ComponentSize) and streaming is not None:
@@ -161,13 +79,13 @@ class Placement:
             self._device_bytes[name] = residency.nbytes
             if not plan.swap_components:
                 residency.to_device()
-        self._on_device: list[str] = [] if plan.swap_components else list(components.modules())
+        self._on_device: list[str] = [] if plan.swap_components else list(self._modules)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Components of phase ``name`` on the device for the block (kept there until room is needed)."""
         if self.plan.swap_components:
-            names = [n for n in PHASES[name] if n in self._components.modules()]
+            names = [n for n in PHASES[name] if n in self._modules]
             room = self.plan.budget_bytes - self.plan.reserve_bytes - self.plan.phase_device_bytes[name]
             others = [n for n in self._on_device if n not in names]  # least recently used first
             while others and sum(self._device_bytes[n] for n in others) > room:
@@ -178,7 +96,7 @@ class Placement:
 
     def release(self) -> None:
         """Every weight back on its host tensors (streaming switched off)."""
-        for name, module in self._components.modules().items():
+        for module in self._modules.values():
             if isinstance(module, StreamableModel):
                 module.disable_streaming()
         for residency in self._residency.values():
@@ -193,12 +111,12 @@ class Placement:
         if name in self._residency:
             self._residency[name].to_device()
         else:
-            getattr(self._components, name).to_device()
+            self._modules[name].to_device()
         self._on_device.append(name)
 
     def _release(self, name: str) -> None:
         if name in self._residency:
             self._residency[name].offload()
         else:
-            getattr(self._components, name).offload()
+            self._modules[name].offload()
         self._on_device.remove(name)

@@ -34,7 +34,20 @@ ALIGNMENT = 256
 
 
 @dataclass(frozen=True)
-class TensorPlace:
+class ComponentSize:
+    """A component's device bytes: ``fixed_bytes`` always whole on the device while in use,
+    plus the repeated ``block_bytes`` (packed) a ``LayerStreamer`` may stream."""
+
+    fixed_bytes: int
+    block_bytes: tuple[int, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        return self.fixed_bytes + sum(self.block_bytes)
+
+
+@dataclass(frozen=True)
+class _Place:
     """One (module, attribute) holding a tensor, and that tensor's index among the unique tensors."""
 
     module: nn.Module
@@ -45,11 +58,12 @@ class TensorPlace:
 
 class ModuleTensors:
     """A module's parameters and buffers, deduplicated (tied weights stay tied), skipping the
-    subtrees in ``exclude`` (e.g. blocks another mechanism manages)."""
+    subtrees in ``exclude`` (e.g. blocks another mechanism manages), with the byte offsets
+    they take when packed into one flat buffer (each on an ``ALIGNMENT`` boundary)."""
 
     def __init__(self, module: nn.Module, exclude: Iterable[nn.Module] = ()) -> None:
         skipped = {id(m) for root in exclude for m in root.modules()}
-        self.places: list[TensorPlace] = []
+        self.places: list[_Place] = []
         self.tensors: list[torch.Tensor] = []
         index: dict[int, int] = {}
         for sub in module.modules():
@@ -62,7 +76,13 @@ class ModuleTensors:
                     if id(tensor) not in index:
                         index[id(tensor)] = len(self.tensors)
                         self.tensors.append(tensor)
-                    self.places.append(TensorPlace(sub, attr, is_parameter, index[id(tensor)]))
+                    self.places.append(_Place(sub, attr, is_parameter, index[id(tensor)]))
+        self.offsets: list[int] = []
+        offset = 0
+        for tensor in self.tensors:
+            self.offsets.append(offset)
+            offset += -(-tensor.nbytes // ALIGNMENT) * ALIGNMENT
+        self.packed_nbytes = offset
 
     @property
     def nbytes(self) -> int:
@@ -78,19 +98,6 @@ class ModuleTensors:
         for place in self.places:
             table = place.module._parameters if place.is_parameter else place.module._buffers
             table[place.attr] = self.tensors[place.tensor]
-
-
-class PackedTensors(ModuleTensors):
-    """A module's unique tensors with the byte offsets they take in one flat buffer."""
-
-    def __init__(self, module: nn.Module, exclude: Iterable[nn.Module] = ()) -> None:
-        super().__init__(module, exclude)
-        self.offsets: list[int] = []
-        offset = 0
-        for tensor in self.tensors:
-            self.offsets.append(offset)
-            offset += -(-tensor.nbytes // ALIGNMENT) * ALIGNMENT
-        self.packed_nbytes = offset
 
     def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
         """The tensors laid out in a flat byte ``buffer`` (no copy)."""
@@ -136,7 +143,7 @@ class ComponentResidency:
     ) -> None:
         self.module = module
         self.device = torch.device(device)
-        self._tensors = PackedTensors(module, exclude)
+        self._tensors = ModuleTensors(module, exclude)
         self._pinned: torch.Tensor | None = None
         if pin_memory and self._tensors.tensors:
             self._pinned = self._pin()

@@ -53,7 +53,7 @@ from ..device_runtime import runtime
 from ..errors import ConfigError
 from ..units import format_bytes
 from .host import lockable_bytes
-from .residency import ModuleTensors, PackedTensors, upload
+from .residency import ModuleTensors, upload
 
 logger = logging.getLogger("framepack")
 
@@ -162,7 +162,7 @@ def _streaming_candidates(sizes: tuple[int, ...], budget_bytes: int | None, pref
 
 def block_nbytes(block: nn.Module) -> int:
     """Bytes of a block's parameters and buffers as the streamer packs them (aligned)."""
-    return PackedTensors(block).packed_nbytes
+    return ModuleTensors(block).packed_nbytes
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ class LayerStreamer:
             raise ConfigError(f"staging must be 'pinned' or 'ring', got {staging!r}")
         self.blocks = list(blocks)
         self.device = torch.device(device)
-        self._tensors = [PackedTensors(b) for b in self.blocks]
+        self._tensors = [ModuleTensors(b) for b in self.blocks]
         for i, t in enumerate(self._tensors):
             if any(x.is_meta for x in t.tensors):
                 raise ConfigError(f"block {i} still has meta tensors: load its weights before streaming it")

@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..memory.planner import ComponentSize
-from ..memory.residency import ComponentResidency, ModuleTensors
+from ..memory.residency import ComponentResidency, ComponentSize, ModuleTensors
 from ..memory.streamer import LayerStreamer, Staging, block_nbytes
 
 
