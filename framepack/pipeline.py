@@ -125,7 +125,7 @@ class FramePackPipeline:
         """
         if self._placement is not None:
             self._placement.release()
-            self._placement = None  # its offloads gave the memory back: it counts as free below
+            self._placement = None  # its unloads gave the memory back: it counts as free below
         budget = device_budget_gb(self.device, vram_budget_gb)
         plan = plan_memory(self.components.modules(), budget, resolution=resolution, window=window, device=self.device)
         self._placement = Placement(self.components.modules(), self.device, plan)

@@ -140,7 +140,7 @@ def test_streamed_transformer_step_on_claimed_cuda(dtype: torch.dtype) -> None:
         streamer = transformer.enable_streaming("cuda", minimum_budget(sizes.block_bytes), pin_memory=True, load=False)
         assert streamer.plan.streamed
         assert dry.device_bytes() == 0 and dry.counters.host_to_device_bytes == 0  # set up, nothing uploaded yet
-        transformer.to_device()
+        transformer.load()
         # each streamed block exactly (not rounded to a power of two), then the non-block weights, packed
         *blocks, rest = dry.counters.pinned_allocations
         assert blocks == [sizes.block_bytes[i] for i in streamer.plan.streamed]

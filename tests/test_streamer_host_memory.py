@@ -1,6 +1,6 @@
 """Host memory of streaming: page-locked bytes are exactly the packed blocks (or two staging
 buffers), the RAM check falls back or refuses, every staging buffer is rewritten only after
-the copy that last read it, shells survive offload/load, and ComponentResidency pins and
+the copy that last read it, shells survive unload/load, and ComponentResidency pins and
 uploads. Streamed output equals resident output bit for bit throughout."""
 
 from __future__ import annotations
@@ -137,15 +137,15 @@ def test_pinning_more_than_the_host_can_lock_falls_back_to_the_ring(
 
 
 @pytest.mark.parametrize("staging", ["pinned", "ring"])
-def test_offload_keeps_the_shells_and_load_repoints_them(staging: str) -> None:
+def test_unload_keeps_the_shells_and_load_repoints_them(staging: str) -> None:
     blocks = random_blocks(6)
     reference = copy.deepcopy(blocks)
     x = torch.randn(2, WIDTH)
     with use_runtime(RecordingRuntime()) as rt:
         streamer = LayerStreamer(blocks, "cpu", 3 * PACKED_BLOCK_BYTES, pin_memory=True, staging=staging)
         first = list(streamer.iterate())
-        streamer.offload()
-        streamer.offload()  # already offloaded: nothing to do
+        streamer.unload()
+        streamer.unload()  # already unloaded: nothing to do
         assert rt.empty_cache_calls == 1 and not streamer.on_device and streamer.stats.device_bytes == 0
         # Offloaded shells hold no slot memory: they point at their blocks' host tensors.
         for i in streamer.plan.streamed:
@@ -185,11 +185,11 @@ def test_component_residency_pins_exactly_and_uploads_without_blocking() -> None
         assert model[0].weight.untyped_storage().nbytes() == 3840
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), values))
         with ToCopies() as copies:
-            residency.to_device()
-            residency.to_device()  # already there: nothing copied
+            residency.load()
+            residency.load()  # already there: nothing copied
         assert residency.on_device and copies.non_blocking == [True] * 4 and model[1].bias.is_meta
-        residency.offload()
-        residency.offload()
+        residency.unload()
+        residency.unload()
         assert not residency.on_device and rt.empty_cache_calls == 1
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), values))
 

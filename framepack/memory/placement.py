@@ -55,7 +55,8 @@ class Placement:
     def __init__(self, modules: Mapping[str, nn.Module], device: torch.device, plan: MemoryPlan) -> None:
         self.plan = plan
         self._modules = dict(modules)
-        self._residency: dict[str, ComponentResidency] = {}
+        # What loads and unloads each component: the model itself when it streams, else a residency.
+        self._held: dict[str, ComponentResidency | StreamableModel] = {}
         self._device_bytes: dict[str, int] = {}
         sizes = component_sizes(self._modules)
         for name, module in self._modules.items():
@@ -68,6 +69,7 @@ class Placement:
                         device, streaming.device_bytes, num_blocks=len(streaming.block_bytes),
                         pin_memory=False if name == "text_encoder" else None, load=not plan.swap_components,
                     )
+                    self._held[name] = module
                     self._device_bytes[name] = size.fixed_bytes + streaming.device_bytes
                     continue
                 # Exactly what the plan counted: a text encoder's unread last layers and its
@@ -75,10 +77,10 @@ class Placement:
                 residency = module.residency(device, len(streaming.block_bytes))
             else:
                 residency = ComponentResidency(module, device)
-            self._residency[name] = residency
+            self._held[name] = residency
             self._device_bytes[name] = residency.nbytes
             if not plan.swap_components:
-                residency.to_device()
+                residency.load()
         self._on_device: list[str] = [] if plan.swap_components else list(self._modules)
 
     @contextmanager
@@ -89,9 +91,9 @@ class Placement:
             room = self.plan.budget_bytes - self.plan.reserve_bytes - self.plan.phase_device_bytes[name]
             others = [n for n in self._on_device if n not in names]  # least recently used first
             while others and sum(self._device_bytes[n] for n in others) > room:
-                self._release(others.pop(0))  # the offload hands its memory back to the driver
+                self._unload(others.pop(0))  # the unload hands its memory back to the driver
             for n in names:
-                self._bring(n)
+                self._load(n)
         yield
 
     def release(self) -> None:
@@ -99,24 +101,18 @@ class Placement:
         for module in self._modules.values():
             if isinstance(module, StreamableModel):
                 module.disable_streaming()
-        for residency in self._residency.values():
-            residency.offload()
+        for held in self._held.values():
+            if isinstance(held, ComponentResidency):
+                held.unload()
         self._on_device = []
 
-    def _bring(self, name: str) -> None:
+    def _load(self, name: str) -> None:
         if name in self._on_device:  # already there: now the most recently used
             self._on_device.remove(name)
-            self._on_device.append(name)
-            return
-        if name in self._residency:
-            self._residency[name].to_device()
         else:
-            self._modules[name].to_device()
+            self._held[name].load()
         self._on_device.append(name)
 
-    def _release(self, name: str) -> None:
-        if name in self._residency:
-            self._residency[name].offload()
-        else:
-            self._modules[name].offload()
+    def _unload(self, name: str) -> None:
+        self._held[name].unload()
         self._on_device.remove(name)

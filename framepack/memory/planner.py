@@ -7,7 +7,7 @@ The pipeline runs in four phases, each using some components (``PHASES``). The r
 2. A budget that holds every component's weights plus the largest phase's activations:
    the same, everything resident.
 3. Otherwise components *swap*: each phase has the device to itself (its components are
-   loaded for it and offloaded after). Per phase, device bytes are
+   loaded for it and unloaded after). Per phase, device bytes are
    ``activations + whole components + streamed component's plan``:
    * the VAE tiles (both phases that use it) if an untiled VAE phase would exceed the
      budget; tiled VAE phases then count ``tiled_vae_activation_bytes`` (one number for

@@ -5,7 +5,7 @@ prompt, the VAE to encode and decode, the transformer to sample). ``ComponentRes
 puts a component on the device for its phase and back afterwards *without copying it to
 the host*: it remembers the host tensors the component was loaded with and points the
 module back at them. With ``from_pretrained(..., storage="mmap")`` those host tensors are
-views of the checkpoint file, so an offloaded component costs only page cache, which
+views of the checkpoint file, so an unloaded component costs only page cache, which
 the OS can reclaim, instead of anonymous RAM.
 
 A component copied to the device phase after phase can instead keep its host tensors in
@@ -172,19 +172,18 @@ class ComponentResidency:
 
     @property
     def on_device(self) -> bool:
-        """Whether the module points at device copies now (``to_device`` then does nothing)."""
+        """Whether the module points at device copies now (``load`` then does nothing)."""
         return self._on_device
 
-    def to_device(self) -> nn.Module:
+    def load(self) -> None:
         """Copy the weights to the device (the host tensors are kept, untouched); no-op when there."""
         if not self._on_device:
             self._tensors.assign(upload(self._host, self.device))
             self._on_device = True
-        return self.module
 
-    def offload(self) -> None:
+    def unload(self) -> None:
         """Drop the device copies (the module points at its host tensors again) and hand the
-        freed memory back to the driver; no-op when already offloaded."""
+        freed memory back to the driver; no-op when already unloaded."""
         if self._on_device:
             self._tensors.assign(self._host)
             self._on_device = False

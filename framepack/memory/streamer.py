@@ -234,7 +234,7 @@ class LayerStreamer:
     ``prefetch`` streamed blocks are copied ahead of the one computing (on a side CUDA
     stream, overlapping compute; elsewhere synchronously). ``pin_memory`` and ``staging``
     choose where copies come from (module docstring). Blocks must not be moved after the
-    streamer takes them; ``offload()`` and ``load()`` (or the next ``iterate``) move them.
+    streamer takes them; ``load()`` (or the next ``iterate``) and ``unload()`` move them.
     """
 
     def __init__(
@@ -314,11 +314,11 @@ class LayerStreamer:
         self.stats.slot_bytes = sum(s.nbytes for s in self._slots)
         self._loaded = True
 
-    def offload(self) -> None:
+    def unload(self) -> None:
         """Give back all device memory: resident blocks return to their host tensors (no copy
         when those are the originals, e.g. memory-mapped), shells let go of the slots, the
         slots are freed and the allocator's cache is emptied. The next ``iterate`` loads
-        them again; no-op when offloaded."""
+        them again; no-op when unloaded."""
         if not self._loaded:
             return
         rt = runtime()
