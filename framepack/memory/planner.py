@@ -177,7 +177,8 @@ def component_sizes(modules: Mapping[str, nn.Module]) -> dict[str, int | Compone
 DEVICE_RESERVE_BYTES = 768 << 20
 # Peak activations of the VAE, in units of one [frames, H, W, 128 channels] tensor of its
 # dtype (17 frames decoding, 1 encoding; a tile's H x W when tiled), measured with
-# benchmarks/dry_run.py on the real VAE at the 640 bucket and rounded up.
+# benchmarks/dry_run.py on the real VAE at the 640 bucket and rounded up (every estimate here is
+# checked against the real-size models' measured peaks by tests/test_activation_estimates.py).
 VAE_DECODE_PEAK_TENSORS = 7.5
 VAE_TILED_DECODE_PEAK_TENSORS = 8.0  # the tile's own activations plus the frame it is blended into
 VAE_ENCODE_PEAK_TENSORS = 10.0
