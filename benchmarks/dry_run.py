@@ -31,7 +31,7 @@ from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from framepack.models.vae import HunyuanVideoVAE, VAEConfig
 from framepack.pipeline import FramePackPipeline
 from framepack.tiny import tiny_clip_tokenizer, tiny_llama_tokenizer
-from framepack.units import GIB, format_bytes
+from framepack.units import format_bytes
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -15,6 +15,10 @@ whole on the device on top of it, exactly the split ``plan_pipeline_memory`` pla
 ``budget_bytes=None`` keeps every block resident. Modules a model names in
 ``host_modules`` (a lookup table read a few rows at a time) stay on the host and count
 in neither.
+
+This mixin is the models' whole dependency on memory handling: it uses the low layer of
+``framepack.memory`` (``residency``, ``streamer``) and never the planner or the placement,
+which use it (``tests/test_import_graph.py``).
 """
 
 from __future__ import annotations
