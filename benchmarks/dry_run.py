@@ -24,15 +24,14 @@ import torch
 from framepack.components import Components
 from framepack.config import GenerationConfig
 from framepack.dry_run import CudaDryRun
-from framepack.memory_plan import GIB
 from framepack.models.clip import CLIPTextConfig, CLIPTextEncoder
 from framepack.models.llama import LlamaConfig, LlamaTextEncoder
 from framepack.models.siglip import SiglipImageEncoder, SiglipVisionConfig
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from framepack.models.vae import HunyuanVideoVAE, VAEConfig
-from framepack.offload import format_bytes
 from framepack.pipeline import FramePackPipeline
 from framepack.tiny import tiny_clip_tokenizer, tiny_llama_tokenizer
+from framepack.units import format_bytes
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -59,11 +59,12 @@ from framepack.components import component_dtypes
 from framepack.conditioning import Conditioning, PackedContext
 from framepack.config import GenerationConfig
 from framepack.errors import ConfigError
-from framepack.memory_plan import GIB, MemoryPlan
+from framepack.memory.planner import MemoryPlan
+from framepack.memory.streamer import ResidencyPlan, block_nbytes, minimum_budget
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
-from framepack.offload import ResidencyPlan, block_nbytes, format_bytes, minimum_budget
 from framepack.pipeline import FramePackPipeline
 from framepack.precision import supports_bf16
+from framepack.units import GIB, format_bytes
 from framepack.video import find_bucket
 
 PARTS = ("tiny-step", "real-width", "tiny-pipeline")

@@ -54,12 +54,13 @@ from benchmarks.checkpoints import REPO_ROOT, TreeSizes, tree_bytes, write_check
 from framepack.cli import demo_image
 from framepack.conditioning import Conditioning, PackedContext
 from framepack.config import GenerationConfig
+from framepack.memory.streamer import LayerStreamer, block_nbytes, minimum_budget
 from framepack.models.configuration import ModelConfig
 from framepack.models.loading import PretrainedModel
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
-from framepack.offload import LayerStreamer, block_nbytes, format_bytes, minimum_budget
 from framepack.pipeline import FramePackPipeline
 from framepack.precision import compute_dtype
+from framepack.units import format_bytes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from common import example_args, pipeline_and_image, resolution, steps
 
 from framepack import GenerationConfig
-from framepack.offload import minimum_budget
+from framepack.memory.streamer import minimum_budget
 
 BUDGET_GB = 6.0
 

@@ -5,8 +5,7 @@ Public names are imported lazily so that ``import framepack`` stays cheap (no to
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy import lazy_exports
 
 _EXPORTS = {
     "FramePackError": "framepack.errors",
@@ -60,10 +59,10 @@ _EXPORTS = {
     "MagCache": "framepack.cache",
     "FirstBlockCache": "framepack.cache",
     "parse_cache_spec": "framepack.cache",
-    "LayerStreamer": "framepack.offload",
-    "plan_residency": "framepack.offload",
-    "plan_pipeline_memory": "framepack.memory_plan",
-    "MemoryPlan": "framepack.memory_plan",
+    "LayerStreamer": "framepack.memory.streamer",
+    "plan_residency": "framepack.memory.streamer",
+    "plan_pipeline_memory": "framepack.memory.planner",
+    "MemoryPlan": "framepack.memory.planner",
     "load_image": "framepack.video",
     "find_bucket": "framepack.video",
     "resize_image": "framepack.video",
@@ -72,9 +71,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'framepack' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

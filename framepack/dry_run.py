@@ -44,7 +44,7 @@ from torch.utils._pytree import tree_flatten
 
 from .device_runtime import DeviceRuntime, use_runtime
 from .errors import FramePackError
-from .memory_plan import GIB
+from .units import GIB
 
 _COPIES = {torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default, torch.ops.aten._copy_from.default}
 

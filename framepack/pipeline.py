@@ -27,10 +27,10 @@ from .conditioning import Conditioning
 from .config import GenerationConfig
 from .errors import InputError
 from .models.loading import Storage
-from .memory_plan import MemoryPlan
 from .models.vae import VAETiling
 from .device_runtime import runtime
-from .placement import Placement, device_budget_gb, plan_memory
+from .memory.placement import Placement, device_budget_gb
+from .memory.planner import MemoryPlan, plan_memory
 from .prompt import build_conditioning, encode_prompt
 from .results import SectionOutput, VideoResult
 from .rundir import RunDirLock, claim_run_dir
@@ -127,10 +127,10 @@ class FramePackPipeline:
         """
         if self._placement is not None:
             self._placement.release()
-            self._placement = None  # its offloads gave the memory back: it counts as free below
+            self._placement = None  # its unloads gave the memory back: it counts as free below
         budget = device_budget_gb(self.device, vram_budget_gb)
-        plan = plan_memory(self.components, budget, resolution=resolution, window=window, device=self.device)
-        self._placement = Placement(self.components, self.device, plan)
+        plan = plan_memory(self.components.modules(), budget, resolution=resolution, window=window, device=self.device)
+        self._placement = Placement(self.components.modules(), self.device, plan)
         logger.info("memory plan: %s", plan)
         return plan
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+GIB = 1 << 30  # budgets are in GiB, as CUDA tools report memory
+
 
 def format_bytes(nbytes: int) -> str:
     """Human-readable size in binary units (what ``nvidia-smi`` and the budget use)."""

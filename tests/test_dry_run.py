@@ -15,9 +15,9 @@ import torch
 from framepack import FramePackPipeline, GenerationConfig
 from framepack.dry_run import CudaDryRun, DeviceMixError
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
-from framepack.offload import minimum_budget
-from framepack.placement import DEVICE_RESERVE_BYTES
-from framepack.residency import ModuleTensors
+from framepack.memory.streamer import minimum_budget
+from framepack.memory.planner import DEVICE_RESERVE_BYTES
+from framepack.memory.residency import ModuleTensors
 from framepack.sampling.loop import generate_latents
 from framepack.sampling.sections import plan_sections
 from tests.transformer_support import TINY, conditioning_and_context, make_inputs
@@ -140,7 +140,7 @@ def test_streamed_transformer_step_on_claimed_cuda(dtype: torch.dtype) -> None:
         streamer = transformer.enable_streaming("cuda", minimum_budget(sizes.block_bytes), pin_memory=True, load=False)
         assert streamer.plan.streamed
         assert dry.device_bytes() == 0 and dry.counters.host_to_device_bytes == 0  # set up, nothing uploaded yet
-        transformer.to_device()
+        transformer.load()
         # each streamed block exactly (not rounded to a power of two), then the non-block weights, packed
         *blocks, rest = dry.counters.pinned_allocations
         assert blocks == [sizes.block_bytes[i] for i in streamer.plan.streamed]

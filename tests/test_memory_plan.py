@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from framepack.errors import ConfigError
-from framepack.memory_plan import ComponentSize, plan_pipeline_memory
+from framepack.memory.planner import plan_pipeline_memory
+from framepack.memory.residency import ComponentSize
 
 G = 1 << 30
 

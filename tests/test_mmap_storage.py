@@ -18,8 +18,8 @@ from torch import nn
 
 from framepack.models.configuration import ModelConfig
 from framepack.models.loading import PretrainedModel
-from framepack.offload import LayerStreamer, block_nbytes
-from framepack.residency import ComponentResidency
+from framepack.memory.streamer import LayerStreamer, block_nbytes
+from framepack.memory.residency import ComponentResidency
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
 
@@ -143,10 +143,10 @@ def test_component_residency_round_trip_keeps_file_backed_host_tensors(tmp_path:
     block_weight = model.blocks[0].fc.weight
     residency = ComponentResidency(model, "meta", exclude=model.blocks)  # meta stands in for an accelerator
     assert residency.nbytes == 4 * (16 * 16 + 16) * 2  # embed + head, weight and bias, float32
-    residency.to_device()
+    residency.load()
     assert model.embed.weight.is_meta and model.head.bias.is_meta
     assert model.blocks[0].fc.weight is block_weight  # excluded subtree untouched
-    residency.offload()
+    residency.unload()
     assert model.embed.weight.data_ptr() == host_ptr and file_backed(model.head.weight, path)
     x = torch.randn(2, 16)
     assert torch.equal(model(x), reference(x))

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from framepack.errors import ConfigError
-from framepack.offload import LayerStreamer, block_nbytes, plan_residency, spread_indices
+from framepack.memory.streamer import LayerStreamer, block_nbytes, plan_residency, spread_indices
 
 WIDTH = 16
 # Hand-worked bytes of one ToyBlock (float32): LayerNorm weight+bias 2*16*4, Linear weight
@@ -207,7 +207,7 @@ def test_heterogeneous_blocks_share_slots() -> None:
     assert torch.equal(run(streamer.iterate(), x), run(reference, x))
 
 
-def test_early_exit_then_full_pass_and_offload_reload() -> None:
+def test_early_exit_then_full_pass_and_unload_reload() -> None:
     blocks = random_blocks(6)
     reference = copy.deepcopy(blocks)
     host_weight = blocks[0].fc.weight
@@ -217,7 +217,7 @@ def test_early_exit_then_full_pass_and_offload_reload() -> None:
         if i == 2:
             break
     assert torch.equal(run(streamer.iterate(), x), run(reference, x))
-    streamer.offload()
+    streamer.unload()
     assert streamer.stats.device_bytes == 0
     assert blocks[0].fc.weight.data_ptr() == host_weight.data_ptr()  # back on its own host tensor, no copy
     assert torch.equal(run(streamer.iterate(), x), run(reference, x))

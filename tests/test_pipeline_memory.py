@@ -14,8 +14,8 @@ from framepack import FramePackPipeline, GenerationConfig
 from framepack.cli import demo_image
 from framepack.components import Components, tiny_components
 from framepack.errors import ConfigError
-from framepack.memory_plan import GIB
 from framepack.models.transformer import FramePackTransformer
+from framepack.units import GIB
 
 CONFIG = GenerationConfig(window=3, steps=3, resolution=64, seconds=0.8)
 

@@ -1,6 +1,6 @@
 """Host memory of streaming: page-locked bytes are exactly the packed blocks (or two staging
 buffers), the RAM check falls back or refuses, every staging buffer is rewritten only after
-the copy that last read it, shells survive offload/load, and ComponentResidency pins and
+the copy that last read it, shells survive unload/load, and ComponentResidency pins and
 uploads. Streamed output equals resident output bit for bit throughout."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from framepack import host_memory
+from framepack.memory import host as host_memory
 from framepack.device_runtime import DeviceRuntime, use_runtime
 from framepack.errors import ConfigError
-from framepack.offload import LayerStreamer, block_nbytes
-from framepack.residency import ComponentResidency, PackedTensors
+from framepack.memory.streamer import LayerStreamer, block_nbytes
+from framepack.memory.residency import ComponentResidency, ModuleTensors
 from tests.test_offload import PACKED_BLOCK_BYTES, RAW_BLOCK_BYTES, WIDTH, CopyCounter, random_blocks, run
 
 # Hand-worked packed bytes of one WideBlock (float32, each tensor on a 256-byte boundary):
@@ -137,15 +137,15 @@ def test_pinning_more_than_the_host_can_lock_falls_back_to_the_ring(
 
 
 @pytest.mark.parametrize("staging", ["pinned", "ring"])
-def test_offload_keeps_the_shells_and_load_repoints_them(staging: str) -> None:
+def test_unload_keeps_the_shells_and_load_repoints_them(staging: str) -> None:
     blocks = random_blocks(6)
     reference = copy.deepcopy(blocks)
     x = torch.randn(2, WIDTH)
     with use_runtime(RecordingRuntime()) as rt:
         streamer = LayerStreamer(blocks, "cpu", 3 * PACKED_BLOCK_BYTES, pin_memory=True, staging=staging)
         first = list(streamer.iterate())
-        streamer.offload()
-        streamer.offload()  # already offloaded: nothing to do
+        streamer.unload()
+        streamer.unload()  # already unloaded: nothing to do
         assert rt.empty_cache_calls == 1 and not streamer.on_device and streamer.stats.device_bytes == 0
         # Offloaded shells hold no slot memory: they point at their blocks' host tensors.
         for i in streamer.plan.streamed:
@@ -178,18 +178,18 @@ def test_component_residency_pins_exactly_and_uploads_without_blocking() -> None
     values = [t.clone() for t in model.state_dict().values()]
     with use_runtime(RecordingRuntime()) as rt:
         residency = ComponentResidency(model, "meta", pin_memory=True)  # meta stands in for an accelerator
-        assert rt.pinned == [PackedTensors(model).packed_nbytes] == [3072 + 256 + 256 + 256]
+        assert rt.pinned == [ModuleTensors(model).packed_nbytes] == [3072 + 256 + 256 + 256]
         assert residency.pinned_bytes == 3840
         # The module now computes from the page-locked copies (one buffer), with the same values.
         assert len({t.untyped_storage().data_ptr() for t in model.state_dict().values()}) == 1
         assert model[0].weight.untyped_storage().nbytes() == 3840
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), values))
         with ToCopies() as copies:
-            residency.to_device()
-            residency.to_device()  # already there: nothing copied
+            residency.load()
+            residency.load()  # already there: nothing copied
         assert residency.on_device and copies.non_blocking == [True] * 4 and model[1].bias.is_meta
-        residency.offload()
-        residency.offload()
+        residency.unload()
+        residency.unload()
         assert not residency.on_device and rt.empty_cache_calls == 1
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), values))
 

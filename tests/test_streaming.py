@@ -18,7 +18,7 @@ from framepack.device_runtime import use_runtime
 from framepack.errors import ConfigError
 from framepack.models.llama import LlamaConfig, LlamaTextEncoder
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
-from framepack.offload import block_nbytes, minimum_budget
+from framepack.memory.streamer import block_nbytes, minimum_budget
 from tests.encoder_fixtures import randomize
 from tests.test_streamer_host_memory import RecordingRuntime
 from tests.transformer_support import conditioning_and_context, make_inputs, randomise_
@@ -136,20 +136,20 @@ def test_one_streamer_over_double_and_single_blocks(transformer: FramePackTransf
     assert streamer.plan.slot_bytes == block_nbytes(doubles[0])
 
 
-def test_enable_disable_offload_and_errors(transformer: FramePackTransformer, step_inputs: dict) -> None:
+def test_enable_disable_unload_and_errors(transformer: FramePackTransformer, step_inputs: dict) -> None:
     model = copy.deepcopy(transformer)
     host = {name: p.data_ptr() for name, p in model.named_parameters()}
     expected = denoise_steps(model, step_inputs, None)[0]
-    with pytest.raises(ConfigError, match=r"offload\(\) needs enable_streaming"):
-        model.offload()
+    with pytest.raises(ConfigError, match=r"unload\(\) needs enable_streaming"):
+        model.unload()
     with pytest.raises(ConfigError, match="smallest budget"):
         model.enable_streaming("cpu", 1)
     assert model.streamer is None  # a refused budget leaves the model as it was
 
     model.enable_streaming("cpu", minimum_budget([block_nbytes(b) for b in model.streamable_blocks()]))
-    model.offload()
+    model.unload()
     assert model.streamer.stats.device_bytes == 0
-    model.to_device()
+    model.load()
     assert torch.equal(denoise_steps(model, step_inputs, None)[0], expected)
     model.disable_streaming()
     assert model.streamer is None
@@ -275,12 +275,12 @@ def test_on_device_device_bytes_and_idempotent_moves(transformer: FramePackTrans
     assert model.on_device and model.device_bytes == fixed + streamer.plan.device_bytes
     shells = list(streamer.iterate())
     with use_runtime(RecordingRuntime()) as rt:
-        model.offload()
-        model.offload()  # already offloaded: nothing more to free
+        model.unload()
+        model.unload()  # already unloaded: nothing more to free
         assert not model.on_device and model.device_bytes == 0
         assert rt.empty_cache_calls == 2  # once for the blocks, once for the rest
-        model.to_device()
-        model.to_device()
+        model.load()
+        model.load()
     assert model.on_device and model.device_bytes == fixed + streamer.plan.device_bytes
     assert all(a is b for a, b in zip(shells, streamer.iterate()))
     assert torch.equal(denoise_steps(model, step_inputs, None)[0], expected)
@@ -293,12 +293,12 @@ def test_llama_residency_places_exactly_what_streaming_sizes_counts(llama: Llama
     residency = model.residency("meta", 4)  # meta stands in for an accelerator
     raw_layers = sum(t.nbytes for layer in model.layers[:4] for t in layer.parameters())
     assert residency.nbytes == model.streaming_sizes(4).fixed_bytes + raw_layers == 32 * 4 + raw_layers
-    residency.to_device()
+    residency.load()
     assert model.embed_tokens.weight is table and model.layers[4].mlp.up_proj.weight is unused
     assert model.layers[3].mlp.up_proj.weight.is_meta and model.norm.weight.is_meta
     with torch.no_grad():
         out = model(ids, mask, hidden_state_index=-3)
     assert out.is_meta and out.shape == (2, 13, 32)
-    residency.offload()
+    residency.unload()
     with torch.no_grad():
         assert torch.equal(model(ids, mask, hidden_state_index=-3), llama(ids, mask, hidden_state_index=-3))

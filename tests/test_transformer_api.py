@@ -136,7 +136,7 @@ def test_run_first_then_rest_equals_run_all(model: FramePackTransformer, inputs:
 
 
 class Streaming(FramePackTransformer):
-    """Records every block fetch, as the offload streamer will."""
+    """Records every block fetch, as the block streamer will."""
 
     fetched: list[int]
 

@@ -5,8 +5,8 @@ them through ``self.streamer.iterate(...)`` whenever ``self.streamer`` is set. T
 
     streamer = model.enable_streaming("cuda", budget_bytes)   # non-block weights -> device,
     out = model(...)                                          # blocks resident or streamed
-    model.offload()      # phase over: give the device memory back, keep the set-up
-    model.to_device()    # next phase: weights back on the device
+    model.unload()       # phase over: give the device memory back, keep the set-up
+    model.load()         # next phase: weights back on the device
     model.disable_streaming()  # everything back on its own host tensors
 
 ``budget_bytes`` bounds the *blocks* (resident blocks + the streamer's slots): the
@@ -15,6 +15,10 @@ whole on the device on top of it, exactly the split ``plan_pipeline_memory`` pla
 ``budget_bytes=None`` keeps every block resident. Modules a model names in
 ``host_modules`` (a lookup table read a few rows at a time) stay on the host and count
 in neither.
+
+This mixin is the models' whole dependency on memory handling: it uses the low layer of
+``framepack.memory`` (``residency``, ``streamer``) and never the planner or the placement,
+which use it (``tests/test_import_graph.py``).
 """
 
 from __future__ import annotations
@@ -26,9 +30,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..memory_plan import ComponentSize
-from ..offload import LayerStreamer, Staging, block_nbytes
-from ..residency import ComponentResidency, ModuleTensors
+from ..memory.residency import ComponentResidency, ComponentSize, ModuleTensors
+from ..memory.streamer import LayerStreamer, Staging, block_nbytes
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,13 @@ class StreamableModel(nn.Module):
     @property
     def on_device(self) -> bool:
         """Whether streaming is on and the weights it places are on the device now (the
-        non-block weights, the resident blocks and the slots): ``to_device`` would do nothing."""
+        non-block weights, the resident blocks and the slots): ``load`` would do nothing."""
         return self._streaming is not None and self._streaming.residency.on_device
 
     @property
     def device_bytes(self) -> int:
         """Device memory the weights hold now: non-block weights plus the streamer's resident
-        blocks and slots (0 when offloaded or not streaming)."""
+        blocks and slots (0 when unloaded or not streaming)."""
         if self._streaming is None or not self._streaming.residency.on_device:
             return 0
         return self._streaming.residency.nbytes + self._streaming.streamer.stats.device_bytes
@@ -117,9 +120,9 @@ class StreamableModel(nn.Module):
         never runs the last ones; they stay on the host, unread). ``pin_memory`` and
         ``staging`` are the ``LayerStreamer``'s; with page-locked streamed blocks
         ("pinned") the non-block weights are page-locked too, as they are uploaded again
-        after every ``offload``. Pass ``pin_memory=False`` for a model run once per video.
+        after every ``unload``. Pass ``pin_memory=False`` for a model run once per video.
         The model's weights must be on the CPU. ``load=False`` sets everything up but leaves
-        the device empty until ``to_device`` (a component that waits for its phase). Returns
+        the device empty until ``load`` (a component that waits for its phase). Returns
         the streamer (its ``plan`` and ``stats`` say what it does).
         """
         self.disable_streaming()
@@ -132,7 +135,7 @@ class StreamableModel(nn.Module):
             self, streamer.device, exclude=self._device_excluded(), pin_memory=streamer.staging == "pinned"
         )
         if load:
-            residency.to_device()
+            residency.load()
         self._streaming = _StreamingSetup(residency, streamer)
         return streamer
 
@@ -140,23 +143,22 @@ class StreamableModel(nn.Module):
         """Every weight back on its own host tensor; blocks are fetched directly again."""
         if self._streaming is None:
             return
-        self._streaming.streamer.offload()
-        self._streaming.residency.offload()
+        self.unload()
         self._streaming = None
 
-    def offload(self) -> None:
-        """Free the device memory this model holds, keeping the streaming set-up (plan,
-        page-locked host copies, shells) for ``to_device``; no-op when already offloaded."""
-        setup = self._require_streaming("offload")
-        setup.streamer.offload()
-        setup.residency.offload()
-
-    def to_device(self) -> None:
-        """Put the non-block weights and the resident blocks back on the device after
-        ``offload``; no-op when they are there."""
-        setup = self._require_streaming("to_device")
-        setup.residency.to_device()
+    def load(self) -> None:
+        """Put the non-block weights and the resident blocks on the device (after ``unload``,
+        or ``enable_streaming(..., load=False)``); no-op when they are there."""
+        setup = self._require_streaming("load")
+        setup.residency.load()
         setup.streamer.load()
+
+    def unload(self) -> None:
+        """Free the device memory this model holds, keeping the streaming set-up (plan,
+        page-locked host copies, shells) for ``load``; no-op when already unloaded."""
+        setup = self._require_streaming("unload")
+        setup.streamer.unload()
+        setup.residency.unload()
 
     def _require_streaming(self, what: str) -> _StreamingSetup:
         if self._streaming is None:

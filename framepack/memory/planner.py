@@ -7,7 +7,7 @@ The pipeline runs in four phases, each using some components (``PHASES``). The r
 2. A budget that holds every component's weights plus the largest phase's activations:
    the same, everything resident.
 3. Otherwise components *swap*: each phase has the device to itself (its components are
-   loaded for it and offloaded after). Per phase, device bytes are
+   loaded for it and unloaded after). Per phase, device bytes are
    ``activations + whole components + streamed component's plan``:
    * the VAE tiles (both phases that use it) if an untiled VAE phase would exceed the
      budget; tiled VAE phases then count ``tiled_vae_activation_bytes`` (one number for
@@ -30,10 +30,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
-from .offload import ResidencyPlan, format_bytes, minimum_budget, plan_residency
+import torch
+from torch import nn
 
-GIB = 1 << 30
+from ..errors import ConfigError
+from ..units import GIB, format_bytes
+from ..video.buckets import BASE_RESOLUTION, BUCKETS_640
+from .residency import ComponentSize, ModuleTensors
+from .streamer import ResidencyPlan, minimum_budget, plan_residency
 
 PHASES: dict[str, tuple[str, ...]] = {
     "text": ("text_encoder", "text_encoder_2"),
@@ -42,19 +46,6 @@ PHASES: dict[str, tuple[str, ...]] = {
     "decode": ("vae",),
 }
 VAE_PHASES = ("image", "decode")
-
-
-@dataclass(frozen=True)
-class ComponentSize:
-    """A component's weights: ``fixed_bytes`` always whole on the device while in use, plus
-    the repeated ``block_bytes`` a ``LayerStreamer`` may stream."""
-
-    fixed_bytes: int
-    block_bytes: tuple[int, ...] = ()
-
-    @property
-    def total_bytes(self) -> int:
-        return self.fixed_bytes + sum(self.block_bytes)
 
 
 @dataclass(frozen=True)
@@ -159,3 +150,87 @@ def _sizes(component_bytes: Mapping[str, int | ComponentSize]) -> dict[str, Comp
     if negative:
         raise ConfigError(f"component sizes must be >= 0 bytes; negative for {negative}")
     return sizes
+
+
+# --- the pipeline's numbers: component sizes and activation estimates -------------------
+
+PROMPT_HIDDEN_STATE = -3  # FramePack reads Llama's hidden state three from the end
+TEXT_TOKENS = 351  # 95 template tokens + 256 prompt tokens
+CONTEXT_TOKENS = 729 + 512  # SigLIP image tokens + padded text tokens
+VAE_TILE = 256  # default spatial tile of the VAE, pixels
+VAE_TEMPORAL_TILE = 17  # pixel frames of one temporal tile (5 latent frames)
+
+
+def component_sizes(modules: Mapping[str, nn.Module]) -> dict[str, int | ComponentSize]:
+    """Device bytes of every component (named as in ``PHASES``), with the blocks of the
+    streamable ones (the transformer, the Llama encoder up to the layer it is read at) listed."""
+    llama = modules["text_encoder"]
+    streamable = {
+        "transformer": modules["transformer"].streaming_sizes(),
+        "text_encoder": llama.streaming_sizes(llama.layers_needed(PROMPT_HIDDEN_STATE)),
+    }
+    return {n: streamable[n] if n in streamable else ModuleTensors(m).nbytes for n, m in modules.items()}
+
+
+# Kept out of every budget on a CUDA device: the context (0.3-0.5 GiB, allocated by the
+# driver, not by PyTorch), cuBLAS/cuDNN workspaces and the caching allocator's fragmentation.
+DEVICE_RESERVE_BYTES = 768 << 20
+# Peak activations of the VAE, in units of one [frames, H, W, 128 channels] tensor of its
+# dtype (17 frames decoding, 1 encoding; a tile's H x W when tiled), measured with
+# benchmarks/dry_run.py on the real VAE at the 640 bucket and rounded up (every estimate here is
+# checked against the real-size models' measured peaks by tests/test_activation_estimates.py).
+VAE_DECODE_PEAK_TENSORS = 7.5
+VAE_TILED_DECODE_PEAK_TENSORS = 8.0  # the tile's own activations plus the frame it is blended into
+VAE_ENCODE_PEAK_TENSORS = 10.0
+
+
+def activation_estimates(modules: Mapping[str, nn.Module], resolution: int, window: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(peak activation bytes per phase with an untiled VAE, the VAE phases' peaks when tiled).
+
+    Sampling counts a block's temporaries in the compute dtype, the float32 streams of a
+    float16 model at 4 bytes, and the residual a step cache keeps between calls (one guidance
+    branch: real CFG's second one is not counted).
+    """
+    transformer = modules["transformer"]
+    t = transformer.config
+    compute_element, stream_element = transformer.dtype.itemsize, transformer.residual_dtype.itemsize
+    # The largest bucket area at this resolution (416 x 960 at 640), scaled like the buckets.
+    pixels = int(max(h * w for h, w in BUCKETS_640) * (resolution / BASE_RESOLUTION) ** 2)
+    # The packed context adds 1x (2 frames), 2x and 4x groups: about 28 % of a 9-frame window.
+    image_tokens = int(window * pixels / 256 * 1.3)
+    tokens = image_tokens + CONTEXT_TOKENS
+    # streams, q/k/v, MLP hidden (4x), attention output: 16 token-wide tensors, of which about
+    # 3 are the streams (the joint buffer and a block's update; measured by benchmarks/dry_run.py)
+    per_token = 16 * compute_element + 3 * (stream_element - compute_element)
+    sampling = tokens * t.inner_dim * per_token
+    sampling += image_tokens * t.inner_dim * stream_element
+    llama = modules["text_encoder"].config
+    text = TEXT_TOKENS * llama.intermediate_size * transformer.dtype.itemsize * 6
+    vae = modules["vae"]
+    width = vae.config.block_out_channels[0] * next(vae.parameters()).element_size()
+    tile = min(pixels, VAE_TILE * VAE_TILE)
+    untiled = {
+        "text": text,
+        "image": int(pixels * width * VAE_ENCODE_PEAK_TENSORS),
+        "sampling": sampling,
+        "decode": int(VAE_TEMPORAL_TILE * pixels * width * VAE_DECODE_PEAK_TENSORS),
+    }
+    tiled = {
+        "image": int(tile * width * VAE_ENCODE_PEAK_TENSORS),
+        "decode": int(VAE_TEMPORAL_TILE * tile * width * VAE_TILED_DECODE_PEAK_TENSORS),
+    }
+    return untiled, tiled
+
+
+def plan_memory(
+    modules: Mapping[str, nn.Module], vram_budget_gb: float | None, *, resolution: int, window: int, device: torch.device
+) -> MemoryPlan:
+    """The memory plan for the named components on ``device``; a CUDA device keeps ``DEVICE_RESERVE_BYTES`` free."""
+    activations, tiled = activation_estimates(modules, resolution, window)
+    return plan_pipeline_memory(
+        vram_budget_gb,
+        component_sizes(modules),
+        activations,
+        tiled_vae_activation_bytes=tiled,
+        reserve_bytes=DEVICE_RESERVE_BYTES if device.type == "cuda" else 0,
+    )

@@ -5,7 +5,7 @@ prompt, the VAE to encode and decode, the transformer to sample). ``ComponentRes
 puts a component on the device for its phase and back afterwards *without copying it to
 the host*: it remembers the host tensors the component was loaded with and points the
 module back at them. With ``from_pretrained(..., storage="mmap")`` those host tensors are
-views of the checkpoint file, so an offloaded component costs only page cache, which
+views of the checkpoint file, so an unloaded component costs only page cache, which
 the OS can reclaim, instead of anonymous RAM.
 
 A component copied to the device phase after phase can instead keep its host tensors in
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .device_runtime import runtime
-from .host_memory import lockable_bytes
-from .units import format_bytes
+from ..device_runtime import runtime
+from ..units import format_bytes
+from .host import lockable_bytes
 
 logger = logging.getLogger("framepack")
 
@@ -34,7 +34,20 @@ ALIGNMENT = 256
 
 
 @dataclass(frozen=True)
-class TensorPlace:
+class ComponentSize:
+    """A component's device bytes: ``fixed_bytes`` always whole on the device while in use,
+    plus the repeated ``block_bytes`` (packed) a ``LayerStreamer`` may stream."""
+
+    fixed_bytes: int
+    block_bytes: tuple[int, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        return self.fixed_bytes + sum(self.block_bytes)
+
+
+@dataclass(frozen=True)
+class _Place:
     """One (module, attribute) holding a tensor, and that tensor's index among the unique tensors."""
 
     module: nn.Module
@@ -45,11 +58,12 @@ class TensorPlace:
 
 class ModuleTensors:
     """A module's parameters and buffers, deduplicated (tied weights stay tied), skipping the
-    subtrees in ``exclude`` (e.g. blocks another mechanism manages)."""
+    subtrees in ``exclude`` (e.g. blocks another mechanism manages), with the byte offsets
+    they take when packed into one flat buffer (each on an ``ALIGNMENT`` boundary)."""
 
     def __init__(self, module: nn.Module, exclude: Iterable[nn.Module] = ()) -> None:
         skipped = {id(m) for root in exclude for m in root.modules()}
-        self.places: list[TensorPlace] = []
+        self.places: list[_Place] = []
         self.tensors: list[torch.Tensor] = []
         index: dict[int, int] = {}
         for sub in module.modules():
@@ -62,7 +76,13 @@ class ModuleTensors:
                     if id(tensor) not in index:
                         index[id(tensor)] = len(self.tensors)
                         self.tensors.append(tensor)
-                    self.places.append(TensorPlace(sub, attr, is_parameter, index[id(tensor)]))
+                    self.places.append(_Place(sub, attr, is_parameter, index[id(tensor)]))
+        self.offsets: list[int] = []
+        offset = 0
+        for tensor in self.tensors:
+            self.offsets.append(offset)
+            offset += -(-tensor.nbytes // ALIGNMENT) * ALIGNMENT
+        self.packed_nbytes = offset
 
     @property
     def nbytes(self) -> int:
@@ -78,19 +98,6 @@ class ModuleTensors:
         for place in self.places:
             table = place.module._parameters if place.is_parameter else place.module._buffers
             table[place.attr] = self.tensors[place.tensor]
-
-
-class PackedTensors(ModuleTensors):
-    """A module's unique tensors with the byte offsets they take in one flat buffer."""
-
-    def __init__(self, module: nn.Module, exclude: Iterable[nn.Module] = ()) -> None:
-        super().__init__(module, exclude)
-        self.offsets: list[int] = []
-        offset = 0
-        for tensor in self.tensors:
-            self.offsets.append(offset)
-            offset += -(-tensor.nbytes // ALIGNMENT) * ALIGNMENT
-        self.packed_nbytes = offset
 
     def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
         """The tensors laid out in a flat byte ``buffer`` (no copy)."""
@@ -136,7 +143,7 @@ class ComponentResidency:
     ) -> None:
         self.module = module
         self.device = torch.device(device)
-        self._tensors = PackedTensors(module, exclude)
+        self._tensors = ModuleTensors(module, exclude)
         self._pinned: torch.Tensor | None = None
         if pin_memory and self._tensors.tensors:
             self._pinned = self._pin()
@@ -165,19 +172,18 @@ class ComponentResidency:
 
     @property
     def on_device(self) -> bool:
-        """Whether the module points at device copies now (``to_device`` then does nothing)."""
+        """Whether the module points at device copies now (``load`` then does nothing)."""
         return self._on_device
 
-    def to_device(self) -> nn.Module:
+    def load(self) -> None:
         """Copy the weights to the device (the host tensors are kept, untouched); no-op when there."""
         if not self._on_device:
             self._tensors.assign(upload(self._host, self.device))
             self._on_device = True
-        return self.module
 
-    def offload(self) -> None:
+    def unload(self) -> None:
         """Drop the device copies (the module points at its host tensors again) and hand the
-        freed memory back to the driver; no-op when already offloaded."""
+        freed memory back to the driver; no-op when already unloaded."""
         if self._on_device:
             self._tensors.assign(self._host)
             self._on_device = False

@@ -49,11 +49,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .device_runtime import runtime
-from .errors import ConfigError
-from .host_memory import lockable_bytes
-from .residency import ModuleTensors, PackedTensors, upload
-from .units import format_bytes
+from ..device_runtime import runtime
+from ..errors import ConfigError
+from ..units import format_bytes
+from .host import lockable_bytes
+from .residency import ModuleTensors, upload
 
 logger = logging.getLogger("framepack")
 
@@ -162,7 +162,7 @@ def _streaming_candidates(sizes: tuple[int, ...], budget_bytes: int | None, pref
 
 def block_nbytes(block: nn.Module) -> int:
     """Bytes of a block's parameters and buffers as the streamer packs them (aligned)."""
-    return PackedTensors(block).packed_nbytes
+    return ModuleTensors(block).packed_nbytes
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ class LayerStreamer:
     ``prefetch`` streamed blocks are copied ahead of the one computing (on a side CUDA
     stream, overlapping compute; elsewhere synchronously). ``pin_memory`` and ``staging``
     choose where copies come from (module docstring). Blocks must not be moved after the
-    streamer takes them; ``offload()`` and ``load()`` (or the next ``iterate``) move them.
+    streamer takes them; ``load()`` (or the next ``iterate``) and ``unload()`` move them.
     """
 
     def __init__(
@@ -252,7 +252,7 @@ class LayerStreamer:
             raise ConfigError(f"staging must be 'pinned' or 'ring', got {staging!r}")
         self.blocks = list(blocks)
         self.device = torch.device(device)
-        self._tensors = [PackedTensors(b) for b in self.blocks]
+        self._tensors = [ModuleTensors(b) for b in self.blocks]
         for i, t in enumerate(self._tensors):
             if any(x.is_meta for x in t.tensors):
                 raise ConfigError(f"block {i} still has meta tensors: load its weights before streaming it")
@@ -314,11 +314,11 @@ class LayerStreamer:
         self.stats.slot_bytes = sum(s.nbytes for s in self._slots)
         self._loaded = True
 
-    def offload(self) -> None:
+    def unload(self) -> None:
         """Give back all device memory: resident blocks return to their host tensors (no copy
         when those are the originals, e.g. memory-mapped), shells let go of the slots, the
         slots are freed and the allocator's cache is emptied. The next ``iterate`` loads
-        them again; no-op when offloaded."""
+        them again; no-op when unloaded."""
         if not self._loaded:
             return
         rt = runtime()
