@@ -312,14 +312,14 @@ def _same_path(a: Path, b: Path) -> bool:
 def _check_host_memory(pipe: FramePackPipeline, config: GenerationConfig) -> None:
     """On the CPU activations share the host RAM with the weights: refuse a run whose smallest
     estimated peak (VAE tiled) is larger than the RAM still available, before it thrashes or dies."""
-    from .host_memory import available_host_bytes
-    from .memory_plan import GIB
-    from .placement import activation_estimates
+    from .memory.host import available_host_bytes
+    from .memory.planner import activation_estimates
+    from .units import GIB
 
     available = available_host_bytes()
     if available is None:
         return
-    untiled, tiled = activation_estimates(pipe.components, config.resolution, config.window)
+    untiled, tiled = activation_estimates(pipe.components.modules(), config.resolution, config.window)
     peak = max(min(size, tiled.get(phase, size)) for phase, size in untiled.items())
     if peak > available:
         raise InputError(

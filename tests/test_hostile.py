@@ -303,7 +303,7 @@ def test_faults_exit_1_with_one_line(
 def test_a_run_too_large_for_the_ram_is_refused_before_sampling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("framepack.host_memory.available_host_bytes", lambda: 1 << 20)
+    monkeypatch.setattr("framepack.memory.host.available_host_bytes", lambda: 1 << 20)
     assert main([*TINY_RUN, "--out", str(tmp_path / "x.mp4")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --resolution 32 --window 2: a section needs about") and "RAM available" in err
