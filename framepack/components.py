@@ -45,14 +45,13 @@ class Components:
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), nn.Module)}
 
     def weights_digest(self) -> str:
-        """A short sha256 of every module's weights, cheap at any size: for each parameter and
-        buffer its name, dtype, shape and about ``WEIGHT_SAMPLES`` elements at a fixed stride
-        (the last element included).
+        """A short sha256 of every module's weights: for each parameter and buffer its name,
+        dtype, shape and about ``WEIGHT_SAMPLES`` elements at a fixed stride (the last included).
 
         Two checkpoints of one architecture differ almost everywhere, so the samples tell them
         apart; an edit between the sampled elements goes unseen. Where weights live (device,
-        host, memory-mapped) does not change it: the samples of each module's device tensors
-        reach the host in one copy per device.
+        host, memory-mapped) does not change it. Cost: a few small ops per tensor and one copy
+        to the host per module and device; memory-mapped weights read the pages holding the samples.
         """
         h = hashlib.sha256()
         for module_name, module in self.modules().items():
