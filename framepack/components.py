@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import defaultdict
 from dataclasses import dataclass, fields
 
 import torch
@@ -23,6 +25,8 @@ F1_REPO = "lllyasviel/FramePack_F1_I2V_HY_20250503"
 HUNYUAN_REPO = "hunyuanvideo-community/HunyuanVideo"
 REDUX_REPO = "lllyasviel/flux_redux_bfl"
 
+WEIGHT_SAMPLES = 64  # elements of each weight tensor that ``Components.weights_digest`` reads
+
 
 @dataclass
 class Components:
@@ -39,6 +43,45 @@ class Components:
     def modules(self) -> dict[str, nn.Module]:
         """The neural networks by name (tokenizers excluded)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), nn.Module)}
+
+    def weights_digest(self) -> str:
+        """A short sha256 of every module's weights: for each parameter and buffer its name,
+        dtype, shape and about ``WEIGHT_SAMPLES`` elements at a fixed stride (the last included).
+
+        Two checkpoints of one architecture differ almost everywhere, so the samples tell them
+        apart; an edit between the sampled elements goes unseen. Where weights live (device,
+        host, memory-mapped) does not change it. Cost: a few small ops per tensor and one copy
+        to the host per module and device; memory-mapped weights read the pages holding the samples.
+        """
+        h = hashlib.sha256()
+        for module_name, module in self.modules().items():
+            tensors = [*module.named_parameters(), *module.named_buffers()]
+            samples = _to_host([_sample(tensor.detach()) for _, tensor in tensors])
+            for (name, tensor), sample in zip(tensors, samples):
+                h.update(f"{module_name}.{name} {tensor.dtype} {list(tensor.shape)}\n".encode())
+                h.update(sample.numpy().tobytes())
+        return h.hexdigest()[:32]
+
+
+def _sample(tensor: torch.Tensor) -> torch.Tensor:
+    """About ``WEIGHT_SAMPLES`` elements of ``tensor`` at a fixed stride, plus its last, as bytes."""
+    flat = tensor.reshape(-1)
+    stride = max(1, -(-flat.numel() // WEIGHT_SAMPLES))
+    return torch.cat([flat[::stride], flat[-1:]]).view(torch.uint8)
+
+
+def _to_host(samples: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``samples`` on the host, in order: those of each device gathered into one copy."""
+    out = list(samples)
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for i, sample in enumerate(samples):
+        if sample.device.type != "cpu":
+            by_device[sample.device].append(i)
+    for indices in by_device.values():
+        gathered = torch.cat([samples[i] for i in indices]).cpu()
+        for i, part in zip(indices, gathered.split([samples[i].numel() for i in indices])):
+            out[i] = part
+    return out
 
 
 def component_dtypes(device: torch.device, dtype: torch.dtype | None) -> tuple[torch.dtype, torch.dtype]:

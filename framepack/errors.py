@@ -26,7 +26,15 @@ class OutputError(FramePackError):
 
 
 class NumericalError(FramePackError, ArithmeticError):
-    """A computation produced inf or NaN (typically a float16 overflow)."""
+    """A computation produced inf or NaN (typically a float16 overflow).
+
+    Raised by a generation, ``partial`` keeps the latents of every finished section, as
+    ``GenerationInterrupted.partial`` does; None when none had finished, or outside a generation.
+    """
+
+    def __init__(self, message: str = "non-finite values", partial: Any = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class GenerationInterrupted(FramePackError):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache.base import CachePolicy
+from .cache.base import CachePolicy, NoCache
 from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO, Components, load_components, tiny_components
 from .conditioning import Conditioning
 from .config import GenerationConfig
@@ -285,6 +285,7 @@ class FramePackPipeline:
         settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("crf", "end_image", "cache")}
         return {
             "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
+            "weights": self.components.weights_digest(),  # another checkpoint of the same model differs here
             "dtype": str(self.components.transformer.dtype),
             "vae_tiling": self._tiling(config) is not None,
             "image": _image_digest(inputs.image),
@@ -307,9 +308,12 @@ def _folder_argument(name: str, value: object) -> Path | None:
 
 
 def describe_policy(policy: CachePolicy | None) -> str:
-    """A policy's class and settings, e.g. ``TeaCache(rel_l1_thresh=0.15)`` (its statistics left out)."""
+    """A policy's class and settings, e.g. ``TeaCache(rel_l1_thresh=0.15)`` (its statistics left out).
+
+    None is described as ``NoCache()``: both run every block on every call.
+    """
     if policy is None:
-        return "None"
+        policy = NoCache()
     settings = {
         k: v
         for k, v in sorted(vars(policy).items())

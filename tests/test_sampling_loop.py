@@ -151,8 +151,10 @@ def test_real_cfg_uses_negative_text_with_positive_image_and_cache_restarts() ->
     neg_prepared = [p for p in fake.prepared if p.conditioning.pooled.mean() == -1.0]
     assert len(neg_prepared) == 2
     assert all(p.conditioning.image_embeds.mean() == 1.0 for p in neg_prepared)
-    assert all(c.cache is cache for c in fake.calls)
-    assert [s.num_steps for s in cache.stats] == [3, 3]
+    run_policy = fake.calls[0].cache  # the run's own copy of the policy, one for every call
+    assert isinstance(run_policy, NoCache) and run_policy is not cache
+    assert all(c.cache is run_policy for c in fake.calls)
+    assert [s.num_steps for s in cache.stats] == [3, 3]  # each finished section reported to the given policy
 
 
 def test_text_to_video_from_zero_start() -> None:

@@ -9,8 +9,9 @@ per-branch ``state`` dict, so the positive and negative passes of real CFG never
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 
@@ -18,6 +19,8 @@ from ..errors import ConfigError, InputError
 
 POSITIVE = "positive"
 NEGATIVE = "negative"
+
+_Policy = TypeVar("_Policy", bound="CachePolicy")
 
 
 class BlockStack(Protocol):
@@ -88,6 +91,13 @@ class CachePolicy:
     ``num_steps`` calls), stored residual and ``state`` dict, all cleared by
     ``start_section``. A call with no stored residual always computes. ``stats`` holds one
     ``SectionStats`` per section started.
+
+    The section loop never samples with the policy it is given but with ``for_run()``, a copy
+    of its settings with fresh state, so runs sharing one policy object (two threads, or one
+    run after another) share no decision state or residual. The copy is shallow: attributes
+    set in ``__init__`` are settings, shared by every copy; what a call decides from belongs
+    in ``state``. Each finished section's ``SectionStats`` is appended to the given policy's
+    ``stats`` (``finish_section``).
     """
 
     needs_modulated_input: ClassVar[bool] = False
@@ -97,6 +107,7 @@ class CachePolicy:
         self.stats: list[SectionStats] = []
         self._num_steps = 0
         self._branches: dict[str, _Branch] = {}
+        self._origin: CachePolicy | None = None  # the policy a run copy reports its sections to
 
     # --- what a subclass writes -------------------------------------------------------
     def should_compute(self, step: CacheStep, state: dict[str, Any]) -> bool:
@@ -111,6 +122,25 @@ class CachePolicy:
         """
 
     # --- what the sampler and the transformer call ------------------------------------
+    def for_run(self: _Policy) -> _Policy:
+        """A copy with this policy's settings and none of its state, for one run of sections."""
+        run = copy.copy(self)
+        run.stats = []
+        run._num_steps = 0
+        run._branches = {}
+        run._origin = self
+        return run
+
+    def finish_section(self) -> SectionStats:
+        """The statistics of the section that just finished, also appended to the ``stats`` of
+        the policy this run copy was made from (``for_run``)."""
+        if not self.stats:
+            raise ConfigError(f"{type(self).__name__}: finish_section() before any start_section(num_steps)")
+        section = self.stats[-1]
+        if self._origin is not None:
+            self._origin.stats.append(section)  # list.append is atomic: concurrent runs may report at once
+        return section
+
     def start_section(self, num_steps: int) -> None:
         """Forget every stored residual and decision state; a new section of ``num_steps`` begins."""
         if num_steps < 1:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .base import POSITIVE, CachePolicy, CacheStep
+from .base import POSITIVE, CachePolicy, CacheStep, SectionStats
 
 # Official MagCache FramePack demo tables (Zehong-Ma/MagCache, MagCache4FramePack), 25 steps;
 # entry 0 is a placeholder, entry t is mean ||r_t|| / ||r_{t-1}||.
@@ -140,9 +140,20 @@ class MagCacheCalibration(CachePolicy):
         super().__init__()
         self.tables: list[dict[str, list[float]]] = []
 
+    def for_run(self) -> MagCacheCalibration:
+        run = super().for_run()
+        run.tables = []  # this run's own; each finished section's table is reported back
+        return run
+
     def start_section(self, num_steps: int) -> None:
         super().start_section(num_steps)
         self.tables.append({})
+
+    def finish_section(self) -> SectionStats:
+        section = super().finish_section()
+        if isinstance(self._origin, MagCacheCalibration):
+            self._origin.tables.append(self.tables[-1])
+        return section
 
     def should_compute(self, step: CacheStep, state: dict[str, Any]) -> bool:
         return True

@@ -454,7 +454,11 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         context = text if prepared.image_tokens is None else torch.cat([prepared.image_tokens.to(stream), text], dim=1)
 
         stack = TransformerStack(self, image, context, temb, prepared.rope, prepared.joint_mask, guard)
-        image = stack.run_all() if cache is None else cache.run(stack, branch)
+        if cache is None:
+            image = stack.run_all()
+        else:
+            image = cache.run(stack, branch)
+            _check_policy_output(cache, image, stack.stack_input)
         if guard is not None:
             guard.raise_if_nonfinite()
         return self._output_head(image[:, -prepared.noisy_tokens :], temb, prepared.latents_shape)
@@ -502,6 +506,16 @@ def _expect_timestep(timestep: object, batch: int) -> torch.Tensor:
     if tuple(timestep.shape) != (batch,):
         raise InputError(f"timestep: expected shape [{batch}] (one per sample), got {list(timestep.shape)}")
     return timestep
+
+
+def _check_policy_output(policy: CachePolicy, output: object, stack_input: torch.Tensor) -> None:
+    # The output head keeps the last tokens: a policy returning more or fewer would give a wrong video, silently.
+    if not isinstance(output, torch.Tensor) or output.shape != stack_input.shape:
+        got = f"shape {list(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
+        raise InputError(
+            f"cache policy {type(policy).__name__}.run: expected the image stream of shape "
+            f"{list(stack_input.shape)} (the block stack's input), got {got}"
+        )
 
 
 def _check_conditioning(cond: Conditioning, batch: int, config: TransformerConfig, *, has_image_proj: bool) -> None:

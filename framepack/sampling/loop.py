@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
-from ..cache.base import CachePolicy
+from ..cache.base import CachePolicy, SectionStats
 from ..conditioning import Conditioning
 from ..config import GenerationConfig
-from ..errors import ConfigError, GenerationCancelled, GenerationInterrupted, InputError
+from ..errors import ConfigError, GenerationCancelled, GenerationInterrupted, InputError, NumericalError
 from .guidance import Denoising, GuidedDenoiser
 from .schedule import flux_sigmas, sequence_length
 from .sections import SectionHistory, SectionLayout, SectionPlan, plan_sections, section_image_embeds
@@ -55,9 +55,10 @@ ProgressCallback = Callable[[Progress], None]
 class SectionResult:
     """One finished section.
 
-    latents  the latents it added to the video, in temporal order (with the start latent on
-             the inverted loop's last section)
-    history  every real latent generated so far, in temporal order
+    latents      the latents it added to the video, in temporal order (with the start latent on
+                 the inverted loop's last section)
+    history      every real latent generated so far, in temporal order
+    cache_stats  the cache policy's calls computed and skipped in this section (None: no policy)
     """
 
     index: int
@@ -67,6 +68,7 @@ class SectionResult:
     history: torch.Tensor
     seconds: float
     elapsed: float
+    cache_stats: SectionStats | None = None
 
     @property
     def is_last(self) -> bool:
@@ -98,7 +100,10 @@ def stream_latents(
                       generated section, as kijai's end-frame sampler
     end_image_embeds  end image's embeddings; with them, image embeddings mix per
                       ``config.end_embed_mode`` / ``start_embed_strength`` (without, they are unchanged)
-    cache             overrides ``config.cache``; started anew for every section
+    cache             overrides ``config.cache``. The run samples with its own copy
+                      (``CachePolicy.for_run``), started anew for every section, so runs sharing
+                      a policy share no state; each finished section's statistics are appended to
+                      the given policy's ``stats`` and set on ``SectionResult.cache_stats``
     callback          called after every sampler step; raise GenerationCancelled in it to stop
     generator         the noise source; by default a CPU generator seeded with ``config.seed``
     resume_history    to continue an interrupted run: the ``history`` of its last finished
@@ -107,8 +112,12 @@ def stream_latents(
 
     A cancelled or failed run raises GenerationCancelled / GenerationInterrupted whose
     ``partial`` holds the real latents of the finished sections (None if none finished).
+    Every section's latents are checked after every sampler step, in every dtype: inf or NaN
+    raises NumericalError naming the section and the first step that produced them, with the
+    same ``partial``; the bad section is never yielded.
     """
-    device = next(iter(transformer.parameters())).device
+    weight = next(iter(transformer.parameters()))
+    device, model_dtype = weight.device, weight.dtype
     plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
     start_latent = _check_latent("start_latent", start_latent, conditioning.batch_size).to(device, torch.float32)
     _check_guidance(conditioning, config)
@@ -122,6 +131,7 @@ def stream_latents(
     if config.real_cfg != 1.0 and negative is None:
         raise ConfigError(f"real_cfg is {config.real_cfg}: real CFG needs a negative Conditioning, got None")
     cache = cache if cache is not None else config.cache
+    policy = None if cache is None else cache.for_run()
     if generator is None:
         generator = torch.Generator("cpu").manual_seed(config.seed)
 
@@ -146,6 +156,7 @@ def stream_latents(
 
     for layout in plan.sections[sections_done:]:
         section_started = time.perf_counter()
+        steps = _FiniteSteps(None if callback is None else clock.step_callback(callback, layout.index, plan.num_sections))
         try:
             positive = _section_conditioning(conditioning, end_image_embeds, config, layout, plan)
             context = history.context(layout, end_latent=end_latent if layout.index == 0 else None)
@@ -156,15 +167,15 @@ def stream_latents(
                     positive, text_embeds=negative.text_embeds, text_mask=negative.text_mask, pooled=negative.pooled
                 ).to(device)
                 prepared_negative = transformer.prepare(negative_section, context, noise_shape)
-            if cache is not None:
-                cache.start_section(config.steps)
+            if policy is not None:
+                policy.start_section(config.steps)
             denoiser = GuidedDenoiser(
                 transformer,
                 prepared_positive,
                 prepared_negative,
                 real_cfg=config.real_cfg,
                 cfg_rescale=config.cfg_rescale,
-                cache=cache,
+                cache=policy,
             )
             noise = torch.randn(noise_shape, generator=generator, device=generator.device, dtype=torch.float32)
             generated = sample_unipc(
@@ -172,12 +183,18 @@ def stream_latents(
                 noise.to(device),
                 sigmas,
                 variant=config.variant,
-                callback=None if callback is None else clock.step_callback(callback, layout.index, plan.num_sections),
+                callback=steps,
             )
         except GenerationCancelled as exc:
             raise GenerationCancelled(
                 f"generation cancelled in section {layout.index} of {plan.num_sections}; "
                 f"{layout.index} finished section(s) kept in .partial",
+                partial=_finished(history, layout),
+            ) from exc
+        except NumericalError as exc:  # e.g. float16's guard inside the transformer
+            raise NumericalError(
+                f"section {layout.index + 1}/{plan.num_sections}, sampler step {steps.recorded + 1}/{config.steps}: "
+                f"{exc}; {layout.index} finished section(s) kept in .partial",
                 partial=_finished(history, layout),
             ) from exc
         except Exception as exc:
@@ -188,10 +205,27 @@ def stream_latents(
                 f"{layout.index} finished section(s) kept in .partial",
                 partial=_finished(history, layout),
             ) from exc
+        bad_step = steps.first_nonfinite()
+        if bad_step is not None:
+            raise NumericalError(
+                f"section {layout.index + 1}/{plan.num_sections}: expected finite latents, but sampler step "
+                f"{bad_step + 1}/{config.steps} made them inf or NaN (a guidance scale too large for {model_dtype}, "
+                f"non-finite weights, or a cache policy returning non-finite values); "
+                f"{layout.index} finished section(s) kept in .partial",
+                partial=_finished(history, layout),
+            )
+        stats = None if policy is None else policy.finish_section()
         added = history.add(layout, generated)
         now = time.perf_counter()
         yield SectionResult(
-            layout.index, plan.num_sections, layout, added, history.latents, now - section_started, now - clock.started
+            layout.index,
+            plan.num_sections,
+            layout,
+            added,
+            history.latents,
+            now - section_started,
+            now - clock.started,
+            stats,
         )
 
 
@@ -273,6 +307,35 @@ def _section_conditioning(
 
 def _finished(history: SectionHistory, running: SectionLayout) -> torch.Tensor | None:
     return history.latents if running.index > 0 else None
+
+
+class _FiniteSteps:
+    """A sampler step callback that flags, on the device, each step whose latents hold inf or NaN,
+    then calls ``then``; ``first_nonfinite`` reads every flag of the section in one copy.
+
+    A step is flagged when the sampler's state or the step's x0 prediction (the section's
+    result, on the last step) is not finite. Flags say "non-finite": the zeros a dry run reads
+    back for device values (framepack.dry_run) then mean a finite section.
+    """
+
+    def __init__(self, then: Callable[[StepInfo], None] | None) -> None:
+        self._then = then
+        self._flags: list[torch.Tensor] = []
+
+    @property
+    def recorded(self) -> int:
+        return len(self._flags)
+
+    def __call__(self, info: StepInfo) -> None:
+        finite = torch.isfinite(info.x).all().logical_and(torch.isfinite(info.denoised).all())
+        self._flags.append(finite.logical_not())
+        if self._then is not None:
+            self._then(info)
+
+    def first_nonfinite(self) -> int | None:
+        """The first flagged step (0-based), or None; the section's one read of the device."""
+        flags = torch.stack(self._flags).cpu().tolist()
+        return flags.index(True) if True in flags else None
 
 
 class _Clock:
