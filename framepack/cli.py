@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message, status = _report(e)
-        print(f"error: {message}{_resume_hint(args)}", file=sys.stderr)
+        print(f"error: {message}{_resume_hint(args, e)}", file=sys.stderr)
         return status
 
 
@@ -69,13 +69,15 @@ def _report(error: Exception) -> tuple[str, int]:
     return f"internal error: {type(error).__name__}: {text} (run with --debug for the traceback)", 1
 
 
-def _resume_hint(args: argparse.Namespace) -> str:
+def _resume_hint(args: argparse.Namespace, error: BaseException | None = None) -> str:
     """Where the finished sections of a failed or interrupted run are, if any finished."""
     from .runstate import STATE_FILE
 
     run_dir = getattr(args, "run_dir_used", None)
     if run_dir is None or not (Path(run_dir) / STATE_FILE).exists():
         return ""
+    if isinstance(error, NumericalError):  # the same inputs and settings would overflow again on resume
+        return f" (finished sections are kept in {run_dir})"
     return f" (finished sections are kept: continue with --resume {run_dir})"
 
 

@@ -36,8 +36,7 @@ def test_overflowing_settings_fail_with_one_line_and_leave_the_output_alone(tmp_
     }
     for name, process in processes.items():
         err = process.communicate(timeout=300)[1].decode()  # bytes: text mode would turn the bar's \r into \n
-        # 1 once the command line tells faults (1) from bad input (2); this branch still answers 2 for both
-        assert process.returncode in (1, 2), (name, process.returncode, err)
+        assert process.returncode == 1, (name, process.returncode, err)  # a fault, not bad input (2)
         assert "Traceback" not in err, name
         # stderr: the progress bar's one line (redrawn with carriage returns), then the error
         lines = err.rstrip("\n").split("\n")
