@@ -78,3 +78,10 @@ def test_vae_tiling_follows_the_config_else_the_memory_plan() -> None:
     assert plan.vae_tiling, "a tight budget at 640 px must tile the VAE"
     assert pipe._tiling(GenerationConfig()) is not None
     assert pipe._tiling(GenerationConfig(vae_tiling=False)) is None
+
+
+@pytest.mark.parametrize("budget", [0, -1.0, float("nan"), float("inf"), True, "6"])
+def test_an_impossible_vram_budget_is_refused_by_the_api(budget: object) -> None:
+    pipe = FramePackPipeline.tiny(seed=0)
+    with pytest.raises(ConfigError, match=r"vram_budget_gb: expected a finite number of GiB > 0, or None; got"):
+        pipe.set_vram_budget(budget)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ The plan's sizes and activation estimates come from ``planner.plan_memory``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from ..device_runtime import runtime
+from ..errors import ConfigError
 from ..models.streaming import StreamableModel
 from ..units import GIB
 from .planner import PHASES, MemoryPlan, component_sizes
@@ -29,6 +31,10 @@ def device_budget_gb(device: torch.device, requested: float | None) -> float | N
     processes and the desktop hold some), and that free memory when none is asked for: a
     plan for more than the card has would run out of memory mid-video. Elsewhere the
     request as given (None: no budget)."""
+    if requested is not None and (
+        isinstance(requested, bool) or not isinstance(requested, (int, float)) or not 0 < requested < math.inf
+    ):
+        raise ConfigError(f"vram_budget_gb: expected a finite number of GiB > 0, or None; got {requested!r}")
     if device.type != "cuda":
         return requested
     free_gb = runtime().mem_get_info(device)[0] / GIB
