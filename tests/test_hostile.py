@@ -200,9 +200,16 @@ CASES: list[tuple[str, list[str | bytes], int, str]] = [
 ]
 
 
-# Run also as a user does, in a subprocess through ``python -m framepack.cli``: bytes argv, the
-# module's __main__, an offline hub. (Each costs a Python and torch start-up, so not every case.)
-SUBPROCESS_CASES = ("prompt-not-utf8", "out-same-file", "plan-seconds-1e9", "model-missing", "image-truncated")
+# These run also as a user runs them, in a subprocess through ``python -m framepack.cli``: bytes
+# argv, the module's __main__, the real exit status and stderr, an offline hub. Each costs a
+# Python and torch start-up (~4 s of CPU), so one or more of every kind, not all.
+SUBPROCESS_CASES = (
+    "image-missing", "image-garbage", "image-truncated", "image-zero-bytes", "image-directory", "image-bomb",
+    "end-image-forward", "out-folder", "out-is-image", "out-same-file", "out-link-to-image", "out-avi",
+    "out-missing-folder", "plan-size-word", "plan-seconds-1e9", "plan-window-100000", "plan-resolution-100000",
+    "seconds-1e9", "resolution-100", "steps-1000000", "crf-99", "seed-2**64", "cache-warp", "device-foo",
+    "vram-budget-nan", "prompt-not-utf8", "model-missing", "model-config-string-for-int", "model-corrupt-weights",
+)  # fmt: skip
 
 
 def prepare(folder: Path) -> dict[str, bytes | None]:
