@@ -30,8 +30,9 @@ HUNYUAN_VIDEO_TEMPLATE = (
 )
 # BOS + the system part + "<|start_header_id|>user<|end_header_id|>\n\n" under the Llama-3 tokenizer.
 TEMPLATE_CROP_START = 95
-MAX_PROMPT_TOKENS = 256
-TEXT_EMBED_LENGTH = 512
+MAX_PROMPT_TOKENS = 256  # Llama prompt tokens kept after the template
+TEXT_EMBED_LENGTH = 512  # rows of text_embeds: the prompt tokens zero-padded to this
+PROMPT_HIDDEN_STATE = -3  # FramePack reads Llama's hidden state three from the end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,7 @@ def encode_prompt(
     crop_start: int = TEMPLATE_CROP_START,
     max_length: int = MAX_PROMPT_TOKENS,
     length: int = TEXT_EMBED_LENGTH,
-    hidden_state_index: int = -3,
+    hidden_state_index: int = PROMPT_HIDDEN_STATE,
 ) -> PromptEmbeddings:
     """Encode one prompt; outputs are in the encoders' dtype on their devices."""
     if not isinstance(prompt, str):
@@ -105,30 +106,6 @@ def crop_or_pad_with_mask(features: torch.Tensor, length: int) -> tuple[torch.Te
     if n >= length:
         return features[:, :length], mask
     return torch.cat([features, features.new_zeros(batch, length - n, dim)], dim=1), mask
-
-
-def zeros_like_prompt(positive: PromptEmbeddings) -> PromptEmbeddings:
-    """The negative conditioning when real CFG is 1: zero features under the positive's mask."""
-    return PromptEmbeddings(
-        text_embeds=torch.zeros_like(positive.text_embeds),
-        text_mask=positive.text_mask.clone(),  # on the host, as every mask
-        pooled=torch.zeros_like(positive.pooled),
-    )
-
-
-def encode_negative_prompt(
-    negative_prompt: str,
-    positive: PromptEmbeddings,
-    real_guidance_scale: float,
-    llama: LlamaTextEncoder,
-    clip: CLIPTextEncoder,
-    llama_tokenizer: LlamaTokenizer,
-    clip_tokenizer: CLIPTokenizer,
-) -> PromptEmbeddings:
-    """As the reference: zeros when real CFG is 1 (never used then), else the encoded negative prompt."""
-    if real_guidance_scale == 1:
-        return zeros_like_prompt(positive)
-    return encode_prompt(negative_prompt, llama, clip, llama_tokenizer, clip_tokenizer)
 
 
 def build_conditioning(

@@ -34,8 +34,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.packing import packed_tokens
+from ..prompt import MAX_PROMPT_TOKENS, PROMPT_HIDDEN_STATE, TEMPLATE_CROP_START, TEXT_EMBED_LENGTH
 from ..units import GIB, format_bytes
-from ..video.buckets import BASE_RESOLUTION, BUCKETS_640
+from ..video.buckets import BUCKETS_640, find_bucket
 from .residency import ComponentSize, ModuleTensors
 from .streamer import ResidencyPlan, minimum_budget, plan_residency
 
@@ -154,9 +156,7 @@ def _sizes(component_bytes: Mapping[str, int | ComponentSize]) -> dict[str, Comp
 
 # --- the pipeline's numbers: component sizes and activation estimates -------------------
 
-PROMPT_HIDDEN_STATE = -3  # FramePack reads Llama's hidden state three from the end
-TEXT_TOKENS = 351  # 95 template tokens + 256 prompt tokens
-CONTEXT_TOKENS = 729 + 512  # SigLIP image tokens + padded text tokens
+TEXT_TOKENS = TEMPLATE_CROP_START + MAX_PROMPT_TOKENS  # what Llama runs on at most
 VAE_TILE = 256  # default spatial tile of the VAE, pixels
 VAE_TEMPORAL_TILE = 17  # pixel frames of one temporal tile (5 latent frames)
 
@@ -194,11 +194,12 @@ def activation_estimates(modules: Mapping[str, nn.Module], resolution: int, wind
     transformer = modules["transformer"]
     t = transformer.config
     compute_element, stream_element = transformer.dtype.itemsize, transformer.residual_dtype.itemsize
-    # The largest bucket area at this resolution (416 x 960 at 640), scaled like the buckets.
-    pixels = int(max(h * w for h, w in BUCKETS_640) * (resolution / BASE_RESOLUTION) ** 2)
-    # The packed context adds 1x (2 frames), 2x and 4x groups: about 28 % of a 9-frame window.
-    image_tokens = int(window * pixels / 256 * 1.3)
-    tokens = image_tokens + CONTEXT_TOKENS
+    # The largest bucket at this resolution (416 x 960 at 640).
+    bucket_h, bucket_w = find_bucket(*max(BUCKETS_640, key=lambda hw: hw[0] * hw[1]), resolution)
+    pixels = bucket_h * bucket_w
+    image_tokens = sum(packed_tokens(bucket_h // 8, bucket_w // 8, window))
+    # SigLIP's image tokens and the padded text rows join the image stream in every block
+    tokens = image_tokens + modules["image_encoder"].config.num_patches + TEXT_EMBED_LENGTH
     # streams, q/k/v, MLP hidden (4x), attention output: 16 token-wide tensors, of which about
     # 3 are the streams (the joint buffer and a block's update; measured by benchmarks/dry_run.py)
     per_token = 16 * compute_element + 3 * (stream_element - compute_element)
