@@ -52,7 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 
 
 def reference_encode(prompt: str, llama, clip, llama_tokenizer, clip_tokenizer):
-    """FramePack's encode_prompt_conds + crop_or_pad_yield_mask(…, 512), written from the facts sheet."""
+    """FramePack's encode_prompt_conds + crop_or_pad_yield_mask(…, 512), written from FramePack's hunyuan.py."""
     crop_start, max_length = 95, 256
     inputs = llama_tokenizer(
         HUNYUAN_VIDEO_TEMPLATE.format(prompt), padding="max_length", max_length=max_length + crop_start,

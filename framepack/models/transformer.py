@@ -1,4 +1,4 @@
-"""FramePackTransformer: the packed-context HunyuanVideo transformer (facts sheet §1–§4).
+"""FramePackTransformer: FramePack's packed-context HunyuanVideo transformer (hunyuan_video_packed.py).
 
 The work of one call is split in two so that a sampler pays for the step-invariant part
 once per section: ``prepare`` embeds the clean history, the image and the text, and builds
