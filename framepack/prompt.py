@@ -79,14 +79,14 @@ def encode_prompt(
     valid = tokens.length
     if valid <= crop_start:
         raise InputError(f"templated prompt has {valid} tokens, not more than crop_start={crop_start}")
-    device = llama.embed_tokens.weight.device
+    device = llama.embed_tokens.weight.device  # the host while the encoder streams
     # Right padding and causal attention: pad tokens never reach valid ones, so they are not run.
     ids = tokens.input_ids[:, :valid].to(device)
     hidden = llama(ids, tokens.attention_mask[:, :valid].to(device), hidden_state_index=hidden_state_index)
     text_embeds, text_mask = crop_or_pad_with_mask(hidden[:, crop_start:], length)
 
     clip_tokens = clip_tokenizer(prompt)
-    pooled = clip(clip_tokens.input_ids.to(clip.embeddings.token_embedding.weight.device))
+    pooled = clip(clip_tokens.input_ids.to(clip.device))
     return PromptEmbeddings(
         text_embeds=text_embeds,
         text_mask=text_mask,

@@ -208,7 +208,7 @@ def activation_estimates(modules: Mapping[str, nn.Module], resolution: int, wind
     llama = modules["text_encoder"].config
     text = TEXT_TOKENS * llama.intermediate_size * transformer.dtype.itemsize * 6
     vae = modules["vae"]
-    width = vae.config.block_out_channels[0] * next(vae.parameters()).element_size()
+    width = vae.config.block_out_channels[0] * vae.dtype.itemsize
     tile = min(pixels, VAE_TILE * VAE_TILE)
     untiled = {
         "text": text,

@@ -199,6 +199,9 @@ class LlamaTextEncoder(StreamableModel, PretrainedModel):
     def host_modules(self) -> list[nn.Module]:
         return [self.embed_tokens]
 
+    def _placed_weight(self) -> torch.Tensor:
+        return self.norm.weight  # the embedding table stays on the host while streaming
+
     def layers_needed(self, hidden_state_index: int) -> int:
         """How many decoder layers ``forward(..., hidden_state_index)`` runs (29 of 32 for -3)."""
         return min(self._hidden_state_position(hidden_state_index), self.config.num_hidden_layers)
