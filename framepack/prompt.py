@@ -16,7 +16,7 @@ import torch
 from .conditioning import Conditioning
 from .errors import InputError
 from .models.clip import CLIPTextEncoder
-from .models.llama import LlamaTextEncoder
+from .models.llama import HIDDEN_STATE_INDEX, LlamaTextEncoder
 from .models.tokenizers import CLIPTokenizer, LlamaTokenizer
 
 HUNYUAN_VIDEO_TEMPLATE = (
@@ -32,7 +32,6 @@ HUNYUAN_VIDEO_TEMPLATE = (
 TEMPLATE_CROP_START = 95
 MAX_PROMPT_TOKENS = 256  # Llama prompt tokens kept after the template
 TEXT_EMBED_LENGTH = 512  # rows of text_embeds: the prompt tokens zero-padded to this
-PROMPT_HIDDEN_STATE = -3  # FramePack reads Llama's hidden state three from the end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +69,7 @@ def encode_prompt(
     crop_start: int = TEMPLATE_CROP_START,
     max_length: int = MAX_PROMPT_TOKENS,
     length: int = TEXT_EMBED_LENGTH,
-    hidden_state_index: int = PROMPT_HIDDEN_STATE,
+    hidden_state_index: int = HIDDEN_STATE_INDEX,
 ) -> PromptEmbeddings:
     """Encode one prompt; outputs are in the encoders' dtype on their devices."""
     if not isinstance(prompt, str):

@@ -35,7 +35,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.packing import packed_tokens
-from ..prompt import MAX_PROMPT_TOKENS, PROMPT_HIDDEN_STATE, TEMPLATE_CROP_START, TEXT_EMBED_LENGTH
+from ..models.llama import HIDDEN_STATE_INDEX
+from ..prompt import MAX_PROMPT_TOKENS, TEMPLATE_CROP_START, TEXT_EMBED_LENGTH
 from ..units import GIB, format_bytes
 from ..video.buckets import BUCKETS_640, find_bucket
 from .residency import ComponentSize, ModuleTensors
@@ -167,7 +168,7 @@ def component_sizes(modules: Mapping[str, nn.Module]) -> dict[str, int | Compone
     llama = modules["text_encoder"]
     streamable = {
         "transformer": modules["transformer"].streaming_sizes(),
-        "text_encoder": llama.streaming_sizes(llama.layers_needed(PROMPT_HIDDEN_STATE)),
+        "text_encoder": llama.streaming_sizes(llama.layers_needed(HIDDEN_STATE_INDEX)),
     }
     return {n: streamable[n] if n in streamable else ModuleTensors(m).nbytes for n, m in modules.items()}
 

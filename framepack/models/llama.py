@@ -29,6 +29,8 @@ from .loading import PretrainedModel
 from .streaming import StreamableModel
 
 
+HIDDEN_STATE_INDEX = -3  # the hidden state FramePack conditions on: layer 29 of 32, before the final norm
+
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig(ModelConfig):
     """Fields of ``text_encoder/config.json`` (transformers 4.x names, plus 5.x ``rope_parameters``)."""
@@ -230,7 +232,7 @@ class LlamaTextEncoder(StreamableModel, PretrainedModel):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        hidden_state_index: int = -3,
+        hidden_state_index: int = HIDDEN_STATE_INDEX,
     ) -> torch.Tensor:
         """The hidden state ``hidden_states[hidden_state_index]`` as transformers counts them.
 
