@@ -38,7 +38,7 @@ from ..models.packing import packed_tokens
 from ..models.llama import HIDDEN_STATE_INDEX
 from ..prompt import MAX_PROMPT_TOKENS, TEMPLATE_CROP_START, TEXT_EMBED_LENGTH
 from ..units import GIB, format_bytes
-from ..video.buckets import BUCKETS_640, find_bucket
+from ..video.buckets import BASE_RESOLUTION, BUCKETS_640, find_bucket
 from .residency import ComponentSize, ModuleTensors
 from .streamer import ResidencyPlan, minimum_budget, plan_residency
 
@@ -195,9 +195,10 @@ def activation_estimates(modules: Mapping[str, nn.Module], resolution: int, wind
     transformer = modules["transformer"]
     t = transformer.config
     compute_element, stream_element = transformer.dtype.itemsize, transformer.residual_dtype.itemsize
-    # The largest bucket at this resolution (416 x 960 at 640).
-    bucket_h, bucket_w = find_bucket(*max(BUCKETS_640, key=lambda hw: hw[0] * hw[1]), resolution)
-    pixels = bucket_h * bucket_w
+    # The largest bucket area at this resolution (416 x 960 at 640), scaled like the buckets.
+    largest = max(BUCKETS_640, key=lambda hw: hw[0] * hw[1])
+    pixels = int(largest[0] * largest[1] * (resolution / BASE_RESOLUTION) ** 2)
+    bucket_h, bucket_w = find_bucket(*largest, resolution)
     image_tokens = sum(packed_tokens(bucket_h // 8, bucket_w // 8, window))
     # SigLIP's image tokens and the padded text rows join the image stream in every block
     tokens = image_tokens + modules["image_encoder"].config.num_patches + TEXT_EMBED_LENGTH
