@@ -63,7 +63,7 @@ from framepack.memory.planner import MemoryPlan
 from framepack.memory.streamer import ResidencyPlan, block_nbytes, minimum_budget
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from framepack.pipeline import FramePackPipeline
-from framepack.precision import supports_bf16
+from framepack.precision import default_dtype
 from framepack.units import GIB, format_bytes
 from framepack.video import find_bucket
 
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
               "copy/compute overlap, s/step)")  # fmt: skip
         return 0
     device = torch.device("cuda", torch.cuda.current_device())
-    dtypes = [torch.bfloat16, torch.float16] if supports_bf16(device) else [torch.float16]
+    dtypes = [torch.bfloat16, torch.float16] if default_dtype(device) == torch.bfloat16 else [torch.float16]
     names = ", ".join(SHORT[d] for d in dtypes)
     report = Report(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, dtypes {names}, "
                     f"repeats {args.repeats}{', quick' if args.quick else ''}")  # fmt: skip

@@ -59,7 +59,7 @@ from framepack.models.configuration import ModelConfig
 from framepack.models.loading import PretrainedModel
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from framepack.pipeline import FramePackPipeline
-from framepack.precision import compute_dtype
+from framepack.precision import default_dtype
 from framepack.units import format_bytes
 
 
@@ -289,7 +289,7 @@ def cpu_streaming(repeats: int) -> None:
 
 def gpu_streaming(repeats: int) -> None:
     device = torch.device("cuda", torch.cuda.current_device())
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    dtype = default_dtype(device)
     sync = torch.cuda.synchronize
     width, depth = 3072, 24  # ~150 MiB per block in 16-bit, close to a real transformer block's matmuls
     blocks = make_blocks(width, depth, dtype)
@@ -354,7 +354,7 @@ def transformer_streaming(repeats: int, device: torch.device) -> None:
         config, size = TransformerConfig.preset("framepack", num_layers=2, num_single_layers=4), (80, 80)
     else:
         config, size = TransformerConfig.preset("medium"), (32, 24)
-    dtypes = [compute_dtype(device)]
+    dtypes = [default_dtype(device)]
     if cuda and dtypes[0] == torch.bfloat16:
         dtypes.append(torch.float16)  # the float32-island path, for its cost
     sync = torch.cuda.synchronize if cuda else (lambda: None)

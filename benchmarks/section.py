@@ -59,7 +59,7 @@ class TimedTransformer:
 
 
 def reference_unipc(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """Flow-matching UniPC bh1 as the reference writes it: float32 tensor coefficients (sampling.md §3)."""
+    """Flow-matching UniPC bh1 as the reference writes it: float32 tensor coefficients (diffusers_helper/k_diffusion/uni_pc_fm.py)."""
     order = min(3, len(sigmas) - 2)
     models: list[torch.Tensor] = []
     ts: list[torch.Tensor] = []

@@ -21,6 +21,7 @@ from .config import MAX_STEPS, MIN_RESOLUTION
 from .errors import FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
 from .sampling.sections import MAX_LATENT_FRAMES, MAX_WINDOW
 from .video.buckets import MAX_RESOLUTION
+from .video.resize import RESIZE_METHODS
 
 if TYPE_CHECKING:
     from .config import GenerationConfig
@@ -96,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     _settings_arguments(gen)
     gen.add_argument("--steps", type=int, help=f"sampler steps per section, 1 to {MAX_STEPS} (default 25; 8 with --tiny)")
     gen.add_argument("--seed", type=int, default=31337, help="-2**63 to 2**64 - 1 (default %(default)s)")
-    gen.add_argument("--resize", default="crop", choices=("crop", "stretch", "pad"))
+    gen.add_argument("--resize", default="crop", choices=RESIZE_METHODS)
     gen.add_argument("--end-image", help="last frame (inverted mode only)")
     gen.add_argument("--cache", default="none", help="none, teacache[:T], magcache[:T], magcache-f1[:T], fbcache[:T]")
     gen.add_argument("--real-cfg", type=float, default=1.0, help="real CFG scale (1 = off, one pass per step)")
@@ -331,6 +332,9 @@ def _check_host_memory(pipe: FramePackPipeline, config: GenerationConfig) -> Non
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from .models.packing import packed_tokens
+    from .models.siglip import SiglipVisionConfig
+    from .prompt import MAX_PROMPT_TOKENS
     from .sampling.schedule import sequence_length
     from .sampling.sections import plan_sections
     from .video import find_bucket, load_image
@@ -346,19 +350,14 @@ def _plan(args: argparse.Namespace) -> int:
     bucket_h, bucket_w = find_bucket(height, width, resolution)
     plan = plan_sections(float(_setting(args, "seconds", 5.0)), fps=args.fps, window=args.window, mode=args.mode)
     h, w = bucket_h // 8, bucket_w // 8
-    per_frame = (h // 2) * (w // 2)
-    noisy = args.window * per_frame
-    clean = 2 * per_frame + _ceil(h, 4) * _ceil(w, 4) + 4 * _ceil(h, 8) * _ceil(w, 8)
+    noisy, clean = packed_tokens(h, w, args.window)
+    image_tokens = SiglipVisionConfig.preset("siglip-so400m-patch14-384").num_patches
     print(plan.describe())
     print(f"input {height}x{width} -> bucket {bucket_h}x{bucket_w} px, latent {h}x{w}")
     print(f"video: {plan.latent_frames} latent frames, {plan.pixel_frames} pixel frames at {args.fps} fps")
-    print(f"tokens per section: {noisy} noisy + {clean} packed context = {noisy + clean} image tokens (+ <= 985 text/image)")
+    print(f"tokens per section: {noisy} noisy + {clean} packed context = {noisy + clean} image tokens (+ <= {image_tokens + MAX_PROMPT_TOKENS} text/image)")
     print(f"shift sequence length: {sequence_length(plan.window_pixel_frames, bucket_h, bucket_w)}")
     return 0
-
-
-def _ceil(n: int, k: int) -> int:
-    return -(-n // k)
 
 
 def demo_image(size: int) -> np.ndarray:

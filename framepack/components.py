@@ -17,7 +17,7 @@ from .models.siglip import SiglipImageEncoder, SiglipVisionConfig
 from .models.tokenizers import CLIPTokenizer, LlamaTokenizer
 from .models.transformer import FramePackTransformer, TransformerConfig
 from .models.vae import HunyuanVideoVAE, VAEConfig
-from .precision import compute_dtype
+from .precision import default_dtype
 from .tiny import tiny_clip_tokenizer, tiny_llama_tokenizer
 
 I2V_REPO = "lllyasviel/FramePackI2V_HY"
@@ -87,15 +87,13 @@ def _to_host(samples: list[torch.Tensor]) -> list[torch.Tensor]:
 def component_dtypes(device: torch.device, dtype: torch.dtype | None) -> tuple[torch.dtype, torch.dtype]:
     """(transformer dtype, encoders and VAE dtype).
 
-    CPU computes in float32. On accelerators the reference runs the transformer in bf16 and
-    the encoders and VAE in fp16; where bf16 is not native (RTX 20xx, GTX 16xx) the
-    transformer defaults to fp16 with its float32 islands (``precision.compute_dtype``).
-    ``dtype`` overrides the transformer's; a float32 transformer keeps the others float32 too.
+    The transformer computes in ``dtype``, else ``precision.default_dtype(device)``. The
+    encoders and the VAE follow it, except that on an accelerator a 16-bit transformer gets
+    them in float16, as the reference loads them.
     """
-    if device.type == "cpu":
-        return dtype or torch.float32, dtype or torch.float32
-    main = dtype or compute_dtype(device)
-    return main, torch.float16 if main in (torch.bfloat16, torch.float16) else main
+    main = dtype or default_dtype(device)
+    half = device.type != "cpu" and main in (torch.bfloat16, torch.float16)
+    return main, torch.float16 if half else main
 
 
 def load_components(

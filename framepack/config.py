@@ -17,8 +17,8 @@ from .sampling.sections import END_EMBED_MODES, MODES, check_length
 from .sampling.unipc import VARIANTS
 from .video.buckets import MAX_RESOLUTION
 from .video.mp4 import MAX_CRF
+from .video.resize import RESIZE_METHODS
 
-RESIZE_METHODS = ("crop", "stretch", "pad")
 MIN_RESOLUTION = 32
 # Ten times the most the reference app (demo_gradio.py) offers: more is a typo that would run for days.
 MAX_STEPS = 1000

@@ -209,7 +209,7 @@ class FramePackPipeline:
 
     def _image_embeds(self, image: np.ndarray) -> torch.Tensor:
         encoder = self.components.image_encoder
-        pixel_values = encoder.preprocess(image).to(self.device, next(encoder.parameters()).dtype)
+        pixel_values = encoder.preprocess(image).to(self.device, encoder.dtype)
         return encoder(pixel_values)
 
     def _conditioning(self, conditioning: Conditioning) -> Conditioning:

@@ -1,4 +1,4 @@
-"""Compute dtypes per device and the generic pieces of float16 inference.
+"""The default dtype per device (``default_dtype``, the one dtype policy) and the generic pieces of float16 inference.
 
 GPUs without bfloat16 (RTX 20xx, GTX 16xx) must run in float16, whose range ends at
 65504. HunyuanVideo-style residual streams grow past that, so float16 compute keeps the
@@ -19,17 +19,17 @@ from .device_runtime import runtime
 from .errors import NumericalError
 
 
-def supports_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` computes bfloat16 natively (emulated bf16 on old GPUs is not counted)."""
-    return runtime().supports_bf16(torch.device(device))
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype policy: what a model on ``device`` computes in when no dtype is given.
 
-
-def compute_dtype(device: torch.device | str) -> torch.dtype:
-    """float32 on CPU (bf16 matmul there is ~100x slower), bfloat16 where native, else float16."""
+    float32 on CPU (bfloat16 matmuls there are ~100x slower); bfloat16 on GPUs that compute
+    it natively (the runtime's ``supports_bf16``: emulated bf16 on sm < 80 does not count);
+    float16 on other GPUs (RTX 20xx, GTX 16xx), where the transformer keeps float32 islands.
+    """
     device = torch.device(device)
     if device.type == "cpu":
         return torch.float32
-    return torch.bfloat16 if supports_bf16(device) else torch.float16
+    return torch.bfloat16 if runtime().supports_bf16(device) else torch.float16
 
 
 def check_finite(tensor: torch.Tensor, where: str) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from .conditioning import Conditioning
 from .errors import InputError
 from .models.clip import CLIPTextEncoder
-from .models.llama import LlamaTextEncoder
+from .models.llama import HIDDEN_STATE_INDEX, LlamaTextEncoder
 from .models.tokenizers import CLIPTokenizer, LlamaTokenizer
 
 HUNYUAN_VIDEO_TEMPLATE = (
@@ -30,8 +30,8 @@ HUNYUAN_VIDEO_TEMPLATE = (
 )
 # BOS + the system part + "<|start_header_id|>user<|end_header_id|>\n\n" under the Llama-3 tokenizer.
 TEMPLATE_CROP_START = 95
-MAX_PROMPT_TOKENS = 256
-TEXT_EMBED_LENGTH = 512
+MAX_PROMPT_TOKENS = 256  # Llama prompt tokens kept after the template
+TEXT_EMBED_LENGTH = 512  # rows of text_embeds: the prompt tokens zero-padded to this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +69,7 @@ def encode_prompt(
     crop_start: int = TEMPLATE_CROP_START,
     max_length: int = MAX_PROMPT_TOKENS,
     length: int = TEXT_EMBED_LENGTH,
-    hidden_state_index: int = -3,
+    hidden_state_index: int = HIDDEN_STATE_INDEX,
 ) -> PromptEmbeddings:
     """Encode one prompt; outputs are in the encoders' dtype on their devices."""
     if not isinstance(prompt, str):
@@ -78,14 +78,14 @@ def encode_prompt(
     valid = tokens.length
     if valid <= crop_start:
         raise InputError(f"templated prompt has {valid} tokens, not more than crop_start={crop_start}")
-    device = llama.embed_tokens.weight.device
+    device = llama.embed_tokens.weight.device  # the host while the encoder streams
     # Right padding and causal attention: pad tokens never reach valid ones, so they are not run.
     ids = tokens.input_ids[:, :valid].to(device)
     hidden = llama(ids, tokens.attention_mask[:, :valid].to(device), hidden_state_index=hidden_state_index)
     text_embeds, text_mask = crop_or_pad_with_mask(hidden[:, crop_start:], length)
 
     clip_tokens = clip_tokenizer(prompt)
-    pooled = clip(clip_tokens.input_ids.to(clip.embeddings.token_embedding.weight.device))
+    pooled = clip(clip_tokens.input_ids.to(clip.device))
     return PromptEmbeddings(
         text_embeds=text_embeds,
         text_mask=text_mask,
@@ -105,30 +105,6 @@ def crop_or_pad_with_mask(features: torch.Tensor, length: int) -> tuple[torch.Te
     if n >= length:
         return features[:, :length], mask
     return torch.cat([features, features.new_zeros(batch, length - n, dim)], dim=1), mask
-
-
-def zeros_like_prompt(positive: PromptEmbeddings) -> PromptEmbeddings:
-    """The negative conditioning when real CFG is 1: zero features under the positive's mask."""
-    return PromptEmbeddings(
-        text_embeds=torch.zeros_like(positive.text_embeds),
-        text_mask=positive.text_mask.clone(),  # on the host, as every mask
-        pooled=torch.zeros_like(positive.pooled),
-    )
-
-
-def encode_negative_prompt(
-    negative_prompt: str,
-    positive: PromptEmbeddings,
-    real_guidance_scale: float,
-    llama: LlamaTextEncoder,
-    clip: CLIPTextEncoder,
-    llama_tokenizer: LlamaTokenizer,
-    clip_tokenizer: CLIPTokenizer,
-) -> PromptEmbeddings:
-    """As the reference: zeros when real CFG is 1 (never used then), else the encoded negative prompt."""
-    if real_guidance_scale == 1:
-        return zeros_like_prompt(positive)
-    return encode_prompt(negative_prompt, llama, clip, llama_tokenizer, clip_tokenizer)
 
 
 def build_conditioning(

@@ -1,8 +1,8 @@
 """Cache policies on a scripted block stack, against transcriptions of the reference rules.
 
 The fake stack returns scripted tensors and counts which run_* ran, so every decision and
-every output can be checked exactly. Expected values come from caches.md (published
-schedules, interpolation examples) or from independent transcriptions written here.
+every output can be checked exactly. Expected values come from the published
+schedules (FramePack-Studio's MagCache ratios, interpolation examples) or from independent transcriptions written here.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def run_policy(
 
 
 def reference_teacache(calls: list[Call], num_steps: int, threshold: float) -> tuple[list[bool], list[torch.Tensor]]:
-    """FramePack's TeaCache (transformer.md §5) restated step by step, with numpy's poly1d."""
+    """FramePack's TeaCache (hunyuan_video_packed.py) restated step by step, with numpy's poly1d."""
     poly = np.poly1d([7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02])
     cnt, acc, prev, residual = 0, 0.0, None, None
     decisions, outputs = [], []
@@ -261,13 +261,13 @@ def test_run_before_start_section_and_stale_shapes_are_errors() -> None:
 
 # --- MagCache ------------------------------------------------------------------------------
 
-# FP-Studio "Original", resolution 640, 25 steps (caches.md Appendix A.2.1).
+# FP-Studio "Original", resolution 640, 25 steps (FramePack-Studio's MagCache calibration table).
 FP_STUDIO_ORIGINAL_640_25 = [
     1.0, 1.30469, 1.22656, 1.05469, 1.02344, 1.03906, 1.02344, 1.03906, 1.05469, 1.02344, 1.03906, 0.99609, 1.02344,
     1.03125, 1.01562, 1.02344, 1.00781, 1.03906, 0.98828, 1.0, 1.0, 0.98828, 0.94531, 0.93359, 0.78516,
 ]  # fmt: skip
 
-# caches.md §2.8, rule "fp": (table, N, δ, K, r) -> skipped steps.
+# rule "fp": (table, N, δ, K, r) -> skipped steps.
 PUBLISHED_SCHEDULES = [
     (FRAMEPACK_I2V_25, 25, 0.1, 3, 0.2, [5, 6, 8, 10, 11, 13, 14, 16, 17, 19, 20, 21, 23]),
     (FRAMEPACK_I2V_25, 25, 0.15, 4, 0.2, [5, 6, 8, 9, 11, 12, 13, 15, 16, 17, 19, 20, 21, 22]),
@@ -406,7 +406,7 @@ def test_calibrate_runs_a_generation_and_returns_its_table() -> None:
 
 
 def reference_first_block(calls: list[Call], threshold: float) -> tuple[list[bool], list[torch.Tensor]]:
-    """ParaAttention's rule (caches.md §3.1): reuse iff rel(r_ref, r1) < threshold; r_ref set on compute."""
+    """ParaAttention's first-block-cache rule: reuse iff rel(r_ref, r1) < threshold; r_ref set on compute."""
     reference, rest = None, None
     decisions, outputs = [], []
     for call in calls:

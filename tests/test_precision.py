@@ -14,7 +14,7 @@ from framepack.device_runtime import DeviceRuntime, use_runtime
 from framepack.errors import FramePackError, NumericalError
 from framepack.models import loading
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
-from framepack.precision import add_residual, check_finite, compute_dtype, supports_bf16
+from framepack.precision import add_residual, check_finite, default_dtype
 
 
 def test_finite_tensor_passes_through() -> None:
@@ -46,7 +46,7 @@ def test_add_residual_keeps_float32_range() -> None:
 
 
 def test_cpu_computes_in_float32() -> None:
-    assert compute_dtype("cpu") == torch.float32
+    assert default_dtype("cpu") == default_dtype(torch.device("cpu")) == torch.float32
 
 
 class StandInRuntime(DeviceRuntime):
@@ -71,15 +71,25 @@ def test_accelerator_dtypes_follow_the_runtime(
     cuda = torch.device("cuda")
     (tmp_path / "config.json").write_text(json.dumps(TransformerConfig.preset("tiny").to_dict()))
     with use_runtime(StandInRuntime(bf16)):
-        assert supports_bf16(cuda) is bf16 and supports_bf16("cpu")
-        assert compute_dtype(cuda) == transformer
+        assert default_dtype(cuda) == transformer
         assert component_dtypes(cuda, None) == (transformer, others)
         with mock.patch.object(loading, "checkpoint_files", return_value=[]), \
                 mock.patch.object(loading, "load_checkpoint") as load:
             FramePackTransformer.from_pretrained(tmp_path, device=cuda)  # no dtype given
         assert load.call_args.kwargs["dtype"] == transformer
         # CPU stays float32; an explicit dtype still wins
-        assert compute_dtype("cpu") == torch.float32
+        assert default_dtype("cpu") == torch.float32
         assert component_dtypes(torch.device("cpu"), None) == (torch.float32, torch.float32)
         assert component_dtypes(cuda, torch.bfloat16) == (torch.bfloat16, torch.float16)
         assert component_dtypes(cuda, torch.float32) == (torch.float32, torch.float32)
+
+
+def test_every_model_reports_its_dtype_and_device_from_its_weights() -> None:
+    from framepack.components import tiny_components
+
+    modules = tiny_components().modules()
+    assert sorted(modules) == ["image_encoder", "text_encoder", "text_encoder_2", "transformer", "vae"]
+    for name, model in modules.items():
+        assert (model.dtype, model.device) == (torch.float32, torch.device("cpu")), name
+        model.to(torch.float16)
+        assert model.dtype == torch.float16, name

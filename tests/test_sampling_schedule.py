@@ -8,7 +8,7 @@ import torch
 from framepack.errors import ConfigError
 from framepack.sampling.schedule import flux_sigmas, sequence_length, time_shift_mu
 
-# sampling.md §1: N = 25, mu = ln 7 (every 640 bucket with window 9)
+# The reference app's schedule: N = 25, mu = ln 7 (every 640 bucket with window 9)
 REFERENCE_25 = [
     1.0000, 0.9941, 0.9877, 0.9809, 0.9735, 0.9655, 0.9568, 0.9474, 0.9370, 0.9256, 0.9130, 0.8991, 0.8835,
     0.8660, 0.8462, 0.8235, 0.7975, 0.7671, 0.7313, 0.6885, 0.6364, 0.5714, 0.4884, 0.3784, 0.2258, 0.0,

@@ -1,5 +1,5 @@
 """FramePackTransformer against diffusers' HunyuanVideoFramepackTransformer3DModel and an
-independent transcription of the facts sheet, on a tiny random checkpoint loaded through
+independent transcription of FramePack's hunyuan_video_packed.py, on a tiny random checkpoint loaded through
 our from_pretrained from diffusers' own sharded save_pretrained output."""
 
 from __future__ import annotations

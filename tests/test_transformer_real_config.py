@@ -1,4 +1,4 @@
-"""The real FramePackI2V_HY config.json builds the model the facts sheet counts (transformer.md §1)."""
+"""The real FramePackI2V_HY config.json builds the model with the real checkpoint's tensor and parameter counts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
 
-# config.json of lllyasviel/FramePackI2V_HY as the facts sheet lists it (kijai's copy of it).
+# config.json of lllyasviel/FramePackI2V_HY (kijai's copy of it).
 REAL_CONFIG = {
     "_class_name": "HunyuanVideoTransformer3DModelPacked",
     "_diffusers_version": "0.33.0.dev0",
@@ -33,7 +33,7 @@ REAL_CONFIG = {
 }
 
 
-def test_real_config_is_the_framepack_preset_with_the_sheets_tensor_and_parameter_counts() -> None:
+def test_real_config_is_the_framepack_preset_with_the_checkpoints_tensor_and_parameter_counts() -> None:
     config = TransformerConfig.from_dict(REAL_CONFIG)
     assert config == TransformerConfig.preset("framepack")
     with torch.device("meta"):

@@ -341,7 +341,7 @@ def test_real_config_parses_to_the_hunyuan_preset(tmp_path: Path) -> None:
     assert config == VAEConfig.preset("hunyuan")
     with torch.device("meta"):
         model = HunyuanVideoVAE(config)
-    # The facts sheet counts 248 tensors and 246,478,803 parameters in the real file.
+    # The real file holds 248 tensors and 246,478,803 parameters in the real file.
     assert len(model.state_dict()) == 248
     assert sum(p.numel() for p in model.parameters()) == 246_478_803
 

@@ -37,7 +37,7 @@ def reference_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def section_lengths(mode: str, sections: int) -> list[int]:
-    """Decoded frames per section, as the demos decode them (sampling.md §5-§6)."""
+    """Decoded frames per section, as the demos decode them (demo_gradio.py, demo_gradio_f1.py)."""
     if mode == "forward":  # first: 1 + w latents; later: 2w latents
         return [4 * WINDOW + 1] + [8 * WINDOW - 3] * (sections - 1)
     if sections == 1:  # the only section is also the last: start latent + w
@@ -80,7 +80,7 @@ def test_assembler_equals_reference_after_every_section(tmp_path: Path, mode: st
             frames = np.stack(list(assembler.frames()))
             np.testing.assert_array_equal(frames, reference_uint8(state))
             assert len(assembler) == state.shape[2]
-    # totals from sampling.md: 4nw + 1 pixel frames in both modes
+    # 4nw + 1 pixel frames in both modes, as the demos produce
     assert states[-1].shape[2] == 4 * sections * WINDOW + 1
 
 

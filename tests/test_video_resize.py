@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from framepack.errors import ConfigError, InputError
-from framepack.video import find_bucket, prepare_image, resize_image
+from framepack.video import find_bucket, resize_image
 
 # metric |h*bw - w*bh|, official order, last tie wins.
 # 480x640: (544,704) -> |337920-348160| = 10240; (512,768) -> 40960; (576,672) -> 46080.
@@ -112,9 +112,3 @@ def test_resize_errors() -> None:
         resize_image(image.astype(np.float32), 16, 16)
     with pytest.raises(InputError, match="height"):
         resize_image(image, 0, 16)
-
-
-def test_prepare_image_is_load_bucket_resize() -> None:
-    image = _noise(720, 1280)
-    np.testing.assert_array_equal(prepare_image(image, resolution=320, method="stretch"),
-                                  resize_image(image, 240, 416, method="stretch"))

@@ -1,6 +1,6 @@
 """Shared pieces of the transformer tests: tiny random checkpoints, inputs, an independent forward.
 
-``reference_forward`` is a plain-torch transcription of the facts sheet (§3–§4) written
+``reference_forward`` is a plain-torch transcription of FramePack's hunyuan_video_packed.py written
 against the checkpoint's own key names; it imports nothing from framepack, so it is a
 second reference next to diffusers (and the only one for paths diffusers cannot run:
 no clean context, no image embeddings).
@@ -51,7 +51,7 @@ def build_diffusers_model(folder: Path | None = None, seed: int = 0, **overrides
 
 def make_inputs(batch: int, text_lengths: list[int], seed: int = 1, *, layout: str = "inverted",
                 frames: int = 3, height: int = 10, width: int = 14, text_len: int = 9, n_image: int = 5) -> dict:
-    """Noisy latents, conditioning tensors and a packed context laid out as sampling.md §5/§6."""
+    """Noisy latents, conditioning tensors and a packed context laid out as the reference demos lay out a section."""
     g = torch.Generator().manual_seed(seed)
     w = frames
     if layout == "inverted":  # pad 1 of n = 2: sizes [1, P, w, 1, 2, 16]
@@ -102,7 +102,7 @@ def tolerance(reference: torch.Tensor) -> float:
     return 1e-5 * max(1.0, reference.abs().max().item())
 
 
-# --- independent transcription of the facts sheet (batch 1, as the reference crops the text) ----
+# --- independent transcription of hunyuan_video_packed.py (batch 1, as the reference crops the text) ----
 
 
 def reference_forward(sd: dict[str, torch.Tensor], cfg: dict, inputs: dict, *, with_context: bool = True,

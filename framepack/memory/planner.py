@@ -34,8 +34,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.packing import packed_tokens
+from ..models.llama import HIDDEN_STATE_INDEX
+from ..prompt import MAX_PROMPT_TOKENS, TEMPLATE_CROP_START, TEXT_EMBED_LENGTH
 from ..units import GIB, format_bytes
-from ..video.buckets import BASE_RESOLUTION, BUCKETS_640
+from ..video.buckets import BASE_RESOLUTION, BUCKETS_640, find_bucket
 from .residency import ComponentSize, ModuleTensors
 from .streamer import ResidencyPlan, minimum_budget, plan_residency
 
@@ -154,9 +157,7 @@ def _sizes(component_bytes: Mapping[str, int | ComponentSize]) -> dict[str, Comp
 
 # --- the pipeline's numbers: component sizes and activation estimates -------------------
 
-PROMPT_HIDDEN_STATE = -3  # FramePack reads Llama's hidden state three from the end
-TEXT_TOKENS = 351  # 95 template tokens + 256 prompt tokens
-CONTEXT_TOKENS = 729 + 512  # SigLIP image tokens + padded text tokens
+TEXT_TOKENS = TEMPLATE_CROP_START + MAX_PROMPT_TOKENS  # what Llama runs on at most
 VAE_TILE = 256  # default spatial tile of the VAE, pixels
 VAE_TEMPORAL_TILE = 17  # pixel frames of one temporal tile (5 latent frames)
 
@@ -167,7 +168,7 @@ def component_sizes(modules: Mapping[str, nn.Module]) -> dict[str, int | Compone
     llama = modules["text_encoder"]
     streamable = {
         "transformer": modules["transformer"].streaming_sizes(),
-        "text_encoder": llama.streaming_sizes(llama.layers_needed(PROMPT_HIDDEN_STATE)),
+        "text_encoder": llama.streaming_sizes(llama.layers_needed(HIDDEN_STATE_INDEX)),
     }
     return {n: streamable[n] if n in streamable else ModuleTensors(m).nbytes for n, m in modules.items()}
 
@@ -195,10 +196,12 @@ def activation_estimates(modules: Mapping[str, nn.Module], resolution: int, wind
     t = transformer.config
     compute_element, stream_element = transformer.dtype.itemsize, transformer.residual_dtype.itemsize
     # The largest bucket area at this resolution (416 x 960 at 640), scaled like the buckets.
-    pixels = int(max(h * w for h, w in BUCKETS_640) * (resolution / BASE_RESOLUTION) ** 2)
-    # The packed context adds 1x (2 frames), 2x and 4x groups: about 28 % of a 9-frame window.
-    image_tokens = int(window * pixels / 256 * 1.3)
-    tokens = image_tokens + CONTEXT_TOKENS
+    largest = max(BUCKETS_640, key=lambda hw: hw[0] * hw[1])
+    pixels = int(largest[0] * largest[1] * (resolution / BASE_RESOLUTION) ** 2)
+    bucket_h, bucket_w = find_bucket(*largest, resolution)
+    image_tokens = sum(packed_tokens(bucket_h // 8, bucket_w // 8, window))
+    # SigLIP's image tokens and the padded text rows join the image stream in every block
+    tokens = image_tokens + modules["image_encoder"].config.num_patches + TEXT_EMBED_LENGTH
     # streams, q/k/v, MLP hidden (4x), attention output: 16 token-wide tensors, of which about
     # 3 are the streams (the joint buffer and a block's update; measured by benchmarks/dry_run.py)
     per_token = 16 * compute_element + 3 * (stream_element - compute_element)
@@ -207,7 +210,7 @@ def activation_estimates(modules: Mapping[str, nn.Module], resolution: int, wind
     llama = modules["text_encoder"].config
     text = TEXT_TOKENS * llama.intermediate_size * transformer.dtype.itemsize * 6
     vae = modules["vae"]
-    width = vae.config.block_out_channels[0] * next(vae.parameters()).element_size()
+    width = vae.config.block_out_channels[0] * vae.dtype.itemsize
     tile = min(pixels, VAE_TILE * VAE_TILE)
     untiled = {
         "text": text,

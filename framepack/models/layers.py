@@ -3,7 +3,7 @@
 Module and parameter names follow the checkpoint (``linear_1``, ``norm1.linear``…). Where
 the checkpoint stores separate q/k/v projections we keep one fused ``Linear`` and let the
 model's ``checkpoint_layout`` concatenate the checkpoint tensors into it at load time.
-Numerics follow the reference (facts sheet §3): LayerNorm eps 1e-6, RMSNorm over the head
+Numerics follow the reference (FramePack's hunyuan_video_packed.py): LayerNorm eps 1e-6, RMSNorm over the head
 dim with an fp32 reduction, tanh GELU, interleaved-pair rotary embedding.
 """
 

@@ -29,6 +29,8 @@ from .loading import PretrainedModel
 from .streaming import StreamableModel
 
 
+HIDDEN_STATE_INDEX = -3  # the hidden state FramePack conditions on: layer 29 of 32, before the final norm
+
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig(ModelConfig):
     """Fields of ``text_encoder/config.json`` (transformers 4.x names, plus 5.x ``rope_parameters``)."""
@@ -199,6 +201,9 @@ class LlamaTextEncoder(StreamableModel, PretrainedModel):
     def host_modules(self) -> list[nn.Module]:
         return [self.embed_tokens]
 
+    def _placed_weight(self) -> torch.Tensor:
+        return self.norm.weight  # the embedding table stays on the host while streaming
+
     def layers_needed(self, hidden_state_index: int) -> int:
         """How many decoder layers ``forward(..., hidden_state_index)`` runs (29 of 32 for -3)."""
         return min(self._hidden_state_position(hidden_state_index), self.config.num_hidden_layers)
@@ -227,7 +232,7 @@ class LlamaTextEncoder(StreamableModel, PretrainedModel):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        hidden_state_index: int = -3,
+        hidden_state_index: int = HIDDEN_STATE_INDEX,
     ) -> torch.Tensor:
         """The hidden state ``hidden_states[hidden_state_index]`` as transformers counts them.
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..precision import compute_dtype
+from ..precision import default_dtype
 from .configuration import ModelConfig
 
 logger = logging.getLogger("framepack")
@@ -215,6 +215,23 @@ class PretrainedModel(nn.Module):
     def keep_float32(self, name: str) -> bool:
         return False
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in: that of its weights (``keep_float32`` ones aside)."""
+        return self._placed_weight().dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model computes on now: where its weights are. A streamed model
+        reports where its non-block weights are (the device while loaded, the host after
+        ``unload()``); its streamed blocks come and go and do not count."""
+        return self._placed_weight().device
+
+    def _placed_weight(self) -> torch.Tensor:
+        """A weight in the compute dtype that is never streamed nor kept on the host: the
+        first parameter, unless a subclass names another."""
+        return next(self.parameters())
+
     @classmethod
     def from_pretrained(
         cls: type[ModelT],
@@ -233,7 +250,7 @@ class PretrainedModel(nn.Module):
         load_checkpoint(
             model,
             checkpoint_files(folder, cls.weights_name),
-            dtype=dtype or compute_dtype(device),  # float32 on CPU, bf16 where native, else fp16
+            dtype=dtype or default_dtype(device),
             device=torch.device(device),
             storage=storage,
         )

@@ -1,4 +1,4 @@
-"""FramePackTransformer: the packed-context HunyuanVideo transformer (facts sheet §1–§4).
+"""FramePackTransformer: FramePack's packed-context HunyuanVideo transformer (hunyuan_video_packed.py).
 
 The work of one call is split in two so that a sampler pays for the step-invariant part
 once per section: ``prepare`` embeds the clean history, the image and the text, and builds
@@ -33,6 +33,7 @@ from ..cache.base import POSITIVE, CachePolicy
 from ..conditioning import Conditioning, PackedContext
 from ..errors import ConfigError, InputError
 from ..precision import FiniteGuard
+from . import packing
 from .configuration import ModelConfig
 from .layers import (
     Modulation,
@@ -412,7 +413,7 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
             guidance_emb=self.time_text_embed.guidance_embedder(timestep_sinusoid(guidance).to(dtype)),
             pooled_emb=self.time_text_embed.text_embedder(conditioning.pooled.to(device=device, dtype=dtype)),
             joint_mask=joint_mask,
-            noisy_tokens=frames // config.patch_size_t * grid[0] * grid[1],
+            noisy_tokens=packing.noisy_tokens(frames, height, width, patch_size=config.patch_size, patch_size_t=config.patch_size_t),
         )
 
     @torch.no_grad()

@@ -1,6 +1,6 @@
 """The layers of the FramePack transformer: embedders, token refiner, double- and single-stream blocks.
 
-Numerics follow the facts sheet (transformer.md §3–§4) exactly; where weights are fused
+Numerics follow FramePack's hunyuan_video_packed.py exactly (tests/test_transformer_parity.py); where weights are fused
 (q/k/v, modulation) ``FramePackTransformer.checkpoint_layout`` maps them to the checkpoint.
 Blocks update the joint image+context buffer in place (see ``transformer.py``).
 """

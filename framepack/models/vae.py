@@ -123,14 +123,6 @@ class HunyuanVideoVAE(PretrainedModel):
         self.quant_conv = torch.nn.Conv3d(2 * config.latent_channels, 2 * config.latent_channels, 1)
         self.post_quant_conv = torch.nn.Conv3d(config.latent_channels, config.latent_channels, 1)
 
-    @property
-    def _dtype(self) -> torch.dtype:
-        return self.quant_conv.weight.dtype
-
-    @property
-    def _device(self) -> torch.device:
-        return self.quant_conv.weight.device
-
     # ---- encode -------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -153,7 +145,7 @@ class HunyuanVideoVAE(PretrainedModel):
         settings = as_tiling(tiling)
         if settings is None:
             settings = self._tiling_if_too_large("encode", pixels.shape)
-        moments = self._encode_moments(pixels.to(self._device, self._dtype), settings)
+        moments = self._encode_moments(pixels.to(self.device, self.dtype), settings)
         mean, logvar = torch.chunk(moments, 2, dim=1)
         latents = mean
         if sample:
@@ -246,7 +238,7 @@ class HunyuanVideoVAE(PretrainedModel):
         # Not decorated with torch.no_grad: its generator wrapper would keep the last chunk alive
         # while the next one decodes. The tiles run under no_grad in _decode_tile instead.
         with torch.no_grad():
-            z = (latents / self.config.scaling_factor).to(self._device, self._dtype)
+            z = (latents / self.config.scaling_factor).to(self.device, self.dtype)
         min_h, min_w = t.tile_sample_min_height // s, t.tile_sample_min_width // s
 
         def run_spatial(tile: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from .images import ImageSource, load_image
 from .mp4 import MAX_CRF, Mp4Writer, encoder_options, write_mp4
 from .preview import latent_preview_image
 from .preview_mp4 import PreviewWriter
-from .resize import RESIZE_METHODS, prepare_image, resize_image
+from .resize import RESIZE_METHODS, resize_image
 
 __all__ = [
     "BASE_RESOLUTION",
@@ -27,7 +27,6 @@ __all__ = [
     "latent_preview_image",
     "load_image",
     "pixels_to_uint8",
-    "prepare_image",
     "resize_image",
     "write_mp4",
 ]

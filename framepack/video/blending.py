@@ -7,7 +7,7 @@ exactly like ``save_bcthw_as_mp4``). Finished frames are the reference's final f
 for bit when both compute in float32; the demos keep their history in float16, so their
 blends are float16-rounded (at most one uint8 level apart from ours).
 
-Modes (``sampling.md`` §5-§6):
+Modes (as the reference demos, demo_gradio.py and demo_gradio_f1.py, blend):
 - ``forward`` (F1): each section goes after the video; its first ``overlap`` frames blend with
   the video's last ``overlap`` (weights of the old frames 1 -> 0).
 - ``inverted`` (anti-drifting): each section goes *before* the video; its last ``overlap``

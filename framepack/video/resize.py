@@ -8,8 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, InputError
-from .buckets import find_bucket
-from .images import ImageSource, describe, load_image
+from .images import describe
 
 RESIZE_METHODS = ("crop", "stretch", "pad")
 
@@ -69,10 +68,3 @@ def _check_image(image: np.ndarray) -> None:
         raise InputError(f"resize_image needs a uint8 (H, W, 3) array (see load_image); got {describe(image)}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise InputError(f"cannot resize an empty image of shape {image.shape}")
-
-
-def prepare_image(source: ImageSource, resolution: int = 640, method: str = "crop") -> np.ndarray:
-    """Load an image and fit it to its bucket: the official input pipeline (sampling.md §8)."""
-    image = load_image(source)
-    height, width = find_bucket(image.shape[0], image.shape[1], resolution)
-    return resize_image(image, height, width, method)
