@@ -32,7 +32,7 @@ def cut_run(pipe: FramePackPipeline, config: GenerationConfig, run_dir: Path) ->
 
 def test_resume_needs_the_same_weights_not_only_the_same_model(tmp_path: Path) -> None:
     cut_run(FramePackPipeline.tiny(seed=0), GenerationConfig(**FAST), tmp_path / "cut")  # started with no cache
-    with pytest.raises(InputError, match=r"inputs or settings differ from the saved run \(weights: saved '\w+', now '\w+'\)$"):
+    with pytest.raises(InputError, match=r"settings differ: weights changed$"):
         FramePackPipeline.tiny(seed=1).generate(IMAGE, "a dancer", GenerationConfig(**FAST), resume=tmp_path / "cut")
     # another pipeline object with the same weights continues it, with NoCache() standing for no cache
     config = GenerationConfig(cache=NoCache(), **FAST)
