@@ -22,6 +22,7 @@ _EXPORTS = {
     "GenerationRun": "framepack.pipeline",
     "EncodedInputs": "framepack.pipeline",
     "GenerationConfig": "framepack.config",
+    "SamplingSettings": "framepack.sampling.settings",
     "VideoResult": "framepack.results",
     "SectionOutput": "framepack.results",
     "I2V_REPO": "framepack.components",
