@@ -42,13 +42,16 @@ def main() -> None:
 
     args = example_args("A cache policy written by subclassing CachePolicy.", "custom_cache_policy.mp4")
     pipe, image = pipeline_and_image(args)
-    policy = SkipAlternateMiddleSteps()
+    # The class is the factory: every run builds a fresh policy (an instance would serve as a template).
     config = GenerationConfig(
-        seconds=1.0 if args.tiny else 5.0, steps=max(steps(args), 10), resolution=resolution(args), cache=policy
+        seconds=1.0 if args.tiny else 5.0, steps=max(steps(args), 10), resolution=resolution(args),
+        cache=SkipAlternateMiddleSteps,
     )
-    video = pipe.generate(image, args.prompt, config)
-    for i, section in enumerate(policy.stats):
-        print(f"section {i}: computed steps {section.computed.get('positive')}, skipped {section.skipped.get('positive')}")
+    run = pipe.stream(image, args.prompt, config)
+    for section in run:
+        stats = section.cache_stats
+        print(f"section {section.index}: computed steps {stats.computed.get('positive')}, skipped {stats.skipped.get('positive')}")
+    video = run.result()
     print(f"wrote {video.save(args.out)}: {video.num_frames} frames")
 
 

@@ -27,9 +27,8 @@ def main() -> None:
         steps=steps(args),
         resolution=resolution(args),
         mode="inverted",
-        end_image=end_image,
     )
-    video = pipe.generate(image, args.prompt, config)
+    video = pipe.generate(image, args.prompt, config, end_image=end_image)
     print(f"wrote {video.save(args.out)}: {video.num_frames} frames")
 
 

@@ -16,6 +16,7 @@ from .lazy import lazy_exports
 _EXPORTS = {
     "FramePackPipeline": "framepack.pipeline",
     "GenerationConfig": "framepack.config",
+    "SamplingSettings": "framepack.sampling.settings",
     "VideoResult": "framepack.results",
     "SectionOutput": "framepack.results",
     "Progress": "framepack.sampling.loop",

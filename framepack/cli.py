@@ -160,10 +160,9 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from .cache import parse_cache_spec
     from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
     from .config import GenerationConfig
-    from .pipeline import FramePackPipeline
+    from .pipeline import FramePackPipeline, check_inputs
     from .sampling.loop import Progress
     from .video import load_image
 
@@ -179,13 +178,12 @@ def _generate(args: argparse.Namespace) -> int:
         cfg_rescale=args.cfg_rescale,
         resolution=int(_setting(args, "resolution", 640)),
         resize=args.resize,
-        cache=parse_cache_spec(args.cache),
-        end_image=args.end_image,
-        negative_prompt=args.negative_prompt,
+        cache=args.cache,
         crf=args.crf,
         vae_tiling=True if args.vae_tiling else None,
     )
     # Check the inputs before any model: a bad path fails in a second, not after loading 30 GB.
+    check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt)
     for flag, text in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
         _check_text(flag, text)
     _check_device(args.device)
@@ -227,7 +225,10 @@ def _generate(args: argparse.Namespace) -> int:
         bar.update(1)
 
     # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
-    run = pipe.stream(image, args.prompt, config, callback=on_step, run_dir=args.run_dir, resume=args.resume)
+    run = pipe.stream(
+        image, args.prompt, config, end_image=args.end_image, negative_prompt=args.negative_prompt,
+        callback=on_step, run_dir=args.run_dir, resume=args.resume,
+    )
     bar = tqdm(total=run.plan.num_sections * config.steps, initial=run.sections_done * config.steps, unit="step", dynamic_ncols=True)
     args.run_dir_used = run.run_dir
     try:

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache.base import CachePolicy, NoCache
+from .cache.spec import describe_policy
 from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO, Components, load_components, tiny_components
 from .conditioning import Conditioning
 from .config import GenerationConfig
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .models.loading import Storage
 from .models.vae import VAETiling
 from .device_runtime import runtime
@@ -150,12 +150,22 @@ class FramePackPipeline:
 
     # --- inputs -----------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, image: ImageInput | None, prompt: str, config: GenerationConfig) -> EncodedInputs:
-        """Bucket and resize the image, encode it (VAE and SigLIP) and the prompt(s).
+    def encode(
+        self,
+        image: ImageInput | None,
+        prompt: str,
+        config: GenerationConfig,
+        *,
+        end_image: ImageInput | None = None,
+        negative_prompt: str = "",
+    ) -> EncodedInputs:
+        """Bucket and resize the image(s), encode them (VAE and SigLIP) and the prompt(s).
 
         ``image=None`` gives text-to-video: a zero start latent and no image embeddings, at
-        the bucket a square image would get.
+        the bucket a square image would get. ``end_image`` (inverted mode only) is the last
+        frame; ``negative_prompt`` is encoded only for real CFG (``config.real_cfg != 1``).
         """
+        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt)
         c = self.components
         if image is None:
             height, width = find_bucket(1, 1, config.resolution)
@@ -169,14 +179,14 @@ class FramePackPipeline:
             negative_embeds = None
             if config.real_cfg != 1.0:
                 negative_embeds = encode_prompt(
-                    config.negative_prompt, c.text_encoder, c.text_encoder_2, c.tokenizer, c.tokenizer_2
+                    negative_prompt, c.text_encoder, c.text_encoder_2, c.tokenizer, c.tokenizer_2
                 )
         if prompt_embeds.dropped_tokens:
             logger.warning("prompt is too long: %d token(s) were cut", prompt_embeds.dropped_tokens)
 
-        end_image = end_latent = end_embeds = None
-        if config.end_image is not None:
-            end_image = resize_image(load_image(config.end_image), height, width, config.resize)
+        end_latent = end_embeds = None
+        if end_image is not None:
+            end_image = resize_image(load_image(end_image), height, width, config.resize)
         with self._phase("image"):
             if start_image is None:
                 latent_shape = (1, c.vae.config.latent_channels, 1, height // 8, width // 8)
@@ -229,12 +239,16 @@ class FramePackPipeline:
         prompt: str,
         config: GenerationConfig | None = None,
         *,
+        end_image: ImageInput | None = None,
+        negative_prompt: str = "",
         callback: Callable[[Progress], None] | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         resume: str | os.PathLike[str] | None = None,
     ) -> GenerationRun:
         """Start a generation; iterate the returned run for one ``SectionOutput`` per section.
 
+        end_image        the video's last frame (inverted mode only): a path, PIL image or uint8 array
+        negative_prompt  the negative pass's prompt, used only with real CFG (``config.real_cfg != 1``)
         run_dir  where the finished sections, previews and resume state are kept: a new or
                  empty folder, or one of a run that finished no section (default: a new
                  temporary folder, see ``GenerationRun.run_dir`` and ``VideoResult.save``)
@@ -247,6 +261,7 @@ class FramePackPipeline:
         run or resume of it raises InputError.
         """
         config = config or GenerationConfig()
+        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt)
         run_dir, resume = _folder_argument("run_dir", run_dir), _folder_argument("resume", resume)
         if callback is not None and not callable(callback):
             raise InputError(f"callback: expected a function taking a Progress, or None; got {type(callback).__name__}")
@@ -259,7 +274,8 @@ class FramePackPipeline:
         lock = claim_run_dir(directory, resume=resume is not None)
         try:
             saved = load_run_state(directory) if resume is not None else None  # a bad state fails here, before any work
-            return GenerationRun(self, image, prompt, config, directory, callback=callback, saved=saved, lock=lock, temporary=temporary)
+            inputs = RunInputs(image, prompt, end_image, negative_prompt)
+            return GenerationRun(self, inputs, config, directory, callback=callback, saved=saved, lock=lock, temporary=temporary)
         except BaseException:
             lock.release()
             raise
@@ -270,19 +286,29 @@ class FramePackPipeline:
         prompt: str,
         config: GenerationConfig | None = None,
         *,
+        end_image: ImageInput | None = None,
+        negative_prompt: str = "",
         callback: Callable[[Progress], None] | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         resume: str | os.PathLike[str] | None = None,
     ) -> VideoResult:
         """Generate a whole video (arguments as ``stream``)."""
-        run = self.stream(image, prompt, config, callback=callback, run_dir=run_dir, resume=resume)
+        run = self.stream(
+            image, prompt, config, end_image=end_image, negative_prompt=negative_prompt,
+            callback=callback, run_dir=run_dir, resume=resume,
+        )
         for _ in run:
             pass
         return run.result()
 
-    def fingerprint(self, inputs: EncodedInputs, prompt: str, config: GenerationConfig) -> dict[str, Any]:
-        """What must not change between a run and its resumption."""
-        settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("crf", "end_image", "cache")}
+    def fingerprint(
+        self, inputs: EncodedInputs, prompt: str, config: GenerationConfig, *, negative_prompt: str = ""
+    ) -> dict[str, Any]:
+        """What must not change between a run and its resumption: the model, the inputs, the
+        sampling settings (the cache described by its class and settings) and how the image is fitted."""
+        sampling = config.sampling
+        settings = {f.name: getattr(sampling, f.name) for f in fields(sampling)}
+        settings.update(cache=describe_policy(sampling.cache), resolution=config.resolution, resize=config.resize)
         return {
             "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
             "weights": self.components.weights_digest(),  # another checkpoint of the same model differs here
@@ -291,9 +317,27 @@ class FramePackPipeline:
             "image": _image_digest(inputs.image),
             "end_image": None if inputs.end_image is None else _image_digest(inputs.end_image),
             "prompt": digest(prompt),
-            "settings": {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in settings.items()},
-            "cache": describe_policy(config.cache),
+            "negative_prompt": digest(negative_prompt),
+            "settings": settings,
         }
+
+
+def check_inputs(config: GenerationConfig, *, end_image: ImageInput | None = None, negative_prompt: str = "") -> None:
+    """Raise ConfigError if the inputs do not go with ``config`` (before any model runs)."""
+    if end_image is not None and config.mode != "inverted":
+        raise ConfigError(f"end_image: only the 'inverted' mode can end on a given frame, got mode {config.mode!r}")
+    if not isinstance(negative_prompt, str):
+        raise ConfigError(f"negative_prompt: expected a str, got {type(negative_prompt).__name__}")
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What one run generates from: the arguments of ``stream``, as given."""
+
+    image: ImageInput | None
+    prompt: str
+    end_image: ImageInput | None = None
+    negative_prompt: str = ""
 
 
 def _folder_argument(name: str, value: object) -> Path | None:
@@ -305,21 +349,6 @@ def _folder_argument(name: str, value: object) -> Path | None:
     if not os.fspath(value):
         raise InputError(f"{name}: expected a folder path, got an empty string")
     return Path(value)
-
-
-def describe_policy(policy: CachePolicy | None) -> str:
-    """A policy's class and settings, e.g. ``TeaCache(rel_l1_thresh=0.15)`` (its statistics left out).
-
-    None is described as ``NoCache()``: both run every block on every call.
-    """
-    if policy is None:
-        policy = NoCache()
-    settings = {
-        k: v
-        for k, v in sorted(vars(policy).items())
-        if not k.startswith("_") and k != "stats" and isinstance(v, (int, float, str, bool, tuple))
-    }
-    return f"{type(policy).__name__}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
 
 
 class GenerationRun:
@@ -340,8 +369,7 @@ class GenerationRun:
     def __init__(
         self,
         pipeline: FramePackPipeline,
-        image: ImageInput | None,
-        prompt: str,
+        inputs: RunInputs,
         config: GenerationConfig,
         run_dir: Path,
         *,
@@ -354,8 +382,7 @@ class GenerationRun:
         self.config = config
         self.run_dir = run_dir
         self.plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
-        self._image = image
-        self._prompt = prompt
+        self._inputs = inputs
         self._callback = callback
         self._saved = saved
         self._lock = lock
@@ -409,8 +436,9 @@ class GenerationRun:
         frames = FrameAssembler(config.mode, 4 * w - 3, spool_dir=self.run_dir / "frames")
         if saved is not None:  # the files first: a state that disagrees with them fails before any work
             frames.restore(saved.tensors.get("held_frames"), int(saved.tensors["frame_count"]), saved.frame_chunks)
-        inputs = p.encode(self._image, self._prompt, config)
-        fingerprint = p.fingerprint(inputs, self._prompt, config)
+        given = self._inputs
+        inputs = p.encode(given.image, given.prompt, config, end_image=given.end_image, negative_prompt=given.negative_prompt)
+        fingerprint = p.fingerprint(inputs, given.prompt, config, negative_prompt=given.negative_prompt)
         generator = torch.Generator("cpu").manual_seed(config.seed)
         done, history = 0, None
         if saved is not None:
@@ -459,6 +487,7 @@ class GenerationRun:
                 preview=previews.path,
                 seconds=result.seconds,
                 elapsed=time.perf_counter() - started,
+                cache_stats=result.cache_stats,
             )
         if result is None:  # every section was already done: the saved run is complete
             latents = history

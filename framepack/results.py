@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .atomic import copy_file
+from .cache.base import SectionStats
 from .errors import InputError
 from .video import FrameAssembler, write_mp4
 
@@ -28,6 +29,7 @@ class SectionOutput:
     preview      the preview mp4 of the video so far; it is encoded in the background, so it may still
                  show an earlier section: ``GenerationRun.wait_for_preview()`` waits for this one
     seconds      time this section spent sampling; elapsed: since the run started (all work)
+    cache_stats  the cache policy's calls computed and skipped in this section (None: no cache)
     """
 
     index: int
@@ -38,6 +40,7 @@ class SectionOutput:
     preview: Path
     seconds: float
     elapsed: float
+    cache_stats: SectionStats | None = None
 
     @property
     def is_last(self) -> bool:

@@ -16,6 +16,7 @@ class Prepared:
     conditioning: Conditioning
     context: PackedContext | None
     latents_shape: tuple[int, ...]
+    branch: str = "positive"
 
 
 @dataclass
@@ -50,22 +51,21 @@ class FakeTransformer(torch.nn.Module):
         self.calls: list[Call] = []
 
     def prepare(self, conditioning: Conditioning, context: PackedContext | None, latents_shape: tuple[int, ...]) -> Prepared:
-        # the negative branch is prepared with the same context object as the positive one
+        # the negative branch is prepared after the positive one, with the same context object
+        branch = "positive"
         if self.prepared and self.prepared[-1].context is context:
-            section = self.prepared[-1].section
+            section, branch = self.prepared[-1].section, "negative"
         else:
             section = self.prepared[-1].section + 1 if self.prepared else 0
-        prepared = Prepared(section, conditioning, context, tuple(latents_shape))
+        prepared = Prepared(section, conditioning, context, tuple(latents_shape), branch)
         self.prepared.append(prepared)
         return prepared
 
-    def denoise(
-        self, latents: torch.Tensor, timestep: torch.Tensor, prepared: Prepared, *, cache: Any = None, branch: str = "positive"
-    ) -> torch.Tensor:
+    def denoise(self, latents: torch.Tensor, timestep: torch.Tensor, prepared: Prepared, *, cache: Any = None) -> torch.Tensor:
         if prepared.section == self.fail_in_section:
             raise RuntimeError("fake transformer failure")
-        self.calls.append(Call(latents.clone(), timestep.clone(), prepared, branch, cache))
-        return self.velocity(latents, timestep, prepared, branch).float()
+        self.calls.append(Call(latents.clone(), timestep.clone(), prepared, prepared.branch, cache))
+        return self.velocity(latents, timestep, prepared, prepared.branch).float()
 
 
 def conditioning(batch: int = 1, guidance: float = 10.0, image: float | None = 1.0, text: float = 1.0) -> Conditioning:

@@ -8,7 +8,7 @@ schedules (FramePack-Studio's MagCache ratios, interpolation examples) or from i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from unittest import mock
 
 import numpy as np
@@ -93,11 +93,13 @@ def scripted_calls(steps: int, seed: int, dtype: torch.dtype = torch.float32, sh
 def run_policy(
     policy: CachePolicy, calls: list[Call], branch: str = "positive"
 ) -> tuple[list[bool], list[torch.Tensor]]:
-    """Feed the calls through ``policy``; returns per call (computed?, output)."""
+    """Feed the calls through ``policy`` (its ``branch`` view for another branch, as real CFG does);
+    returns per call (computed?, output)."""
+    runner = policy if branch == "positive" else policy.branch(branch)
     decisions, outputs = [], []
     for call in calls:
         stack = FakeStack(call)
-        outputs.append(policy.run(stack, branch))
+        outputs.append(runner.run(stack))
         decisions.append("all" in stack.ran or "rest" in stack.ran)
     return decisions, outputs
 
@@ -393,7 +395,8 @@ def test_calibration_records_mean_token_norm_ratios() -> None:
 def test_calibrate_runs_a_generation_and_returns_its_table() -> None:
     calls = residual_calls([[[3, 4], [0, 1]], [[6, 8], [0, 3]], [[0, 5], [1, 0]]])
 
-    def generate(policy: CachePolicy) -> None:
+    def generate(cache: Callable[[], CachePolicy]) -> None:  # a factory: every run builds its policy
+        policy = cache()
         policy.start_section(3)
         run_policy(policy, calls)
 
@@ -462,8 +465,8 @@ class RecordingFirstBlockCache(FirstBlockCache):
         super().__init__(threshold)
         self.outputs: list[torch.Tensor] = []
 
-    def run(self, stack: Any, branch: str = "positive") -> torch.Tensor:
-        self.outputs.append(super().run(stack, branch).clone())
+    def run(self, stack: Any) -> torch.Tensor:
+        self.outputs.append(super().run(stack).clone())
         return self.outputs[-1]
 
 

@@ -1,18 +1,22 @@
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
-from framepack.cache.base import NoCache
+from framepack.cache import FirstBlockCache, NoCache, TeaCache
 from framepack.config import GenerationConfig
 from framepack.errors import ConfigError
+from framepack.pipeline import check_inputs
+from framepack.sampling.settings import SamplingSettings
 
 
 def test_defaults_are_the_reference_app() -> None:
     c = GenerationConfig()
     assert (c.seconds, c.fps, c.window, c.steps, c.seed) == (5.0, 30, 9, 25, 31337)
     assert (c.mode, c.variant, c.shift, c.resolution, c.resize) == ("inverted", "bh1", None, 640, "crop")
-    assert (c.real_cfg, c.distilled_cfg, c.cfg_rescale, c.crf, c.negative_prompt) == (1.0, 10.0, 0.0, 16, "")
-    assert c.cache is None and c.end_image is None
+    assert (c.real_cfg, c.distilled_cfg, c.cfg_rescale, c.crf) == (1.0, 10.0, 0.0, 16)
+    assert c.cache is None and c.vae_tiling is None
 
 
 def test_valid_non_defaults() -> None:
@@ -39,7 +43,9 @@ def test_valid_non_defaults() -> None:
         ("real_cfg", 0.0, "real_cfg: expected a number > 0, got 0.0"),
         ("shift", -2.0, "shift: expected a number > 0, got -2.0"),
         ("crf", 52, "crf: expected an int in [0, 51] (x264's range), got 52"),
-        ("cache", "teacache", "cache: expected a CachePolicy instance or None, got str"),
+        ("cache", "teacache:x", "cache 'teacache:x': threshold 'x' is not a number"),
+        ("cache", "tea", "cache 'tea': unknown policy 'tea'"),
+        ("cache", 0.15, "cache: expected a spec such as 'teacache:0.15', a CachePolicy (class, factory or instance) or None, got float"),
         ("end_embed_mode", "mean", "end_embed_mode: expected one of weighted_average, linear, disabled, got 'mean'"),
         ("vae_tiling", "yes", "vae_tiling: expected True, False or None, got 'yes'"),
         ("seed", 2**64, "seed: expected an int below 2**64"),
@@ -55,6 +61,43 @@ def test_impossible_values_name_the_field(field: str, value: object, message: st
     assert str(caught.value).startswith(message)
 
 
-def test_end_image_needs_inverted_mode() -> None:
-    with pytest.raises(ConfigError, match="end_image"):
-        GenerationConfig(mode="forward", end_image="last.png")
+def test_the_sampling_part_is_sampling_settings_without_the_pipeline_options() -> None:
+    config = GenerationConfig(seconds=1, steps=3, seed=7, resolution=64, crf=0, cache="teacache:0.2")
+    sampling = config.sampling
+    assert type(sampling) is SamplingSettings and sampling.sampling is sampling
+    assert (sampling.seconds, sampling.steps, sampling.seed, sampling.cache) == (1, 3, 7, "teacache:0.2")
+    assert not hasattr(sampling, "resolution") and not hasattr(sampling, "crf")
+    assert {f.name for f in fields(SamplingSettings)} < {f.name for f in fields(GenerationConfig)}
+
+
+@pytest.mark.parametrize(
+    "cache, expected",
+    [
+        (None, type(None)),
+        ("none", NoCache),
+        ("teacache:0.2", TeaCache),
+        (TeaCache, TeaCache),  # a class is a factory
+        (lambda: FirstBlockCache(0.1), FirstBlockCache),
+        (TeaCache(0.2), TeaCache),  # an instance is a template
+    ],
+)
+def test_every_run_gets_a_fresh_policy_from_any_form_of_cache(cache: object, expected: type) -> None:
+    settings = SamplingSettings(cache=cache)
+    first, second = settings.new_cache_policy(), settings.new_cache_policy()
+    assert isinstance(first, expected) and isinstance(second, expected)
+    if first is not None:
+        assert first is not second and first is not cache and first.stats == [] and first._branches == {}
+
+
+def test_a_factory_that_builds_no_policy_is_refused_when_a_run_asks_for_one() -> None:
+    with pytest.raises(ConfigError, match="returned str, expected a CachePolicy"):
+        SamplingSettings(cache=lambda: "teacache").new_cache_policy()
+
+
+def test_end_image_and_negative_prompt_are_inputs_not_settings() -> None:
+    names = {f.name for f in fields(GenerationConfig)}
+    assert not names & {"end_image", "negative_prompt", "image", "prompt"}
+    with pytest.raises(ConfigError, match="end_image: only the 'inverted' mode"):
+        check_inputs(GenerationConfig(mode="forward"), end_image="last.png")
+    with pytest.raises(ConfigError, match="negative_prompt: expected a str"):
+        check_inputs(GenerationConfig(), negative_prompt=3)  # type: ignore[arg-type]

@@ -20,8 +20,15 @@ FORBIDDEN = {
         "framepack.pipeline", "framepack.components", "framepack.cli", "framepack.sampling",
         "framepack.memory.planner", "framepack.memory.placement",
     ),
-    "framepack.cache": ("framepack.pipeline", "framepack.components", "framepack.cli", "framepack.sampling"),
-    "framepack.sampling": ("framepack.pipeline", "framepack.components", "framepack.cli"),
+    "framepack.cache": (
+        "framepack.pipeline", "framepack.components", "framepack.cli", "framepack.sampling", "framepack.config",
+        "framepack.video",
+    ),
+    # the research path (generate_latents) needs no image, video or pipeline option
+    "framepack.sampling": (
+        "framepack.pipeline", "framepack.components", "framepack.cli", "framepack.config", "framepack.video",
+        "framepack.results",
+    ),
     "framepack.memory": ("framepack.pipeline", "framepack.components", "framepack.cli", "framepack.sampling"),
     # the low layer of memory, which models use: no model, planner or placement above it
     "framepack.memory.host": ("framepack.models", "framepack.memory.planner", "framepack.memory.placement"),

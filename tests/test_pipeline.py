@@ -197,7 +197,7 @@ def test_resume_with_other_inputs_names_what_differs(pipe, image, tmp_path: Path
 
 
 def test_end_image_and_text_to_video_run(pipe, image, tmp_path: Path) -> None:
-    end = pipe.generate(image, "a dancer", GenerationConfig(end_image=image[::-1].copy(), **FAST), run_dir=tmp_path / "e")
+    end = pipe.generate(image, "a dancer", GenerationConfig(**FAST), end_image=image[::-1].copy(), run_dir=tmp_path / "e")
     plain = pipe.generate(image, "a dancer", GenerationConfig(**FAST), run_dir=tmp_path / "p")
     assert not torch.equal(end.latents, plain.latents)  # the end frame conditions the video's end
     text_only = pipe.generate(None, "a dancer", GenerationConfig(**FAST), run_dir=tmp_path / "t")

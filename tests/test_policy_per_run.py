@@ -1,8 +1,9 @@
-"""One cache policy object given to several runs: each run samples with its own copy of it."""
+"""One config given to several runs: each run builds its own cache policy, so runs share no state."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -65,27 +66,42 @@ def test_two_threads_sharing_a_policy_get_the_videos_of_two_separate_runs(
         t.join()
     assert not errors, errors
     assert torch.equal(got[1], expected[0]) and torch.equal(got[2], expected[1])
-    assert len(shared.stats) == 4  # both runs reported their two sections to the policy they were given
+    assert shared.stats == []  # the config's policy is a template: never run, it collects nothing
 
 
-def test_the_given_policy_collects_each_finished_section_and_the_result_names_it(
-    pipe: FramePackPipeline, inputs: EncodedInputs
+@pytest.mark.parametrize("cache", [MagCache(), MagCache, "magcache"], ids=["template", "factory", "spec"])
+def test_two_runs_of_one_config_give_one_video_and_each_its_own_statistics(
+    pipe: FramePackPipeline, inputs: EncodedInputs, cache: object
 ) -> None:
-    policy = MagCache()
-    config = replace(CONFIG, cache=policy)
+    config = replace(CONFIG, cache=cache)
     sections = list(stream_latents(pipe.components.transformer, inputs.conditioning, inputs.start_latent, config))
-    assert policy.stats == [s.cache_stats for s in sections] and len(sections) == 2
     again = list(stream_latents(pipe.components.transformer, inputs.conditioning, inputs.start_latent, config))
-    assert torch.equal(again[-1].history, sections[-1].history)
-    assert policy.stats[2:] == [s.cache_stats for s in again]
+    assert len(sections) == 2 and torch.equal(again[-1].history, sections[-1].history)
+    assert [s.cache_stats for s in again] == [s.cache_stats for s in sections]  # equal, not shared
+    assert all(a.cache_stats is not b.cache_stats for a, b in zip(again, sections))
+    assert sections[0].cache_stats.skipped_count > 0
+
+
+def test_the_pipeline_reports_each_sections_cache_statistics(pipe: FramePackPipeline, tmp_path) -> None:
+    run = pipe.stream(demo_image(64), "a dancer", CONFIG, run_dir=tmp_path / "run")
+    stats = [section.cache_stats for section in run]
+    assert len(stats) == 2 and all(s is not None and s.num_steps == CONFIG.steps for s in stats)
+    assert CONFIG.cache.stats == []
 
 
 def test_calibrate_through_the_section_loop_returns_the_runs_table(
     pipe: FramePackPipeline, inputs: EncodedInputs
 ) -> None:
-    def generate(policy: CachePolicy) -> torch.Tensor:
-        config = replace(CONFIG, cache=policy)
+    def generate(cache: Callable[[], CachePolicy]) -> torch.Tensor:
+        config = replace(CONFIG, cache=cache)
         return generate_latents(pipe.components.transformer, inputs.conditioning, inputs.start_latent, config)
 
     table = calibrate(generate)
+    assert len(table) == CONFIG.steps and table[0] == 1.0 and all(r > 0 for r in table)
+
+
+def test_calibrate_through_the_pipeline_returns_the_runs_table(pipe: FramePackPipeline, tmp_path) -> None:
+    # the pipeline builds a policy to describe the run (its fingerprint) before the run's own
+    table = calibrate(lambda cache: pipe.generate(demo_image(64), "a dancer", replace(CONFIG, cache=cache),
+                                                  run_dir=tmp_path / "run"))
     assert len(table) == CONFIG.steps and table[0] == 1.0 and all(r > 0 for r in table)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from framepack import FramePackPipeline, GenerationConfig
-from framepack.cache import NoCache
+from framepack.cache import NoCache, TeaCache
 from framepack.cli import demo_image
 from framepack.components import WEIGHT_SAMPLES
 from framepack.errors import GenerationCancelled, InputError
@@ -66,4 +66,17 @@ def test_no_cache_and_nocache_have_one_fingerprint() -> None:
     pipe = FramePackPipeline.tiny(seed=0)
     inputs = pipe.encode(IMAGE, "a dancer", GenerationConfig(**FAST))
     fingerprints = [pipe.fingerprint(inputs, "a dancer", GenerationConfig(cache=c, **FAST)) for c in (None, NoCache())]
-    assert fingerprints[0] == fingerprints[1] and fingerprints[0]["cache"] == "NoCache()"
+    assert fingerprints[0] == fingerprints[1] and fingerprints[0]["settings"]["cache"] == "NoCache()"
+
+
+def test_one_cache_given_as_spec_class_or_template_has_one_fingerprint() -> None:
+    pipe = FramePackPipeline.tiny(seed=0)
+    inputs = pipe.encode(IMAGE, "a dancer", GenerationConfig(**FAST))
+    fingerprints = [pipe.fingerprint(inputs, "a dancer", GenerationConfig(cache=c, **FAST))
+                    for c in ("teacache:0.15", TeaCache, TeaCache(0.15), lambda: TeaCache(0.15))]
+    assert all(f == fingerprints[0] for f in fingerprints)
+    assert fingerprints[0]["settings"]["cache"] == "TeaCache(rel_l1_thresh=0.15)"
+    # the pipeline's output options that do not change the latents are not in it; the negative prompt is
+    assert "crf" not in fingerprints[0]["settings"]
+    other = pipe.fingerprint(inputs, "a dancer", GenerationConfig(**FAST), negative_prompt="blurry")
+    assert other["negative_prompt"] != fingerprints[0]["negative_prompt"]

@@ -19,12 +19,13 @@ def branch_velocity(latents: torch.Tensor, timestep: torch.Tensor, prepared: Pre
 
 
 PREPARED = Prepared(0, None, None, tuple(POS.shape))  # type: ignore[arg-type]
+NEGATIVE = Prepared(0, None, None, tuple(POS.shape), "negative")  # type: ignore[arg-type]
 
 
 def test_cfg_one_skips_the_negative_pass() -> None:
     fake = FakeTransformer(branch_velocity)
     x = torch.randn(POS.shape)
-    x0 = GuidedDenoiser(fake, PREPARED, PREPARED, real_cfg=1.0)(x, 0.5)
+    x0 = GuidedDenoiser(fake, PREPARED, NEGATIVE, real_cfg=1.0)(x, 0.5)
     assert [c.branch for c in fake.calls] == ["positive"]
     assert torch.allclose(x0, x - 0.5 * POS, atol=1e-6, rtol=0)
 
@@ -32,7 +33,7 @@ def test_cfg_one_skips_the_negative_pass() -> None:
 def test_real_cfg_and_rescale_by_hand() -> None:
     fake = FakeTransformer(branch_velocity)
     x = torch.randn(POS.shape)
-    x0 = GuidedDenoiser(fake, PREPARED, PREPARED, real_cfg=3.0, cfg_rescale=0.7)(x, 0.25)
+    x0 = GuidedDenoiser(fake, PREPARED, NEGATIVE, real_cfg=3.0, cfg_rescale=0.7)(x, 0.25)
     assert [c.branch for c in fake.calls] == ["positive", "negative"]
 
     pos, neg = POS.double().numpy(), NEG.double().numpy()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framepack.cache.base import NoCache
+from framepack.cache.base import NEGATIVE, NoCache, PolicyBranch
 from framepack.conditioning import Conditioning
 from framepack.config import GenerationConfig
 from framepack.errors import ConfigError, GenerationCancelled, GenerationInterrupted, InputError
@@ -143,18 +143,22 @@ def test_end_latent_and_embedding_blend() -> None:
 
 def test_real_cfg_uses_negative_text_with_positive_image_and_cache_restarts() -> None:
     fake = FakeTransformer()
-    cache = NoCache()
+    template = NoCache()
     negative = conditioning(text=-1.0, image=None)
-    generate_latents(fake, conditioning(), start_latent(), config(real_cfg=2.0), negative=negative, cache=cache)
+    sections = list(stream_latents(fake, conditioning(), start_latent(), config(real_cfg=2.0, cache=template), negative=negative))
     branches = [c.branch for c in fake.calls]
     assert branches == ["positive", "negative"] * 6  # 2 sections x 3 steps
     neg_prepared = [p for p in fake.prepared if p.conditioning.pooled.mean() == -1.0]
     assert len(neg_prepared) == 2
     assert all(p.conditioning.image_embeds.mean() == 1.0 for p in neg_prepared)
-    run_policy = fake.calls[0].cache  # the run's own copy of the policy, one for every call
-    assert isinstance(run_policy, NoCache) and run_policy is not cache
-    assert all(c.cache is run_policy for c in fake.calls)
-    assert [s.num_steps for s in cache.stats] == [3, 3]  # each finished section reported to the given policy
+    run_policy = fake.calls[0].cache  # the run's own copy of the template, for every positive call
+    assert isinstance(run_policy, NoCache) and run_policy is not template
+    assert all(c.cache is run_policy for c in fake.calls[::2])
+    # the negative calls get the same policy's negative branch: the transformer never sees a branch name
+    assert all(isinstance(c.cache, PolicyBranch) and (c.cache.policy, c.cache.name) == (run_policy, NEGATIVE)
+               for c in fake.calls[1::2])
+    assert [s.cache_stats.num_steps for s in sections] == [3, 3]
+    assert template.stats == []  # a template is never run and collects nothing
 
 
 def test_text_to_video_from_zero_start() -> None:

@@ -95,9 +95,10 @@ def test_cache_policy_drives_the_block_stack(model: FramePackTransformer, inputs
     first = model.denoise(inputs["latents"], inputs["timestep"], prepared, cache=policy)
     assert (first - plain).abs().max() <= 1e-5 * max(1, plain.abs().max().item())
     other = inputs["latents"] * 0.5
-    skipped = model.denoise(other, inputs["timestep"], prepared, cache=policy, branch="negative")
+    negative = policy.branch("negative")  # what real CFG passes for its negative pass
+    skipped = model.denoise(other, inputs["timestep"], prepared, cache=negative)
     assert policy.stats[-1].computed == {"positive": [0], "negative": [0]}
-    reused = model.denoise(other, torch.tensor([500.0]), prepared, cache=policy, branch="negative")
+    reused = model.denoise(other, torch.tensor([500.0]), prepared, cache=negative)
     assert policy.stats[-1].skipped == {"negative": [1]}
     assert not torch.equal(reused, skipped)  # same residual, but the output head sees a new timestep
 

@@ -92,12 +92,16 @@ class CachePolicy:
     ``start_section``. A call with no stored residual always computes. ``stats`` holds one
     ``SectionStats`` per section started.
 
-    The section loop never samples with the policy it is given but with ``for_run()``, a copy
-    of its settings with fresh state, so runs sharing one policy object (two threads, or one
-    run after another) share no decision state or residual. The copy is shallow: attributes
-    set in ``__init__`` are settings, shared by every copy; what a call decides from belongs
-    in ``state``. Each finished section's ``SectionStats`` is appended to the given policy's
-    ``stats`` (``finish_section``).
+    A policy is called as ``run(stack)``, once per transformer call. Under real CFG the
+    guidance wrapper gives the transformer ``branch(NEGATIVE)`` for the negative pass, a view
+    of the same policy that runs with the negative branch's state; the transformer itself
+    knows nothing of branches.
+
+    A policy given in the settings is a template: the section loop samples with ``for_run()``,
+    a copy of its settings with fresh state, so runs sharing one policy object (two threads,
+    or one run after another) share no decision state, residual or statistics. The copy is
+    shallow: attributes set in ``__init__`` are settings, shared by every copy; what a call
+    decides from belongs in ``state``.
     """
 
     needs_modulated_input: ClassVar[bool] = False
@@ -107,7 +111,6 @@ class CachePolicy:
         self.stats: list[SectionStats] = []
         self._num_steps = 0
         self._branches: dict[str, _Branch] = {}
-        self._origin: CachePolicy | None = None  # the policy a run copy reports its sections to
 
     # --- what a subclass writes -------------------------------------------------------
     def should_compute(self, step: CacheStep, state: dict[str, Any]) -> bool:
@@ -128,18 +131,13 @@ class CachePolicy:
         run.stats = []
         run._num_steps = 0
         run._branches = {}
-        run._origin = self
         return run
 
     def finish_section(self) -> SectionStats:
-        """The statistics of the section that just finished, also appended to the ``stats`` of
-        the policy this run copy was made from (``for_run``)."""
+        """The statistics of the section that just finished."""
         if not self.stats:
             raise ConfigError(f"{type(self).__name__}: finish_section() before any start_section(num_steps)")
-        section = self.stats[-1]
-        if self._origin is not None:
-            self._origin.stats.append(section)  # list.append is atomic: concurrent runs may report at once
-        return section
+        return self.stats[-1]
 
     def start_section(self, num_steps: int) -> None:
         """Forget every stored residual and decision state; a new section of ``num_steps`` begins."""
@@ -149,8 +147,15 @@ class CachePolicy:
         self._branches = {}
         self.stats.append(SectionStats(num_steps))
 
-    def run(self, stack: BlockStack, branch: str = POSITIVE) -> torch.Tensor:
-        """One transformer call of guidance ``branch``: the final image stream, computed or reused."""
+    def run(self, stack: BlockStack) -> torch.Tensor:
+        """One transformer call (of the positive branch): the final image stream, computed or reused."""
+        return self._run(stack, POSITIVE)
+
+    def branch(self, name: str) -> PolicyBranch:
+        """This policy as one guidance branch sees it: its own counter, residual and ``state``."""
+        return PolicyBranch(self, name)
+
+    def _run(self, stack: BlockStack, branch: str) -> torch.Tensor:
         if not self.stats:
             raise ConfigError(f"{type(self).__name__}: call start_section(num_steps) before the first transformer call")
         record = self._branches.setdefault(branch, _Branch())
@@ -190,9 +195,24 @@ class NoCache(CachePolicy):
     def should_compute(self, step: CacheStep, state: dict[str, Any]) -> bool:
         return True
 
-    def run(self, stack: BlockStack, branch: str = POSITIVE) -> torch.Tensor:
+    def _run(self, stack: BlockStack, branch: str) -> torch.Tensor:
         if self.stats:
             record = self._branches.setdefault(branch, _Branch())
             self.stats[-1].computed.setdefault(branch, []).append(record.calls % self._num_steps)
             record.calls += 1
         return stack.run_all()
+
+
+class PolicyBranch:
+    """One guidance branch of a policy (``CachePolicy.branch``): what the transformer's ``cache=`` gets
+    for the negative pass of real CFG. Its calls are the policy's calls, with that branch's state."""
+
+    def __init__(self, policy: CachePolicy, name: str) -> None:
+        self.policy = policy
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"{self.policy!r}.branch({self.name!r})"
+
+    def run(self, stack: BlockStack) -> torch.Tensor:
+        return self.policy._run(stack, self.name)

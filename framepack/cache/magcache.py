@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .base import POSITIVE, CachePolicy, CacheStep, SectionStats
+from .base import POSITIVE, CachePolicy, CacheStep
 
 # Official MagCache FramePack demo tables (Zehong-Ma/MagCache, MagCache4FramePack), 25 steps;
 # entry 0 is a placeholder, entry t is mean ||r_t|| / ||r_{t-1}||.
@@ -142,18 +142,12 @@ class MagCacheCalibration(CachePolicy):
 
     def for_run(self) -> MagCacheCalibration:
         run = super().for_run()
-        run.tables = []  # this run's own; each finished section's table is reported back
+        run.tables = []  # this run's own
         return run
 
     def start_section(self, num_steps: int) -> None:
         super().start_section(num_steps)
         self.tables.append({})
-
-    def finish_section(self) -> SectionStats:
-        section = super().finish_section()
-        if isinstance(self._origin, MagCacheCalibration):
-            self._origin.tables.append(self.tables[-1])
-        return section
 
     def should_compute(self, step: CacheStep, state: dict[str, Any]) -> bool:
         return True
@@ -173,13 +167,24 @@ class MagCacheCalibration(CachePolicy):
         return list(self.tables[section][branch])
 
 
-def calibrate(generate: Callable[[CachePolicy], Any], branch: str = POSITIVE, section: int = -1) -> list[float]:
-    """Run ``generate(policy)`` with a ``MagCacheCalibration`` and return its ratio table.
+def calibrate(
+    generate: Callable[[Callable[[], CachePolicy]], Any], branch: str = POSITIVE, section: int = -1
+) -> list[float]:
+    """Run ``generate(cache)`` with a factory of ``MagCacheCalibration`` policies; return the table
+    the last policy it built recorded (the run's: a policy built before it, e.g. to describe the
+    run, records nothing).
 
-    ``generate`` is any callable that samples with the policy it is given, e.g.
+    ``generate`` is any callable that samples with the cache it is given, e.g.
     ``lambda cache: pipe.generate(..., config=GenerationConfig(steps=30, cache=cache))``.
     Pass the result as ``MagCache(ratios=...)`` for the same model, resolution and step count.
     """
-    calibration = MagCacheCalibration()
-    generate(calibration)
-    return calibration.table(branch, section)
+    built: list[MagCacheCalibration] = []
+
+    def factory() -> MagCacheCalibration:
+        built.append(MagCacheCalibration())
+        return built[-1]
+
+    generate(factory)
+    if not built:
+        raise ConfigError("calibrate: generate(cache) ran without building a policy from the cache it was given")
+    return built[-1].table(branch, section)

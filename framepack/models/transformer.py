@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache.base import POSITIVE, CachePolicy
+from ..cache.base import CachePolicy, PolicyBranch
 from ..conditioning import Conditioning, PackedContext
 from ..errors import ConfigError, InputError
 from ..precision import FiniteGuard
@@ -338,13 +338,15 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         conditioning: Conditioning,
         context: PackedContext | None = None,
         *,
-        cache: CachePolicy | None = None,
-        branch: str = POSITIVE,
+        cache: CachePolicy | PolicyBranch | None = None,
     ) -> torch.Tensor:
-        """Velocity [B, C, T, H, W] for noisy ``latents`` at ``timestep`` [B] (1000 x sigma)."""
+        """Velocity [B, C, T, H, W] for noisy ``latents`` at ``timestep`` [B] (1000 x sigma).
+
+        ``cache`` runs the block stack (``cache.run(stack)``); None runs every block.
+        """
         _expect_latents(latents, self.config)
         prepared = self.prepare(conditioning, context, tuple(latents.shape))
-        return self.denoise(latents, timestep, prepared, cache=cache, branch=branch)
+        return self.denoise(latents, timestep, prepared, cache=cache)
 
     @torch.no_grad()
     def prepare(
@@ -423,8 +425,7 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         timestep: torch.Tensor,
         prepared: PreparedInputs,
         *,
-        cache: CachePolicy | None = None,
-        branch: str = POSITIVE,
+        cache: CachePolicy | PolicyBranch | None = None,
     ) -> torch.Tensor:
         """One denoising call on prepared inputs: velocity [B, C, T, H, W]."""
         _expect_latents(latents, self.config)
@@ -458,7 +459,7 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         if cache is None:
             image = stack.run_all()
         else:
-            image = cache.run(stack, branch)
+            image = cache.run(stack)
             _check_policy_output(cache, image, stack.stack_input)
         if guard is not None:
             guard.raise_if_nonfinite()
@@ -509,7 +510,8 @@ def _expect_timestep(timestep: object, batch: int) -> torch.Tensor:
     return timestep
 
 
-def _check_policy_output(policy: CachePolicy, output: object, stack_input: torch.Tensor) -> None:
+def _check_policy_output(cache: CachePolicy | PolicyBranch, output: object, stack_input: torch.Tensor) -> None:
+    policy = cache.policy if isinstance(cache, PolicyBranch) else cache
     # The output head keeps the last tokens: a policy returning more or fewer would give a wrong video, silently.
     if not isinstance(output, torch.Tensor) or output.shape != stack_input.shape:
         got = f"shape {list(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__

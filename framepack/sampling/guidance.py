@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..cache.base import NEGATIVE, POSITIVE, CachePolicy
+from ..cache.base import NEGATIVE, CachePolicy, PolicyBranch
 from ..errors import ConfigError
 
 
@@ -20,7 +20,7 @@ class Denoising(Protocol):
     def parameters(self) -> Any: ...
 
     def denoise(
-        self, latents: torch.Tensor, timestep: torch.Tensor, prepared: Any, *, cache: CachePolicy | None = None, branch: str = POSITIVE
+        self, latents: torch.Tensor, timestep: torch.Tensor, prepared: Any, *, cache: CachePolicy | PolicyBranch | None = None
     ) -> torch.Tensor: ...
 
 
@@ -43,6 +43,10 @@ class GuidedDenoiser:
     On a low-precision model the latents and ``1000·sigma`` are rounded to the model dtype
     before the call, and x0 is computed from the rounded latents, exactly as the reference;
     on a float32 model nothing is rounded. The negative pass runs only when ``real_cfg != 1``.
+
+    With a cache policy, the positive pass runs with the policy and the negative pass with its
+    negative branch (``policy.branch(NEGATIVE)``), so each branch keeps its own residuals and
+    decision state. Settings are taken as validated (``SamplingSettings``).
     """
 
     def __init__(
@@ -57,14 +61,13 @@ class GuidedDenoiser:
     ) -> None:
         if real_cfg != 1.0 and negative is None:
             raise ConfigError(f"real_cfg is {real_cfg}: real CFG needs prepared negative inputs, got None")
-        if not 0.0 <= cfg_rescale <= 1.0:
-            raise ConfigError(f"cfg_rescale: expected a value in [0, 1], got {cfg_rescale}")
         self.transformer = transformer
         self.positive = positive
         self.negative = negative
         self.real_cfg = real_cfg
         self.cfg_rescale = cfg_rescale
         self.cache = cache
+        self.negative_cache = None if cache is None else cache.branch(NEGATIVE)
         self.model_dtype = next(iter(transformer.parameters())).dtype
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -73,10 +76,10 @@ class GuidedDenoiser:
         model_x = x.to(self.model_dtype)
         timestep = (sigmas * 1000.0).to(self.model_dtype)
         call = self.transformer.denoise
-        v_pos = call(model_x, timestep, self.positive, cache=self.cache, branch=POSITIVE).float()
+        v_pos = call(model_x, timestep, self.positive, cache=self.cache).float()
         v_neg = None
         if self.real_cfg != 1.0:
-            v_neg = call(model_x, timestep, self.negative, cache=self.cache, branch=NEGATIVE).float()
+            v_neg = call(model_x, timestep, self.negative, cache=self.negative_cache).float()
         velocity = combine_guidance(v_pos, v_neg, self.real_cfg, self.cfg_rescale)
         # x0 from the latents the model saw (rounded on low-precision models), as the reference.
         return torch.add(model_x.float(), velocity, alpha=-sigma).to(x.dtype)

@@ -13,13 +13,13 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
-from ..cache.base import CachePolicy, SectionStats
+from ..cache.base import SectionStats
 from ..conditioning import Conditioning
-from ..config import GenerationConfig
 from ..errors import ConfigError, GenerationCancelled, GenerationInterrupted, InputError, NumericalError
 from .guidance import Denoising, GuidedDenoiser
 from .schedule import flux_sigmas, sequence_length
 from .sections import SectionHistory, SectionLayout, SectionPlan, plan_sections, section_image_embeds
+from .settings import SamplingSettings
 from .unipc import StepInfo, sample_unipc
 
 LATENT_CHANNELS = 16
@@ -79,12 +79,11 @@ def stream_latents(
     transformer: SectionTransformer,
     conditioning: Conditioning,
     start_latent: torch.Tensor,
-    config: GenerationConfig,
+    config: SamplingSettings,
     *,
     negative: Conditioning | None = None,
     end_latent: torch.Tensor | None = None,
     end_image_embeds: torch.Tensor | None = None,
-    cache: CachePolicy | None = None,
     callback: ProgressCallback | None = None,
     generator: torch.Generator | None = None,
     resume_history: torch.Tensor | None = None,
@@ -92,6 +91,11 @@ def stream_latents(
 ) -> Iterator[SectionResult]:
     """Generate section by section, yielding each finished one.
 
+    config            the ``SamplingSettings``, or a ``GenerationConfig`` (which carries them);
+                      the run samples with a fresh cache policy built from ``config.cache``
+                      (``SamplingSettings.new_cache_policy``), started anew for every section, so
+                      runs sharing a config share no state; each finished section's statistics
+                      are on ``SectionResult.cache_stats``
     conditioning      used as given; its ``guidance`` must equal ``config.distilled_cfg``
     start_latent      [B, 16, 1, h, w] scaled VAE latent of the first frame (zeros: text-to-video)
     negative          text conditioning of the negative pass, required when ``config.real_cfg != 1``;
@@ -100,10 +104,6 @@ def stream_latents(
                       generated section, as kijai's end-frame sampler
     end_image_embeds  end image's embeddings; with them, image embeddings mix per
                       ``config.end_embed_mode`` / ``start_embed_strength`` (without, they are unchanged)
-    cache             overrides ``config.cache``. The run samples with its own copy
-                      (``CachePolicy.for_run``), started anew for every section, so runs sharing
-                      a policy share no state; each finished section's statistics are appended to
-                      the given policy's ``stats`` and set on ``SectionResult.cache_stats``
     callback          called after every sampler step; raise GenerationCancelled in it to stop
     generator         the noise source; by default a CPU generator seeded with ``config.seed``
     resume_history    to continue an interrupted run: the ``history`` of its last finished
@@ -116,6 +116,7 @@ def stream_latents(
     raises NumericalError naming the section and the first step that produced them, with the
     same ``partial``; the bad section is never yielded.
     """
+    config = _sampling_settings(config)
     weight = next(iter(transformer.parameters()))
     device, model_dtype = weight.device, weight.dtype
     plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
@@ -130,8 +131,7 @@ def stream_latents(
         raise InputError("end_image_embeds: given without an end_latent or without conditioning.image_embeds")
     if config.real_cfg != 1.0 and negative is None:
         raise ConfigError(f"real_cfg is {config.real_cfg}: real CFG needs a negative Conditioning, got None")
-    cache = cache if cache is not None else config.cache
-    policy = None if cache is None else cache.for_run()
+    policy = config.new_cache_policy()
     if generator is None:
         generator = torch.Generator("cpu").manual_seed(config.seed)
 
@@ -233,12 +233,11 @@ def generate_latents(
     transformer: SectionTransformer,
     conditioning: Conditioning,
     start_latent: torch.Tensor,
-    config: GenerationConfig,
+    config: SamplingSettings,
     *,
     negative: Conditioning | None = None,
     end_latent: torch.Tensor | None = None,
     end_image_embeds: torch.Tensor | None = None,
-    cache: CachePolicy | None = None,
     callback: ProgressCallback | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -256,13 +255,20 @@ def generate_latents(
         negative=negative,
         end_latent=end_latent,
         end_image_embeds=end_image_embeds,
-        cache=cache,
         callback=callback,
         generator=generator,
     ):
         pass
     assert result is not None  # a plan always has at least one section
     return result.history
+
+
+def _sampling_settings(config: object) -> SamplingSettings:
+    """The sampling settings of ``config``: a SamplingSettings, or a GenerationConfig's ``.sampling``."""
+    settings = getattr(config, "sampling", None)
+    if not isinstance(settings, SamplingSettings):
+        raise ConfigError(f"config: expected SamplingSettings or a GenerationConfig, got {type(config).__name__}")
+    return settings
 
 
 def _check_latent(name: str, latent: object, batch: int, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -275,7 +281,7 @@ def _check_latent(name: str, latent: object, batch: int, like: torch.Tensor | No
     return latent
 
 
-def _check_guidance(conditioning: Conditioning, config: GenerationConfig) -> None:
+def _check_guidance(conditioning: Conditioning, config: SamplingSettings) -> None:
     values = conditioning.guidance.detach().float().cpu()
     if not torch.all(values == config.distilled_cfg):
         raise ConfigError(
@@ -287,7 +293,7 @@ def _check_guidance(conditioning: Conditioning, config: GenerationConfig) -> Non
 def _section_conditioning(
     conditioning: Conditioning,
     end_image_embeds: torch.Tensor | None,
-    config: GenerationConfig,
+    config: SamplingSettings,
     layout: SectionLayout,
     plan: SectionPlan,
 ) -> Conditioning:
