@@ -16,6 +16,7 @@ _EXPORTS = {
     "SectionPlan": "framepack.sampling.sections",
     "sample_unipc": "framepack.sampling.unipc",
     "flux_sigmas": "framepack.sampling.schedule",
+    "SamplingSettings": "framepack.sampling.settings",
 }
 
 __all__ = sorted(_EXPORTS)
