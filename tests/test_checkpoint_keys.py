@@ -95,10 +95,12 @@ def test_rules_rename_fuse_and_match_whole_segments() -> None:
         key_rule("blocks.*.out", "layers.*.to_out.0"),
         key_rule("*.mid.*.proj", "*.mid.*.to_out.0"),
     ]
-    assert checkpoint_keys_of(table, "blocks.3.qkv.weight") == ["layers.3.q.weight", "layers.3.k.weight", "layers.3.v.weight"]
+    fused = ["layers.3.q.weight", "layers.3.k.weight", "layers.3.v.weight"]
+    assert checkpoint_keys_of(table, "blocks.3.qkv.weight") == fused
     assert checkpoint_keys_of(table, "blocks.12.out.bias") == ["layers.12.to_out.0.bias"]
     assert checkpoint_keys_of(table, "decoder.mid.0.proj.weight") == ["decoder.mid.0.to_out.0.weight"]
-    assert checkpoint_keys_of(table, "blocks.3.qkv_extra.weight") == ["blocks.3.qkv_extra.weight"]  # whole segments only
+    # whole segments only
+    assert checkpoint_keys_of(table, "blocks.3.qkv_extra.weight") == ["blocks.3.qkv_extra.weight"]
     assert checkpoint_keys_of([key_rule("blocks.*.norm", "layers.*.norm_q.weight", "layers.*.norm_k.weight")],
                               "blocks.1.norm") == ["layers.1.norm_q.weight", "layers.1.norm_k.weight"]  # a parameter
     assert KeyRule("a", ("b",)).checkpoint_keys("ab.weight") is None

@@ -224,13 +224,15 @@ def key_rule(ours: str, *checkpoint: str, sizes: tuple[int, ...] | None = None) 
     return KeyRule(ours, checkpoint, sizes)
 
 
+def rule_for(table: Sequence[KeyRule], name: str) -> KeyRule | None:
+    """The first rule of ``table`` that covers our tensor ``name``, if any."""
+    return next((rule for rule in table if rule.checkpoint_keys(name) is not None), None)
+
+
 def checkpoint_keys_of(table: Sequence[KeyRule], name: str) -> list[str]:
-    """The checkpoint keys of our tensor ``name``: the first rule of ``table`` covering it, else the name itself."""
-    for rule in table:
-        keys = rule.checkpoint_keys(name)
-        if keys is not None:
-            return keys
-    return [name]
+    """The checkpoint keys of our tensor ``name``: by the first rule of ``table`` covering it, else the name itself."""
+    rule = rule_for(table, name)
+    return [name] if rule is None else rule.checkpoint_keys(name)
 
 
 class PretrainedModel(nn.Module):
@@ -359,12 +361,11 @@ def to_checkpoint_state_dict(model: PretrainedModel) -> dict[str, torch.Tensor]:
     table = model.checkpoint_keys()
     out: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
-        rule = next((r for r in table if r.checkpoint_keys(name) is not None), None)
-        keys = [name] if rule is None else rule.checkpoint_keys(name)
+        keys = checkpoint_keys_of(table, name)
         if len(keys) == 1:
             out[keys[0]] = tensor
             continue
-        sizes = list(rule.sizes) if rule.sizes else [tensor.shape[0] // len(keys)] * len(keys)
+        sizes = rule_for(table, name).sizes or [tensor.shape[0] // len(keys)] * len(keys)
         out.update(zip(keys, tensor.split(sizes)))
     return out
 
@@ -372,7 +373,10 @@ def to_checkpoint_state_dict(model: PretrainedModel) -> dict[str, torch.Tensor]:
 def from_checkpoint_state_dict(model: PretrainedModel, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of ``to_checkpoint_state_dict``: checkpoint tensors under our names, fused where we fuse."""
     layout = model.checkpoint_layout(set(tensors))
-    return {name: torch.cat([tensors[k] for k in keys]) if len(keys) > 1 else tensors[keys[0]] for name, keys in layout.items()}
+    return {
+        name: torch.cat([tensors[k] for k in keys]) if len(keys) > 1 else tensors[keys[0]]
+        for name, keys in layout.items()
+    }
 
 
 def _check_layout(

@@ -261,10 +261,13 @@ def checkpoint_keys(config: TransformerConfig) -> list[KeyRule]:
         key_rule("double_blocks.*.modulation", double + "norm1.linear", double + "norm1_context.linear"),
         key_rule("double_blocks.*.image_qkv", double + "attn.to_q", double + "attn.to_k", double + "attn.to_v"),
         key_rule(
-            "double_blocks.*.context_qkv", double + "attn.add_q_proj", double + "attn.add_k_proj", double + "attn.add_v_proj"
+            "double_blocks.*.context_qkv",
+            double + "attn.add_q_proj", double + "attn.add_k_proj", double + "attn.add_v_proj",
         ),
         key_rule("double_blocks.*.image_qk_norm", double + "attn.norm_q.weight", double + "attn.norm_k.weight"),
-        key_rule("double_blocks.*.context_qk_norm", double + "attn.norm_added_q.weight", double + "attn.norm_added_k.weight"),
+        key_rule(
+            "double_blocks.*.context_qk_norm", double + "attn.norm_added_q.weight", double + "attn.norm_added_k.weight"
+        ),
         key_rule("double_blocks.*.image_attn_out", double + "attn.to_out.0"),
         key_rule("double_blocks.*.context_attn_out", double + "attn.to_add_out"),
         key_rule("double_blocks.*.image_mlp.fc_in", double + "ff.net.0.proj"),

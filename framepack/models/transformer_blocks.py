@@ -163,7 +163,8 @@ class DoubleStreamBlock(nn.Module):
         linear_into(qkv[:, :n_img], modulate_(normed[:, :n_img], scale, shift), self.image_qkv)
         linear_into(qkv[:, n_img:], modulate_(normed[:, n_img:], c_scale, c_shift), self.context_qkv)
         qkv = qkv.unflatten(-1, (3, self.heads, -1))  # joint [image | context] q, k, v
-        qk_norm_rope_(qkv[:, :, :2], n_img, self.image_qk_norm.view(2, 1, -1), self.context_qk_norm.view(2, 1, -1), rope)
+        image_weights, context_weights = self.image_qk_norm.view(2, 1, -1), self.context_qk_norm.view(2, 1, -1)
+        qk_norm_rope_(qkv[:, :, :2], n_img, image_weights, context_weights, rope)
         attn_out = attention(*qkv.unbind(2), mask)
         # In place into the stream: a float16 update meets a float32 stream in float32 (add_residual's rule).
         x.addcmul_(self.image_attn_out(attn_out[:, :n_img]), gate[:, None])
