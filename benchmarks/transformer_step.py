@@ -42,7 +42,7 @@ def step_flops(config: TransformerConfig, n_img: int, n_noisy: int, n_ctx: int, 
     d, m = config.inner_dim, config.mlp_dim
     out = config.patch_size_t * config.patch_size**2 * config.out_channels
     n = n_img + n_ctx
-    flops = 2 * n_noisy * config.in_channels * config.patch_size_t * config.patch_size**2 * d  # x_embedder
+    flops = 2 * n_noisy * config.in_channels * config.patch_size_t * config.patch_size**2 * d  # patch_embed
     flops += config.num_refiner_layers * n_text * (2 * 4 * d * d + 2 * 2 * d * m) + config.num_refiner_layers * 4 * n_text**2 * d
     double = n * (2 * 3 * d * d + 2 * d * d + 2 * 2 * d * m) + 4 * n * n * d
     single = n * (2 * d * (3 * d + m) + 2 * (d + m) * d) + 4 * n * n * d

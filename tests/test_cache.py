@@ -476,7 +476,7 @@ def blocks_by_hand(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(image stream after block 0, after every block), running the model's blocks one by one."""
     joint, n_img = torch.cat([image, context], dim=1), image.shape[1]
-    blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
+    blocks = [*model.double_blocks, *model.single_blocks]
     blocks[0](joint, n_img, F.silu(temb), rope, mask, Scratch())
     after_first = joint[:, :n_img].clone()
     for block in blocks[1:]:

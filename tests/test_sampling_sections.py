@@ -62,6 +62,29 @@ def test_forward_layouts(seconds: float, count: int) -> None:
         assert not section.joins_start
 
 
+
+@pytest.mark.parametrize("window", [1, 5, 9, 33])
+def test_layouts_are_the_reference_splits(window: int) -> None:
+    """Index groups exactly as the demos' torch splits give them, for every padding and window."""
+    for section in plan_sections(20.0, window=window, mode="inverted").sections:
+        pad = section.padding * window
+        start, _, latent, post, x2, x4 = torch.arange(1 + pad + window + 1 + 2 + 16).split([1, pad, window, 1, 2, 16])
+        assert section.latent_indices == tuple(latent.tolist())
+        assert section.clean_indices == (*start.tolist(), *post.tolist())
+        assert (section.clean_2x_indices, section.clean_4x_indices) == (tuple(x2.tolist()), tuple(x4.tolist()))
+    for section in plan_sections(20.0, window=window, mode="forward").sections:
+        start, x4, x2, post, latent = torch.arange(1 + 16 + 2 + 1 + window).split([1, 16, 2, 1, window])
+        assert section.latent_indices == tuple(latent.tolist())
+        assert section.clean_indices == (*start.tolist(), *post.tolist())
+        assert (section.clean_2x_indices, section.clean_4x_indices) == (tuple(x2.tolist()), tuple(x4.tolist()))
+    history = torch.arange(40)
+    for mode, parts in (("inverted", history[:19].split([1, 2, 16])), ("forward", history[-19:].split([16, 2, 1]))):
+        one, two, four = parts if mode == "inverted" else parts[::-1]
+        layout = plan_sections(5.0, mode=mode).sections[0]
+        for got, want in ((layout.history_1x, one), (layout.history_2x, two), (layout.history_4x, four)):
+            assert torch.equal(history[got[0] : got[1]], want)
+
+
 def test_counts_and_paddings() -> None:
     assert [section_count(s, 30, 9) for s in (0.1, 1.0, 3.0, 5.0, 10.0, 120.0)] == [1, 1, 2, 4, 8, 100]
     assert section_count(2.0, 30, 5) == 3  # 60 / 20

@@ -129,7 +129,7 @@ def test_transformer_blocks_never_exceed_the_budget(transformer: FramePackTransf
 
 def test_one_streamer_over_double_and_single_blocks(transformer: FramePackTransformer) -> None:
     streamed = copy.deepcopy(transformer)
-    doubles, singles = list(streamed.transformer_blocks), list(streamed.single_transformer_blocks)
+    doubles, singles = list(streamed.double_blocks), list(streamed.single_blocks)
     assert block_nbytes(doubles[0]) > block_nbytes(singles[0])  # heterogeneous: slots fit the larger kind
     streamer = streamed.enable_streaming("cpu", minimum_budget([block_nbytes(b) for b in doubles + singles]))
     assert streamer.blocks == doubles + singles
@@ -163,7 +163,7 @@ def test_streaming_sizes_split_blocks_from_the_rest(transformer: FramePackTransf
     sizes = transformer.streaming_sizes()
     config = transformer.config
     d, m = config.inner_dim, config.mlp_dim
-    # Hand count of one single block (float32): norm.linear 3d x d + 3d, qkv_mlp (3d+m) x d + (3d+m),
+    # Hand count of one single block (float32): modulation 3d x d + 3d, qkv_mlp (3d+m) x d + (3d+m),
     # the q/k RMSNorm weights 2*hd, proj_out d x (d+m) + d; each tensor padded to 256 bytes.
     def padded(n: int) -> int:
         return -(-4 * n // 256) * 256

@@ -40,13 +40,13 @@ def test_step_invariant_work_runs_once_per_prepare(inputs: dict) -> None:
     torch.manual_seed(0)
     m = FramePackTransformer(TransformerConfig.preset("tiny")).eval()
     counted = {
-        "clean_x_embedder": count_calls(m.clean_x_embedder),
+        "clean_embed": count_calls(m.clean_embed),
         "image_projection": count_calls(m.image_projection),
-        "proj_in": count_calls(m.context_embedder.proj_in),
-        "guidance_embedder": count_calls(m.time_text_embed.guidance_embedder),
-        "timestep_embedder": count_calls(m.time_text_embed.timestep_embedder),
-        "refiner_block": count_calls(m.context_embedder.token_refiner.refiner_blocks[0]),
-        "x_embedder": count_calls(m.x_embedder),
+        "proj_in": count_calls(m.text_refiner.proj_in),
+        "guidance_embed": count_calls(m.guidance_embed),
+        "timestep_embed": count_calls(m.timestep_embed),
+        "refiner_block": count_calls(m.text_refiner.blocks[0]),
+        "patch_embed": count_calls(m.patch_embed),
     }
     cond, context = conditioning_and_context(inputs)
     with mock.patch.object(transformer_module, "rope_table", wraps=transformer_module.rope_table) as rope:
@@ -56,8 +56,8 @@ def test_step_invariant_work_runs_once_per_prepare(inputs: dict) -> None:
     calls = {name: c[0] for name, c in counted.items()}
     assert rope.call_count == 4  # noisy window + 1x, 2x, 4x groups, once
     assert calls == {
-        "clean_x_embedder": 3, "image_projection": 1, "proj_in": 1, "guidance_embedder": 1,
-        "timestep_embedder": 5, "refiner_block": 5, "x_embedder": 5,  # these depend on the step
+        "clean_embed": 3, "image_projection": 1, "proj_in": 1, "guidance_embed": 1,
+        "timestep_embed": 5, "refiner_block": 5, "patch_embed": 5,  # these depend on the step
     }
 
 
@@ -106,8 +106,8 @@ def test_cache_policy_drives_the_block_stack(model: FramePackTransformer, inputs
     step = policy.seen[0]
     x = step.stack_input
     t_freq = transformer_module.timestep_sinusoid(inputs["timestep"])
-    temb = model.time_text_embed.timestep_embedder(t_freq) + prepared.guidance_emb + prepared.pooled_emb
-    fused = model.transformer_blocks[0].norm1_joint.linear  # rows: checkpoint norm1.linear, then norm1_context
+    temb = model.timestep_embed(t_freq) + prepared.guidance_emb + prepared.pooled_emb
+    fused = model.double_blocks[0].modulation  # rows: checkpoint norm1.linear, then norm1_context
     rows = 6 * model.config.inner_dim
     shift, scale = F.linear(F.silu(temb), fused.weight[:rows], fused.bias[:rows]).chunk(6, -1)[:2]
     expected = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]

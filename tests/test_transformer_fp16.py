@@ -52,7 +52,7 @@ def assert_close_to_float32(got: torch.Tensor, expected: torch.Tensor) -> None:
 def test_float16_matches_float32(folder: Path, batch: int, lengths: list[int]) -> None:
     full = FramePackTransformer.from_pretrained(folder)
     half = FramePackTransformer.from_pretrained(folder, dtype=torch.float16)
-    assert half.x_embedder.proj.weight.dtype == torch.float16 and half.proj_out.weight.dtype == torch.float32
+    assert half.patch_embed.proj.weight.dtype == torch.float16 and half.proj_out.weight.dtype == torch.float32
     assert half.residual_dtype == torch.float32
     inputs = make_inputs(batch, lengths, seed=6)
     expected, got = run(full, inputs), run(half, inputs)
@@ -66,10 +66,10 @@ def test_stream_past_float16_range_stays_finite(folder: Path) -> None:
     # stays in range, but gate x update pushes the residual stream past 65504.
     dim = full.config.inner_dim
     with torch.no_grad():
-        full.single_transformer_blocks[0].norm.linear.bias[2 * dim : 3 * dim] += 3e4
+        full.single_blocks[0].modulation.bias[2 * dim : 3 * dim] += 3e4
     half = as_float16(full)
     peaks: list[torch.Tensor] = []
-    half.single_transformer_blocks[0].register_forward_hook(lambda m, a, out: peaks.append(out.abs().max()))
+    half.single_blocks[0].register_forward_hook(lambda m, a, out: peaks.append(out.abs().max()))
     inputs = make_inputs(1, [5], seed=6)
     got = run(half, inputs)
     assert peaks[0] > FLOAT16_MAX and torch.isfinite(peaks[0])  # the float32 stream holds it
@@ -80,20 +80,20 @@ def test_stream_past_float16_range_stays_finite(folder: Path) -> None:
 def test_overflow_raises_naming_the_block(folder: Path) -> None:
     full = FramePackTransformer.from_pretrained(folder)
     with torch.no_grad():  # weights ~1e4 still fit float16; their matmul output does not
-        full.single_transformer_blocks[1].proj_out.weight.mul_(1e5)
+        full.single_blocks[1].proj_out.weight.mul_(1e5)
     half = as_float16(full)
-    assert torch.isfinite(half.single_transformer_blocks[1].proj_out.weight).all()
+    assert torch.isfinite(half.single_blocks[1].proj_out.weight).all()
     inputs = make_inputs(1, [5], seed=6)
     assert torch.isfinite(run(full, inputs)).all()  # float32 copes: the overflow is float16's
-    with pytest.raises(NumericalError, match=r"^single_transformer_blocks\.1 output \(float16 weights: .*\): \d+ inf"):
+    with pytest.raises(NumericalError, match=r"^single_blocks\.1 output \(float16 weights: .*\): \d+ inf"):
         run(half, inputs)
 
 
 def test_float16_overflow_in_a_double_block_is_named(folder: Path) -> None:
     half = as_float16(FramePackTransformer.from_pretrained(folder))
     with torch.no_grad():
-        half.transformer_blocks[1].ff.net[2].weight.mul_(3e4)  # ~3e3 per weight: the MLP output overflows
-    with pytest.raises(NumericalError, match=r"^transformer_blocks\.1 output"):
+        half.double_blocks[1].image_mlp.fc_out.weight.mul_(3e4)  # ~3e3 per weight: the MLP output overflows
+    with pytest.raises(NumericalError, match=r"^double_blocks\.1 output"):
         run(half, make_inputs(1, [5], seed=6))
 
 
@@ -115,9 +115,9 @@ def test_the_first_overflowing_block_is_named_after_one_read_per_call(
     assert len(reads) == 2  # one per call, not one per block (the model has 4) plus the refiner's
 
     with torch.no_grad():  # two blocks overflow: the error names the first, though both ran
-        half.transformer_blocks[1].ff.net[2].weight.mul_(3e4)
-        half.single_transformer_blocks[1].proj_out.weight.mul_(1e5)
+        half.double_blocks[1].image_mlp.fc_out.weight.mul_(3e4)
+        half.single_blocks[1].proj_out.weight.mul_(1e5)
     reads.clear()
-    with pytest.raises(NumericalError, match=r"^transformer_blocks\.1 output \(float16 weights: .*\): \d+ inf and \d+ NaN"):
+    with pytest.raises(NumericalError, match=r"^double_blocks\.1 output \(float16 weights: .*\): \d+ inf and \d+ NaN"):
         half.denoise(inputs["latents"], inputs["timestep"], prepared)
     assert len(reads) == 1

@@ -42,10 +42,10 @@ def test_real_layout_loads_every_weight(checkpoint: tuple) -> None:
     ours = model.state_dict()
     block = "transformer_blocks.1.attn."
     fused = torch.cat([state[block + n + ".weight"] for n in ("to_q", "to_k", "to_v")])
-    assert torch.equal(ours[block + "to_qkv.weight"], fused)
+    assert torch.equal(ours["double_blocks.1.image_qkv.weight"], fused)
     single = "single_transformer_blocks.0."
     parts = [single + n + ".bias" for n in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")]
-    assert torch.equal(ours[single + "qkv_mlp.bias"], torch.cat([state[p] for p in parts]))
+    assert torch.equal(ours["single_blocks.0.qkv_mlp.bias"], torch.cat([state[p] for p in parts]))
     assert torch.equal(ours["proj_out.weight"], state["proj_out.weight"])
     assert sum(t.numel() for t in ours.values()) == sum(t.numel() for t in state.values())  # one copy, no extras
 
@@ -53,7 +53,7 @@ def test_real_layout_loads_every_weight(checkpoint: tuple) -> None:
 def test_bf16_load_keeps_the_output_head_float32(checkpoint: tuple) -> None:
     model = FramePackTransformer.from_pretrained(checkpoint[0], dtype=torch.bfloat16)
     assert model.proj_out.weight.dtype == torch.float32
-    assert model.transformer_blocks[0].attn.to_qkv.weight.dtype == torch.bfloat16
+    assert model.double_blocks[0].image_qkv.weight.dtype == torch.bfloat16
 
 
 def rewrite_shard(folder: Path, key: str, edit) -> None:

@@ -24,10 +24,22 @@ TINY = dict(
 
 
 def randomise_(module: torch.nn.Module, seed: int) -> None:
-    """Every parameter random (diffusers zero-inits some): weights ~ 1/sqrt(fan_in), vectors ~ N(0, 0.1²)+offset."""
+    """Every parameter random (diffusers zero-inits some): weights ~ 1/sqrt(fan_in), vectors ~ N(0, 0.1²)+offset.
+
+    Our models are drawn per checkpoint tensor (through their key table), in sorted key
+    order: the same rule for the same tensor as diffusers' model, whatever our modules are
+    called. Other modules (diffusers') are drawn in their parameter order.
+    """
+    from framepack.models.loading import PretrainedModel, to_checkpoint_state_dict
+
+    if isinstance(module, PretrainedModel):
+        tensors = to_checkpoint_state_dict(module)  # views of our parameters: fused ones split back
+        tensors = {name: tensors[name] for name in sorted(tensors)}
+    else:
+        tensors = dict(module.named_parameters())
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in module.named_parameters():
+        for name, p in tensors.items():
             if p.ndim >= 2:
                 fan_in = p[0].numel()
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))

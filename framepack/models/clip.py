@@ -7,7 +7,7 @@ token, which the real config (legacy ``eos_token_id: 2``) locates as the argmax 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
 import torch
@@ -15,8 +15,8 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from .configuration import ModelConfig
-from .encoder_layers import Encoder, quick_gelu
-from .loading import PretrainedModel
+from .encoder_layers import ENCODER_CHECKPOINT_KEYS, encoder_layers, quick_gelu
+from .loading import KeyRule, PretrainedModel
 
 _PREFIX = "text_model."
 # Configs written before transformers PR #24773 carry eos_token_id 2; their pooling takes argmax(ids).
@@ -90,7 +90,7 @@ class CLIPTextEncoder(PretrainedModel):
         super().__init__()
         self.config = config
         self.embeddings = CLIPEmbeddings(config)
-        self.encoder = Encoder(
+        self.layers = encoder_layers(
             config.num_hidden_layers,
             config.hidden_size,
             config.num_attention_heads,
@@ -101,12 +101,15 @@ class CLIPTextEncoder(PretrainedModel):
         )
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
+    def checkpoint_keys(self) -> Sequence[KeyRule]:
+        return ENCODER_CHECKPOINT_KEYS
+
     def ignored_checkpoint_keys(self, available: set[str]) -> set[str]:
         # Older files persisted the position_ids buffer (0..76); positions are implicit here.
         return {k for k in available if k.removeprefix(self.optional_key_prefix) == "embeddings.position_ids"}
 
     def _layers(self) -> Iterator[nn.Module]:
-        return iter(self.encoder.layers)
+        return iter(self.layers)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.ndim != 2 or input_ids.dtype not in (torch.int32, torch.int64):

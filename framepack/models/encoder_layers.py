@@ -1,7 +1,9 @@
 """The pre-LayerNorm transformer layer that CLIP's text tower and SigLIP's vision tower share.
 
-Module names follow the checkpoints (``self_attn.q_proj``, ``mlp.fc1``, ``layer_norm1``…);
-the two towers differ only in the MLP activation and in CLIP's causal attention.
+Module names are the checkpoints' (``self_attn.q_proj``, ``mlp.fc1``, ``layer_norm1``…),
+which say what each does; the towers keep their layers in ``layers`` where the checkpoints
+have ``encoder.layers`` (``ENCODER_CHECKPOINT_KEYS``). The two towers differ only in the MLP
+activation and in CLIP's causal attention.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .loading import key_rule
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -74,13 +78,14 @@ class EncoderLayer(nn.Module):
         return h + self.mlp(self.layer_norm2(h))
 
 
-class Encoder(nn.Module):
-    """``layers``: ``count`` encoder layers (the checkpoints' ``encoder.layers.{i}``)."""
+def encoder_layers(
+    count: int, dim: int, heads: int, hidden: int, *, eps: float, activation: Activation, causal: bool
+) -> nn.ModuleList:
+    """``count`` encoder layers, run in order by the tower."""
+    return nn.ModuleList(
+        EncoderLayer(dim, heads, hidden, eps=eps, activation=activation, causal=causal) for _ in range(count)
+    )
 
-    def __init__(
-        self, count: int, dim: int, heads: int, hidden: int, *, eps: float, activation: Activation, causal: bool
-    ) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            EncoderLayer(dim, heads, hidden, eps=eps, activation=activation, causal=causal) for _ in range(count)
-        )
+
+# Both towers' key table: our ``layers.{i}`` are the checkpoints' ``encoder.layers.{i}``.
+ENCODER_CHECKPOINT_KEYS = (key_rule("layers", "encoder.layers"),)

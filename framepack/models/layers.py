@@ -1,10 +1,10 @@
 """Building blocks of the packed HunyuanVideo transformer: norms, RoPE, embedders, attention.
 
-Module and parameter names follow the checkpoint (``linear_1``, ``norm1.linear``…). Where
-the checkpoint stores separate q/k/v projections we keep one fused ``Linear`` and let the
-model's ``checkpoint_layout`` concatenate the checkpoint tensors into it at load time.
-Numerics follow the reference (FramePack's hunyuan_video_packed.py): LayerNorm eps 1e-6, RMSNorm over the head
-dim with an fp32 reduction, tanh GELU, interleaved-pair rotary embedding.
+Modules are named for what they do; ``FramePackTransformer.checkpoint_keys`` maps them to
+the checkpoint's names, and where the checkpoint stores separate q/k/v projections we keep
+one fused ``Linear`` that loading concatenates from them. Numerics follow the reference (FramePack's hunyuan_video_packed.py):
+LayerNorm eps 1e-6, RMSNorm over the head dim with an fp32 reduction, tanh GELU,
+interleaved-pair rotary embedding.
 """
 
 from __future__ import annotations
@@ -109,62 +109,52 @@ class MLPEmbedder(nn.Module):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
-class Modulation(nn.Module):
-    """The ``linear`` of an adaptive norm: silu(emb) -> [B, chunks, D].
+class Modulation(nn.Linear):
+    """The shift/scale/gate vectors of an adaptive norm: silu(emb) -> [B, chunks, D].
 
     Takes ``silu(emb)`` already applied: one step's conditioning vector feeds every block,
     so the activation is computed once per step, not once per block.
     """
 
     def __init__(self, dim: int, chunks: int) -> None:
-        super().__init__()
+        super().__init__(dim, chunks * dim)
         self.chunks = chunks
-        self.linear = nn.Linear(dim, chunks * dim)
 
     def forward(self, emb_act: torch.Tensor) -> torch.Tensor:
-        return self.linear(emb_act).unflatten(-1, (self.chunks, -1))
+        return super().forward(emb_act).unflatten(-1, (self.chunks, -1))
 
 
-class RMSNormWeights(nn.Module):
-    """RMSNorm weights of q and k side by side, [2 * hd] (checkpoint: two [hd] tensors)."""
+def qk_norm_weights(head_dim: int) -> nn.Parameter:
+    """The RMSNorm weights of q and k side by side, [2 * hd] (checkpoint: two [hd] tensors).
 
-    def __init__(self, head_dim: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(2 * head_dim))
-
-    def pair(self) -> torch.Tensor:
-        """[2, 1, hd]: broadcasts over the (q|k) and head dims of a [B, L, 2, H, hd] tensor."""
-        return self.weight.view(2, 1, -1)
+    ``weights.view(2, 1, -1)`` broadcasts over the (q|k) and head dims of a [B, L, 2, H, hd] tensor.
+    """
+    return nn.Parameter(torch.ones(2 * head_dim))
 
 
 class FeedForward(nn.Module):
-    """``net.2(act(net.0.proj(x)))`` with the checkpoint's ``net.0.proj`` / ``net.2`` names."""
+    """``fc_out(act(fc_in(x)))``: the MLP of every block."""
 
     def __init__(self, dim: int, hidden: int, activation: str) -> None:
         super().__init__()
         self.activation = activation
-        self.net = nn.ModuleList([_Proj(dim, hidden), nn.Identity(), nn.Linear(hidden, dim)])
+        self.fc_in = nn.Linear(dim, hidden)
+        self.fc_out = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
         """``x`` in any float dtype; computed in the weights' dtype (a float32 stream meets float16 weights).
         The [.., hidden] activation lives in ``scratch`` when one is given."""
-        proj = self.net[0].proj
+        fc_in = self.fc_in
         if scratch is None:
-            h = proj(x.to(proj.weight.dtype))
+            h = fc_in(x.to(fc_in.weight.dtype))
         else:
-            h = scratch.take((*x.shape[:-1], proj.out_features), proj.weight)
-            linear_into(h, x, proj)
+            h = scratch.take((*x.shape[:-1], fc_in.out_features), fc_in.weight)
+            linear_into(h, x, fc_in)
         if self.activation == "gelu_tanh":
             gelu_tanh_(h)  # in place: no second [L, M] buffer
         else:
             F.silu(h, inplace=True)
-        return self.net[2](h)
-
-
-class _Proj(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(dim, hidden)
+        return self.fc_out(h)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

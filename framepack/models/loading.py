@@ -9,6 +9,7 @@ exactly once from the file (``storage="copy"``) or left memory-mapped on it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -182,14 +183,67 @@ def resolve_folder(
     return folder
 
 
+@dataclasses.dataclass(frozen=True)
+class KeyRule:
+    """One row of a model's checkpoint-key table: our module path and the checkpoint's.
+
+    ``ours`` and each ``checkpoint`` path are dotted paths (of a module or a tensor); ``*``
+    stands for one segment (a block index) and takes the same value on both sides. A tensor
+    whose name is or starts with ``ours`` takes the checkpoint path with the rest of its name appended
+    (``double_blocks.3.image_qkv.bias`` -> ``transformer_blocks.3.attn.to_q.bias``…). Several
+    checkpoint paths mean a fused tensor: their tensors are concatenated along dim 0 at
+    load time, in that order, and split back by ``sizes`` (rows of each; equal parts when
+    None) when a model is saved in the checkpoint layout.
+    """
+
+    ours: str
+    checkpoint: tuple[str, ...]
+    sizes: tuple[int, ...] | None = None
+
+    def checkpoint_keys(self, name: str) -> list[str] | None:
+        """The checkpoint keys of our tensor ``name``, or None if this rule does not cover it."""
+        segments, pattern = name.split("."), self.ours.split(".")
+        if len(segments) < len(pattern):
+            return None
+        stars = []
+        for segment, wanted in zip(segments, pattern):
+            if wanted == "*":
+                stars.append(segment)
+            elif wanted != segment:
+                return None
+        rest = segments[len(pattern) :]
+        keys = []
+        for path in self.checkpoint:
+            values = iter(stars)
+            keys.append(".".join([next(values) if part == "*" else part for part in path.split(".")] + rest))
+        return keys
+
+
+def key_rule(ours: str, *checkpoint: str, sizes: tuple[int, ...] | None = None) -> KeyRule:
+    """``KeyRule(ours, checkpoint, sizes)``: one checkpoint path renames, several fuse."""
+    return KeyRule(ours, checkpoint, sizes)
+
+
+def rule_for(table: Sequence[KeyRule], name: str) -> KeyRule | None:
+    """The first rule of ``table`` that covers our tensor ``name``, if any."""
+    return next((rule for rule in table if rule.checkpoint_keys(name) is not None), None)
+
+
+def checkpoint_keys_of(table: Sequence[KeyRule], name: str) -> list[str]:
+    """The checkpoint keys of our tensor ``name``: by the first rule of ``table`` covering it, else the name itself."""
+    rule = rule_for(table, name)
+    return [name] if rule is None else rule.checkpoint_keys(name)
+
+
 class PretrainedModel(nn.Module):
     """A model with a config dataclass that loads strictly from a checkpoint folder.
 
     Subclasses set ``config_class`` and ``weights_name`` and build themselves in
-    ``__init__(config)``. Override ``checkpoint_layout`` where parameters are named or
-    fused differently from the checkpoint, ``ignored_checkpoint_keys`` for checkpoint
-    tensors the model deliberately does not use, and ``keep_float32`` for parameters that
-    stay float32 whatever dtype is asked for.
+    ``__init__(config)``. Modules are named for what they do; ``checkpoint_keys`` is the
+    model's one table from those names to the checkpoint's (renamed and fused tensors), and
+    both loading and ``to_checkpoint_state_dict`` read it. Override
+    ``ignored_checkpoint_keys`` for checkpoint tensors the model deliberately does not use,
+    and ``keep_float32`` for parameters that stay float32 whatever dtype is asked for.
     """
 
     config_class: ClassVar[type[ModelConfig]]
@@ -204,10 +258,17 @@ class PretrainedModel(nn.Module):
         prefix = self.optional_key_prefix
         return prefix if prefix and any(k.startswith(prefix) for k in available) else ""
 
+    def checkpoint_keys(self) -> Sequence[KeyRule]:
+        """The table from our module paths to the checkpoint's; tensors no rule covers keep their name."""
+        return ()
+
     def checkpoint_layout(self, available: set[str]) -> dict[str, list[str]]:
         """Model tensor name -> checkpoint keys concatenated along dim 0 to make it."""
         prefix = self.checkpoint_prefix(available)
-        return {name: [prefix + name] for name in self.state_dict(keep_vars=True)}
+        table = self.checkpoint_keys()
+        return {
+            name: [prefix + key for key in checkpoint_keys_of(table, name)] for name in self.state_dict(keep_vars=True)
+        }
 
     def ignored_checkpoint_keys(self, available: set[str]) -> set[str]:
         return set()
@@ -310,6 +371,29 @@ def load_checkpoint(
     unfilled = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if unfilled:
         raise CheckpointError(f"{type(model).__name__} tensors left unfilled after loading: {_short(unfilled)}")
+
+
+def to_checkpoint_state_dict(model: PretrainedModel) -> dict[str, torch.Tensor]:
+    """``model``'s tensors under the checkpoint's keys, fused tensors split back: what a checkpoint file holds."""
+    table = model.checkpoint_keys()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        keys = checkpoint_keys_of(table, name)
+        if len(keys) == 1:
+            out[keys[0]] = tensor
+            continue
+        sizes = rule_for(table, name).sizes or [tensor.shape[0] // len(keys)] * len(keys)
+        out.update(zip(keys, tensor.split(sizes)))
+    return out
+
+
+def from_checkpoint_state_dict(model: PretrainedModel, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of ``to_checkpoint_state_dict``: checkpoint tensors under our names, fused where we fuse."""
+    layout = model.checkpoint_layout(set(tensors))
+    return {
+        name: torch.cat([tensors[k] for k in keys]) if len(keys) > 1 else tensors[keys[0]]
+        for name, keys in layout.items()
+    }
 
 
 def _check_layout(

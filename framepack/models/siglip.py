@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,8 +21,8 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from .configuration import ModelConfig
-from .encoder_layers import Encoder, gelu_tanh
-from .loading import PretrainedModel, Storage, read_json, resolve_folder
+from .encoder_layers import ENCODER_CHECKPOINT_KEYS, encoder_layers, gelu_tanh
+from .loading import KeyRule, PretrainedModel, Storage, read_json, resolve_folder
 
 logger = logging.getLogger("framepack")
 
@@ -143,7 +143,7 @@ class SiglipImageEncoder(PretrainedModel):
         self.config = config
         self.preprocessing = preprocessing or SiglipPreprocessing()
         self.embeddings = SiglipEmbeddings(config)
-        self.encoder = Encoder(
+        self.layers = encoder_layers(
             config.num_hidden_layers,
             config.hidden_size,
             config.num_attention_heads,
@@ -175,6 +175,9 @@ class SiglipImageEncoder(PretrainedModel):
             model.preprocessing = load_preprocessing(source, subfolder=preprocessor_subfolder, revision=revision)
         return model
 
+    def checkpoint_keys(self) -> Sequence[KeyRule]:
+        return ENCODER_CHECKPOINT_KEYS
+
     def ignored_checkpoint_keys(self, available: set[str]) -> set[str]:
         # The pooling head (SiglipVisionModel's default) is not used by FramePack.
         head = self.checkpoint_prefix(available) + "head."
@@ -185,7 +188,7 @@ class SiglipImageEncoder(PretrainedModel):
         return self.preprocessing(image)
 
     def _layers(self) -> Iterator[nn.Module]:
-        return iter(self.encoder.layers)
+        return iter(self.layers)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         size = self.config.image_size

@@ -36,6 +36,8 @@ from ..precision import FiniteGuard
 from . import packing
 from .configuration import ModelConfig
 from .layers import (
+    SINUSOID_DIM,
+    MLPEmbedder,
     Modulation,
     Scratch,
     layer_norm,
@@ -45,11 +47,10 @@ from .layers import (
     rope_table,
     timestep_sinusoid,
 )
-from .loading import PretrainedModel
+from .loading import KeyRule, PretrainedModel, key_rule
 from .streaming import StreamableModel
 from .transformer_blocks import (
     CleanLatentEmbedder,
-    ConditionEmbedding,
     DoubleStreamBlock,
     ImageProjection,
     PatchEmbed,
@@ -233,15 +234,57 @@ _FLOAT16_HINT = (
 
 # --- the model -----------------------------------------------------------------------------
 
-# fused model tensor -> the checkpoint tensors concatenated (dim 0) to make it
-_FUSED = {
-    "norm1_joint.linear": ("norm1.linear", "norm1_context.linear"),
-    "attn.norm_qk": ("attn.norm_q", "attn.norm_k"),
-    "attn.norm_added_qk": ("attn.norm_added_q", "attn.norm_added_k"),
-    "attn.to_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "attn.add_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-    "qkv_mlp": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
-}
+def checkpoint_keys(config: TransformerConfig) -> list[KeyRule]:
+    """Our module paths -> the checkpoint's (diffusers' HunyuanVideoFramepackTransformer3DModel).
+
+    Several checkpoint paths are fused into one tensor, concatenated along dim 0 in order.
+    Tensors no rule covers (``image_projection``, ``proj_out``) have the checkpoint's name.
+    """
+    dim, mlp = config.inner_dim, config.mlp_dim
+    refiner = "context_embedder.token_refiner.refiner_blocks.*."
+    double, single = "transformer_blocks.*.", "single_transformer_blocks.*."
+    return [
+        key_rule("patch_embed", "x_embedder"),
+        key_rule("clean_embed", "clean_x_embedder"),
+        key_rule("timestep_embed", "time_text_embed.timestep_embedder"),
+        key_rule("guidance_embed", "time_text_embed.guidance_embedder"),
+        key_rule("pooled_text_embed", "time_text_embed.text_embedder"),
+        key_rule("text_refiner.timestep_embed", "context_embedder.time_text_embed.timestep_embedder"),
+        key_rule("text_refiner.pooled_text_embed", "context_embedder.time_text_embed.text_embedder"),
+        key_rule("text_refiner.proj_in", "context_embedder.proj_in"),
+        key_rule("text_refiner.blocks.*.attn_norm", refiner + "norm1"),
+        key_rule("text_refiner.blocks.*.qkv", refiner + "attn.to_q", refiner + "attn.to_k", refiner + "attn.to_v"),
+        key_rule("text_refiner.blocks.*.attn_out", refiner + "attn.to_out.0"),
+        key_rule("text_refiner.blocks.*.mlp_norm", refiner + "norm2"),
+        key_rule("text_refiner.blocks.*.mlp.fc_in", refiner + "ff.net.0.proj"),
+        key_rule("text_refiner.blocks.*.mlp.fc_out", refiner + "ff.net.2"),
+        key_rule("text_refiner.blocks.*.gates", refiner + "norm_out.linear"),
+        key_rule("double_blocks.*.modulation", double + "norm1.linear", double + "norm1_context.linear"),
+        key_rule("double_blocks.*.image_qkv", double + "attn.to_q", double + "attn.to_k", double + "attn.to_v"),
+        key_rule(
+            "double_blocks.*.context_qkv",
+            double + "attn.add_q_proj", double + "attn.add_k_proj", double + "attn.add_v_proj",
+        ),
+        key_rule("double_blocks.*.image_qk_norm", double + "attn.norm_q.weight", double + "attn.norm_k.weight"),
+        key_rule(
+            "double_blocks.*.context_qk_norm", double + "attn.norm_added_q.weight", double + "attn.norm_added_k.weight"
+        ),
+        key_rule("double_blocks.*.image_attn_out", double + "attn.to_out.0"),
+        key_rule("double_blocks.*.context_attn_out", double + "attn.to_add_out"),
+        key_rule("double_blocks.*.image_mlp.fc_in", double + "ff.net.0.proj"),
+        key_rule("double_blocks.*.image_mlp.fc_out", double + "ff.net.2"),
+        key_rule("double_blocks.*.context_mlp.fc_in", double + "ff_context.net.0.proj"),
+        key_rule("double_blocks.*.context_mlp.fc_out", double + "ff_context.net.2"),
+        key_rule("single_blocks.*.modulation", single + "norm.linear"),
+        key_rule(
+            "single_blocks.*.qkv_mlp",
+            single + "attn.to_q", single + "attn.to_k", single + "attn.to_v", single + "proj_mlp",
+            sizes=(dim, dim, dim, mlp),
+        ),
+        key_rule("single_blocks.*.qk_norm", single + "attn.norm_q.weight", single + "attn.norm_k.weight"),
+        key_rule("single_blocks.*.proj_out", single + "proj_out"),
+        key_rule("output_modulation", "norm_out.linear"),
+    ]
 
 
 class FramePackTransformer(StreamableModel, PretrainedModel):
@@ -260,35 +303,27 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         self.config = config
         dim, heads, head_dim = config.inner_dim, config.num_attention_heads, config.attention_head_dim
         patch = (config.patch_size_t, config.patch_size, config.patch_size)
-        self.x_embedder = PatchEmbed(config.in_channels, dim, patch)
-        self.clean_x_embedder = CleanLatentEmbedder(config.in_channels, dim) if config.has_clean_x_embedder else None
+        self.patch_embed = PatchEmbed(config.in_channels, dim, patch)
+        self.clean_embed = CleanLatentEmbedder(config.in_channels, dim) if config.has_clean_x_embedder else None
         self.image_projection = ImageProjection(config.image_proj_dim, dim) if config.has_image_proj else None
-        self.time_text_embed = ConditionEmbedding(dim, config.pooled_projection_dim)
-        self.context_embedder = TokenRefiner(
+        self.timestep_embed = MLPEmbedder(SINUSOID_DIM, dim)
+        self.guidance_embed = MLPEmbedder(SINUSOID_DIM, dim)
+        self.pooled_text_embed = MLPEmbedder(config.pooled_projection_dim, dim)
+        self.text_refiner = TokenRefiner(
             config.text_embed_dim, dim, heads, config.num_refiner_layers, config.mlp_ratio
         )
-        self.transformer_blocks = nn.ModuleList(
+        self.double_blocks = nn.ModuleList(
             [DoubleStreamBlock(dim, heads, head_dim, config.mlp_dim) for _ in range(config.num_layers)]
         )
-        self.single_transformer_blocks = nn.ModuleList(
+        self.single_blocks = nn.ModuleList(
             [SingleStreamBlock(dim, heads, head_dim, config.mlp_dim) for _ in range(config.num_single_layers)]
         )
-        self.norm_out = Modulation(dim, 2)
+        self.output_modulation = Modulation(dim, 2)  # scale and shift of the output norm
         self.proj_out = nn.Linear(dim, config.patch_size_t * config.patch_size**2 * config.out_channels)
 
     # --- loading ----------------------------------------------------------------------------
-    def checkpoint_layout(self, available: set[str]) -> dict[str, list[str]]:
-        layout = {}
-        for name in self.state_dict(keep_vars=True):
-            prefix, _, param = name.rpartition(".")
-            for fused, parts in _FUSED.items():
-                if prefix == fused or prefix.endswith("." + fused):
-                    block = prefix[: -len(fused)]
-                    layout[name] = [f"{block}{part}.{param}" for part in parts]
-                    break
-            else:
-                layout[name] = [name]
-        return layout
+    def checkpoint_keys(self) -> list[KeyRule]:
+        return checkpoint_keys(self.config)
 
     def keep_float32(self, name: str) -> bool:
         return self.config.fp32_output_head and name.startswith("proj_out.")
@@ -296,11 +331,11 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
     # --- properties -------------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
-        return self.x_embedder.proj.weight.dtype
+        return self.patch_embed.proj.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.x_embedder.proj.weight.device
+        return self.patch_embed.proj.weight.device
 
     @property
     def residual_dtype(self) -> torch.dtype:
@@ -309,15 +344,15 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
 
     @property
     def num_blocks(self) -> int:
-        return len(self.transformer_blocks) + len(self.single_transformer_blocks)
+        return len(self.double_blocks) + len(self.single_blocks)
 
     def streamable_blocks(self) -> list[nn.Module]:
-        return [*self.transformer_blocks, *self.single_transformer_blocks]
+        return [*self.double_blocks, *self.single_blocks]
 
     def block_name(self, index: int) -> str:
-        """Checkpoint name of block ``index`` of the stack, e.g. ``single_transformer_blocks.3``."""
-        n_double = len(self.transformer_blocks)
-        return f"transformer_blocks.{index}" if index < n_double else f"single_transformer_blocks.{index - n_double}"
+        """Name of block ``index`` of the stack, e.g. ``single_blocks.3``."""
+        n_double = len(self.double_blocks)
+        return f"double_blocks.{index}" if index < n_double else f"single_blocks.{index - n_double}"
 
     def _blocks(self, start: int, stop: int) -> Iterator[nn.Module]:
         """Blocks ``start..stop-1`` of the stack (double then single); the one place blocks are fetched."""
@@ -326,9 +361,9 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         return self._resident_blocks(start, stop)
 
     def _resident_blocks(self, start: int, stop: int) -> Iterator[nn.Module]:
-        n_double = len(self.transformer_blocks)
+        n_double = len(self.double_blocks)
         for index in range(start, stop):
-            yield self.transformer_blocks[index] if index < n_double else self.single_transformer_blocks[index - n_double]
+            yield self.double_blocks[index] if index < n_double else self.single_blocks[index - n_double]
 
     # --- the API ------------------------------------------------------------------------------
     def forward(
@@ -366,9 +401,9 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         rope = rope_table(context.latent_indices.to(device), *grid, config.rope_axes_dim, config.rope_theta)
         ropes, tokens = [rope.flatten(2, 4)], []
         for name, latents, indices in context.groups:  # 1x, 2x, 4x: each is prepended
-            if self.clean_x_embedder is None:
+            if self.clean_embed is None:
                 raise InputError(f"PackedContext.{name}: this model has no clean-latent embedder (has_clean_x_embedder=false)")
-            tokens.insert(0, self.clean_x_embedder(name, latents.to(device=device, dtype=dtype)))
+            tokens.insert(0, self.clean_embed(name, latents.to(device=device, dtype=dtype)))
             table = rope_table(indices.to(device), *grid, config.rope_axes_dim, config.rope_theta)
             if name != "clean":
                 cell = CleanLatentEmbedder.KERNELS[name][0]
@@ -385,7 +420,7 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         text = conditioning.text_embeds.to(device=device, dtype=dtype)
         weights = text_mask.float()[..., None]
         mean = ((text.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)).to(dtype)
-        refiner = self.context_embedder
+        refiner = self.text_refiner
         refiner_mask = None
         if uneven:
             refiner_mask = text_mask[:, :n_text].clone()
@@ -411,9 +446,9 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
             image_tokens=image_tokens,
             text_tokens=refiner.proj_in(text[:, :n_text]),
             refiner_mask=refiner_mask,
-            refiner_text_emb=refiner.time_text_embed.text_embedder(mean),
-            guidance_emb=self.time_text_embed.guidance_embedder(timestep_sinusoid(guidance).to(dtype)),
-            pooled_emb=self.time_text_embed.text_embedder(conditioning.pooled.to(device=device, dtype=dtype)),
+            refiner_text_emb=refiner.pooled_text_embed(mean),
+            guidance_emb=self.guidance_embed(timestep_sinusoid(guidance).to(dtype)),
+            pooled_emb=self.pooled_text_embed(conditioning.pooled.to(device=device, dtype=dtype)),
             joint_mask=joint_mask,
             noisy_tokens=packing.noisy_tokens(frames, height, width, patch_size=config.patch_size, patch_size_t=config.patch_size_t),
         )
@@ -439,17 +474,17 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         dtype = self.dtype
 
         stream = self.residual_dtype
-        noisy = self.x_embedder(latents.to(device=self.device, dtype=dtype))
+        noisy = self.patch_embed(latents.to(device=self.device, dtype=dtype))
         image = noisy if prepared.clean_tokens is None else torch.cat([prepared.clean_tokens, noisy], dim=1)
         image = image.to(stream)
         t_freq = timestep_sinusoid(timestep).to(dtype)
-        temb = self.time_text_embed.timestep_embedder(t_freq) + prepared.guidance_emb + prepared.pooled_emb
-        refiner = self.context_embedder
-        text_temb = refiner.time_text_embed.timestep_embedder(t_freq) + prepared.refiner_text_emb
+        temb = self.timestep_embed(t_freq) + prepared.guidance_emb + prepared.pooled_emb
+        refiner = self.text_refiner
+        text_temb = refiner.timestep_embed(t_freq) + prepared.refiner_text_emb
         text = refiner(prepared.text_tokens.to(stream), text_temb, prepared.refiner_mask)
         guard = None
         if dtype == torch.float16:  # reading a verdict syncs the device: once per call, float16 only
-            names = ["context_embedder (token refiner) output"]
+            names = ["text_refiner output"]
             names += [f"{self.block_name(index)} output" for index in range(self.num_blocks)]
             guard = FiniteGuard([name + _FLOAT16_HINT for name in names], self.device)
             guard.record(0, text)
@@ -467,7 +502,7 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
 
     def _output_head(self, tokens: torch.Tensor, temb: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         # scale first (AdaLayerNormContinuous); float32 under float16 weights, like the stream
-        scale, shift = self.norm_out(F.silu(temb)).to(tokens.dtype).unbind(1)
+        scale, shift = self.output_modulation(F.silu(temb)).to(tokens.dtype).unbind(1)
         tokens = modulate_(layer_norm(tokens), 1 + scale, shift)
         tokens = self.proj_out(tokens.to(self.proj_out.weight.dtype))
         batch, _, frames, height, width = shape

@@ -1,8 +1,8 @@
 """The layers of the FramePack transformer: embedders, token refiner, double- and single-stream blocks.
 
-Numerics follow FramePack's hunyuan_video_packed.py exactly (tests/test_transformer_parity.py); where weights are fused
-(q/k/v, modulation) ``FramePackTransformer.checkpoint_layout`` maps them to the checkpoint.
-Blocks update the joint image+context buffer in place (see ``transformer.py``).
+Numerics follow FramePack's hunyuan_video_packed.py exactly (tests/test_transformer_parity.py). Modules are named for what they do; where weights
+are renamed or fused (q/k/v, modulation) ``FramePackTransformer.checkpoint_keys`` maps them
+to the checkpoint. Blocks update the joint image+context buffer in place (see ``transformer.py``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from torch import nn
 
 from ..precision import add_residual
 from .layers import (
+    SINUSOID_DIM,
     FeedForward,
     MLPEmbedder,
     Modulation,
-    RMSNormWeights,
     Scratch,
     affine_layer_norm,
     attention,
@@ -27,6 +27,7 @@ from .layers import (
     linear_into,
     modulate_,
     qk_norm_rope_,
+    qk_norm_weights,
     replicate_pad,
 )
 
@@ -69,64 +70,48 @@ class ImageProjection(nn.Module):
         return self.down(F.silu(self.up(image_embeds)))
 
 
-class ConditionEmbedding(nn.Module):
-    """``time_text_embed``: timestep, guidance and pooled-text embedders."""
-
-    def __init__(self, dim: int, pooled_dim: int, with_guidance: bool = True) -> None:
-        super().__init__()
-        self.timestep_embedder = MLPEmbedder(256, dim)
-        if with_guidance:
-            self.guidance_embedder = MLPEmbedder(256, dim)
-        self.text_embedder = MLPEmbedder(pooled_dim, dim)
-
-
 # --- token refiner -----------------------------------------------------------------------
 
 
-class _RefinerAttention(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.to_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: to_q, to_k, to_v
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
-
-
 class RefinerBlock(nn.Module):
+    """Self-attention and MLP over the text tokens, each gated by the timestep."""
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
         self.heads = heads
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = _RefinerAttention(dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.ff = FeedForward(dim, int(dim * mlp_ratio), activation="silu")
-        self.norm_out = Modulation(dim, 2)
+        self.attn_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attn_out = nn.Linear(dim, dim)
+        self.mlp_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = FeedForward(dim, int(dim * mlp_ratio), activation="silu")
+        self.gates = Modulation(dim, 2)  # the attention and MLP gates
 
     def forward(self, h: torch.Tensor, temb_act: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        normed = affine_layer_norm(self.norm1, h).to(self.attn.to_qkv.weight.dtype)
-        q, k, v = self.attn.to_qkv(normed).unflatten(-1, (3, self.heads, -1)).unbind(-3)
-        attn_out = self.attn.to_out[0](attention(q, k, v, mask))
-        gate_msa, gate_mlp = self.norm_out(temb_act).unbind(1)
+        normed = affine_layer_norm(self.attn_norm, h).to(self.qkv.weight.dtype)
+        q, k, v = self.qkv(normed).unflatten(-1, (3, self.heads, -1)).unbind(-3)
+        attn_out = self.attn_out(attention(q, k, v, mask))
+        gate_msa, gate_mlp = self.gates(temb_act).unbind(1)
         h = add_residual(h, attn_out, gate_msa[:, None])
-        return add_residual(h, self.ff(affine_layer_norm(self.norm2, h)), gate_mlp[:, None])
-
-
-class _RefinerBlocks(nn.Module):
-    def __init__(self, dim: int, heads: int, layers: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.refiner_blocks = nn.ModuleList([RefinerBlock(dim, heads, mlp_ratio) for _ in range(layers)])
+        return add_residual(h, self.mlp(affine_layer_norm(self.mlp_norm, h)), gate_mlp[:, None])
 
 
 class TokenRefiner(nn.Module):
-    """``context_embedder``: projects the text features and refines them, gated by the timestep."""
+    """Projects the text features and refines them, gated by the timestep and the pooled text.
+
+    ``proj_in`` and the two embedders run once per section (``FramePackTransformer.prepare``
+    and ``denoise`` call them); ``forward`` runs the refiner blocks.
+    """
 
     def __init__(self, text_dim: int, dim: int, heads: int, layers: int, mlp_ratio: float) -> None:
         super().__init__()
-        self.time_text_embed = ConditionEmbedding(dim, text_dim, with_guidance=False)
+        self.timestep_embed = MLPEmbedder(SINUSOID_DIM, dim)
+        self.pooled_text_embed = MLPEmbedder(text_dim, dim)  # embeds the masked mean of the text
         self.proj_in = nn.Linear(text_dim, dim)
-        self.token_refiner = _RefinerBlocks(dim, heads, layers, mlp_ratio)
+        self.blocks = nn.ModuleList([RefinerBlock(dim, heads, mlp_ratio) for _ in range(layers)])
 
     def forward(self, tokens: torch.Tensor, temb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         temb_act = F.silu(temb)
-        for block in self.token_refiner.refiner_blocks:
+        for block in self.blocks:
             tokens = block(tokens, temb_act, mask)
         return tokens
 
@@ -134,34 +119,28 @@ class TokenRefiner(nn.Module):
 # --- double- and single-stream blocks ----------------------------------------------------
 
 
-class _DoubleAttention(nn.Module):
-    def __init__(self, dim: int, head_dim: int) -> None:
-        super().__init__()
-        self.to_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: to_q, to_k, to_v
-        self.add_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: add_q_proj, add_k_proj, add_v_proj
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
-        self.to_add_out = nn.Linear(dim, dim)
-        self.norm_qk = RMSNormWeights(head_dim)  # checkpoint: norm_q, norm_k
-        self.norm_added_qk = RMSNormWeights(head_dim)  # checkpoint: norm_added_q, norm_added_k
-
-
 class DoubleStreamBlock(nn.Module):
     """Image and context streams with their own weights, joined in one attention.
 
-    ``norm1_joint`` fuses the checkpoint's norm1.linear and norm1_context.linear: 12
-    chunks, (shift, scale, gate) x (attention, MLP) x (image, context).
+    ``modulation`` fuses the image and context streams' modulations: 12 chunks,
+    (shift, scale, gate) x (attention, MLP) x (image, context).
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int) -> None:
         super().__init__()
         self.heads = heads
-        self.norm1_joint = Modulation(dim, 12)
-        self.attn = _DoubleAttention(dim, head_dim)
-        self.ff = FeedForward(dim, mlp_dim, activation="gelu_tanh")
-        self.ff_context = FeedForward(dim, mlp_dim, activation="gelu_tanh")
+        self.modulation = Modulation(dim, 12)
+        self.image_qkv = nn.Linear(dim, 3 * dim)
+        self.context_qkv = nn.Linear(dim, 3 * dim)
+        self.image_qk_norm = qk_norm_weights(head_dim)
+        self.context_qk_norm = qk_norm_weights(head_dim)
+        self.image_attn_out = nn.Linear(dim, dim)
+        self.context_attn_out = nn.Linear(dim, dim)
+        self.image_mlp = FeedForward(dim, mlp_dim, activation="gelu_tanh")
+        self.context_mlp = FeedForward(dim, mlp_dim, activation="gelu_tanh")
 
     def modulated_input(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.norm1_joint(temb_act)[:, :2].unbind(1)
+        shift, scale = self.modulation(temb_act)[:, :2].unbind(1)
         return modulate_(layer_norm(x), 1 + scale, shift)
 
     def forward(
@@ -173,39 +152,34 @@ class DoubleStreamBlock(nn.Module):
         mask: torch.Tensor | None,
         scratch: Scratch,
     ) -> torch.Tensor:
-        mod = self.norm1_joint(temb_act).to(joint.dtype)  # float32 modulation under float16 weights
+        mod = self.modulation(temb_act).to(joint.dtype)  # float32 modulation under float16 weights
         mod[:, 1::3].add_(1)  # every scale becomes 1 + scale
         shift, scale, gate, shift2, scale2, gate2 = mod[:, :6].unbind(1)
         c_shift, c_scale, c_gate, c_shift2, c_scale2, c_gate2 = mod[:, 6:].unbind(1)
         x, c = joint[:, :n_img], joint[:, n_img:]
 
         normed = layer_norm(joint)
-        qkv = scratch.take((*joint.shape[:2], 3 * joint.shape[2]), self.attn.to_qkv.weight)
-        linear_into(qkv[:, :n_img], modulate_(normed[:, :n_img], scale, shift), self.attn.to_qkv)
-        linear_into(qkv[:, n_img:], modulate_(normed[:, n_img:], c_scale, c_shift), self.attn.add_qkv)
+        qkv = scratch.take((*joint.shape[:2], 3 * joint.shape[2]), self.image_qkv.weight)
+        linear_into(qkv[:, :n_img], modulate_(normed[:, :n_img], scale, shift), self.image_qkv)
+        linear_into(qkv[:, n_img:], modulate_(normed[:, n_img:], c_scale, c_shift), self.context_qkv)
         qkv = qkv.unflatten(-1, (3, self.heads, -1))  # joint [image | context] q, k, v
-        qk_norm_rope_(qkv[:, :, :2], n_img, self.attn.norm_qk.pair(), self.attn.norm_added_qk.pair(), rope)
+        image_weights, context_weights = self.image_qk_norm.view(2, 1, -1), self.context_qk_norm.view(2, 1, -1)
+        qk_norm_rope_(qkv[:, :, :2], n_img, image_weights, context_weights, rope)
         attn_out = attention(*qkv.unbind(2), mask)
         # In place into the stream: a float16 update meets a float32 stream in float32 (add_residual's rule).
-        x.addcmul_(self.attn.to_out[0](attn_out[:, :n_img]), gate[:, None])
-        c.addcmul_(self.attn.to_add_out(attn_out[:, n_img:]), c_gate[:, None])
+        x.addcmul_(self.image_attn_out(attn_out[:, :n_img]), gate[:, None])
+        c.addcmul_(self.context_attn_out(attn_out[:, n_img:]), c_gate[:, None])
 
         normed = layer_norm(joint)
-        x.addcmul_(self.ff(modulate_(normed[:, :n_img], scale2, shift2), scratch), gate2[:, None])
-        c.addcmul_(self.ff_context(modulate_(normed[:, n_img:], c_scale2, c_shift2), scratch), c_gate2[:, None])
+        x.addcmul_(self.image_mlp(modulate_(normed[:, :n_img], scale2, shift2), scratch), gate2[:, None])
+        c.addcmul_(self.context_mlp(modulate_(normed[:, n_img:], c_scale2, c_shift2), scratch), c_gate2[:, None])
         return joint
-
-
-class _SingleAttention(nn.Module):
-    def __init__(self, head_dim: int) -> None:
-        super().__init__()
-        self.norm_qk = RMSNormWeights(head_dim)  # checkpoint: norm_q, norm_k
 
 
 class SingleStreamBlock(nn.Module):
     """One stream over image and context tokens; attention and MLP run in parallel.
 
-    ``qkv_mlp`` fuses the checkpoint's to_q, to_k, to_v and proj_mlp. Its output row is
+    ``qkv_mlp`` fuses the q, k, v and MLP-in projections. Its output row is
     [q | k | v | mlp]; after attention the attention output overwrites v, so [attn | mlp]
     is already a view that ``proj_out`` reads directly, with no concatenation.
     """
@@ -214,13 +188,13 @@ class SingleStreamBlock(nn.Module):
         super().__init__()
         self.heads = heads
         self.dim = dim
-        self.norm = Modulation(dim, 3)
+        self.modulation = Modulation(dim, 3)
         self.qkv_mlp = nn.Linear(dim, 3 * dim + mlp_dim)
-        self.attn = _SingleAttention(head_dim)
+        self.qk_norm = qk_norm_weights(head_dim)
         self.proj_out = nn.Linear(dim + mlp_dim, dim)
 
     def modulated_input(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.norm(temb_act)[:, :2].unbind(1)
+        shift, scale = self.modulation(temb_act)[:, :2].unbind(1)
         return modulate_(layer_norm(x), 1 + scale, shift)
 
     def forward(
@@ -232,14 +206,14 @@ class SingleStreamBlock(nn.Module):
         mask: torch.Tensor | None,
         scratch: Scratch,
     ) -> torch.Tensor:
-        mod = self.norm(temb_act).to(joint.dtype)  # float32 modulation under float16 weights
+        mod = self.modulation(temb_act).to(joint.dtype)  # float32 modulation under float16 weights
         mod[:, 1].add_(1)
         shift, scale, gate = mod.unbind(1)
         dim = self.dim
         h = scratch.take((*joint.shape[:2], self.qkv_mlp.out_features), self.qkv_mlp.weight)
         linear_into(h, modulate_(layer_norm(joint), scale, shift), self.qkv_mlp)
         qkv = h[..., : 3 * dim].unflatten(-1, (3, self.heads, -1))
-        weights = self.attn.norm_qk.pair()
+        weights = self.qk_norm.view(2, 1, -1)
         qk_norm_rope_(qkv[:, :, :2], n_img, weights, weights, rope)
         gelu_tanh_(h[..., 3 * dim :])
         h[..., 2 * dim : 3 * dim] = attention(*qkv.unbind(2), mask)  # attention output takes v's place

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import ClassVar, Literal
 
 import torch
 
 from ..errors import ConfigError, InputError
 from .configuration import ModelConfig
-from .loading import PretrainedModel
+from .loading import KeyRule, PretrainedModel, key_rule
 from .vae_blocks import Decoder, Encoder, resample_factors
 from .vae_tiling import TilingArg, VAETiling, as_tiling, spatial_tiled, temporal_tiled
 
@@ -97,6 +97,10 @@ class VAEConfig(ModelConfig):
         raise ConfigError(f"unknown VAE preset {name!r}; choose 'hunyuan' or 'tiny'")
 
 
+# Our module paths -> the checkpoint's (diffusers' AutoencoderKLHunyuanVideo); the rest are the same.
+CHECKPOINT_KEYS = (key_rule("*.mid_block.attentions.*.out_proj", "*.mid_block.attentions.*.to_out.0"),)
+
+
 class HunyuanVideoVAE(PretrainedModel):
     """The causal 3D VAE. ``encode``/``decode`` speak scaled latents, the unit the pipeline uses."""
 
@@ -122,6 +126,9 @@ class HunyuanVideoVAE(PretrainedModel):
         self.decoder = Decoder(config.latent_channels, config.out_channels, **shape)
         self.quant_conv = torch.nn.Conv3d(2 * config.latent_channels, 2 * config.latent_channels, 1)
         self.post_quant_conv = torch.nn.Conv3d(config.latent_channels, config.latent_channels, 1)
+
+    def checkpoint_keys(self) -> Sequence[KeyRule]:
+        return CHECKPOINT_KEYS
 
     # ---- encode -------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """Building blocks of the HunyuanVideo causal 3D VAE: convs, resnets, resamplers, mid block.
 
-Module and parameter names follow the checkpoint's keys (``conv_in.conv.weight``,
-``resnets.0.norm1.weight``, ``attentions.0.to_out.0.weight``…), so the state dict loads
-without renaming.
+Module and parameter names are the checkpoint's (``conv_in.conv.weight``,
+``resnets.0.norm1.weight``…) except the attention's output projection, ``out_proj`` here
+and ``to_out.0`` there (``HunyuanVideoVAE.checkpoint_keys``).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class FrameCausalAttention(nn.Module):
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
-        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+        self.out_proj = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
@@ -117,7 +117,7 @@ class FrameCausalAttention(nn.Module):
             rows = slice(i * frame_tokens, (i + 1) * frame_tokens)
             seen = (i + 1) * frame_tokens
             out[:, :, rows] = F.scaled_dot_product_attention(q[:, :, rows], k[:, :, :seen], v[:, :, :seen])
-        out = self.to_out[0](out.squeeze(1))
+        out = self.out_proj(out.squeeze(1))
         tokens = x.permute(0, 2, 3, 4, 1).reshape(b, t * frame_tokens, c)
         return (out + tokens).view(b, t, h, w, c).permute(0, 4, 1, 2, 3).contiguous()
 

@@ -26,7 +26,20 @@ from ..conditioning import PackedContext
 from ..errors import ConfigError
 
 MODES = ("inverted", "forward")
-HISTORY_FRAMES = 1 + 2 + 16  # 1x, 2x and 4x context frames
+
+# The reference's split lists, by name. A section's frame indices are ``arange(sum(sizes))``
+# split into these consecutive parts (``window`` and ``blank`` are the section's sizes):
+#   inverted (demo_gradio.py):  indices.split([1, latent_padding_size, latent_window_size, 1, 2, 16])
+#   forward (demo_gradio_f1.py): indices.split([1, 16, 2, 1, latent_window_size])
+INVERTED_INDEX_PARTS = ("start", "blank", "latent", "clean_1x", "clean_2x", "clean_4x")
+FORWARD_INDEX_PARTS = ("start", "clean_4x", "clean_2x", "clean_1x", "latent")
+# The context frames each group reads from the history, in the history's temporal order:
+#   inverted: history[:, :, :1 + 2 + 16].split([1, 2, 16])     (the front of the history)
+#   forward:  history[:, :, -(16 + 2 + 1):].split([16, 2, 1])  (the end of the history)
+CONTEXT_FRAMES = {"clean_1x": 1, "clean_2x": 2, "clean_4x": 16}
+HISTORY_FRAMES = sum(CONTEXT_FRAMES.values())  # 19: 1x, 2x and 4x context frames
+_INVERTED_HISTORY_PARTS = ("clean_1x", "clean_2x", "clean_4x")
+_FORWARD_HISTORY_PARTS = ("clean_4x", "clean_2x", "clean_1x")
 # 33 latent frames = 129 pixel frames, the longest clip HunyuanVideo (the base model) was made
 # for and the top of the reference app's window range (demo_gradio.py); a section's tokens and
 # memory grow with it, so a larger window is a typo that would otherwise run out of memory.
@@ -36,8 +49,25 @@ MAX_WINDOW = 33
 MAX_LATENT_FRAMES = 27_000
 
 Slice = tuple[int, "int | None"]
-_INVERTED_SLICES: tuple[Slice, Slice, Slice] = ((0, 1), (1, 3), (3, 19))
-_FORWARD_SLICES: tuple[Slice, Slice, Slice] = ((-1, None), (-3, -1), (-19, -3))
+
+
+def split_indices(sizes: dict[str, int], start: int = 0) -> dict[str, range]:
+    """``arange(start, start + sum(sizes)).split(list(sizes.values()))`` as named, consecutive ranges."""
+    parts = {}
+    for name, size in sizes.items():
+        parts[name] = range(start, start + size)
+        start += size
+    return parts
+
+
+def _history_slices(order: tuple[str, ...], *, from_end: bool) -> dict[str, Slice]:
+    """(start, stop) of each group's frames in the 19-frame padded history, split in ``order``."""
+    parts = split_indices({name: CONTEXT_FRAMES[name] for name in order}, -HISTORY_FRAMES if from_end else 0)
+    return {name: (r.start, r.stop or None) for name, r in parts.items()}  # stop 0 from the end: to the end
+
+
+_INVERTED_HISTORY = _history_slices(_INVERTED_HISTORY_PARTS, from_end=False)  # 1x [0:1], 2x [1:3], 4x [3:19]
+_FORWARD_HISTORY = _history_slices(_FORWARD_HISTORY_PARTS, from_end=True)  # 4x [-19:-3], 2x [-3:-1], 1x [-1:]
 
 
 @dataclass(frozen=True)
@@ -177,40 +207,42 @@ def plan_sections(seconds: float, *, fps: int = 30, window: int = 9, mode: str) 
 
 
 def _inverted_layout(index: int, padding: int, window: int, count: int) -> SectionLayout:
-    # Index groups in order: start [1], blank [padding·window], latent [window], 1x [1], 2x [2], 4x [16].
-    first_latent = 1 + padding * window
-    post = first_latent + window
+    sizes = {"start": 1, "blank": padding * window, "latent": window, **CONTEXT_FRAMES}
+    parts = split_indices({name: sizes[name] for name in INVERTED_INDEX_PARTS})
     temporal_slot = count - 1 - index  # generation runs from the video's end to its start
     start_frame = 1 + temporal_slot * window
-    return SectionLayout(
-        index=index,
-        padding=padding,
-        latent_indices=tuple(range(first_latent, post)),
-        clean_indices=(0, post),
-        clean_2x_indices=(post + 1, post + 2),
-        clean_4x_indices=tuple(range(post + 3, post + 19)),
-        history_1x=_INVERTED_SLICES[0],
-        history_2x=_INVERTED_SLICES[1],
-        history_4x=_INVERTED_SLICES[2],
-        video_frames=(0 if padding == 0 else start_frame, start_frame + window),
-        joins_start=padding == 0,
-    )
+    video_frames = (0 if padding == 0 else start_frame, start_frame + window)
+    return _layout(index, padding, parts, _INVERTED_HISTORY, video_frames, joins_start=padding == 0)
 
 
 def _forward_layout(index: int, window: int) -> SectionLayout:
-    # Index groups in order: start [1], 4x [16], 2x [2], 1x [1], latent [window].
+    sizes = {"start": 1, "latent": window, **CONTEXT_FRAMES}
+    parts = split_indices({name: sizes[name] for name in FORWARD_INDEX_PARTS})
+    video_frames = (1 + index * window, 1 + (index + 1) * window)
+    return _layout(index, 0, parts, _FORWARD_HISTORY, video_frames, joins_start=False)
+
+
+def _layout(
+    index: int,
+    padding: int,
+    parts: dict[str, range],
+    history: dict[str, Slice],
+    video_frames: tuple[int, int],
+    *,
+    joins_start: bool,
+) -> SectionLayout:
     return SectionLayout(
         index=index,
-        padding=0,
-        latent_indices=tuple(range(20, 20 + window)),
-        clean_indices=(0, 19),
-        clean_2x_indices=(17, 18),
-        clean_4x_indices=tuple(range(1, 17)),
-        history_1x=_FORWARD_SLICES[0],
-        history_2x=_FORWARD_SLICES[1],
-        history_4x=_FORWARD_SLICES[2],
-        video_frames=(1 + index * window, 1 + (index + 1) * window),
-        joins_start=False,
+        padding=padding,
+        latent_indices=tuple(parts["latent"]),
+        clean_indices=(parts["start"][0], parts["clean_1x"][0]),
+        clean_2x_indices=tuple(parts["clean_2x"]),
+        clean_4x_indices=tuple(parts["clean_4x"]),
+        history_1x=history["clean_1x"],
+        history_2x=history["clean_2x"],
+        history_4x=history["clean_4x"],
+        video_frames=video_frames,
+        joins_start=joins_start,
     )
 
 
