@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+
 import numpy as np
 import torch
 
@@ -89,10 +90,15 @@ def main() -> None:
             room = plan.budget_bytes - plan.reserve_bytes
             for phase, planned in plan.phase_device_bytes.items():
                 own, peak = result["own"].get(phase, 0), result["measured"].get(phase, 0)
-                print(f"| {budget:g} GiB | {name} | {phase} | {format_bytes(planned)} | {format_bytes(own)} | "
-                      f"{planned / own:.3f} | {format_bytes(peak)} | {format_bytes(room)} |")
-            print(f"<!-- {name} {budget:g} GiB: {result['syncs']} syncs, pinned {format_bytes(result['pinned'])}, "
-                  f"{result['seconds']:.0f} s -->", flush=True)
+                print(
+                    f"| {budget:g} GiB | {name} | {phase} | {format_bytes(planned)} | {format_bytes(own)} | "
+                    f"{planned / own:.3f} | {format_bytes(peak)} | {format_bytes(room)} |"
+                )
+            print(
+                f"<!-- {name} {budget:g} GiB: {result['syncs']} syncs, pinned {format_bytes(result['pinned'])}, "
+                f"{result['seconds']:.0f} s -->",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

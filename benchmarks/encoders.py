@@ -31,13 +31,20 @@ def median_seconds(fns: dict[str, Callable[[], object]], repeats: int = 7) -> di
 
 
 def report(title: str, result: dict[str, float], reference: str) -> None:
-    parts = [f"{name} {seconds * 1000:.1f} ms ({result[reference] / seconds:.2f}x ref)" for name, seconds in result.items()]
+    parts = [
+        f"{name} {seconds * 1000:.1f} ms ({result[reference] / seconds:.2f}x ref)" for name, seconds in result.items()
+    ]
     print(f"{title}: " + "; ".join(parts))
 
 
 def main() -> None:
     from transformers import (
-        CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel,
+        CLIPTextConfig,
+        CLIPTextModel,
+        LlamaConfig,
+        LlamaModel,
+        SiglipVisionConfig,
+        SiglipVisionModel,
     )  # fmt: skip
 
     from framepack.models.clip import CLIPTextEncoder

@@ -130,8 +130,9 @@ class Report:
         return {
             "header": self.header,
             "passed": not self.failed,
-            "checks": [{**dataclasses.asdict(c), "value": _json_number(c.value), "status": c.status}
-                       for c in self.checks],
+            "checks": [
+                {**dataclasses.asdict(c), "value": _json_number(c.value), "status": c.status} for c in self.checks
+            ],
         }
 
 
@@ -149,7 +150,7 @@ def guarded(report: Report, name: str, fn: Callable[[], None]) -> None:
     """Run ``fn``; an exception becomes a FAIL row with its one-line message, and the check goes on."""
     try:
         fn()
-    except Exception as error:  # noqa: BLE001 - any failure is a result to report
+    except Exception as error:
         message = (str(error).strip().splitlines() or [""])[0]
         report.add(Check(f"{name}: completed", None, passed=False, note=f"{type(error).__name__}: {message}"))
     gc.collect()  # a failure's tensors go with its traceback: give their device memory back
@@ -250,7 +251,7 @@ def gpu_step(model: FramePackTransformer, inputs: StepInputs, device: torch.devi
         noisy, timestep = latents.to(device), torch.tensor([TIMESTEP], device=device)
         prepared = model.prepare(cond, context, latents.shape)
         output = model.denoise(noisy, timestep, prepared).float().cpu()
-        seconds = gpu_seconds(lambda: model.denoise(noisy, timestep, prepared), repeats)
+        seconds = gpu_seconds(lambda noisy=noisy, prepared=prepared: model.denoise(noisy, timestep, prepared), repeats)
         peak = torch.cuda.max_memory_allocated(device) - base
         del prepared, noisy
     finally:

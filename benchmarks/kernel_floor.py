@@ -23,8 +23,13 @@ aten = torch.ops.aten
 
 # Ops that do the arithmetic of a step; anything else is overhead around them.
 _KERNELS = {
-    aten.mm.default, aten.addmm.default, aten.addmm.out, aten.bmm.default, aten.baddbmm.default,
-    aten.convolution.default, aten._scaled_dot_product_flash_attention_for_cpu.default,
+    aten.mm.default,
+    aten.addmm.default,
+    aten.addmm.out,
+    aten.bmm.default,
+    aten.baddbmm.default,
+    aten.convolution.default,
+    aten._scaled_dot_product_flash_attention_for_cpu.default,
 }
 # Replayed into a preallocated output: the floor counts the kernel, not the allocator's page faults.
 _OUT_VARIANTS = {aten.mm.default: aten.mm.out, aten.addmm.default: aten.addmm.out, aten.addmm.out: aten.addmm.out}

@@ -101,7 +101,9 @@ def write_checkpoint(folder: Path, mib: int) -> None:
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in BenchStack(config).state_dict().items()}
     g = torch.Generator().manual_seed(0)
-    save_file({k: torch.randn(s, generator=g) for k, s in shapes.items()}, folder / "diffusion_pytorch_model.safetensors")
+    save_file(
+        {k: torch.randn(s, generator=g) for k, s in shapes.items()}, folder / "diffusion_pytorch_model.safetensors"
+    )
     (folder / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
 
 
@@ -131,12 +133,16 @@ def probe(folder: str, storage: str) -> None:
     model = BenchStack.from_pretrained(folder, storage=storage)  # type: ignore[arg-type]
     with torch.no_grad():
         model(torch.randn(4, model.config.width))
-    print(json.dumps({
-        "seconds": time.perf_counter() - start,
-        "maxrss_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss) / 1024,
-        "anon_mib": (_status_kib("RssAnon") - anon) / 1024,
-        "file_mib": (_status_kib("RssFile") - file) / 1024,
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": time.perf_counter() - start,
+                "maxrss_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss) / 1024,
+                "anon_mib": (_status_kib("RssAnon") - anon) / 1024,
+                "file_mib": (_status_kib("RssFile") - file) / 1024,
+            }
+        )
+    )
 
 
 def host_memory(mib: int, repeats: int) -> None:
@@ -150,11 +156,15 @@ def host_memory(mib: int, repeats: int) -> None:
     print(f"host memory, {size:.0f} MiB checkpoint, load + one forward, median of {repeats}:")
     med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
     for storage, m in med.items():
-        print(f"  {storage:5s} peak RSS +{m['maxrss_mib']:7.1f} MiB   anonymous +{m['anon_mib']:7.1f} MiB   "
-              f"file-backed +{m['file_mib']:7.1f} MiB   "
-              f"load+run {m['seconds']:.3f} s")
-    print(f"  anonymous memory mmap/copy = {med['mmap']['anon_mib'] / max(med['copy']['anon_mib'], 1e-9):.3f}; "
-          f"load time mmap/copy = {med['mmap']['seconds'] / med['copy']['seconds']:.2f}")
+        print(
+            f"  {storage:5s} peak RSS +{m['maxrss_mib']:7.1f} MiB   anonymous +{m['anon_mib']:7.1f} MiB   "
+            f"file-backed +{m['file_mib']:7.1f} MiB   "
+            f"load+run {m['seconds']:.3f} s"
+        )
+    print(
+        f"  anonymous memory mmap/copy = {med['mmap']['anon_mib'] / max(med['copy']['anon_mib'], 1e-9):.3f}; "
+        f"load time mmap/copy = {med['mmap']['seconds'] / med['copy']['seconds']:.2f}"
+    )
 
 
 PROMPT = "The man dances energetically, leaping mid-air with fluid arm swings and quick footwork."
@@ -193,54 +203,71 @@ def generation_probe(folder: str, storage: str, seconds: str, steps: str) -> Non
     generate_seconds = time.perf_counter() - start
     generation_peak = _status_kib("VmHWM")
     mib = 1 / 1024
-    print(json.dumps({
-        "peak_mib": max(load_peak, generation_peak) * mib,
-        "load_peak_mib": load_peak * mib,
-        "generation_peak_mib": generation_peak * mib,
-        "imported_mib": imported * mib,
-        "loaded_mib": loaded["VmRSS"] * mib,
-        "loaded_anon_mib": loaded["RssAnon"] * mib,
-        "loaded_file_mib": loaded["RssFile"] * mib,
-        "generation_growth_mib": (generation_peak - loaded["VmRSS"]) * mib,
-        "first_section_mib": section_rss[0] * mib,
-        "last_section_mib": section_rss[-1] * mib,
-        "sections": len(section_rss),
-        "frames": frames,
-        "load_s": load_seconds,
-        "generate_s": generate_seconds,
-    }))
+    print(
+        json.dumps(
+            {
+                "peak_mib": max(load_peak, generation_peak) * mib,
+                "load_peak_mib": load_peak * mib,
+                "generation_peak_mib": generation_peak * mib,
+                "imported_mib": imported * mib,
+                "loaded_mib": loaded["VmRSS"] * mib,
+                "loaded_anon_mib": loaded["RssAnon"] * mib,
+                "loaded_file_mib": loaded["RssFile"] * mib,
+                "generation_growth_mib": (generation_peak - loaded["VmRSS"]) * mib,
+                "first_section_mib": section_rss[0] * mib,
+                "last_section_mib": section_rss[-1] * mib,
+                "sections": len(section_rss),
+                "frames": frames,
+                "load_s": load_seconds,
+                "generate_s": generate_seconds,
+            }
+        )
+    )
 
 
-def pipeline_memory(steps: int, short: float = 5.0, long: float = 60.0, sizes: TreeSizes = TreeSizes()) -> None:
+def pipeline_memory(steps: int, short: float = 5.0, long: float = 60.0, sizes: TreeSizes | None = None) -> None:
+    sizes = sizes or TreeSizes()
     cases = [("copy", short), ("mmap", short), ("copy", long)]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         write_checkpoint_tree(Path(tmp), sizes)
         size = tree_bytes(Path(tmp)) / 2**20
-        print(f"whole pipeline: wrote a random checkpoint tree in {time.perf_counter() - start:.0f} s: {size:.0f} MiB "
-              f"of float32 safetensors; {sizes.describe()}")
+        print(
+            f"whole pipeline: wrote a random checkpoint tree in {time.perf_counter() - start:.0f} s: {size:.0f} MiB "
+            f"of float32 safetensors; {sizes.describe()}"
+        )
         runs = {(storage, seconds): run_probe("--generation-probe", tmp, storage, str(seconds), str(steps))
                 for storage, seconds in cases}  # fmt: skip
     config = generation_config(short, steps)
-    print(f"  {config.resolution}px image, GenerationConfig(resolution={config.resolution}, steps={steps}, "
-          f"window={config.window}, seconds=...), device cpu float32, one fresh process per run; MiB:")
-    print("  storage  video  sections (frames)  peak RSS (load / generation)  after imports  after load (anon / file)"
-          "  generation over load  after 1st / last section  load s  generate s")
+    print(
+        f"  {config.resolution}px image, GenerationConfig(resolution={config.resolution}, steps={steps}, "
+        f"window={config.window}, seconds=...), device cpu float32, one fresh process per run; MiB:"
+    )
+    print(
+        "  storage  video  sections (frames)  peak RSS (load / generation)  after imports  after load (anon / file)"
+        "  generation over load  after 1st / last section  load s  generate s"
+    )
     for (storage, seconds), r in runs.items():
-        print(f"  {storage:7s} {seconds:4.0f} s  {r['sections']:8d} ({r['frames']:6d})  {r['peak_mib']:8.0f} "
-              f"({r['load_peak_mib']:4.0f} / {r['generation_peak_mib']:4.0f})  {r['imported_mib']:17.0f}  "
-              f"{r['loaded_mib']:10.0f} ({r['loaded_anon_mib']:4.0f} / {r['loaded_file_mib']:4.0f})  "
-              f"{r['generation_growth_mib']:+20.0f}  {r['first_section_mib']:11.0f} / {r['last_section_mib']:4.0f}  "
-              f"{r['load_s']:6.1f}  {r['generate_s']:10.1f}")
+        print(
+            f"  {storage:7s} {seconds:4.0f} s  {r['sections']:8d} ({r['frames']:6d})  {r['peak_mib']:8.0f} "
+            f"({r['load_peak_mib']:4.0f} / {r['generation_peak_mib']:4.0f})  {r['imported_mib']:17.0f}  "
+            f"{r['loaded_mib']:10.0f} ({r['loaded_anon_mib']:4.0f} / {r['loaded_file_mib']:4.0f})  "
+            f"{r['generation_growth_mib']:+20.0f}  {r['first_section_mib']:11.0f} / {r['last_section_mib']:4.0f}  "
+            f"{r['load_s']:6.1f}  {r['generate_s']:10.1f}"
+        )
     copy_short, mmap_short, copy_long = runs.values()
-    print(f"  mmap vs copy ({short:.0f} s): peak RSS {mmap_short['peak_mib']:.0f} / {copy_short['peak_mib']:.0f} MiB = "
-          f"{mmap_short['peak_mib'] / copy_short['peak_mib']:.3f}; anonymous after load = "
-          f"{mmap_short['loaded_anon_mib'] / copy_short['loaded_anon_mib']:.3f}")
-    print(f"  {long:.0f} s vs {short:.0f} s (copy): peak RSS during generation "
-          f"{copy_long['generation_peak_mib']:.0f} / {copy_short['generation_peak_mib']:.0f} MiB = "
-          f"{copy_long['generation_peak_mib'] / copy_short['generation_peak_mib']:.3f} (target <= 1.10); whole process "
-          f"(includes the load's transient) {copy_long['peak_mib'] / copy_short['peak_mib']:.3f}; above the loaded "
-          f"weights {copy_long['generation_growth_mib']:+.0f} vs {copy_short['generation_growth_mib']:+.0f} MiB")
+    print(
+        f"  mmap vs copy ({short:.0f} s): peak RSS {mmap_short['peak_mib']:.0f} / {copy_short['peak_mib']:.0f} MiB = "
+        f"{mmap_short['peak_mib'] / copy_short['peak_mib']:.3f}; anonymous after load = "
+        f"{mmap_short['loaded_anon_mib'] / copy_short['loaded_anon_mib']:.3f}"
+    )
+    print(
+        f"  {long:.0f} s vs {short:.0f} s (copy): peak RSS during generation "
+        f"{copy_long['generation_peak_mib']:.0f} / {copy_short['generation_peak_mib']:.0f} MiB = "
+        f"{copy_long['generation_peak_mib'] / copy_short['generation_peak_mib']:.3f} (target <= 1.10); whole process "
+        f"(includes the load's transient) {copy_long['peak_mib'] / copy_short['peak_mib']:.3f}; above the loaded "
+        f"weights {copy_long['generation_growth_mib']:+.0f} vs {copy_short['generation_growth_mib']:+.0f} MiB"
+    )
 
 
 def median_time(fn: Callable[[], object], sync: Callable[[], None]) -> float:
@@ -280,11 +307,14 @@ def cpu_streaming(repeats: int) -> None:
     streamed = LayerStreamer(blocks, "cpu", budget)
     x = torch.randn(256, 512)
     assert torch.equal(run_pass(resident, x), run_pass(streamed, x))
-    t = interleaved({"resident": lambda: run_pass(resident, x), "streamed": lambda: run_pass(streamed, x)},
-                    repeats, lambda: None)
+    t = interleaved(
+        {"resident": lambda: run_pass(resident, x), "streamed": lambda: run_pass(streamed, x)}, repeats, lambda: None
+    )
     print(f"CPU streaming, 8 blocks, budget {format_bytes(budget)} ({streamed.plan}):")
-    print(f"  resident {t['resident'] * 1e3:.2f} ms   streamed {t['streamed'] * 1e3:.2f} ms   "
-          f"streamed/resident = {t['streamed'] / t['resident']:.2f}")
+    print(
+        f"  resident {t['resident'] * 1e3:.2f} ms   streamed {t['streamed'] * 1e3:.2f} ms   "
+        f"streamed/resident = {t['streamed'] / t['resident']:.2f}"
+    )
 
 
 def gpu_streaming(repeats: int) -> None:
@@ -303,21 +333,29 @@ def gpu_streaming(repeats: int) -> None:
         streamed_bytes = streamer.plan.streamed_bytes
         host = torch.empty(streamed_bytes, dtype=torch.uint8, pin_memory=True)
         target = torch.empty(streamed_bytes, dtype=torch.uint8, device=device)
-        print(f"GPU streaming ({torch.cuda.get_device_name(device)}, {dtype}), budget {label} {format_bytes(budget)}: "
-              f"{streamer.plan}; streamer holds {format_bytes(held)}")
+        print(
+            f"GPU streaming ({torch.cuda.get_device_name(device)}, {dtype}), budget {label} {format_bytes(budget)}: "
+            f"{streamer.plan}; streamer holds {format_bytes(held)}"
+        )
         for tokens in (8192, 512):  # compute-bound, then copy-bound
             x = torch.randn(1, tokens, width, device=device, dtype=dtype)
             assert torch.equal(run_pass(resident, x), run_pass(streamer, x))
             torch.cuda.reset_peak_memory_stats(device)
-            t = interleaved({
-                "compute": lambda: run_pass(resident, x),
-                "streamed": lambda: run_pass(streamer, x),
-                "copy": lambda: target.copy_(host, non_blocking=True),
-            }, repeats, sync)
+            t = interleaved(
+                {
+                    "compute": lambda x=x: run_pass(resident, x),
+                    "streamed": lambda x=x, streamer=streamer: run_pass(streamer, x),
+                    "copy": lambda target=target, host=host: target.copy_(host, non_blocking=True),
+                },
+                repeats,
+                sync,
+            )
             bound = max(t["compute"], t["copy"])
-            print(f"  {tokens:5d} tokens: resident {t['compute'] * 1e3:7.2f} ms  streamed {t['streamed'] * 1e3:7.2f} ms  "
-                  f"copy alone {t['copy'] * 1e3:7.2f} ms ({streamed_bytes / t['copy'] / 2**30:.1f} GiB/s)  "
-                  f"streamed/max(compute, copy) = {t['streamed'] / bound:.3f} (target <= 1.15)")
+            print(
+                f"  {tokens:5d} tokens: resident {t['compute'] * 1e3:7.2f} ms  streamed {t['streamed'] * 1e3:7.2f} ms  "
+                f"copy alone {t['copy'] * 1e3:7.2f} ms ({streamed_bytes / t['copy'] / 2**30:.1f} GiB/s)  "
+                f"streamed/max(compute, copy) = {t['streamed'] / bound:.3f} (target <= 1.15)"
+            )
         del streamer, host, target
 
 
@@ -340,8 +378,13 @@ def step_inputs(config: TransformerConfig, height: int, width: int) -> tuple[tor
     mask = torch.zeros(1, 256, dtype=torch.bool)
     mask[:, :80] = True
     text = torch.randn(1, 256, config.text_embed_dim, generator=g) * mask[..., None]
-    cond = Conditioning(text, mask, torch.randn(1, config.pooled_projection_dim, generator=g), torch.tensor([10.0]),
-                        torch.randn(1, 729, config.image_proj_dim, generator=g))
+    cond = Conditioning(
+        text,
+        mask,
+        torch.randn(1, config.pooled_projection_dim, generator=g),
+        torch.tensor([10.0]),
+        torch.randn(1, 729, config.image_proj_dim, generator=g),
+    )
     pre, latent, post, two, four = torch.arange(0, 1 + w + 1 + 2 + 16)[None].split([1, w, 1, 2, 16], dim=1)
     clean = [torch.randn(1, 16, n, height, width, generator=g) for n in (2, 2, 16)]
     context = PackedContext(latent, clean[0], torch.cat([pre, post], 1), clean[1], two, clean[2], four)
@@ -376,10 +419,16 @@ def transformer_streaming(repeats: int, device: torch.device) -> None:
         outs = {label: step() for label, step in steps.items()}
         assert all(torch.equal(o, outs["resident"]) for o in outs.values()), "streamed output differs"
         t = interleaved(steps, repeats, sync)
-        print(f"transformer step on {device} ({dtype}, inner dim {config.inner_dim}, {len(sizes)} blocks, "
-              f"{format_bytes(sum(sizes))} of blocks):")
-        print("  " + "   ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items())
-              + "   " + "   ".join(f"{k}/resident = {t[k] / t['resident']:.2f}" for k in ("just_under", "minimum")))
+        print(
+            f"transformer step on {device} ({dtype}, inner dim {config.inner_dim}, {len(sizes)} blocks, "
+            f"{format_bytes(sum(sizes))} of blocks):"
+        )
+        print(
+            "  "
+            + "   ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items())
+            + "   "
+            + "   ".join(f"{k}/resident = {t[k] / t['resident']:.2f}" for k in ("just_under", "minimum"))
+        )
         del models, steps, outs, base
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -58,7 +59,9 @@ class TimedTransformer:
         return self._timed(self.transformer.denoise, *args, **kwargs)
 
 
-def reference_unipc(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+def reference_unipc(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor
+) -> torch.Tensor:
     """Flow-matching UniPC bh1 as the reference writes it: float32 tensor coefficients (diffusers_helper/k_diffusion/uni_pc_fm.py)."""
     order = min(3, len(sigmas) - 2)
     models: list[torch.Tensor] = []
@@ -105,7 +108,9 @@ def reference_unipc(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     return models[-1]
 
 
-def build_inputs(config: TransformerConfig, latent: int, window: int, text_tokens: int, image_tokens: int) -> tuple[Conditioning, PackedContext, torch.Tensor]:
+def build_inputs(
+    config: TransformerConfig, latent: int, window: int, text_tokens: int, image_tokens: int
+) -> tuple[Conditioning, PackedContext, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     valid = text_tokens * 2 // 3
     conditioning = Conditioning(
@@ -180,15 +185,21 @@ def main() -> None:
     original_median = statistics.median(original_times)
     difference = max((ours_out - reference_out).abs().max().item(), (ours_out - original_out).abs().max().item())
     scale = max(1.0, reference_out.abs().max().item())
-    print(f"section: medium transformer, latents {list(noise.shape)}, {args.steps} steps, CPU float32, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"section: medium transformer, latents {list(noise.shape)}, {args.steps} steps, CPU float32, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     print(f"  ours                                   {ours_median * 1000:9.1f} ms")
     print(f"  reference loop, our transformer        {reference_median * 1000:9.1f} ms")
     print(f"  reference loop, diffusers' transformer {original_median * 1000:9.1f} ms")
-    print(f"  time ratio ours/reference loop: {ours_median / reference_median:.3f} with our transformer, "
-          f"{ours_median / original_median:.3f} with diffusers' (target <= 0.8)")
-    print(f"  kernel floor of our section (its matmuls and attentions alone): {floor * 1000:.1f} ms; "
-          f"best reachable ratio with this arithmetic: {floor / original_median:.3f} against diffusers' loop")
+    print(
+        f"  time ratio ours/reference loop: {ours_median / reference_median:.3f} with our transformer, "
+        f"{ours_median / original_median:.3f} with diffusers' (target <= 0.8)"
+    )
+    print(
+        f"  kernel floor of our section (its matmuls and attentions alone): {floor * 1000:.1f} ms; "
+        f"best reachable ratio with this arithmetic: {floor / original_median:.3f} against diffusers' loop"
+    )
     print(f"  wall time outside the transformer: {100 * statistics.median(outside_shares):.2f}% (target <= 3%)")
     print(f"  max |ours - references| = {difference:.3e} ({difference / scale:.1e} of max(1, |reference|))")
 

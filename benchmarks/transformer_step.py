@@ -43,7 +43,10 @@ def step_flops(config: TransformerConfig, n_img: int, n_noisy: int, n_ctx: int, 
     out = config.patch_size_t * config.patch_size**2 * config.out_channels
     n = n_img + n_ctx
     flops = 2 * n_noisy * config.in_channels * config.patch_size_t * config.patch_size**2 * d  # patch_embed
-    flops += config.num_refiner_layers * n_text * (2 * 4 * d * d + 2 * 2 * d * m) + config.num_refiner_layers * 4 * n_text**2 * d
+    flops += (
+        config.num_refiner_layers * n_text * (2 * 4 * d * d + 2 * 2 * d * m)
+        + config.num_refiner_layers * 4 * n_text**2 * d
+    )
     double = n * (2 * 3 * d * d + 2 * d * d + 2 * 2 * d * m) + 4 * n * n * d
     single = n * (2 * d * (3 * d + m) + 2 * (d + m) * d) + 4 * n * n * d
     flops += config.num_layers * double + config.num_single_layers * single
@@ -93,11 +96,21 @@ def main() -> None:
 
         def run_reference() -> torch.Tensor:
             return reference(
-                hidden_states=latents, timestep=timestep, encoder_hidden_states=text, encoder_attention_mask=mask,
-                pooled_projections=pooled, image_embeds=image, indices_latents=latent[0],
-                guidance=torch.tensor([10000.0]), latents_clean=clean, indices_latents_clean=torch.cat([pre, post], 1)[0],
-                latents_history_2x=clean_2x, indices_latents_history_2x=two[0], latents_history_4x=clean_4x,
-                indices_latents_history_4x=four[0], return_dict=False,
+                hidden_states=latents,
+                timestep=timestep,
+                encoder_hidden_states=text,
+                encoder_attention_mask=mask,
+                pooled_projections=pooled,
+                image_embeds=image,
+                indices_latents=latent[0],
+                guidance=torch.tensor([10000.0]),
+                latents_clean=clean,
+                indices_latents_clean=torch.cat([pre, post], 1)[0],
+                latents_history_2x=clean_2x,
+                indices_latents_history_2x=two[0],
+                latents_history_4x=clean_4x,
+                indices_latents_history_4x=four[0],
+                return_dict=False,
             )[0]
 
         expected, got = run_reference(), run_ours()  # warm-up, and a parity check on these inputs
@@ -115,18 +128,26 @@ def main() -> None:
     n_ctx = 729 + 80
     flops = step_flops(config, n_img, n_noisy, n_ctx, 80)
     t_ours, t_ref, mm = statistics.median(ours_times), statistics.median(reference_times), statistics.median(rates)
-    print(f"config medium: inner dim {config.inner_dim}, {config.num_layers} double + {config.num_single_layers} single blocks")
-    print(f"tokens: {n_img} image-stream ({n_noisy} noisy) + {n_ctx} context = {n_img + n_ctx}; threads {torch.get_num_threads()}")
+    print(
+        f"config medium: inner dim {config.inner_dim}, {config.num_layers} double + {config.num_single_layers} single blocks"
+    )
+    print(
+        f"tokens: {n_img} image-stream ({n_noisy} noisy) + {n_ctx} context = {n_img + n_ctx}; threads {torch.get_num_threads()}"
+    )
     print(f"max relative error ours vs diffusers: {error:.2e}")
     print(f"diffusers step: {t_ref * 1e3:8.1f} ms (median of {args.repeats})")
     print(f"ours step:      {t_ours * 1e3:8.1f} ms (median of {args.repeats}; prepare() done once, outside the step)")
     print(f"ratio ours/diffusers: {t_ours / t_ref:.3f}  ({t_ref / t_ours:.2f}x faster)")
     print(f"step FLOPs (matmul + attention): {flops / 1e9:.2f} GFLOP; torch.mm float32 rate: {mm / 1e9:.1f} GFLOP/s")
     print(f"ours reaches {flops / t_ours / mm:.1%} of the matmul rate; diffusers {flops / t_ref / mm:.1%}")
-    print(f"kernel floor (matmuls, attention, convolutions alone, replayed): ours {floor_ours * 1e3:.1f} ms, "
-          f"diffusers {floor_reference * 1e3:.1f} ms")
-    print(f"  best ratio reachable with this arithmetic (ours at its floor): {floor_ours / t_ref:.3f}; "
-          f"work around the kernels: ours {(t_ours - floor_ours) * 1e3:.0f} ms, diffusers {(t_ref - floor_reference) * 1e3:.0f} ms")
+    print(
+        f"kernel floor (matmuls, attention, convolutions alone, replayed): ours {floor_ours * 1e3:.1f} ms, "
+        f"diffusers {floor_reference * 1e3:.1f} ms"
+    )
+    print(
+        f"  best ratio reachable with this arithmetic (ours at its floor): {floor_ours / t_ref:.3f}; "
+        f"work around the kernels: ours {(t_ours - floor_ours) * 1e3:.0f} ms, diffusers {(t_ref - floor_reference) * 1e3:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -140,8 +140,10 @@ def memory(folder: Path) -> None:
             ).stdout
             report = json.loads(output.strip().splitlines()[-1])
             results[side, frames] = report["peak_growth_mib"]
-            print(f"tiled decode {side:9s} {frames:2d} latent frames → {report['frames']} px frames: "
-                  f"peak RSS growth {report['peak_growth_mib']:.1f} MiB")
+            print(
+                f"tiled decode {side:9s} {frames:2d} latent frames → {report['frames']} px frames: "
+                f"peak RSS growth {report['peak_growth_mib']:.1f} MiB"
+            )
     for side in ("ours", "diffusers"):
         ratio = results[side, 33] / max(results[side, 9], 1e-9)
         print(f"{side}: peak(33 frames) / peak(9 frames) = {ratio:.3f}")

@@ -10,7 +10,6 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from framepack.video import FrameAssembler
@@ -61,8 +60,10 @@ def main() -> None:
     for name, (count, float_bytes) in held.items():
         print(f"{name:9s} frames={count} float pixels held at the end: {float_bytes / 2**20:.1f} MiB")
     ref, mine = (statistics.median(times[k]) for k in ("reference", "ours"))
-    print(f"{SECTIONS} sections {HEIGHT}x{WIDTH}: reference {ref * 1e3:.0f} ms, ours {mine * 1e3:.0f} ms, "
-          f"ours/reference = {mine / ref:.2f}")
+    print(
+        f"{SECTIONS} sections {HEIGHT}x{WIDTH}: reference {ref * 1e3:.0f} ms, ours {mine * 1e3:.0f} ms, "
+        f"ours/reference = {mine / ref:.2f}"
+    )
 
 
 if __name__ == "__main__":

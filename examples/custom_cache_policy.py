@@ -44,13 +44,17 @@ def main() -> None:
     pipe, image = pipeline_and_image(args)
     # The class is the factory: every run builds a fresh policy (an instance would serve as a template).
     config = GenerationConfig(
-        seconds=1.0 if args.tiny else 5.0, steps=max(steps(args), 10), resolution=resolution(args),
+        seconds=1.0 if args.tiny else 5.0,
+        steps=max(steps(args), 10),
+        resolution=resolution(args),
         cache=SkipAlternateMiddleSteps,
     )
     run = pipe.stream(image, args.prompt, config)
     for section in run:
         stats = section.cache_stats
-        print(f"section {section.index}: computed steps {stats.computed.get('positive')}, skipped {stats.skipped.get('positive')}")
+        print(
+            f"section {section.index}: computed steps {stats.computed.get('positive')}, skipped {stats.skipped.get('positive')}"
+        )
     video = run.result()
     print(f"wrote {video.save(args.out)}: {video.num_frames} frames")
 

@@ -1,7 +1,7 @@
 """Start and end image: the first generated section (the video's end) is conditioned on the end frame.
 
-    python examples/end_frame.py --tiny
-    python examples/end_frame.py --image start.png --end-image end.png
+python examples/end_frame.py --tiny
+python examples/end_frame.py --image start.png --end-image end.png
 """
 
 from __future__ import annotations

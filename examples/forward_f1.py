@@ -1,7 +1,7 @@
 """FramePack-F1: forward sections, each finished section shown as it arrives.
 
-    python examples/forward_f1.py --tiny
-    python examples/forward_f1.py --image dancer.png              # loads lllyasviel/FramePack_F1_I2V_HY_20250503
+python examples/forward_f1.py --tiny
+python examples/forward_f1.py --image dancer.png              # loads lllyasviel/FramePack_F1_I2V_HY_20250503
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Image to video with the original FramePack model (inverted, anti-drifting sections).
 
-    python examples/image_to_video.py --tiny                      # offline, tiny random models
-    python examples/image_to_video.py --image dancer.png          # the real checkpoints
+python examples/image_to_video.py --tiny                      # offline, tiny random models
+python examples/image_to_video.py --image dancer.png          # the real checkpoints
 """
 
 from __future__ import annotations

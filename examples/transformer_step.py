@@ -36,9 +36,12 @@ def main() -> None:
     pre, latent, post, two, four = indices.split([1, window, 1, 2, 16], dim=1)
     context = PackedContext(
         latent_indices=latent,
-        clean=torch.randn(1, 16, 2, height, width), clean_indices=torch.cat([pre, post], dim=1),
-        clean_2x=torch.zeros(1, 16, 2, height, width), clean_2x_indices=two,
-        clean_4x=torch.zeros(1, 16, 16, height, width), clean_4x_indices=four,
+        clean=torch.randn(1, 16, 2, height, width),
+        clean_indices=torch.cat([pre, post], dim=1),
+        clean_2x=torch.zeros(1, 16, 2, height, width),
+        clean_2x_indices=two,
+        clean_4x=torch.zeros(1, 16, 16, height, width),
+        clean_4x_indices=four,
     )
 
     prepared = model.prepare(conditioning, context, latents.shape)

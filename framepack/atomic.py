@@ -9,6 +9,7 @@ to disk, and ``os.replace``-d over the target. On failure the temporary file is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -56,10 +57,8 @@ def commit(temp: Path, target: Path) -> None:
 
 def discard(temp: Path) -> None:
     """Remove an unfinished temporary file, if it is there."""
-    try:
+    with contextlib.suppress(OSError):  # the error on its way out explains more than this one
         temp.unlink(missing_ok=True)
-    except OSError:
-        pass  # the error on its way out explains more than this one
 
 
 def write_error(target: Path, error: OSError) -> OutputError:

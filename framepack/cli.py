@@ -95,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default="framepack.mp4", help="output .mp4 in an existing, writable folder (default %(default)s)"
     )
     _settings_arguments(gen)
-    gen.add_argument("--steps", type=int, help=f"sampler steps per section, 1 to {MAX_STEPS} (default 25; 8 with --tiny)")
+    gen.add_argument(
+        "--steps", type=int, help=f"sampler steps per section, 1 to {MAX_STEPS} (default 25; 8 with --tiny)"
+    )
     gen.add_argument("--seed", type=int, default=31337, help="-2**63 to 2**64 - 1 (default %(default)s)")
     gen.add_argument("--resize", default="crop", choices=RESIZE_METHODS)
     gen.add_argument("--end-image", help="last frame (inverted mode only)")
@@ -106,12 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--crf", type=int, default=16, help="H.264 quality, 0 (best) to 51")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
-    gen.add_argument("--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)")
+    gen.add_argument(
+        "--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)"
+    )
     gen.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
     gen.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
     gen.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
     gen.add_argument(
-        "--dtype", choices=DTYPES, default=None,
+        "--dtype",
+        choices=DTYPES,
+        default=None,
         help="transformer dtype (default: bf16 on GPUs that compute it natively, else fp16; fp32 on CPU)",
     )
     gen.add_argument(
@@ -137,14 +143,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--seconds", type=float,
+        "--seconds",
+        type=float,
         help=f"video length, up to {MAX_LATENT_FRAMES} latent frames (about an hour at 30 fps) (default 5; 1 with --tiny)",
     )
     parser.add_argument("--mode", default="inverted", choices=("inverted", "forward"))
-    parser.add_argument("--window", type=int, default=9, help=f"latent frames per section, 1 to {MAX_WINDOW} (default %(default)s)")
+    parser.add_argument(
+        "--window", type=int, default=9, help=f"latent frames per section, 1 to {MAX_WINDOW} (default %(default)s)"
+    )
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument(
-        "--resolution", type=int,
+        "--resolution",
+        type=int,
         help=f"bucket resolution, multiple of 16 from {MIN_RESOLUTION} to {MAX_RESOLUTION} (default 640; 128 with --tiny)",
     )
 
@@ -226,14 +236,27 @@ def _generate(args: argparse.Namespace) -> int:
 
     # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
     run = pipe.stream(
-        image, args.prompt, config, end_image=args.end_image, negative_prompt=args.negative_prompt,
-        callback=on_step, run_dir=args.run_dir, resume=args.resume,
+        image,
+        args.prompt,
+        config,
+        end_image=args.end_image,
+        negative_prompt=args.negative_prompt,
+        callback=on_step,
+        run_dir=args.run_dir,
+        resume=args.resume,
     )
-    bar = tqdm(total=run.plan.num_sections * config.steps, initial=run.sections_done * config.steps, unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=run.plan.num_sections * config.steps,
+        initial=run.sections_done * config.steps,
+        unit="step",
+        dynamic_ncols=True,
+    )
     args.run_dir_used = run.run_dir
     try:
         for section in run:
-            bar.write(f"section {section.index + 1}/{section.num_sections} done in {section.seconds:.1f}s; preview {section.preview}")
+            bar.write(
+                f"section {section.index + 1}/{section.num_sections} done in {section.seconds:.1f}s; preview {section.preview}"
+            )
     finally:
         bar.close()
     path = run.result().save(args.out)  # also deletes the run folder if it was a temporary one
@@ -356,7 +379,9 @@ def _plan(args: argparse.Namespace) -> int:
     print(plan.describe())
     print(f"input {height}x{width} -> bucket {bucket_h}x{bucket_w} px, latent {h}x{w}")
     print(f"video: {plan.latent_frames} latent frames, {plan.pixel_frames} pixel frames at {args.fps} fps")
-    print(f"tokens per section: {noisy} noisy + {clean} packed context = {noisy + clean} image tokens (+ <= {image_tokens + MAX_PROMPT_TOKENS} text/image)")
+    print(
+        f"tokens per section: {noisy} noisy + {clean} packed context = {noisy + clean} image tokens (+ <= {image_tokens + MAX_PROMPT_TOKENS} text/image)"
+    )
     print(f"shift sequence length: {sequence_length(plan.window_pixel_frames, bucket_h, bucket_w)}")
     return 0
 

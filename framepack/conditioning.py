@@ -59,7 +59,9 @@ class Conditioning:
         if mask.dtype != torch.bool:
             raise InputError(f"text_mask: expected dtype torch.bool, got {mask.dtype}")
         if tuple(mask.shape) != (batch, length):
-            raise InputError(f"text_mask: expected shape [{batch}, {length}] to match text_embeds, got {list(mask.shape)}")
+            raise InputError(
+                f"text_mask: expected shape [{batch}, {length}] to match text_embeds, got {list(mask.shape)}"
+            )
         if (mask.long().diff(dim=1) > 0).any():
             raise InputError("text_mask: valid tokens must form a prefix (True... then False...)")
         pooled = _expect("pooled", self.pooled, 2, "[B, P]")

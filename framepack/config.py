@@ -20,7 +20,7 @@ from .video.resize import RESIZE_METHODS
 
 MIN_RESOLUTION = 32
 
-__all__ = ["GenerationConfig", "MAX_STEPS", "MIN_RESOLUTION", "RESIZE_METHODS"]
+__all__ = ["MAX_STEPS", "MIN_RESOLUTION", "RESIZE_METHODS", "GenerationConfig"]
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,9 @@ class CudaRuntime(DeviceRuntime):
         pointer = buffer.data_ptr()
         status = cudart.cudaHostRegister(pointer, nbytes, 0)
         if int(status) != 0:
-            raise MemoryError(f"could not page-lock {nbytes} bytes of host memory (cudaHostRegister error {int(status)})")
+            raise MemoryError(
+                f"could not page-lock {nbytes} bytes of host memory (cudaHostRegister error {int(status)})"
+            )
         weakref.finalize(buffer.untyped_storage(), cudart.cudaHostUnregister, pointer)
         return buffer
 
@@ -139,7 +141,8 @@ class CudaRuntime(DeviceRuntime):
             torch.cuda.empty_cache()
 
 
-_CURRENT: contextvars.ContextVar[DeviceRuntime] = contextvars.ContextVar("framepack_runtime", default=CudaRuntime())
+# One stateless CudaRuntime serves every context that installed no other.
+_CURRENT: contextvars.ContextVar[DeviceRuntime] = contextvars.ContextVar("framepack_runtime", default=CudaRuntime())  # noqa: B039
 
 
 def runtime() -> DeviceRuntime:

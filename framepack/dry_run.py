@@ -80,7 +80,12 @@ class DryRuntime(DeviceRuntime):
     """The CUDA runtime as a dry run answers it (module docstring)."""
 
     def __init__(
-        self, counters: DryRunCounters, total_bytes: int, bf16: bool, fake_mode: FakeTensorMode, alive: Callable[[], int]
+        self,
+        counters: DryRunCounters,
+        total_bytes: int,
+        bf16: bool,
+        fake_mode: FakeTensorMode,
+        alive: Callable[[], int],
     ) -> None:
         self.counters = counters
         self.fake_mode = fake_mode
@@ -168,8 +173,9 @@ class _DeviceBindings(TorchFunctionMode):
                 return args[0]
             return torch.ops.aten.clone.default(args[0], memory_format=layout)
         if func is torch.Tensor.new_tensor:
-            return torch.ops.aten._to_copy.default(torch.tensor(args[1]), dtype=kwargs.get("dtype") or args[0].dtype,
-                                                   device=args[0].device)
+            return torch.ops.aten._to_copy.default(
+                torch.tensor(args[1]), dtype=kwargs.get("dtype") or args[0].dtype, device=args[0].device
+            )
         if func is torch.Tensor.__invert__:
             return torch.ops.aten.bitwise_not.default(args[0])
         if func in _SCALAR_READS:
@@ -221,7 +227,9 @@ def _tensor_indices(tensor: torch.Tensor, key: object) -> list[torch.Tensor | No
         elif part == slice(None):
             indices.append(None)
         else:
-            raise NotImplementedError(f"dry run: indexing a device tensor with {key!r} (mixed basic and tensor indices)")
+            raise NotImplementedError(
+                f"dry run: indexing a device tensor with {key!r} (mixed basic and tensor indices)"
+            )
     return indices
 
 
@@ -439,7 +447,11 @@ class CudaDryRun:
         finally:
             own = 0 if accounting.entry_base is None else accounting.entry_peak - accounting.entry_base
             counters.phase_own_peaks[name] = max(counters.phase_own_peaks.get(name, 0), own)
-            accounting.phase, accounting.entry_peak, accounting.entry_base = outer[0], max(outer[1], accounting.entry_peak), outer[2]
+            accounting.phase, accounting.entry_peak, accounting.entry_base = (
+                outer[0],
+                max(outer[1], accounting.entry_peak),
+                outer[2],
+            )
 
     @contextmanager
     def pipeline_phases(self, pipeline: Any) -> Iterator[None]:

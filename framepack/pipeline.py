@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from contextlib import AbstractContextManager, nullcontext
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,12 @@ from .cache.spec import describe_policy
 from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO, Components, load_components, tiny_components
 from .conditioning import Conditioning
 from .config import GenerationConfig
-from .errors import ConfigError, InputError
-from .models.loading import Storage
-from .models.vae import VAETiling
 from .device_runtime import runtime
+from .errors import ConfigError, InputError
 from .memory.placement import Placement, device_budget_gb
 from .memory.planner import MemoryPlan, plan_memory
+from .models.loading import Storage
+from .models.vae import VAETiling
 from .prompt import build_conditioning, encode_prompt
 from .results import SectionOutput, VideoResult
 from .rundir import RunDirLock, claim_run_dir
@@ -44,7 +44,7 @@ logger = logging.getLogger("framepack")
 
 ImageInput = Any  # a path, PIL image or uint8 array; see framepack.video.load_image
 
-__all__ = ["FramePackPipeline", "EncodedInputs", "F1_REPO", "I2V_REPO"]
+__all__ = ["F1_REPO", "I2V_REPO", "EncodedInputs", "FramePackPipeline"]
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,9 @@ class FramePackPipeline:
         try:
             saved = load_run_state(directory) if resume is not None else None  # a bad state fails here, before any work
             inputs = RunInputs(image, prompt, end_image, negative_prompt)
-            return GenerationRun(self, inputs, config, directory, callback=callback, saved=saved, lock=lock, temporary=temporary)
+            return GenerationRun(
+                self, inputs, config, directory, callback=callback, saved=saved, lock=lock, temporary=temporary
+            )
         except BaseException:
             lock.release()
             raise
@@ -294,8 +296,14 @@ class FramePackPipeline:
     ) -> VideoResult:
         """Generate a whole video (arguments as ``stream``)."""
         run = self.stream(
-            image, prompt, config, end_image=end_image, negative_prompt=negative_prompt,
-            callback=callback, run_dir=run_dir, resume=resume,
+            image,
+            prompt,
+            config,
+            end_image=end_image,
+            negative_prompt=negative_prompt,
+            callback=callback,
+            run_dir=run_dir,
+            resume=resume,
         )
         for _ in run:
             pass
@@ -437,7 +445,9 @@ class GenerationRun:
         if saved is not None:  # the files first: a state that disagrees with them fails before any work
             frames.restore(saved.tensors.get("held_frames"), int(saved.tensors["frame_count"]), saved.frame_chunks)
         given = self._inputs
-        inputs = p.encode(given.image, given.prompt, config, end_image=given.end_image, negative_prompt=given.negative_prompt)
+        inputs = p.encode(
+            given.image, given.prompt, config, end_image=given.end_image, negative_prompt=given.negative_prompt
+        )
         fingerprint = p.fingerprint(inputs, given.prompt, config, negative_prompt=given.negative_prompt)
         generator = torch.Generator("cpu").manual_seed(config.seed)
         done, history = 0, None
@@ -467,7 +477,9 @@ class GenerationRun:
             sections_done=done,
         )
         result: SectionResult | None = None
-        for _ in range(done, self.plan.num_sections):  # no sampling phase after the last one: it would upload for nothing
+        for _ in range(
+            done, self.plan.num_sections
+        ):  # no sampling phase after the last one: it would upload for nothing
             with p._phase("sampling"):  # a tight budget swaps the transformer out for each decode
                 result = next(sections)
             with p._phase("decode"):
@@ -507,7 +519,9 @@ class GenerationRun:
             raise InputError("the run has not finished: iterate it to the end before asking for its result")
         return self._result
 
-    def _save(self, fingerprint: dict[str, Any], result: SectionResult, generator: torch.Generator, frames: FrameAssembler) -> None:
+    def _save(
+        self, fingerprint: dict[str, Any], result: SectionResult, generator: torch.Generator, frames: FrameAssembler
+    ) -> None:
         tensors = {
             "history": result.history,
             "generator": generator.get_state(),

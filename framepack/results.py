@@ -55,7 +55,14 @@ class VideoResult:
     """
 
     def __init__(
-        self, latents: torch.Tensor, frames: FrameAssembler, run_dir: Path, fps: int, crf: int, *, temporary: bool = False
+        self,
+        latents: torch.Tensor,
+        frames: FrameAssembler,
+        run_dir: Path,
+        fps: int,
+        crf: int,
+        *,
+        temporary: bool = False,
     ) -> None:
         self.latents = latents
         self.run_dir = run_dir

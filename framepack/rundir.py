@@ -33,7 +33,7 @@ class RunDirLock:
     def __init__(self, run_dir: Path) -> None:
         path = run_dir / LOCK_FILE
         try:
-            self._file = open(path, "a+b", buffering=0)  # appends: never clobbers the holder's pid before locking
+            self._file = open(path, "a+b", buffering=0)  # noqa: SIM115 (held while the run holds the lock)  # appends: never clobbers the holder's pid before locking
         except OSError as error:
             raise OutputError(f"could not open the lock file {path}: {error.strerror or error}") from error
         try:

@@ -123,7 +123,9 @@ def _check_record(record: Any, path: Path) -> dict[str, Any]:
     if isinstance(done, bool) or not isinstance(done, int) or done < 1:
         raise bad("'sections_done' to be an integer >= 1", done)
     if record.get("tensors") != tensors_file(done):
-        raise bad(f"'tensors' to be {tensors_file(done)!r} (the file saved after {done} sections)", record.get("tensors"))
+        raise bad(
+            f"'tensors' to be {tensors_file(done)!r} (the file saved after {done} sections)", record.get("tensors")
+        )
     chunks = record.get("frame_chunks")
     if not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks):
         raise bad("'frame_chunks' to be a list of file names", chunks)
@@ -146,11 +148,17 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: expected the tensors {list(_REQUIRED_TENSORS)}, {missing} missing")
     count, generator, history = tensors["frame_count"], tensors["generator"], tensors["history"]
     if count.ndim != 0 or count.is_floating_point() or count.dtype == torch.bool or count < 0:
-        raise InputError(f"{path}: expected 'frame_count' to be one integer >= 0, got {count.dtype} {list(count.shape)}")
+        raise InputError(
+            f"{path}: expected 'frame_count' to be one integer >= 0, got {count.dtype} {list(count.shape)}"
+        )
     if generator.dtype != torch.uint8 or generator.ndim != 1:
-        raise InputError(f"{path}: expected 'generator' to be a uint8 vector, got {generator.dtype} {list(generator.shape)}")
+        raise InputError(
+            f"{path}: expected 'generator' to be a uint8 vector, got {generator.dtype} {list(generator.shape)}"
+        )
     if not history.is_floating_point() or history.ndim != 5:
-        raise InputError(f"{path}: expected 'history' to be float latents [1, 16, t, h, w], got {history.dtype} {list(history.shape)}")
+        raise InputError(
+            f"{path}: expected 'history' to be float latents [1, 16, t, h, w], got {history.dtype} {list(history.shape)}"
+        )
     return tensors
 
 

@@ -16,9 +16,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from .models.tokenizers import CLIPTokenizer, LlamaTokenizer
 from .prompt import HUNYUAN_VIDEO_TEMPLATE
 
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 LLAMA3_SPECIAL_IDS = {
     "<|begin_of_text|>": 128000,
     "<|end_of_text|>": 128001,

@@ -76,9 +76,7 @@ def max_error_ok(ours: torch.Tensor, ref: torch.Tensor) -> tuple[bool, float, fl
 
 
 # Llama-3's pre-tokenizer split (tokenizer.json of Meta-Llama-3 / llava-llama-3).
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 LLAMA3_SPECIAL_IDS = {
     "<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|start_header_id|>": 128006,
     "<|end_header_id|>": 128007, "<|eot_id|>": 128009, "<pad>": 128258,
@@ -109,7 +107,9 @@ def save_llama_tokenizer(folder: Path) -> Path:
         "The man dances energetically, leaping mid-air with fluid arm swings and quick footwork.",
         "A cat walks on the grass, realistic style. The girl smiles; it's a sunny day!",
     ]
-    trainer = trainers.BpeTrainer(vocab_size=3000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=3000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tokenizer.train_from_iterator(corpus, trainer)
     data = json.loads(tokenizer.to_str())
     data["model"]["vocab"].update(LLAMA3_SPECIAL_IDS)  # ids as in the real file, far beyond the trained ones

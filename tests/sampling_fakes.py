@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -28,7 +29,9 @@ class Call:
     cache: Any
 
 
-def constant_x0_velocity(latents: torch.Tensor, timestep: torch.Tensor, prepared: Prepared, branch: str) -> torch.Tensor:
+def constant_x0_velocity(
+    latents: torch.Tensor, timestep: torch.Tensor, prepared: Prepared, branch: str
+) -> torch.Tensor:
     """The velocity whose x0 is the constant ``section + 1``: v = (x − c) / sigma."""
     sigma = (timestep.float() / 1000).view(-1, 1, 1, 1, 1)
     return (latents.float() - (prepared.section + 1)) / sigma
@@ -50,7 +53,9 @@ class FakeTransformer(torch.nn.Module):
         self.prepared: list[Prepared] = []
         self.calls: list[Call] = []
 
-    def prepare(self, conditioning: Conditioning, context: PackedContext | None, latents_shape: tuple[int, ...]) -> Prepared:
+    def prepare(
+        self, conditioning: Conditioning, context: PackedContext | None, latents_shape: tuple[int, ...]
+    ) -> Prepared:
         # the negative branch is prepared after the positive one, with the same context object
         branch = "positive"
         if self.prepared and self.prepared[-1].context is context:
@@ -61,7 +66,9 @@ class FakeTransformer(torch.nn.Module):
         self.prepared.append(prepared)
         return prepared
 
-    def denoise(self, latents: torch.Tensor, timestep: torch.Tensor, prepared: Prepared, *, cache: Any = None) -> torch.Tensor:
+    def denoise(
+        self, latents: torch.Tensor, timestep: torch.Tensor, prepared: Prepared, *, cache: Any = None
+    ) -> torch.Tensor:
         if prepared.section == self.fail_in_section:
             raise RuntimeError("fake transformer failure")
         self.calls.append(Call(latents.clone(), timestep.clone(), prepared, prepared.branch, cache))

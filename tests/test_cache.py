@@ -7,8 +7,9 @@ schedules (FramePack-Studio's MagCache ratios, interpolation examples) or from i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -308,11 +309,44 @@ def test_magcache_defaults_are_the_demo_settings() -> None:
     assert policy.planned_skips(25) == PUBLISHED_SCHEDULES[0][-1]
 
 
+RESAMPLED_25_TO_30 = [
+    0,
+    1,
+    2,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    7,
+    8,
+    9,
+    10,
+    11,
+    12,
+    12,
+    13,
+    14,
+    15,
+    16,
+    17,
+    17,
+    18,
+    19,
+    20,
+    21,
+    22,
+    22,
+    23,
+    24,
+]
+
+
 @pytest.mark.parametrize(
     "source, target, indices",
     [
-        (25, 30, [0, 1, 2, 2, 3, 4, 5, 6, 7, 7, 8, 9, 10, 11, 12, 12, 13, 14, 15, 16, 17, 17, 18, 19, 20, 21, 22, 22,
-                  23, 24]),  # fmt: skip
+        (25, 30, RESAMPLED_25_TO_30),
         (25, 20, [0, 1, 3, 4, 5, 6, 8, 9, 10, 11, 13, 14, 15, 16, 18, 19, 20, 21, 23, 24]),
         (50, 25, [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 27, 29, 31, 33, 35, 37, 39, 41, 43, 45, 47, 49]),
         (25, 1, [24]),
@@ -471,8 +505,12 @@ class RecordingFirstBlockCache(FirstBlockCache):
 
 
 def blocks_by_hand(
-    model: FramePackTransformer, image: torch.Tensor, context: torch.Tensor, temb: torch.Tensor,
-    rope: torch.Tensor, mask: torch.Tensor | None,
+    model: FramePackTransformer,
+    image: torch.Tensor,
+    context: torch.Tensor,
+    temb: torch.Tensor,
+    rope: torch.Tensor,
+    mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(image stream after block 0, after every block), running the model's blocks one by one."""
     joint, n_img = torch.cat([image, context], dim=1), image.shape[1]

@@ -78,8 +78,16 @@ def test_key_table_round_trips_to_the_reference_keys(name: str, tmp_path: Path) 
 
 def test_no_placeholder_modules_or_shells_without_forward() -> None:
     """Every module either computes something or is a list of blocks: nothing exists only for a key path."""
-    models = [model_class(model_class.config_class.preset("tiny")) for model_class in
-              (FramePackTransformer, HunyuanVideoVAE, LlamaTextEncoder, CLIPTextEncoder, SiglipImageEncoder)]
+    models = [
+        model_class(model_class.config_class.preset("tiny"))
+        for model_class in (
+            FramePackTransformer,
+            HunyuanVideoVAE,
+            LlamaTextEncoder,
+            CLIPTextEncoder,
+            SiglipImageEncoder,
+        )
+    ]
     for model in models:
         for path, module in model.named_modules():
             assert not isinstance(module, torch.nn.Identity), f"{type(model).__name__}.{path} is a placeholder"
@@ -101,6 +109,7 @@ def test_rules_rename_fuse_and_match_whole_segments() -> None:
     assert checkpoint_keys_of(table, "decoder.mid.0.proj.weight") == ["decoder.mid.0.to_out.0.weight"]
     # whole segments only
     assert checkpoint_keys_of(table, "blocks.3.qkv_extra.weight") == ["blocks.3.qkv_extra.weight"]
-    assert checkpoint_keys_of([key_rule("blocks.*.norm", "layers.*.norm_q.weight", "layers.*.norm_k.weight")],
-                              "blocks.1.norm") == ["layers.1.norm_q.weight", "layers.1.norm_k.weight"]  # a parameter
+    assert checkpoint_keys_of(
+        [key_rule("blocks.*.norm", "layers.*.norm_q.weight", "layers.*.norm_k.weight")], "blocks.1.norm"
+    ) == ["layers.1.norm_q.weight", "layers.1.norm_k.weight"]  # a parameter
     assert KeyRule("a", ("b",)).checkpoint_keys("ab.weight") is None

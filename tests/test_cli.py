@@ -39,7 +39,10 @@ def test_generate_tiny_writes_a_video_and_resume_of_a_finished_run_rewrites_it(t
     ("arguments", "message"),
     [
         (["generate", *FAST, "--steps", "0"], "error: steps: expected an int >= 1, got 0"),
-        (["generate", "--image", "/no/such/image.png", "--prompt", "x"], "error: image file '/no/such/image.png' does not exist"),
+        (
+            ["generate", "--image", "/no/such/image.png", "--prompt", "x"],
+            "error: image file '/no/such/image.png' does not exist",
+        ),
         (["generate", *FAST, "--cache", "warp:9"], "error: cache 'warp:9': unknown policy 'warp'"),
         (["generate", "--prompt", "x"], "error: --image: expected an image path"),
         (["plan", "--size", "big"], "error: --size: expected HxW like 480x640, got 'big'"),
@@ -55,8 +58,13 @@ def test_bad_input_is_one_line_and_exit_code_2(arguments: list[str], message: st
 
 def test_resume_with_another_prompt_names_it(tmp_path: Path, capsys) -> None:
     run_dir = tmp_path / "run"
-    assert main(["generate", *FAST, "--prompt", "a dancer", "--out", str(tmp_path / "a.mp4"), "--run-dir", str(run_dir)]) == 0
-    assert main(["generate", *FAST, "--prompt", "a cat", "--out", str(tmp_path / "b.mp4"), "--resume", str(run_dir)]) == 2
+    assert (
+        main(["generate", *FAST, "--prompt", "a dancer", "--out", str(tmp_path / "a.mp4"), "--run-dir", str(run_dir)])
+        == 0
+    )
+    assert (
+        main(["generate", *FAST, "--prompt", "a cat", "--out", str(tmp_path / "b.mp4"), "--resume", str(run_dir)]) == 2
+    )
     assert "settings differ: prompt changed" in capsys.readouterr().err
 
 

@@ -43,7 +43,10 @@ def test_guidance_keeps_float32_when_the_embeddings_go_to_a_low_precision_dtype(
         ({"text_embeds": [[0.0]]}, "text_embeds: expected a tensor"),
         ({"text_mask": torch.ones(2, 5)}, "text_mask: expected dtype torch.bool"),
         ({"text_mask": torch.ones(2, 4, dtype=torch.bool)}, r"text_mask: expected shape \[2, 5\]"),
-        ({"text_mask": torch.tensor([[1, 0, 1, 0, 0], [1] * 5], dtype=torch.bool)}, "text_mask: valid tokens must form a prefix"),
+        (
+            {"text_mask": torch.tensor([[1, 0, 1, 0, 0], [1] * 5], dtype=torch.bool)},
+            "text_mask: valid tokens must form a prefix",
+        ),
         ({"pooled": torch.zeros(3, 4)}, r"pooled: expected batch 2"),
         ({"pooled": torch.zeros(2, 4, dtype=torch.int32)}, "pooled: expected a floating-point"),
         ({"guidance": torch.full((2, 1), 10.0)}, r"guidance: expected shape \[B\]"),
@@ -61,9 +64,12 @@ def test_bad_conditioning_names_the_field(changes: dict, message: str) -> None:
 def context(**changes: object) -> PackedContext:
     fields = dict(
         latent_indices=torch.arange(4, 7)[None],
-        clean=torch.zeros(2, 16, 2, 8, 10), clean_indices=torch.tensor([[0, 7]]),
-        clean_2x=torch.zeros(2, 16, 2, 8, 10), clean_2x_indices=torch.tensor([[8, 9]]),
-        clean_4x=torch.zeros(2, 16, 16, 8, 10), clean_4x_indices=torch.arange(10, 26)[None],
+        clean=torch.zeros(2, 16, 2, 8, 10),
+        clean_indices=torch.tensor([[0, 7]]),
+        clean_2x=torch.zeros(2, 16, 2, 8, 10),
+        clean_2x_indices=torch.tensor([[8, 9]]),
+        clean_4x=torch.zeros(2, 16, 16, 8, 10),
+        clean_4x_indices=torch.arange(10, 26)[None],
     )
     return PackedContext(**{**fields, **changes})
 

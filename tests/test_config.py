@@ -20,8 +20,18 @@ def test_defaults_are_the_reference_app() -> None:
 
 
 def test_valid_non_defaults() -> None:
-    c = GenerationConfig(seconds=1, mode="forward", variant="bh2", shift=3.0, resolution=32, resize="pad",
-                         cache=NoCache(), cfg_rescale=1.0, vae_tiling=True, crf=0)
+    c = GenerationConfig(
+        seconds=1,
+        mode="forward",
+        variant="bh2",
+        shift=3.0,
+        resolution=32,
+        resize="pad",
+        cache=NoCache(),
+        cfg_rescale=1.0,
+        vae_tiling=True,
+        crf=0,
+    )
     assert c.mode == "forward"
 
 
@@ -45,7 +55,11 @@ def test_valid_non_defaults() -> None:
         ("crf", 52, "crf: expected an int in [0, 51] (x264's range), got 52"),
         ("cache", "teacache:x", "cache 'teacache:x': threshold 'x' is not a number"),
         ("cache", "tea", "cache 'tea': unknown policy 'tea'"),
-        ("cache", 0.15, "cache: expected a spec such as 'teacache:0.15', a CachePolicy (class, factory or instance) or None, got float"),
+        (
+            "cache",
+            0.15,
+            "cache: expected a spec such as 'teacache:0.15', a CachePolicy (class, factory or instance) or None, got float",
+        ),
         ("end_embed_mode", "mean", "end_embed_mode: expected one of weighted_average, linear, disabled, got 'mean'"),
         ("vae_tiling", "yes", "vae_tiling: expected True, False or None, got 'yes'"),
         ("seed", 2**64, "seed: expected an int below 2**64"),

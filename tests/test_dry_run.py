@@ -8,16 +8,18 @@ for the device.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 from framepack import FramePackPipeline, GenerationConfig
 from framepack.dry_run import CudaDryRun, DeviceMixError
-from framepack.models.transformer import FramePackTransformer, TransformerConfig
-from framepack.memory.streamer import minimum_budget
 from framepack.memory.planner import DEVICE_RESERVE_BYTES
 from framepack.memory.residency import ModuleTensors
+from framepack.memory.streamer import minimum_budget
+from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from framepack.sampling.loop import generate_latents
 from framepack.sampling.sections import plan_sections
 from tests.transformer_support import TINY, conditioning_and_context, make_inputs
@@ -93,8 +95,13 @@ def test_sampling_steps_do_not_wait_for_the_device(dtype: torch.dtype) -> None:
         image = np.full((64, 64, 3), 100, np.uint8)
         inputs = pipe.encode(image, "a dancer", config)
         before = dry.syncs()
-        generate_latents(pipe.components.transformer, inputs.conditioning, inputs.start_latent, config,
-                         generator=torch.Generator().manual_seed(0))
+        generate_latents(
+            pipe.components.transformer,
+            inputs.conditioning,
+            inputs.start_latent,
+            config,
+            generator=torch.Generator().manual_seed(0),
+        )
         sections = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode).num_sections
         calls = config.steps * sections  # one transformer call per step (no real CFG)
         allowed = sections + (calls if dtype == torch.float16 else 0)
@@ -126,7 +133,7 @@ def test_components_that_fit_together_stay_between_sections() -> None:
         uploaded = []
         for _ in pipe.stream(np.full((64, 64, 3), 100, np.uint8), "a dancer", config):
             uploaded.append(dry.counters.host_to_device_bytes)
-        per_section = [b - a for a, b in zip(uploaded, uploaded[1:])]
+        per_section = [b - a for a, b in itertools.pairwise(uploaded)]
         assert len(per_section) == 2 and all(0 < n < transformer_bytes / 4 for n in per_section), per_section
 
 

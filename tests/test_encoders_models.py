@@ -74,9 +74,7 @@ def test_llama_left_padding_matches_on_valid_tokens(llama_pair) -> None:
 def test_llama_runs_only_needed_layers(llama_pair) -> None:
     _, ours, _ = llama_pair
     ran: list[int] = []
-    handles = [
-        layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(ours.layers)
-    ]
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(ours.layers)]
     try:
         with torch.no_grad():
             ours(torch.tensor([[128000, 5, 6]]), hidden_state_index=-3)

@@ -58,7 +58,7 @@ def test_llama_tokenizer_template_prefix_is_95_tokens(llama_tokenizers) -> None:
     # The prefix ends with "<|start_header_id|>user<|end_header_id|>\n\n".
     assert ids[91] == 128006 and ids[93] == 128007 and ids[94] == ref.convert_tokens_to_ids("ĊĊ")
     assert ref.decode(ids[95 : got.length - 1]) == "a cat"
-    assert ids[got.length - 1] == 128009 and ids[got.length:] == [128258] * (351 - got.length)
+    assert ids[got.length - 1] == 128009 and ids[got.length :] == [128258] * (351 - got.length)
 
 
 def test_llama_tokenizer_over_long_prompt_is_cut(llama_tokenizers) -> None:

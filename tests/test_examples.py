@@ -23,6 +23,8 @@ def test_example_runs_with_tiny(name: str, tmp_path: Path) -> None:
 
 
 def test_transformer_step_example_runs() -> None:
-    done = subprocess.run([sys.executable, str(EXAMPLES / "transformer_step.py")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "transformer_step.py")], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "velocity (1, 16, 3, 16, 16)" in done.stdout

@@ -29,9 +29,7 @@ from framepack.cli import main
 from framepack.errors import ConfigError, NumericalError, OutputError
 from framepack.models.llama import LlamaConfig
 from framepack.models.transformer import TransformerConfig
-
 from tests.transformer_support import TINY
-
 
 # --- model config.json: every field its annotated JSON type ------------------------------------
 
@@ -69,8 +67,16 @@ def test_model_config_takes_an_int_for_a_float_and_null_for_an_optional() -> Non
 
 
 def test_model_config_mapping_fields_are_checked() -> None:
-    llama = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                 num_key_value_heads=2, vocab_size=32, rms_norm_eps=1e-5, rope_theta=10000.0)
+    llama = dict(
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=32,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+    )
     assert LlamaConfig.from_dict({**llama, "rope_scaling": None}).rope_scaling is None
     with pytest.raises(ConfigError, match="field 'rope_scaling' expects Mapping"):
         LlamaConfig.from_dict({**llama, "rope_scaling": "linear"})
@@ -85,6 +91,7 @@ NO_ROOT = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reaso
 
 def bomb_png() -> bytes:
     """A valid PNG header claiming 100000 x 100000 pixels (and no pixel data)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -136,39 +143,134 @@ SURROGATE = b"\xff\xfe dancing"  # bytes that are not UTF-8: Python hands them o
 # (id, arguments, exit status, the start of the one stderr line)
 CASES: list[tuple[str, list[str | bytes], int, str]] = [
     ("image-missing", [*TINY_RUN, "--image", "missing.png"], 2, "error: image file 'missing.png' does not exist"),
-    ("image-garbage", [*TINY_RUN, "--image", "garbage.png"], 2, "error: image file 'garbage.png' is not a readable image"),
-    ("image-truncated", [*TINY_RUN, "--image", "truncated.png"], 2, "error: image file 'truncated.png' is not a readable image"),
+    (
+        "image-garbage",
+        [*TINY_RUN, "--image", "garbage.png"],
+        2,
+        "error: image file 'garbage.png' is not a readable image",
+    ),
+    (
+        "image-truncated",
+        [*TINY_RUN, "--image", "truncated.png"],
+        2,
+        "error: image file 'truncated.png' is not a readable image",
+    ),
     ("image-zero-bytes", [*TINY_RUN, "--image", "empty.png"], 2, "error: image file 'empty.png' is empty (0 bytes)"),
     ("image-directory", [*TINY_RUN, "--image", "folder"], 2, "error: image path 'folder' is not a file"),
-    ("image-bomb", [*TINY_RUN, "--image", "bomb.png"], 2, "error: image file 'bomb.png' is not a readable image: Image size"),
-    ("end-image-garbage", [*TINY_RUN, "--end-image", "garbage.png"], 2, "error: image file 'garbage.png' is not a readable"),
-    ("end-image-forward", [*TINY_RUN, "--end-image", "v.png", "--mode", "forward"], 2,
-     "error: end_image: only the 'inverted' mode can end on a given frame"),
-    ("out-folder", [*TINY_RUN, "--out", "folder.mp4"], 2, "error: --out: expected a file, but 'folder.mp4' is a folder"),
-    ("out-folder-no-suffix", [*TINY_RUN, "--out", "folder"], 2, "error: --out: expected a path ending in .mp4, got 'folder'"),
-    ("out-is-image", [*TINY_RUN, "--image", "v.png", "--out", "v.png"], 2, "error: --out: expected a path ending in .mp4"),
-    ("out-same-file", [*TINY_RUN, "--image", "still.mp4", "--out", "./still.mp4"], 2,
-     "error: --out: expected a path of its own, but './still.mp4' is also the --image 'still.mp4'"),
-    ("out-link-to-image", [*TINY_RUN, "--image", "still.mp4", "--out", "link.mp4"], 2,
-     "error: --out: expected a path of its own, but 'link.mp4' is also the --image"),
-    ("out-is-end-image", [*TINY_RUN, "--end-image", "still.mp4", "--out", "still.mp4"], 2,
-     "error: --out: expected a path of its own, but 'still.mp4' is also the --end-image"),
-    ("out-is-run-dir", [*TINY_RUN, "--run-dir", "run.mp4", "--out", "run.mp4"], 2,
-     "error: --out: expected a path of its own, but 'run.mp4' is also the --run-dir"),
+    (
+        "image-bomb",
+        [*TINY_RUN, "--image", "bomb.png"],
+        2,
+        "error: image file 'bomb.png' is not a readable image: Image size",
+    ),
+    (
+        "end-image-garbage",
+        [*TINY_RUN, "--end-image", "garbage.png"],
+        2,
+        "error: image file 'garbage.png' is not a readable",
+    ),
+    (
+        "end-image-forward",
+        [*TINY_RUN, "--end-image", "v.png", "--mode", "forward"],
+        2,
+        "error: end_image: only the 'inverted' mode can end on a given frame",
+    ),
+    (
+        "out-folder",
+        [*TINY_RUN, "--out", "folder.mp4"],
+        2,
+        "error: --out: expected a file, but 'folder.mp4' is a folder",
+    ),
+    (
+        "out-folder-no-suffix",
+        [*TINY_RUN, "--out", "folder"],
+        2,
+        "error: --out: expected a path ending in .mp4, got 'folder'",
+    ),
+    (
+        "out-is-image",
+        [*TINY_RUN, "--image", "v.png", "--out", "v.png"],
+        2,
+        "error: --out: expected a path ending in .mp4",
+    ),
+    (
+        "out-same-file",
+        [*TINY_RUN, "--image", "still.mp4", "--out", "./still.mp4"],
+        2,
+        "error: --out: expected a path of its own, but './still.mp4' is also the --image 'still.mp4'",
+    ),
+    (
+        "out-link-to-image",
+        [*TINY_RUN, "--image", "still.mp4", "--out", "link.mp4"],
+        2,
+        "error: --out: expected a path of its own, but 'link.mp4' is also the --image",
+    ),
+    (
+        "out-is-end-image",
+        [*TINY_RUN, "--end-image", "still.mp4", "--out", "still.mp4"],
+        2,
+        "error: --out: expected a path of its own, but 'still.mp4' is also the --end-image",
+    ),
+    (
+        "out-is-run-dir",
+        [*TINY_RUN, "--run-dir", "run.mp4", "--out", "run.mp4"],
+        2,
+        "error: --out: expected a path of its own, but 'run.mp4' is also the --run-dir",
+    ),
     ("out-avi", [*TINY_RUN, "--out", "x.avi"], 2, "error: --out: expected a path ending in .mp4, got 'x.avi'"),
-    ("out-missing-folder", [*TINY_RUN, "--out", "nowhere/x.mp4"], 2, "error: --out: expected a file in an existing folder, but"),
-    ("out-under-a-file", [*TINY_RUN, "--out", "v.png/x.mp4"], 2, "error: --out: expected a file in an existing folder, but"),
-    ("out-read-only", [*TINY_RUN, "--out", "readonly/x.mp4"], 2, "error: --out: expected a file in a folder you can write to"),
+    (
+        "out-missing-folder",
+        [*TINY_RUN, "--out", "nowhere/x.mp4"],
+        2,
+        "error: --out: expected a file in an existing folder, but",
+    ),
+    (
+        "out-under-a-file",
+        [*TINY_RUN, "--out", "v.png/x.mp4"],
+        2,
+        "error: --out: expected a file in an existing folder, but",
+    ),
+    (
+        "out-read-only",
+        [*TINY_RUN, "--out", "readonly/x.mp4"],
+        2,
+        "error: --out: expected a file in a folder you can write to",
+    ),
     ("plan-size-word", ["plan", "--size", "big"], 2, "error: --size: expected HxW like 480x640, got 'big'"),
     ("plan-size-zero", ["plan", "--size", "0x640"], 2, "error: image size must be two positive ints"),
     ("plan-size-three", ["plan", "--size", "1x2x3"], 2, "error: --size: expected HxW like 480x640, got '1x2x3'"),
-    ("plan-seconds-1e9", ["plan", "--seconds", "1e9"], 2, "error: seconds: expected a video of at most 27000 latent frames"),
+    (
+        "plan-seconds-1e9",
+        ["plan", "--seconds", "1e9"],
+        2,
+        "error: seconds: expected a video of at most 27000 latent frames",
+    ),
     ("plan-seconds-nan", ["plan", "--seconds", "nan"], 2, "error: seconds: expected a finite number > 0, got nan"),
-    ("plan-window-100000", ["plan", "--window", "100000"], 2, "error: window: expected an int in [1, 33] latent frames"),
-    ("plan-resolution-100000", ["plan", "--resolution", "100000"], 2, "error: resolution must be a positive multiple of 16 up to 2048"),
-    ("seconds-1e9", [*TINY_RUN, "--seconds", "1e9"], 2, "error: seconds: expected a video of at most 27000 latent frames"),
+    (
+        "plan-window-100000",
+        ["plan", "--window", "100000"],
+        2,
+        "error: window: expected an int in [1, 33] latent frames",
+    ),
+    (
+        "plan-resolution-100000",
+        ["plan", "--resolution", "100000"],
+        2,
+        "error: resolution must be a positive multiple of 16 up to 2048",
+    ),
+    (
+        "seconds-1e9",
+        [*TINY_RUN, "--seconds", "1e9"],
+        2,
+        "error: seconds: expected a video of at most 27000 latent frames",
+    ),
     ("window-100000", [*TINY_RUN, "--window", "100000"], 2, "error: window: expected an int in [1, 33] latent frames"),
-    ("resolution-100000", [*TINY_RUN, "--resolution", "100000"], 2, "error: resolution: expected an int in [32, 2048], got 100000"),
+    (
+        "resolution-100000",
+        [*TINY_RUN, "--resolution", "100000"],
+        2,
+        "error: resolution: expected an int in [32, 2048], got 100000",
+    ),
     ("resolution-100", [*TINY_RUN, "--resolution", "100"], 2, "error: resolution: expected a multiple of 16, got 100"),
     ("steps-0", [*TINY_RUN, "--steps", "0"], 2, "error: steps: expected an int >= 1, got 0"),
     ("steps-1000000", [*TINY_RUN, "--steps", "1000000"], 2, "error: steps: expected an int in [1, 1000], got 1000000"),
@@ -177,26 +279,81 @@ CASES: list[tuple[str, list[str | bytes], int, str]] = [
     ("seed-2**64", [*TINY_RUN, "--seed", str(2**64)], 2, "error: seed: expected an int below 2**64"),
     ("real-cfg-negative", [*TINY_RUN, "--real-cfg", "-1"], 2, "error: real_cfg: expected a number > 0, got -1.0"),
     ("cache-warp", [*TINY_RUN, "--cache", "warp"], 2, "error: cache 'warp': unknown policy 'warp'"),
-    ("cache-threshold-word", [*TINY_RUN, "--cache", "teacache:abc"], 2, "error: cache 'teacache:abc': threshold 'abc' is not a number"),
-    ("device-foo", [*TINY_RUN, "--device", "foo"], 2, "error: --device: expected a device like cpu, cuda or cuda:1, got 'foo'"),
+    (
+        "cache-threshold-word",
+        [*TINY_RUN, "--cache", "teacache:abc"],
+        2,
+        "error: cache 'teacache:abc': threshold 'abc' is not a number",
+    ),
+    (
+        "device-foo",
+        [*TINY_RUN, "--device", "foo"],
+        2,
+        "error: --device: expected a device like cpu, cuda or cuda:1, got 'foo'",
+    ),
     ("device-cuda-7", [*TINY_RUN, "--device", "cuda:7"], 2, "error: --device cuda:7: this machine has"),
     ("device-meta", [*TINY_RUN, "--device", "meta"], 2, "error: --device meta: this machine has no meta device"),
-    ("vram-budget-negative", [*TINY_RUN, "--vram-budget", "-1"], 2, "error: --vram-budget: expected a finite number of GB > 0, got -1"),
-    ("vram-budget-zero", [*TINY_RUN, "--vram-budget", "0"], 2, "error: --vram-budget: expected a finite number of GB > 0, got 0"),
-    ("vram-budget-nan", [*TINY_RUN, "--vram-budget", "nan"], 2, "error: --vram-budget: expected a finite number of GB > 0, got nan"),
-    ("vram-budget-inf", [*TINY_RUN, "--vram-budget", "inf"], 2, "error: --vram-budget: expected a finite number of GB > 0, got inf"),
-    ("prompt-not-utf8", [*TINY_RUN, "--prompt", SURROGATE], 2,
-     "error: --prompt: expected UTF-8 text, got bytes that are not (character 0 is '\\udcff')"),
-    ("negative-prompt-not-utf8", [*TINY_RUN, "--negative-prompt", SURROGATE], 2, "error: --negative-prompt: expected UTF-8 text"),
+    (
+        "vram-budget-negative",
+        [*TINY_RUN, "--vram-budget", "-1"],
+        2,
+        "error: --vram-budget: expected a finite number of GB > 0, got -1",
+    ),
+    (
+        "vram-budget-zero",
+        [*TINY_RUN, "--vram-budget", "0"],
+        2,
+        "error: --vram-budget: expected a finite number of GB > 0, got 0",
+    ),
+    (
+        "vram-budget-nan",
+        [*TINY_RUN, "--vram-budget", "nan"],
+        2,
+        "error: --vram-budget: expected a finite number of GB > 0, got nan",
+    ),
+    (
+        "vram-budget-inf",
+        [*TINY_RUN, "--vram-budget", "inf"],
+        2,
+        "error: --vram-budget: expected a finite number of GB > 0, got inf",
+    ),
+    (
+        "prompt-not-utf8",
+        [*TINY_RUN, "--prompt", SURROGATE],
+        2,
+        "error: --prompt: expected UTF-8 text, got bytes that are not (character 0 is '\\udcff')",
+    ),
+    (
+        "negative-prompt-not-utf8",
+        [*TINY_RUN, "--negative-prompt", SURROGATE],
+        2,
+        "error: --negative-prompt: expected UTF-8 text",
+    ),
     ("no-image", ["generate", "--prompt", "x"], 2, "error: --image: expected an image path"),
-    ("model-missing", ["generate", "--image", "v.png", "--model", "/no/such/folder"], 2,
-     "error: '/no/such/folder' is neither an existing folder nor a hub repo id"),
-    ("model-config-string-for-int", ["generate", "--image", "v.png", "--model", "badtype"], 2,
-     "error: TransformerConfig: field 'num_layers' expects int, got '2' (str)"),
-    ("model-config-not-json", ["generate", "--image", "v.png", "--model", "badjson"], 2,
-     "error: TransformerConfig: cannot read config file badjson/config.json"),
-    ("model-corrupt-weights", ["generate", "--image", "v.png", "--model", "corrupt"], 2,
-     "error: corrupt/diffusion_pytorch_model.safetensors is corrupt or truncated"),
+    (
+        "model-missing",
+        ["generate", "--image", "v.png", "--model", "/no/such/folder"],
+        2,
+        "error: '/no/such/folder' is neither an existing folder nor a hub repo id",
+    ),
+    (
+        "model-config-string-for-int",
+        ["generate", "--image", "v.png", "--model", "badtype"],
+        2,
+        "error: TransformerConfig: field 'num_layers' expects int, got '2' (str)",
+    ),
+    (
+        "model-config-not-json",
+        ["generate", "--image", "v.png", "--model", "badjson"],
+        2,
+        "error: TransformerConfig: cannot read config file badjson/config.json",
+    ),
+    (
+        "model-corrupt-weights",
+        ["generate", "--image", "v.png", "--model", "corrupt"],
+        2,
+        "error: corrupt/diffusion_pytorch_model.safetensors is corrupt or truncated",
+    ),
 ]
 
 
@@ -235,8 +392,12 @@ def marks(name: str) -> list:
     ("arguments", "status", "message"), [pytest.param(*case[1:], id=case[0], marks=marks(case[0])) for case in CASES]
 )
 def test_hostile_input_is_one_line_and_touches_no_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    arguments: list, status: int, message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    arguments: list,
+    status: int,
+    message: str,
 ) -> None:
     before = prepare(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -281,16 +442,22 @@ def test_hostile_input_through_the_command(subprocess_outcomes: dict, name: str)
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB.\nGPU 0 has 8 GiB"),
-         "error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has 8 GiB); "
-         "try --vram-budget, --vae-tiling or a lower --resolution"),
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB.\nGPU 0 has 8 GiB"),
+            "error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has 8 GiB); "
+            "try --vram-budget, --vae-tiling or a lower --resolution",
+        ),
         (MemoryError(), "error: out of memory (MemoryError); try --vram-budget"),
-        (OSError(28, "No space left on device", "/videos/out.mp4"),
-         "error: [Errno 28] No space left on device: '/videos/out.mp4'"),
+        (
+            OSError(28, "No space left on device", "/videos/out.mp4"),
+            "error: [Errno 28] No space left on device: '/videos/out.mp4'",
+        ),
         (OutputError("cannot write /videos/out.mp4: disk full"), "error: cannot write /videos/out.mp4: disk full"),
         (NumericalError("sampling produced NaN"), "error: sampling produced NaN"),
-        (RuntimeError("boom\nsecond line"),
-         "error: internal error: RuntimeError: boom second line (run with --debug for the traceback)"),
+        (
+            RuntimeError("boom\nsecond line"),
+            "error: internal error: RuntimeError: boom second line (run with --debug for the traceback)",
+        ),
     ],
 )
 def test_faults_exit_1_with_one_line(

@@ -51,7 +51,13 @@ def our_run(folder: Path, **state: object) -> Path:
     """A folder marked as a run of ours, whose state.json holds ``state`` over valid defaults."""
     folder.mkdir(parents=True)
     (folder / MARKER_FILE).write_text(json.dumps({"format": 1}))
-    record = {"format": 1, "fingerprint": {}, "sections_done": 1, "tensors": "state-0001.safetensors", "frame_chunks": []}
+    record = {
+        "format": 1,
+        "fingerprint": {},
+        "sections_done": 1,
+        "tensors": "state-0001.safetensors",
+        "frame_chunks": [],
+    }
     (folder / "state.json").write_text(json.dumps({**record, **state}))
     return folder
 
@@ -98,14 +104,22 @@ CASES = [
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, tuple[dict, dict, subprocess.CompletedProcess, str]]:
     """Every case run once: its files before and after, how the command ended, the error expected."""
     base = tmp_path_factory.mktemp("hostile")
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # the bar is not under test
+    env = {
+        **os.environ,
+        "TQDM_DISABLE": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }  # the bar is not under test
     jobs: dict[str, tuple[Path, list[str], str]] = {}
     for name in CASES:
         root = base / name
@@ -118,7 +132,9 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict, subprocess.CompletedPr
     locked = base / "locked" / "run"
     locked.mkdir()
     (locked / MARKER_FILE).write_text(json.dumps({"format": 1}))  # a run of ours, in progress elsewhere
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(locked)], stdout=subprocess.PIPE, env=env, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(locked)], stdout=subprocess.PIPE, env=env, text=True
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
         jobs["locked"] = (base / "locked", [*GENERATE, "--out", str(base / "locked" / "out.mp4"), "--run-dir", str(locked)],
@@ -126,7 +142,9 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict, subprocess.CompletedPr
         before = {name: snapshot(root) for name, (root, _, _) in jobs.items()}
 
         def run(name: str) -> subprocess.CompletedProcess:
-            return subprocess.run(jobs[name][1], capture_output=True, text=True, timeout=300, env=env, cwd=jobs[name][0])
+            return subprocess.run(
+                jobs[name][1], capture_output=True, text=True, timeout=300, env=env, cwd=jobs[name][0]
+            )
 
         with ThreadPoolExecutor(3) as pool:
             done = dict(zip(jobs, pool.map(run, jobs)))

@@ -29,8 +29,19 @@ def test_overflowing_settings_fail_with_one_line_and_leave_the_output_alone(tmp_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     processes = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "framepack.cli", "generate", *FAST, *arguments, "--out", str(tmp_path / f"{name}.mp4")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            [
+                sys.executable,
+                "-m",
+                "framepack.cli",
+                "generate",
+                *FAST,
+                *arguments,
+                "--out",
+                str(tmp_path / f"{name}.mp4"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
         )
         for name, arguments in CASES.items()
     }

@@ -17,16 +17,28 @@ PACKAGE = Path(__file__).resolve().parents[1] / "framepack"
 # module prefix -> module prefixes it must never import
 FORBIDDEN = {
     "framepack.models": (
-        "framepack.pipeline", "framepack.components", "framepack.cli", "framepack.sampling",
-        "framepack.memory.planner", "framepack.memory.placement",
+        "framepack.pipeline",
+        "framepack.components",
+        "framepack.cli",
+        "framepack.sampling",
+        "framepack.memory.planner",
+        "framepack.memory.placement",
     ),
     "framepack.cache": (
-        "framepack.pipeline", "framepack.components", "framepack.cli", "framepack.sampling", "framepack.config",
+        "framepack.pipeline",
+        "framepack.components",
+        "framepack.cli",
+        "framepack.sampling",
+        "framepack.config",
         "framepack.video",
     ),
     # the research path (generate_latents) needs no image, video or pipeline option
     "framepack.sampling": (
-        "framepack.pipeline", "framepack.components", "framepack.cli", "framepack.config", "framepack.video",
+        "framepack.pipeline",
+        "framepack.components",
+        "framepack.cli",
+        "framepack.config",
+        "framepack.video",
         "framepack.results",
     ),
     "framepack.memory": ("framepack.pipeline", "framepack.components", "framepack.cli", "framepack.sampling"),

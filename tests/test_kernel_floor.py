@@ -24,7 +24,9 @@ def _call() -> torch.Tensor:
 def test_records_matmuls_and_attention_in_order_and_skips_element_wise_work() -> None:
     calls = record_kernels(_call)
     assert [call.op for call in calls] == [
-        aten.addmm.out, aten.addmm.default, aten._scaled_dot_product_flash_attention_for_cpu.default,
+        aten.addmm.out,
+        aten.addmm.default,
+        aten._scaled_dot_product_flash_attention_for_cpu.default,
     ]
     assert calls[1].args[1].shape == (32, 16) and calls[1].out.shape == (32, 48)
     assert calls[2].args[0].shape == (1, 2, 32, 8)

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from framepack.memory.residency import ComponentResidency
+from framepack.memory.streamer import LayerStreamer, block_nbytes
 from framepack.models.configuration import ModelConfig
 from framepack.models.loading import PretrainedModel
-from framepack.memory.streamer import LayerStreamer, block_nbytes
-from framepack.memory.residency import ComponentResidency
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
 
@@ -63,7 +63,9 @@ def save_stack(folder: Path, width: int = 16, depth: int = 4, seed: int = 0) -> 
         names = {k: tuple(v.shape) for k, v in Stack(StackConfig(width, depth)).state_dict().items()}
     g = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: torch.randn(s, generator=g) for k, s in names.items()}, folder / "diffusion_pytorch_model.safetensors")
+    save_file(
+        {k: torch.randn(s, generator=g) for k, s in names.items()}, folder / "diffusion_pytorch_model.safetensors"
+    )
     (folder / "config.json").write_text(json.dumps({"_class_name": "Stack", "width": width, "depth": depth}))
     return folder / "diffusion_pytorch_model.safetensors"
 

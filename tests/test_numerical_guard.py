@@ -28,7 +28,12 @@ IMAGE = demo_image(64)
 def latents_of(pipe: FramePackPipeline, config: GenerationConfig, **options: Any) -> torch.Tensor:
     inputs = pipe.encode(IMAGE, "a dancer", config)
     return generate_latents(
-        pipe.components.transformer, inputs.conditioning, inputs.start_latent, config, negative=inputs.negative, **options
+        pipe.components.transformer,
+        inputs.conditioning,
+        inputs.start_latent,
+        config,
+        negative=inputs.negative,
+        **options,
     )
 
 
@@ -43,7 +48,9 @@ def test_a_huge_distilled_guidance_is_refused_in_every_dtype(dtype: torch.dtype)
 
 
 def test_a_huge_real_cfg_is_refused() -> None:
-    with pytest.raises(NumericalError, match=r"^section 1/2: expected finite latents, but sampler step 2/2 "):  # step 1 is huge, step 2 overflows
+    with pytest.raises(
+        NumericalError, match=r"^section 1/2: expected finite latents, but sampler step 2/2 "
+    ):  # step 1 is huge, step 2 overflows
         latents_of(FramePackPipeline.tiny(seed=0), GenerationConfig(real_cfg=1e38, **FAST))
 
 

@@ -101,7 +101,9 @@ def test_spread_indices_hand_worked() -> None:
         (300, 2, (0, 1, 2, 3, 4, 5), 300),
     ],
 )
-def test_plan_residency_uniform(budget: int | None, prefetch: int, streamed: tuple[int, ...], device_bytes: int) -> None:
+def test_plan_residency_uniform(
+    budget: int | None, prefetch: int, streamed: tuple[int, ...], device_bytes: int
+) -> None:
     plan = plan_residency([100] * 6, budget, prefetch)
     assert plan.streamed == streamed
     assert plan.resident == tuple(i for i in range(6) if i not in streamed)
@@ -161,7 +163,9 @@ def test_streamed_equals_resident_bit_for_bit(budget_name: str) -> None:
     assert torch.equal(run(streamer.iterate(1, 6), y), expected)
 
 
-@pytest.mark.parametrize(("budget", "n_streamed"), [(None, 0), (3 * PACKED_BLOCK_BYTES, 5), (2 * PACKED_BLOCK_BYTES, 6)])
+@pytest.mark.parametrize(
+    ("budget", "n_streamed"), [(None, 0), (3 * PACKED_BLOCK_BYTES, 5), (2 * PACKED_BLOCK_BYTES, 6)]
+)
 def test_bytes_moved_and_device_bound(budget: int | None, n_streamed: int) -> None:
     # 6 blocks of 2048 packed bytes; budget 6144 = 1 resident + 2 slots -> 5 streamed.
     blocks = random_blocks(6)
@@ -213,7 +217,7 @@ def test_early_exit_then_full_pass_and_unload_reload() -> None:
     host_weight = blocks[0].fc.weight
     x = torch.randn(2, WIDTH)
     streamer = LayerStreamer(blocks, "cpu", 3 * PACKED_BLOCK_BYTES)
-    for i, block in enumerate(streamer.iterate()):
+    for i, _block in enumerate(streamer.iterate()):
         if i == 2:
             break
     assert torch.equal(run(streamer.iterate(), x), run(reference, x))

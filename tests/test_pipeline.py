@@ -63,7 +63,11 @@ def test_generate_writes_every_frame_of_every_section(pipe, image, tmp_path: Pat
 
 def as_yuv420p(frame: np.ndarray) -> np.ndarray:
     """What a frame looks like after the conversion to the file's pixel format, and back."""
-    return av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(format="yuv420p").to_ndarray(format="rgb24")
+    return (
+        av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        .reformat(format="yuv420p")
+        .to_ndarray(format="rgb24")
+    )
 
 
 def test_decoded_chunks_go_to_the_host_one_at_a_time(pipe, image, tmp_path: Path, monkeypatch) -> None:
@@ -197,7 +201,9 @@ def test_resume_with_other_inputs_names_what_differs(pipe, image, tmp_path: Path
 
 
 def test_end_image_and_text_to_video_run(pipe, image, tmp_path: Path) -> None:
-    end = pipe.generate(image, "a dancer", GenerationConfig(**FAST), end_image=image[::-1].copy(), run_dir=tmp_path / "e")
+    end = pipe.generate(
+        image, "a dancer", GenerationConfig(**FAST), end_image=image[::-1].copy(), run_dir=tmp_path / "e"
+    )
     plain = pipe.generate(image, "a dancer", GenerationConfig(**FAST), run_dir=tmp_path / "p")
     assert not torch.equal(end.latents, plain.latents)  # the end frame conditions the video's end
     text_only = pipe.generate(None, "a dancer", GenerationConfig(**FAST), run_dir=tmp_path / "t")

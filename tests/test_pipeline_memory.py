@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
-
-import copy
-import dataclasses
 
 from framepack import FramePackPipeline, GenerationConfig
 from framepack.cli import demo_image

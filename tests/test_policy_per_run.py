@@ -37,8 +37,15 @@ def test_two_threads_sharing_a_policy_get_the_videos_of_two_separate_runs(
     expected, skipped = [], 0
     for seed in (1, 2):  # one after the other, each with a policy of its own
         config = replace(CONFIG, cache=TeaCache(1.0))
-        sections = list(stream_latents(transformer, inputs.conditioning, inputs.start_latent, config,
-                                       generator=torch.Generator().manual_seed(seed)))
+        sections = list(
+            stream_latents(
+                transformer,
+                inputs.conditioning,
+                inputs.start_latent,
+                config,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        )
         expected.append(sections[-1].history)
         skipped += sum(s.cache_stats.skipped_count for s in sections)
     assert skipped > 0  # the policy reuses residuals: its state matters
@@ -53,9 +60,15 @@ def test_two_threads_sharing_a_policy_get_the_videos_of_two_separate_runs(
 
     def run(seed: int) -> None:
         try:
-            got[seed] = generate_latents(transformer, inputs.conditioning, inputs.start_latent, CONFIG,
-                                         callback=in_step, generator=torch.Generator().manual_seed(seed))
-        except BaseException as e:  # noqa: BLE001 - reported below, after both threads ended
+            got[seed] = generate_latents(
+                transformer,
+                inputs.conditioning,
+                inputs.start_latent,
+                CONFIG,
+                callback=in_step,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        except BaseException as e:
             errors.append(e)
             barrier.abort()
 
@@ -102,6 +115,7 @@ def test_calibrate_through_the_section_loop_returns_the_runs_table(
 
 def test_calibrate_through_the_pipeline_returns_the_runs_table(pipe: FramePackPipeline, tmp_path) -> None:
     # the pipeline builds a policy to describe the run (its fingerprint) before the run's own
-    table = calibrate(lambda cache: pipe.generate(demo_image(64), "a dancer", replace(CONFIG, cache=cache),
-                                                  run_dir=tmp_path / "run"))
+    table = calibrate(
+        lambda cache: pipe.generate(demo_image(64), "a dancer", replace(CONFIG, cache=cache), run_dir=tmp_path / "run")
+    )
     assert len(table) == CONFIG.steps and table[0] == 1.0 and all(r > 0 for r in table)

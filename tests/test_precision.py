@@ -24,7 +24,9 @@ def test_finite_tensor_passes_through() -> None:
 
 def test_non_finite_values_are_counted_and_located() -> None:
     x = torch.tensor([1.0, float("inf"), -float("inf"), float("nan"), -3.0])
-    with pytest.raises(NumericalError, match=r"double block 3: 2 inf and 1 NaN of 5 values .*largest finite magnitude 3") as e:
+    with pytest.raises(
+        NumericalError, match=r"double block 3: 2 inf and 1 NaN of 5 values .*largest finite magnitude 3"
+    ) as e:
         check_finite(x, "double block 3")
     assert isinstance(e.value, FramePackError) and "float16" not in str(e.value)
 
@@ -73,8 +75,10 @@ def test_accelerator_dtypes_follow_the_runtime(
     with use_runtime(StandInRuntime(bf16)):
         assert default_dtype(cuda) == transformer
         assert component_dtypes(cuda, None) == (transformer, others)
-        with mock.patch.object(loading, "checkpoint_files", return_value=[]), \
-                mock.patch.object(loading, "load_checkpoint") as load:
+        with (
+            mock.patch.object(loading, "checkpoint_files", return_value=[]),
+            mock.patch.object(loading, "load_checkpoint") as load,
+        ):
             FramePackTransformer.from_pretrained(tmp_path, device=cuda)  # no dtype given
         assert load.call_args.kwargs["dtype"] == transformer
         # CPU stays float32; an explicit dtype still wins

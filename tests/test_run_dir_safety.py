@@ -19,8 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from framepack import FramePackPipeline, GenerationConfig
-from framepack import atomic
+from framepack import FramePackPipeline, GenerationConfig, atomic
 from framepack.cli import demo_image
 from framepack.errors import GenerationCancelled, InputError, OutputError
 from framepack.results import VideoResult
@@ -67,7 +66,11 @@ def cut(cut_run: Path, tmp_path: Path) -> Path:
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``folder``: its bytes and mtime."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def edit_state(run_dir: Path, **changes: object) -> None:
@@ -88,7 +91,9 @@ def edit_state(run_dir: Path, **changes: object) -> None:
         (dict(callback="print"), "callback: expected a function taking a Progress, or None; got str"),
     ],
 )
-def test_wrong_arguments_fail_at_the_call(pipe, image, arguments: dict, message: str, tmp_path: Path, monkeypatch) -> None:
+def test_wrong_arguments_fail_at_the_call(
+    pipe, image, arguments: dict, message: str, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # a folder created by mistake would show here
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         pipe.stream(image, "a dancer", GenerationConfig(**FAST), **arguments)
@@ -132,7 +137,9 @@ def test_a_run_of_ours_with_no_finished_section_may_be_reused(tmp_path: Path) ->
 def test_a_second_run_of_a_locked_folder_is_refused(pipe, image, cut: Path) -> None:
     holder = RunDirLock(cut)
     try:
-        with pytest.raises(InputError, match=rf"run directory {cut} is in use by another framepack run \(pid {os.getpid()}\)"):
+        with pytest.raises(
+            InputError, match=rf"run directory {cut} is in use by another framepack run \(pid {os.getpid()}\)"
+        ):
             pipe.stream(image, "a dancer", GenerationConfig(**FAST), resume=cut)
     finally:
         holder.release()
@@ -153,7 +160,10 @@ def test_a_run_lets_go_of_its_folder_however_it_ends(pipe, image, tmp_path: Path
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        (dict(frame_chunks=["../x.npy"]), "expected 'frame_chunks' to be \\['chunk_00000.npy'\\], got \\['../x.npy'\\]"),
+        (
+            dict(frame_chunks=["../x.npy"]),
+            "expected 'frame_chunks' to be \\['chunk_00000.npy'\\], got \\['../x.npy'\\]",
+        ),
         (dict(frame_chunks=["/etc/passwd"]), "frame_chunks"),
         (dict(frame_chunks=["sub/chunk_00000.npy"]), "frame_chunks"),
         (dict(frame_chunks="chunk_00000.npy"), "expected 'frame_chunks' to be a list of file names"),
@@ -188,7 +198,9 @@ def test_corrupt_state_files_are_one_error_naming_the_file(pipe, image, cut: Pat
     with pytest.raises(InputError, match=f"cannot read the run state {tensors}"):
         pipe.stream(image, "a dancer", config, resume=cut)
     save_file({k: v for k, v in saved.items() if k != "generator"}, tensors)
-    with pytest.raises(InputError, match=r"expected the tensors \['history', 'generator', 'frame_count'\], \['generator'\] missing"):
+    with pytest.raises(
+        InputError, match=r"expected the tensors \['history', 'generator', 'frame_count'\], \['generator'\] missing"
+    ):
         pipe.stream(image, "a dancer", config, resume=cut)
     save_file({**saved, "frame_count": torch.tensor(2.5)}, tensors)
     with pytest.raises(InputError, match="expected 'frame_count' to be one integer >= 0"):

@@ -72,8 +72,10 @@ def test_no_cache_and_nocache_have_one_fingerprint() -> None:
 def test_one_cache_given_as_spec_class_or_template_has_one_fingerprint() -> None:
     pipe = FramePackPipeline.tiny(seed=0)
     inputs = pipe.encode(IMAGE, "a dancer", GenerationConfig(**FAST))
-    fingerprints = [pipe.fingerprint(inputs, "a dancer", GenerationConfig(cache=c, **FAST))
-                    for c in ("teacache:0.15", TeaCache, TeaCache(0.15), lambda: TeaCache(0.15))]
+    fingerprints = [
+        pipe.fingerprint(inputs, "a dancer", GenerationConfig(cache=c, **FAST))
+        for c in ("teacache:0.15", TeaCache, TeaCache(0.15), lambda: TeaCache(0.15))
+    ]
     assert all(f == fingerprints[0] for f in fingerprints)
     assert fingerprints[0]["settings"]["cache"] == "TeaCache(rel_l1_thresh=0.15)"
     # the pipeline's output options that do not change the latents are not in it; the negative prompt is

@@ -53,8 +53,33 @@ def test_combine_without_rescale_is_plain_cfg() -> None:
 
 def test_bf16_model_rounds_latents_and_timesteps_as_reference() -> None:
     # The reference's schedule: the transformer sees bf16(sigma·1000) for the N = 25, mu = ln 7 schedule.
-    expected = [1000, 996, 988, 980, 972, 964, 956, 948, 936, 924, 912, 900, 884, 864, 848, 824,
-                796, 768, 732, 688, 636, 572, 488, 378, 226]
+    expected = [
+        1000,
+        996,
+        988,
+        980,
+        972,
+        964,
+        956,
+        948,
+        936,
+        924,
+        912,
+        900,
+        884,
+        864,
+        848,
+        824,
+        796,
+        768,
+        732,
+        688,
+        636,
+        572,
+        488,
+        378,
+        226,
+    ]
     fake = FakeTransformer(lambda x, t, p, b: torch.zeros(x.shape), dtype=torch.bfloat16)
     x = torch.randn(1, 16, 1, 2, 2)
     sigmas = flux_sigmas(25, sequence_length(33, 640, 608))

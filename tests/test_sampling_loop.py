@@ -124,7 +124,9 @@ def test_end_latent_and_embedding_blend() -> None:
     fake = FakeTransformer()
     end_embeds = torch.full((1, 3, 5), 3.0)
     end = start_latent(7.0)
-    generate_latents(fake, conditioning(image=1.0), start_latent(), config(), end_latent=end, end_image_embeds=end_embeds)
+    generate_latents(
+        fake, conditioning(image=1.0), start_latent(), config(), end_latent=end, end_image_embeds=end_embeds
+    )
     assert per_frame(fake.prepared[0].context.clean) == [5.0, 7.0]  # end latent in the 1x slot, first section only
     assert per_frame(fake.prepared[1].context.clean) == [5.0, 1.0]
     # default weighted_average with start strength 0.5: 0.5·1 + 0.5·3
@@ -145,7 +147,9 @@ def test_real_cfg_uses_negative_text_with_positive_image_and_cache_restarts() ->
     fake = FakeTransformer()
     template = NoCache()
     negative = conditioning(text=-1.0, image=None)
-    sections = list(stream_latents(fake, conditioning(), start_latent(), config(real_cfg=2.0, cache=template), negative=negative))
+    sections = list(
+        stream_latents(fake, conditioning(), start_latent(), config(real_cfg=2.0, cache=template), negative=negative)
+    )
     branches = [c.branch for c in fake.calls]
     assert branches == ["positive", "negative"] * 6  # 2 sections x 3 steps
     neg_prepared = [p for p in fake.prepared if p.conditioning.pooled.mean() == -1.0]
@@ -155,8 +159,10 @@ def test_real_cfg_uses_negative_text_with_positive_image_and_cache_restarts() ->
     assert isinstance(run_policy, NoCache) and run_policy is not template
     assert all(c.cache is run_policy for c in fake.calls[::2])
     # the negative calls get the same policy's negative branch: the transformer never sees a branch name
-    assert all(isinstance(c.cache, PolicyBranch) and (c.cache.policy, c.cache.name) == (run_policy, NEGATIVE)
-               for c in fake.calls[1::2])
+    assert all(
+        isinstance(c.cache, PolicyBranch) and (c.cache.policy, c.cache.name) == (run_policy, NEGATIVE)
+        for c in fake.calls[1::2]
+    )
     assert [s.cache_stats.num_steps for s in sections] == [3, 3]
     assert template.stats == []  # a template is never run and collects nothing
 
@@ -184,8 +190,13 @@ def test_bad_inputs() -> None:
 
 
 def test_explicit_generator_is_used() -> None:
-    a = generate_latents(FakeTransformer(nonlinear_velocity), conditioning(), start_latent(), config(seed=1),
-                         generator=torch.Generator().manual_seed(99))
+    a = generate_latents(
+        FakeTransformer(nonlinear_velocity),
+        conditioning(),
+        start_latent(),
+        config(seed=1),
+        generator=torch.Generator().manual_seed(99),
+    )
     b = generate_latents(FakeTransformer(nonlinear_velocity), conditioning(), start_latent(), config(seed=99))
     assert torch.equal(a, b)
 

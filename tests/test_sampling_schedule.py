@@ -10,8 +10,32 @@ from framepack.sampling.schedule import flux_sigmas, sequence_length, time_shift
 
 # The reference app's schedule: N = 25, mu = ln 7 (every 640 bucket with window 9)
 REFERENCE_25 = [
-    1.0000, 0.9941, 0.9877, 0.9809, 0.9735, 0.9655, 0.9568, 0.9474, 0.9370, 0.9256, 0.9130, 0.8991, 0.8835,
-    0.8660, 0.8462, 0.8235, 0.7975, 0.7671, 0.7313, 0.6885, 0.6364, 0.5714, 0.4884, 0.3784, 0.2258, 0.0,
+    1.0000,
+    0.9941,
+    0.9877,
+    0.9809,
+    0.9735,
+    0.9655,
+    0.9568,
+    0.9474,
+    0.9370,
+    0.9256,
+    0.9130,
+    0.8991,
+    0.8835,
+    0.8660,
+    0.8462,
+    0.8235,
+    0.7975,
+    0.7671,
+    0.7313,
+    0.6885,
+    0.6364,
+    0.5714,
+    0.4884,
+    0.3784,
+    0.2258,
+    0.0,
 ]
 
 
@@ -39,7 +63,9 @@ def test_shift_override_hand_values() -> None:
     assert torch.allclose(flux_sigmas(4, 99999, shift=1.0), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]), atol=1e-7)
 
 
-@pytest.mark.parametrize("kwargs", [dict(steps=0, seq_len=10), dict(steps=3, seq_len=10, shift=0.0), dict(steps=2.5, seq_len=1)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(steps=0, seq_len=10), dict(steps=3, seq_len=10, shift=0.0), dict(steps=2.5, seq_len=1)]
+)
 def test_bad_schedule_arguments(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         flux_sigmas(**kwargs)

@@ -7,7 +7,11 @@ import torch
 
 from framepack.errors import ConfigError
 from framepack.sampling.sections import (
-    MAX_LATENT_FRAMES, SectionHistory, inverted_paddings, plan_sections, section_count,
+    MAX_LATENT_FRAMES,
+    SectionHistory,
+    inverted_paddings,
+    plan_sections,
+    section_count,
 )
 
 # Hand-worked rows, window 9: (padding, first..last latent index, clean, 2x, first..last 4x, video frames)
@@ -40,7 +44,7 @@ def test_inverted_layouts(seconds: float) -> None:
     assert [s.padding for s in plan.sections] == paddings
     assert [s.video_frames for s in plan.sections] == video
     for i, section in enumerate(plan.sections):
-        pad, first, last, clean, x2, first4, last4 = INVERTED_ROWS[section.padding]
+        _, first, last, clean, x2, first4, last4 = INVERTED_ROWS[section.padding]
         assert section.index == i
         assert section.latent_indices == tuple(range(first, last + 1))
         assert section.clean_indices == clean and section.clean_2x_indices == x2
@@ -60,7 +64,6 @@ def test_forward_layouts(seconds: float, count: int) -> None:
         assert (section.history_1x, section.history_2x, section.history_4x) == ((-1, None), (-3, -1), (-19, -3))
         assert section.video_frames == (1 + 9 * i, 10 + 9 * i)
         assert not section.joins_start
-
 
 
 @pytest.mark.parametrize("window", [1, 5, 9, 33])
@@ -101,9 +104,16 @@ def test_describe_is_readable() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(seconds=-1.0, mode="inverted"), dict(seconds=5.0, mode="backward"), dict(seconds=5.0, window=0, mode="forward"),
-               dict(seconds=float("inf"), mode="forward"), dict(seconds=1e9, mode="inverted"),
-               dict(seconds=1e308, mode="forward"), dict(seconds=5.0, window=100_000, mode="inverted")]
+    "kwargs",
+    [
+        dict(seconds=-1.0, mode="inverted"),
+        dict(seconds=5.0, mode="backward"),
+        dict(seconds=5.0, window=0, mode="forward"),
+        dict(seconds=float("inf"), mode="forward"),
+        dict(seconds=1e9, mode="inverted"),
+        dict(seconds=1e308, mode="forward"),
+        dict(seconds=5.0, window=100_000, mode="inverted"),
+    ],
 )
 def test_bad_plans(kwargs: dict) -> None:
     with pytest.raises(ConfigError):

@@ -84,13 +84,18 @@ DECISIONS = {
 }
 
 
-@pytest.mark.parametrize("name, cache", [("teacache", TeaCache(0.3)), ("fbcache", FirstBlockCache(0.2)), ("none", None)])
+@pytest.mark.parametrize(
+    "name, cache", [("teacache", TeaCache(0.3)), ("fbcache", FirstBlockCache(0.2)), ("none", None)]
+)
 def test_real_cfg_with_a_cache_keeps_each_branchs_residuals_as_before(name: str, cache: object) -> None:
     pipe = FramePackPipeline.tiny(seed=0)
     config = GenerationConfig(cache=cache, **CFG)
     inputs = pipe.encode(demo_image(64), "a dancer", config, negative_prompt="blurry")
-    sections = list(stream_latents(pipe.components.transformer, inputs.conditioning, inputs.start_latent, config,
-                                   negative=inputs.negative))
+    sections = list(
+        stream_latents(
+            pipe.components.transformer, inputs.conditioning, inputs.start_latent, config, negative=inputs.negative
+        )
+    )
     assert torch.equal(sections[-1].history, load_file(REFERENCE)[name])
     if cache is not None:
         assert [(s.cache_stats.computed, s.cache_stats.skipped) for s in sections] == DECISIONS[name]
@@ -100,6 +105,8 @@ def test_sampling_settings_and_a_generation_config_sample_the_same_video() -> No
     pipe = FramePackPipeline.tiny(seed=0)
     config = GenerationConfig(window=3, steps=2, resolution=64, seconds=0.8, cache="fbcache:0.2")
     inputs = pipe.encode(demo_image(64), "a dancer", config)
-    run = [generate_latents(pipe.components.transformer, inputs.conditioning, inputs.start_latent, settings)
-           for settings in (config, config.sampling)]
+    run = [
+        generate_latents(pipe.components.transformer, inputs.conditioning, inputs.start_latent, settings)
+        for settings in (config, config.sampling)
+    ]
     assert isinstance(config.sampling, SamplingSettings) and torch.equal(run[0], run[1])

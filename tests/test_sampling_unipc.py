@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -234,9 +235,9 @@ def test_convergence_order_on_gaussian_data(variant: str, sizes: list[int]) -> N
     errors = []
     for n in sizes:
         sigmas = torch.exp(-torch.linspace(-math.log(0.9), -math.log(0.05), n, dtype=torch.float64)).float().tolist()
-        out = sample_unipc(x0, exact_x(sigmas[0]), sigmas + [0.0], variant=variant)
+        out = sample_unipc(x0, exact_x(sigmas[0]), [*sigmas, 0.0], variant=variant)
         errors.append((out - x0(exact_x(sigmas[-1]), sigmas[-1])).abs().max().item())
-    orders = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
+    orders = [math.log2(a / b) for a, b in itertools.pairwise(errors)]
     assert all(order > 2.8 for order in orders), (errors, orders)
     if variant == "bh1":
         assert all(order < 3.35 for order in orders), (errors, orders)

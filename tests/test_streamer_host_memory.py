@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from framepack.memory import host as host_memory
 from framepack.device_runtime import DeviceRuntime, use_runtime
 from framepack.errors import ConfigError
-from framepack.memory.streamer import LayerStreamer, block_nbytes
+from framepack.memory import host as host_memory
 from framepack.memory.residency import ComponentResidency, ModuleTensors
+from framepack.memory.streamer import LayerStreamer, block_nbytes
 from tests.test_offload import PACKED_BLOCK_BYTES, RAW_BLOCK_BYTES, WIDTH, CopyCounter, random_blocks, run
 
 # Hand-worked packed bytes of one WideBlock (float32, each tensor on a 256-byte boundary):
@@ -55,7 +55,9 @@ class RecordingRuntime(DeviceRuntime):
 
 def fake_meminfo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, available_bytes: int) -> None:
     path = tmp_path / "meminfo"
-    path.write_text(f"MemTotal:       65536000 kB\nMemFree:         1000 kB\nMemAvailable:   {available_bytes // 1024} kB\n")
+    path.write_text(
+        f"MemTotal:       65536000 kB\nMemFree:         1000 kB\nMemAvailable:   {available_bytes // 1024} kB\n"
+    )
     monkeypatch.setattr(host_memory, "MEMINFO", path)
 
 
@@ -77,7 +79,13 @@ def test_pinned_staging_locks_exactly_the_packed_streamed_blocks() -> None:
         streamer = LayerStreamer(blocks, "cpu", PACKED_BLOCK_BYTES + 2 * PACKED_WIDE_BYTES, pin_memory=True)
         assert streamer.plan.streamed == (1, 2, 3, 4, 5) and streamer.staging == "pinned"
         # One exact-size page-locked buffer per streamed block, nothing rounded up.
-        assert rt.pinned == [PACKED_WIDE_BYTES, PACKED_BLOCK_BYTES, PACKED_WIDE_BYTES, PACKED_BLOCK_BYTES, PACKED_WIDE_BYTES]
+        assert rt.pinned == [
+            PACKED_WIDE_BYTES,
+            PACKED_BLOCK_BYTES,
+            PACKED_WIDE_BYTES,
+            PACKED_BLOCK_BYTES,
+            PACKED_WIDE_BYTES,
+        ]
         assert streamer.stats.pinned_bytes == sum(rt.pinned) == 3 * PACKED_WIDE_BYTES + 2 * PACKED_BLOCK_BYTES
         with CopyCounter() as counter:
             out = run(streamer.iterate(), x)

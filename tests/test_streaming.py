@@ -16,9 +16,9 @@ from framepack.cache import FirstBlockCache, NoCache, TeaCache
 from framepack.cache.base import CachePolicy
 from framepack.device_runtime import use_runtime
 from framepack.errors import ConfigError
+from framepack.memory.streamer import block_nbytes, minimum_budget
 from framepack.models.llama import LlamaConfig, LlamaTextEncoder
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
-from framepack.memory.streamer import block_nbytes, minimum_budget
 from tests.encoder_fixtures import randomize
 from tests.test_streamer_host_memory import RecordingRuntime
 from tests.transformer_support import conditioning_and_context, make_inputs, randomise_
@@ -163,15 +163,23 @@ def test_streaming_sizes_split_blocks_from_the_rest(transformer: FramePackTransf
     sizes = transformer.streaming_sizes()
     config = transformer.config
     d, m = config.inner_dim, config.mlp_dim
+
     # Hand count of one single block (float32): modulation 3d x d + 3d, qkv_mlp (3d+m) x d + (3d+m),
     # the q/k RMSNorm weights 2*hd, proj_out d x (d+m) + d; each tensor padded to 256 bytes.
     def padded(n: int) -> int:
         return -(-4 * n // 256) * 256
 
     hd = config.attention_head_dim
-    single = (padded(3 * d * d) + padded(3 * d) + padded((3 * d + m) * d) + padded(3 * d + m) + padded(2 * hd)
-              + padded(d * (d + m)) + padded(d))
-    assert sizes.block_bytes[config.num_layers:] == (single,) * config.num_single_layers
+    single = (
+        padded(3 * d * d)
+        + padded(3 * d)
+        + padded((3 * d + m) * d)
+        + padded(3 * d + m)
+        + padded(2 * hd)
+        + padded(d * (d + m))
+        + padded(d)
+    )
+    assert sizes.block_bytes[config.num_layers :] == (single,) * config.num_single_layers
     every = sum(p.nbytes for p in transformer.parameters())
     blocks_raw = sum(p.nbytes for b in transformer.streamable_blocks() for p in b.parameters())
     assert sizes.fixed_bytes == every - blocks_raw

@@ -56,16 +56,23 @@ def test_step_invariant_work_runs_once_per_prepare(inputs: dict) -> None:
     calls = {name: c[0] for name, c in counted.items()}
     assert rope.call_count == 4  # noisy window + 1x, 2x, 4x groups, once
     assert calls == {
-        "clean_embed": 3, "image_projection": 1, "proj_in": 1, "guidance_embed": 1,
-        "timestep_embed": 5, "refiner_block": 5, "patch_embed": 5,  # these depend on the step
+        "clean_embed": 3,
+        "image_projection": 1,
+        "proj_in": 1,
+        "guidance_embed": 1,
+        "timestep_embed": 5,
+        "refiner_block": 5,
+        "patch_embed": 5,  # these depend on the step
     }
 
 
 def test_forward_is_prepare_then_denoise(model: FramePackTransformer, inputs: dict) -> None:
     cond, context = conditioning_and_context(inputs)
     prepared = model.prepare(cond, context, inputs["latents"].shape)
-    assert torch.equal(model(inputs["latents"], inputs["timestep"], cond, context),
-                       model.denoise(inputs["latents"], inputs["timestep"], prepared))
+    assert torch.equal(
+        model(inputs["latents"], inputs["timestep"], cond, context),
+        model.denoise(inputs["latents"], inputs["timestep"], prepared),
+    )
 
 
 class Recording(CachePolicy):

@@ -65,8 +65,11 @@ def rewrite_shard(folder: Path, key: str, edit) -> None:
 
 def test_missing_key_is_named(checkpoint: tuple, tmp_path: Path) -> None:
     folder = copy_of(checkpoint, tmp_path)
-    rewrite_shard(folder, "transformer_blocks.0.attn.add_k_proj.weight",
-                  lambda t: t.pop("transformer_blocks.0.attn.add_k_proj.weight"))
+    rewrite_shard(
+        folder,
+        "transformer_blocks.0.attn.add_k_proj.weight",
+        lambda t: t.pop("transformer_blocks.0.attn.add_k_proj.weight"),
+    )
     with pytest.raises(CheckpointError, match=r"missing keys: transformer_blocks\.0\.attn\.add_k_proj\.weight"):
         FramePackTransformer.from_pretrained(folder)
 

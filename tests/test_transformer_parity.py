@@ -33,13 +33,20 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple:
 def run_diffusers(model, inputs: dict) -> torch.Tensor:
     with torch.no_grad():
         return model(
-            hidden_states=inputs["latents"], timestep=inputs["timestep"], encoder_hidden_states=inputs["text"],
-            encoder_attention_mask=inputs["text_mask"], pooled_projections=inputs["pooled"],
-            image_embeds=inputs["image"], indices_latents=inputs["latent_indices"][0],
+            hidden_states=inputs["latents"],
+            timestep=inputs["timestep"],
+            encoder_hidden_states=inputs["text"],
+            encoder_attention_mask=inputs["text_mask"],
+            pooled_projections=inputs["pooled"],
+            image_embeds=inputs["image"],
+            indices_latents=inputs["latent_indices"][0],
             guidance=1000 * inputs["guidance"],  # diffusers embeds the raw value it is given
-            latents_clean=inputs["clean"], indices_latents_clean=inputs["clean_indices"][0],
-            latents_history_2x=inputs["clean_2x"], indices_latents_history_2x=inputs["clean_2x_indices"][0],
-            latents_history_4x=inputs["clean_4x"], indices_latents_history_4x=inputs["clean_4x_indices"][0],
+            latents_clean=inputs["clean"],
+            indices_latents_clean=inputs["clean_indices"][0],
+            latents_history_2x=inputs["clean_2x"],
+            indices_latents_history_2x=inputs["clean_2x_indices"][0],
+            latents_history_4x=inputs["clean_4x"],
+            indices_latents_history_4x=inputs["clean_4x_indices"][0],
             return_dict=False,
         )[0]
 

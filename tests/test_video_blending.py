@@ -33,6 +33,8 @@ def reference_uint8(x: torch.Tensor) -> np.ndarray:
     """save_bcthw_as_mp4's conversion for batch 1: b c t h w -> t h w c."""
     x = x.float().clamp(-1, 1) * 127.5 + 127.5
     return x.to(torch.uint8)[0].permute(1, 2, 3, 0).numpy()
+
+
 # ---------------------------------------------------------------------------------------------------
 
 

@@ -20,9 +20,7 @@ FRAME_COUNT = 4 * 3 - 3  # 4T - 3 pixel frames for T = 3 latent frames
 def smooth_frames(count: int = FRAME_COUNT) -> np.ndarray:
     """Slow gradients: little for yuv420p subsampling or H.264 to lose."""
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64)
-    frames = [
-        np.stack([60 + x + 2 * t, 80 + y + 3 * t, 200 - 0.5 * (x + y) - t], axis=-1) for t in range(count)
-    ]
+    frames = [np.stack([60 + x + 2 * t, 80 + y + 3 * t, 200 - 0.5 * (x + y) - t], axis=-1) for t in range(count)]
     return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
 
 
@@ -75,10 +73,9 @@ def test_error_inside_the_block_leaves_the_file_that_was_there(tmp_path: Path) -
     """The video appears only when complete: an error mid-video keeps the old file and leaves no temporary one."""
     write_mp4(tmp_path / "p.mp4", smooth_frames(2))
     before = (tmp_path / "p.mp4").read_bytes()
-    with pytest.raises(RuntimeError, match="boom"):
-        with Mp4Writer(tmp_path / "p.mp4") as writer:
-            writer.write_all(smooth_frames(5)[:3])
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), Mp4Writer(tmp_path / "p.mp4") as writer:
+        writer.write_all(smooth_frames(5)[:3])
+        raise RuntimeError("boom")
     assert (tmp_path / "p.mp4").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["p.mp4"]
 

@@ -15,10 +15,24 @@ import torch
 import torch.nn.functional as F
 
 TINY = dict(
-    in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=16, num_layers=2,
-    num_single_layers=2, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
-    qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=32, pooled_projection_dim=16,
-    rope_theta=256.0, rope_axes_dim=(4, 6, 6), has_image_proj=True, image_proj_dim=24,
+    in_channels=16,
+    out_channels=16,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    num_layers=2,
+    num_single_layers=2,
+    num_refiner_layers=2,
+    mlp_ratio=4.0,
+    patch_size=2,
+    patch_size_t=1,
+    qk_norm="rms_norm",
+    guidance_embeds=True,
+    text_embed_dim=32,
+    pooled_projection_dim=16,
+    rope_theta=256.0,
+    rope_axes_dim=(4, 6, 6),
+    has_image_proj=True,
+    image_proj_dim=24,
     has_clean_x_embedder=True,
 )
 
@@ -43,7 +57,13 @@ def randomise_(module: torch.nn.Module, seed: int) -> None:
             if p.ndim >= 2:
                 fan_in = p[0].numel()
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
-            elif name.endswith("norm_q.weight") or "norm_k" in name or "norm_added" in name or "norm1.weight" in name or "norm2.weight" in name:
+            elif (
+                name.endswith("norm_q.weight")
+                or "norm_k" in name
+                or "norm_added" in name
+                or "norm1.weight" in name
+                or "norm2.weight" in name
+            ):
                 p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
@@ -61,8 +81,18 @@ def build_diffusers_model(folder: Path | None = None, seed: int = 0, **overrides
     return model
 
 
-def make_inputs(batch: int, text_lengths: list[int], seed: int = 1, *, layout: str = "inverted",
-                frames: int = 3, height: int = 10, width: int = 14, text_len: int = 9, n_image: int = 5) -> dict:
+def make_inputs(
+    batch: int,
+    text_lengths: list[int],
+    seed: int = 1,
+    *,
+    layout: str = "inverted",
+    frames: int = 3,
+    height: int = 10,
+    width: int = 14,
+    text_len: int = 9,
+    n_image: int = 5,
+) -> dict:
     """Noisy latents, conditioning tensors and a packed context laid out as the reference demos lay out a section."""
     g = torch.Generator().manual_seed(seed)
     w = frames
@@ -82,13 +112,17 @@ def make_inputs(batch: int, text_lengths: list[int], seed: int = 1, *, layout: s
     return dict(
         latents=torch.randn(batch, 16, frames, height, width, generator=g),
         timestep=torch.tensor([937.0, 412.5, 120.0, 700.0][:batch]),
-        text=text, text_mask=mask,
+        text=text,
+        text_mask=mask,
         pooled=torch.randn(batch, 16, generator=g),
         guidance=torch.tensor([10.0, 6.0, 1.0, 3.5][:batch]),
         image=torch.randn(batch, n_image, 24, generator=g),
-        latent_indices=latent[None], clean=torch.randn(batch, 16, 2, height, width, generator=g),
-        clean_indices=clean_idx[None], clean_2x=torch.randn(batch, 16, 2, height, width, generator=g),
-        clean_2x_indices=two[None], clean_4x=torch.randn(batch, 16, 16, height, width, generator=g),
+        latent_indices=latent[None],
+        clean=torch.randn(batch, 16, 2, height, width, generator=g),
+        clean_indices=clean_idx[None],
+        clean_2x=torch.randn(batch, 16, 2, height, width, generator=g),
+        clean_2x_indices=two[None],
+        clean_4x=torch.randn(batch, 16, 16, height, width, generator=g),
         clean_4x_indices=four[None],
     )
 
@@ -96,8 +130,13 @@ def make_inputs(batch: int, text_lengths: list[int], seed: int = 1, *, layout: s
 def conditioning_and_context(inputs: dict, *, with_context: bool = True, with_image: bool = True):
     from framepack.conditioning import Conditioning, PackedContext
 
-    cond = Conditioning(inputs["text"], inputs["text_mask"], inputs["pooled"], inputs["guidance"],
-                        inputs["image"] if with_image else None)
+    cond = Conditioning(
+        inputs["text"],
+        inputs["text_mask"],
+        inputs["pooled"],
+        inputs["guidance"],
+        inputs["image"] if with_image else None,
+    )
     if not with_context:
         return cond, None
     keys = ["latent_indices", "clean", "clean_indices", "clean_2x", "clean_2x_indices", "clean_4x", "clean_4x_indices"]
@@ -106,8 +145,26 @@ def conditioning_and_context(inputs: dict, *, with_context: bool = True, with_im
 
 def select(inputs: dict, b: int) -> dict:
     """Sample ``b`` of a batch of inputs (index tensors are shared, [1, t])."""
-    return {k: (v[b : b + 1] if k in {"latents", "timestep", "text", "text_mask", "pooled", "guidance", "image",
-                                     "clean", "clean_2x", "clean_4x"} else v) for k, v in inputs.items()}
+    return {
+        k: (
+            v[b : b + 1]
+            if k
+            in {
+                "latents",
+                "timestep",
+                "text",
+                "text_mask",
+                "pooled",
+                "guidance",
+                "image",
+                "clean",
+                "clean_2x",
+                "clean_4x",
+            }
+            else v
+        )
+        for k, v in inputs.items()
+    }
 
 
 def tolerance(reference: torch.Tensor) -> float:
@@ -117,8 +174,9 @@ def tolerance(reference: torch.Tensor) -> float:
 # --- independent transcription of hunyuan_video_packed.py (batch 1, as the reference crops the text) ----
 
 
-def reference_forward(sd: dict[str, torch.Tensor], cfg: dict, inputs: dict, *, with_context: bool = True,
-                      with_image: bool = True) -> torch.Tensor:
+def reference_forward(
+    sd: dict[str, torch.Tensor], cfg: dict, inputs: dict, *, with_context: bool = True, with_image: bool = True
+) -> torch.Tensor:
     nh, hd = cfg["num_attention_heads"], cfg["attention_head_dim"]
     axes, theta = cfg["rope_axes_dim"], cfg["rope_theta"]
     hs, t, text, mask = inputs["latents"], inputs["timestep"], inputs["text"], inputs["text_mask"]
@@ -176,7 +234,11 @@ def reference_forward(sd: dict[str, torch.Tensor], cfg: dict, inputs: dict, *, w
     indices = inputs["latent_indices"][0] if with_context else torch.arange(hs.shape[2])
     table = rope_tab(indices, hp, wp).flatten(2).transpose(1, 2)
     if with_context:
-        groups = [("proj", "clean", (1, 2, 2), 1), ("proj_2x", "clean_2x", (2, 4, 4), 2), ("proj_4x", "clean_4x", (4, 8, 8), 4)]
+        groups = [
+            ("proj", "clean", (1, 2, 2), 1),
+            ("proj_2x", "clean_2x", (2, 4, 4), 2),
+            ("proj_4x", "clean_4x", (4, 8, 8), 4),
+        ]
         for conv, key, k, pool in groups:
             lat = pad(inputs[key], k)
             tok = F.conv3d(lat, sd[f"clean_x_embedder.{conv}.weight"], sd[f"clean_x_embedder.{conv}.bias"], stride=k)
@@ -200,7 +262,9 @@ def reference_forward(sd: dict[str, torch.Tensor], cfg: dict, inputs: dict, *, w
     for i in range(cfg["num_refiner_layers"]):
         p = f"context_embedder.token_refiner.refiner_blocks.{i}."
         n1 = ln(h, sd[p + "norm1.weight"], sd[p + "norm1.bias"])
-        a = attn(heads(lin(n1, p + "attn.to_q")), heads(lin(n1, p + "attn.to_k")), heads(lin(n1, p + "attn.to_v")), amask)
+        a = attn(
+            heads(lin(n1, p + "attn.to_q")), heads(lin(n1, p + "attn.to_k")), heads(lin(n1, p + "attn.to_v")), amask
+        )
         a = lin(a, p + "attn.to_out.0")
         g1, g2 = lin(F.silu(temb_txt), p + "norm_out.linear").chunk(2, -1)
         h = h + a * g1[:, None]
@@ -232,9 +296,12 @@ def reference_forward(sd: dict[str, torch.Tensor], cfg: dict, inputs: dict, *, w
         o = attn(torch.cat([q, cq], 1), torch.cat([k, ck], 1), torch.cat([v, cv], 1))
         x = x + lin(o[:, :n_x], p + "attn.to_out.0") * g[:, None]
         c = c + lin(o[:, n_x:], p + "attn.to_add_out") * cg[:, None]
-        x = x + g2[:, None] * lin(gelu(lin(ln(x) * (1 + sc2[:, None]) + sh2[:, None], p + "ff.net.0.proj")), p + "ff.net.2")
-        c = c + cg2[:, None] * lin(gelu(lin(ln(c) * (1 + csc2[:, None]) + csh2[:, None], p + "ff_context.net.0.proj")),
-                                   p + "ff_context.net.2")
+        x = x + g2[:, None] * lin(
+            gelu(lin(ln(x) * (1 + sc2[:, None]) + sh2[:, None], p + "ff.net.0.proj")), p + "ff.net.2"
+        )
+        c = c + cg2[:, None] * lin(
+            gelu(lin(ln(c) * (1 + csc2[:, None]) + csh2[:, None], p + "ff_context.net.0.proj")), p + "ff_context.net.2"
+        )
     for i in range(cfg["num_single_layers"]):
         p = f"single_transformer_blocks.{i}."
         u = torch.cat([x, c], 1)

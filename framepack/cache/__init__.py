@@ -7,17 +7,17 @@ from .spec import parse_cache_spec
 from .teacache import TeaCache
 
 __all__ = [
+    "FRAMEPACK_F1_25",
+    "FRAMEPACK_I2V_25",
+    "NEGATIVE",
+    "POSITIVE",
     "BlockStack",
     "CachePolicy",
     "CacheStep",
-    "FRAMEPACK_F1_25",
-    "FRAMEPACK_I2V_25",
     "FirstBlockCache",
     "MagCache",
     "MagCacheCalibration",
-    "NEGATIVE",
     "NoCache",
-    "POSITIVE",
     "SectionStats",
     "TeaCache",
     "calibrate",

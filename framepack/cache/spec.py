@@ -7,7 +7,6 @@ fresh policy one run samples with, from any of the accepted forms (``CacheSpec``
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Union
 
 from ..errors import ConfigError
 from .base import CachePolicy, NoCache
@@ -16,7 +15,7 @@ from .magcache import FRAMEPACK_F1_25, MagCache
 from .teacache import TeaCache
 
 # None, a spec string, a CachePolicy subclass or factory, or a policy instance (a template: see build_policy)
-CacheSpec = Union[str, CachePolicy, Callable[[], CachePolicy], None]
+CacheSpec = str | CachePolicy | Callable[[], CachePolicy] | None
 
 # name -> the policy built from an optional threshold (its first constructor argument)
 _POLICIES: dict[str, Callable[..., CachePolicy]] = {

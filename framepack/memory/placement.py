@@ -42,8 +42,13 @@ def device_budget_gb(device: torch.device, requested: float | None) -> float | N
         logger.info("vram budget: %.2f GiB, the memory free on %s", free_gb, device)
         return free_gb
     if requested > free_gb:
-        logger.warning("vram budget %.2f GiB is more than the %.2f GiB free on %s: planning with %.2f GiB",
-                       requested, free_gb, device, free_gb)
+        logger.warning(
+            "vram budget %.2f GiB is more than the %.2f GiB free on %s: planning with %.2f GiB",
+            requested,
+            free_gb,
+            device,
+            free_gb,
+        )
         return free_gb
     return requested
 
@@ -72,8 +77,11 @@ class Placement:
                 if streaming.streamed:
                     # Llama runs once per video: its streamed blocks are not worth page-locked memory.
                     module.enable_streaming(
-                        device, streaming.device_bytes, num_blocks=len(streaming.block_bytes),
-                        pin_memory=False if name == "text_encoder" else None, load=not plan.swap_components,
+                        device,
+                        streaming.device_bytes,
+                        num_blocks=len(streaming.block_bytes),
+                        pin_memory=False if name == "text_encoder" else None,
+                        load=not plan.swap_components,
                     )
                     self._held[name] = module
                     self._device_bytes[name] = size.fixed_bytes + streaming.device_bytes

@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.packing import packed_tokens
 from ..models.llama import HIDDEN_STATE_INDEX
+from ..models.packing import packed_tokens
 from ..prompt import MAX_PROMPT_TOKENS, TEMPLATE_CROP_START, TEXT_EMBED_LENGTH
 from ..units import GIB, format_bytes
 from ..video.buckets import BASE_RESOLUTION, BUCKETS_640, find_bucket
@@ -110,8 +110,10 @@ def plan_pipeline_memory(
         phase_bytes = {p: total + a for p, a in activations.items()}
         return MemoryPlan(requested, False, False, streaming, phase_bytes, reserve_bytes)
 
-    whole = {p: sum(sizes[c].total_bytes if not sizes[c].block_bytes else sizes[c].fixed_bytes for c in names)
-             for p, names in phases.items()}
+    whole = {
+        p: sum(sizes[c].total_bytes if not sizes[c].block_bytes else sizes[c].fixed_bytes for c in names)
+        for p, names in phases.items()
+    }
     vae_tiling = any(whole[p] + activations[p] > budget for p in VAE_PHASES if p in phases)
     if vae_tiling:
         if tiled_vae_activation_bytes is None:
@@ -185,7 +187,9 @@ VAE_TILED_DECODE_PEAK_TENSORS = 8.0  # the tile's own activations plus the frame
 VAE_ENCODE_PEAK_TENSORS = 10.0
 
 
-def activation_estimates(modules: Mapping[str, nn.Module], resolution: int, window: int) -> tuple[dict[str, int], dict[str, int]]:
+def activation_estimates(
+    modules: Mapping[str, nn.Module], resolution: int, window: int
+) -> tuple[dict[str, int], dict[str, int]]:
     """(peak activation bytes per phase with an untiled VAE, the VAE phases' peaks when tiled).
 
     Sampling counts a block's temporaries in the compute dtype, the float32 streams of a
@@ -226,7 +230,12 @@ def activation_estimates(modules: Mapping[str, nn.Module], resolution: int, wind
 
 
 def plan_memory(
-    modules: Mapping[str, nn.Module], vram_budget_gb: float | None, *, resolution: int, window: int, device: torch.device
+    modules: Mapping[str, nn.Module],
+    vram_budget_gb: float | None,
+    *,
+    resolution: int,
+    window: int,
+    device: torch.device,
 ) -> MemoryPlan:
     """The memory plan for the named components on ``device``; a CUDA device keeps ``DEVICE_RESERVE_BYTES`` free."""
     activations, tiled = activation_estimates(modules, resolution, window)

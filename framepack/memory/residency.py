@@ -92,9 +92,7 @@ class ModuleTensors:
         """Point the module at ``tensors`` (same order as ``self.tensors``), as assign-loading does.
         Each tensor is wrapped once, so tied weights stay one parameter."""
         kinds = {place.tensor: place.is_parameter for place in self.places}
-        self.tensors = [
-            nn.Parameter(t, requires_grad=False) if kinds[j] else t for j, t in enumerate(tensors)
-        ]
+        self.tensors = [nn.Parameter(t, requires_grad=False) if kinds[j] else t for j, t in enumerate(tensors)]
         for place in self.places:
             table = place.module._parameters if place.is_parameter else place.module._buffers
             table[place.attr] = self.tensors[place.tensor]
@@ -155,7 +153,9 @@ class ComponentResidency:
         if lockable is not None and needed > lockable:
             logger.warning(
                 "not page-locking %s of %s: only %s of host RAM can be locked; uploads stay synchronous",
-                format_bytes(needed), type(self.module).__name__, format_bytes(lockable),
+                format_bytes(needed),
+                type(self.module).__name__,
+                format_bytes(lockable),
             )
             return None
         return self._tensors.pin()

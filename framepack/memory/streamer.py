@@ -196,7 +196,11 @@ def _choose_staging(requested: Staging, plan: ResidencyPlan) -> Staging:
         logger.warning(
             "page-locking the %d streamed blocks needs %s but only %s of host RAM can be locked: "
             "staging them through %d page-locked buffer(s) of %s instead (copies are slower)",
-            len(plan.streamed), format_bytes(needed), format_bytes(lockable), buffers, format_bytes(plan.slot_bytes),
+            len(plan.streamed),
+            format_bytes(needed),
+            format_bytes(lockable),
+            buffers,
+            format_bytes(plan.slot_bytes),
         )
         return "ring"
     raise ConfigError(

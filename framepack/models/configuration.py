@@ -49,9 +49,7 @@ class ModelConfig:
         missing = sorted(
             name
             for name, f in fields.items()
-            if name not in kwargs
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+            if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
         )
         if missing:
             raise ConfigError(f"{cls.__name__}: config is missing required field(s) {missing}")

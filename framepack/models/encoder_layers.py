@@ -64,9 +64,7 @@ class MLP(nn.Module):
 class EncoderLayer(nn.Module):
     """``h + attn(LN1(h))``, then ``h + mlp(LN2(h))``."""
 
-    def __init__(
-        self, dim: int, heads: int, hidden: int, *, eps: float, activation: Activation, causal: bool
-    ) -> None:
+    def __init__(self, dim: int, heads: int, hidden: int, *, eps: float, activation: Activation, causal: bool) -> None:
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(dim, eps=eps)
         self.self_attn = SelfAttention(dim, heads, causal=causal)

@@ -166,9 +166,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 # --- rotary position embedding ----------------------------------------------------------------
 
 
-def rope_table(
-    indices: torch.Tensor, height: int, width: int, axes_dim: tuple[int, ...], theta: float
-) -> torch.Tensor:
+def rope_table(indices: torch.Tensor, height: int, width: int, axes_dim: tuple[int, ...], theta: float) -> torch.Tensor:
     """Angles' cos and sin per token of a (frame, row, column) grid.
 
     indices [Bi, t] -> [Bi, 2, t, height, width, hd/2] float32 (index 0 = cos, 1 = sin), one

@@ -28,8 +28,8 @@ from .configuration import ModelConfig
 from .loading import PretrainedModel
 from .streaming import StreamableModel
 
-
 HIDDEN_STATE_INDEX = -3  # the hidden state FramePack conditions on: layer 29 of 32, before the final norm
+
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig(ModelConfig):

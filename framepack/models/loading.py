@@ -54,7 +54,7 @@ class SafetensorsFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self._file = open(self.path, "rb")
+            self._file = open(self.path, "rb")  # noqa: SIM115 (open for the object's life; close() ends it)
         except OSError as e:
             raise CheckpointError(f"cannot open checkpoint file {self.path}: {e}") from e
         try:
@@ -168,9 +168,7 @@ def resolve_folder(
 
     prefix = f"{subfolder}/" if subfolder else ""
     try:
-        snapshot = snapshot_download(
-            repo_id=repo_id, revision=revision, allow_patterns=[prefix + p for p in patterns]
-        )
+        snapshot = snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=[prefix + p for p in patterns])
     except Exception as e:  # hub errors come in many classes; all mean "could not get it"
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(

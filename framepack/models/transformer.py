@@ -92,12 +92,26 @@ class TransformerConfig(ModelConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "framepack": {},
         "medium": dict(
-            num_attention_heads=8, attention_head_dim=64, num_layers=2, num_single_layers=4, num_refiner_layers=1,
-            text_embed_dim=1024, pooled_projection_dim=256, image_proj_dim=384, rope_axes_dim=(16, 24, 24),
+            num_attention_heads=8,
+            attention_head_dim=64,
+            num_layers=2,
+            num_single_layers=4,
+            num_refiner_layers=1,
+            text_embed_dim=1024,
+            pooled_projection_dim=256,
+            image_proj_dim=384,
+            rope_axes_dim=(16, 24, 24),
         ),
         "tiny": dict(
-            num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=2, num_refiner_layers=1,
-            text_embed_dim=32, pooled_projection_dim=16, image_proj_dim=24, rope_axes_dim=(4, 6, 6),
+            num_attention_heads=2,
+            attention_head_dim=16,
+            num_layers=2,
+            num_single_layers=2,
+            num_refiner_layers=1,
+            text_embed_dim=32,
+            pooled_projection_dim=16,
+            image_proj_dim=24,
+            rope_axes_dim=(4, 6, 6),
         ),
     }
 
@@ -234,6 +248,7 @@ _FLOAT16_HINT = (
 
 # --- the model -----------------------------------------------------------------------------
 
+
 def checkpoint_keys(config: TransformerConfig) -> list[KeyRule]:
     """Our module paths -> the checkpoint's (diffusers' HunyuanVideoFramepackTransformer3DModel).
 
@@ -263,7 +278,9 @@ def checkpoint_keys(config: TransformerConfig) -> list[KeyRule]:
         key_rule("double_blocks.*.image_qkv", double + "attn.to_q", double + "attn.to_k", double + "attn.to_v"),
         key_rule(
             "double_blocks.*.context_qkv",
-            double + "attn.add_q_proj", double + "attn.add_k_proj", double + "attn.add_v_proj",
+            double + "attn.add_q_proj",
+            double + "attn.add_k_proj",
+            double + "attn.add_v_proj",
         ),
         key_rule("double_blocks.*.image_qk_norm", double + "attn.norm_q.weight", double + "attn.norm_k.weight"),
         key_rule(
@@ -278,7 +295,10 @@ def checkpoint_keys(config: TransformerConfig) -> list[KeyRule]:
         key_rule("single_blocks.*.modulation", single + "norm.linear"),
         key_rule(
             "single_blocks.*.qkv_mlp",
-            single + "attn.to_q", single + "attn.to_k", single + "attn.to_v", single + "proj_mlp",
+            single + "attn.to_q",
+            single + "attn.to_k",
+            single + "attn.to_v",
+            single + "proj_mlp",
             sizes=(dim, dim, dim, mlp),
         ),
         key_rule("single_blocks.*.qk_norm", single + "attn.norm_q.weight", single + "attn.norm_k.weight"),
@@ -309,9 +329,7 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         self.timestep_embed = MLPEmbedder(SINUSOID_DIM, dim)
         self.guidance_embed = MLPEmbedder(SINUSOID_DIM, dim)
         self.pooled_text_embed = MLPEmbedder(config.pooled_projection_dim, dim)
-        self.text_refiner = TokenRefiner(
-            config.text_embed_dim, dim, heads, config.num_refiner_layers, config.mlp_ratio
-        )
+        self.text_refiner = TokenRefiner(config.text_embed_dim, dim, heads, config.num_refiner_layers, config.mlp_ratio)
         self.double_blocks = nn.ModuleList(
             [DoubleStreamBlock(dim, heads, head_dim, config.mlp_dim) for _ in range(config.num_layers)]
         )
@@ -402,7 +420,9 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         ropes, tokens = [rope.flatten(2, 4)], []
         for name, latents, indices in context.groups:  # 1x, 2x, 4x: each is prepended
             if self.clean_embed is None:
-                raise InputError(f"PackedContext.{name}: this model has no clean-latent embedder (has_clean_x_embedder=false)")
+                raise InputError(
+                    f"PackedContext.{name}: this model has no clean-latent embedder (has_clean_x_embedder=false)"
+                )
             tokens.insert(0, self.clean_embed(name, latents.to(device=device, dtype=dtype)))
             table = rope_table(indices.to(device), *grid, config.rope_axes_dim, config.rope_theta)
             if name != "clean":
@@ -450,7 +470,9 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
             guidance_emb=self.guidance_embed(timestep_sinusoid(guidance).to(dtype)),
             pooled_emb=self.pooled_text_embed(conditioning.pooled.to(device=device, dtype=dtype)),
             joint_mask=joint_mask,
-            noisy_tokens=packing.noisy_tokens(frames, height, width, patch_size=config.patch_size, patch_size_t=config.patch_size_t),
+            noisy_tokens=packing.noisy_tokens(
+                frames, height, width, patch_size=config.patch_size, patch_size_t=config.patch_size_t
+            ),
         )
 
     @torch.no_grad()
@@ -517,7 +539,7 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
 def _check_shape(shape: tuple[int, ...], config: TransformerConfig) -> tuple[int, ...]:
     if len(shape) != 5:
         raise InputError(f"latents: expected shape [B, {config.in_channels}, T, H, W], got {list(shape)}")
-    batch, channels, frames, height, width = shape
+    _, channels, frames, height, width = shape
     if channels != config.in_channels:
         raise InputError(f"latents: expected {config.in_channels} channels, got shape {list(shape)}")
     p, pt = config.patch_size, config.patch_size_t

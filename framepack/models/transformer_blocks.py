@@ -45,7 +45,9 @@ class CleanLatentEmbedder(nn.Module):
     """Clean history at full (1x), 2x and 4x compression; 2x/4x latents are replicate-padded."""
 
     KERNELS: ClassVar[dict[str, tuple[int, int, int]]] = {
-        "clean": (1, 2, 2), "clean_2x": (2, 4, 4), "clean_4x": (4, 8, 8),
+        "clean": (1, 2, 2),
+        "clean_2x": (2, 4, 4),
+        "clean_4x": (4, 8, 8),
     }
 
     def __init__(self, in_channels: int, dim: int) -> None:

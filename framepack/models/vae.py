@@ -23,7 +23,7 @@ from .loading import KeyRule, PretrainedModel, key_rule
 from .vae_blocks import Decoder, Encoder, resample_factors
 from .vae_tiling import TilingArg, VAETiling, as_tiling, spatial_tiled, temporal_tiled
 
-__all__ = ["HunyuanVideoVAE", "MAX_UNTILED_ELEMENTS", "VAEConfig", "VAETiling"]
+__all__ = ["MAX_UNTILED_ELEMENTS", "HunyuanVideoVAE", "VAEConfig", "VAETiling"]
 
 logger = logging.getLogger("framepack")
 

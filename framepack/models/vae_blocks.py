@@ -188,7 +188,9 @@ def resample_factors(num_blocks: int, spatial_ratio: int, temporal_ratio: int) -
     for i in range(num_blocks):
         spatial = i < spatial_layers
         temporal = num_blocks - 1 - temporal_layers <= i < num_blocks - 1
-        factors.append((2 if temporal else 1, 2 if spatial else 1, 2 if spatial else 1) if spatial or temporal else None)
+        factors.append(
+            (2 if temporal else 1, 2 if spatial else 1, 2 if spatial else 1) if spatial or temporal else None
+        )
     return factors
 
 
@@ -208,10 +210,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.conv_in = CausalConv3d(in_channels, widths[0], 3)
         self.down_blocks = nn.ModuleList(
-            [
-                DownBlock(widths[max(i - 1, 0)], widths[i], layers, groups, factors[i])
-                for i in range(len(widths))
-            ]
+            [DownBlock(widths[max(i - 1, 0)], widths[i], layers, groups, factors[i]) for i in range(len(widths))]
         )
         self.mid_block = MidBlock(widths[-1], groups, add_attention)
         self.conv_norm_out = nn.GroupNorm(groups, widths[-1], eps=_EPS)

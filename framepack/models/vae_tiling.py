@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -57,7 +57,7 @@ class VAETiling:
                 )
 
 
-TilingArg = Union[VAETiling, Mapping[str, Any], None]
+TilingArg = VAETiling | Mapping[str, Any] | None
 
 
 def as_tiling(tiling: TilingArg) -> VAETiling | None:

@@ -20,7 +20,12 @@ class Denoising(Protocol):
     def parameters(self) -> Any: ...
 
     def denoise(
-        self, latents: torch.Tensor, timestep: torch.Tensor, prepared: Any, *, cache: CachePolicy | PolicyBranch | None = None
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        prepared: Any,
+        *,
+        cache: CachePolicy | PolicyBranch | None = None,
     ) -> torch.Tensor: ...
 
 

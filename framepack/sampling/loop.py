@@ -8,8 +8,9 @@ either without any encoder or VAE.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -124,7 +125,9 @@ def stream_latents(
     _check_guidance(conditioning, config)
     if end_latent is not None:
         if config.mode != "inverted":
-            raise ConfigError(f"end_latent: only the 'inverted' mode can end on a given frame, got mode {config.mode!r}")
+            raise ConfigError(
+                f"end_latent: only the 'inverted' mode can end on a given frame, got mode {config.mode!r}"
+            )
         end_latent = _check_latent("end_latent", end_latent, conditioning.batch_size, like=start_latent)
         end_latent = end_latent.to(device, torch.float32)
     if end_image_embeds is not None and (end_latent is None or conditioning.image_embeds is None):
@@ -146,7 +149,11 @@ def stream_latents(
         raise InputError(f"sections_done: expected 0..{plan.num_sections}, got {sections_done}")
     if resume_history is not None:
         expected = plan.resumed_latent_frames(sections_done)
-        if resume_history.ndim != 5 or resume_history.shape[2] != expected or resume_history.shape[3:] != start_latent.shape[3:]:
+        if (
+            resume_history.ndim != 5
+            or resume_history.shape[2] != expected
+            or resume_history.shape[3:] != start_latent.shape[3:]
+        ):
             raise InputError(
                 f"resume_history: expected {expected} latent frames of {list(start_latent.shape[3:])} after "
                 f"{sections_done} section(s), got shape {list(resume_history.shape)}"
@@ -156,7 +163,9 @@ def stream_latents(
 
     for layout in plan.sections[sections_done:]:
         section_started = time.perf_counter()
-        steps = _FiniteSteps(None if callback is None else clock.step_callback(callback, layout.index, plan.num_sections))
+        steps = _FiniteSteps(
+            None if callback is None else clock.step_callback(callback, layout.index, plan.num_sections)
+        )
         try:
             positive = _section_conditioning(conditioning, end_image_embeds, config, layout, plan)
             context = history.context(layout, end_latent=end_latent if layout.index == 0 else None)
@@ -247,7 +256,7 @@ def generate_latents(
     ``partial`` holds the finished sections.
     """
     result = None
-    for result in stream_latents(
+    for result in stream_latents(  # noqa: B007 (the last section's result is the answer)
         transformer,
         conditioning,
         start_latent,
@@ -352,9 +361,7 @@ class _Clock:
         self.total_steps = (num_sections - first_section) * steps
         self.started = time.perf_counter()
 
-    def step_callback(
-        self, callback: ProgressCallback, section: int, num_sections: int
-    ) -> Callable[[StepInfo], None]:
+    def step_callback(self, callback: ProgressCallback, section: int, num_sections: int) -> Callable[[StepInfo], None]:
         def on_step(info: StepInfo) -> None:
             elapsed = time.perf_counter() - self.started
             done = (section - self.first_section) * info.num_steps + info.step + 1

@@ -191,16 +191,18 @@ def plan_sections(seconds: float, *, fps: int = 30, window: int = 9, mode: str) 
     """Plan a video of ``seconds`` at ``fps`` in windows of ``window`` latent frames."""
     if mode not in MODES:
         raise ConfigError(f"mode: expected one of {MODES}, got {mode!r}")
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (math.isfinite(seconds) and seconds > 0):
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not (math.isfinite(seconds) and seconds > 0)
+    ):
         raise ConfigError(f"seconds: expected a finite number > 0, got {seconds!r}")
     if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
         raise ConfigError(f"fps: expected an int >= 1, got {fps!r}")
     check_length(seconds, fps, window)
     count = section_count(seconds, fps, window)
     if mode == "inverted":
-        sections = tuple(
-            _inverted_layout(i, pad, window, count) for i, pad in enumerate(inverted_paddings(count))
-        )
+        sections = tuple(_inverted_layout(i, pad, window, count) for i, pad in enumerate(inverted_paddings(count)))
     else:
         sections = tuple(_forward_layout(i, window) for i in range(count))
     return SectionPlan(mode, float(seconds), fps, window, sections)

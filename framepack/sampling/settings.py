@@ -99,7 +99,9 @@ def expect_int(name: str, value: Any, *, minimum: int, maximum: int | None = Non
         raise ConfigError(f"{name}: expected an int in [{minimum}, {maximum}], got {value}")
 
 
-def expect_number(name: str, value: Any, *, minimum: float, maximum: float | None = None, inclusive: bool = True) -> None:
+def expect_number(
+    name: str, value: Any, *, minimum: float, maximum: float | None = None, inclusive: bool = True
+) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     low_ok = value >= minimum if inclusive else value > minimum

@@ -19,9 +19,10 @@ differ from the reference's operation order by rounding only.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -128,7 +129,7 @@ def step_coefficients(history: list[torch.Tensor], t: torch.Tensor, order: int, 
     lambda_prev = -torch.log(history[-1])
     h = -torch.log(t) - lambda_prev
     rks = [((-torch.log(history[-(j + 1)]) - lambda_prev) / h)[0] for j in range(1, order)]
-    rks_vector = torch.stack(rks + [torch.ones((), dtype=torch.float32, device=t.device)])
+    rks_vector = torch.stack([*rks, torch.ones((), dtype=torch.float32, device=t.device)])
 
     hh = -h[0]
     phi = torch.expm1(hh)
@@ -169,7 +170,7 @@ def _check_sigmas(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
     evaluated = values[:-1]
     if not all(math.isfinite(s) and s > 0 for s in evaluated):
         raise ConfigError(f"sample_unipc: every sigma but the last must be finite and > 0 in float32, got {evaluated}")
-    if any(b >= a for a, b in zip(evaluated, evaluated[1:])):
+    if any(b >= a for a, b in itertools.pairwise(evaluated)):
         raise ConfigError(f"sample_unipc: sigmas must be strictly decreasing in float32, got {evaluated}")
     return values
 
@@ -191,16 +192,20 @@ def _step(
 
     # B·ρ_j·D_j = (B·ρ_j / r_j)·(M_j − m0): weight on M_j, and its negative on m0.
     pred_weights = [c.b_h * rho / r for rho, r in zip(c.predictor, c.ratios)]
-    x_pred = _combine(x, c.decay, [(prev_prediction, -c.phi + sum(pred_weights))] + [
-        (m, -w) for m, w in zip(older, pred_weights)
-    ])
+    x_pred = _combine(
+        x, c.decay, [(prev_prediction, -c.phi + sum(pred_weights))] + [(m, -w) for m, w in zip(older, pred_weights)]
+    )
     prediction = denoise(x_pred, sigma)
 
     corr_weights = [c.b_h * rho / r for rho, r in zip(c.corrector, c.ratios)]
     new_weight = c.b_h * c.corrector[-1]
-    x_new = _combine(x, c.decay, [(prev_prediction, -c.phi + sum(corr_weights) + new_weight)] + [
-        (m, -w) for m, w in zip(older, corr_weights)
-    ] + [(prediction, -new_weight)])
+    x_new = _combine(
+        x,
+        c.decay,
+        [(prev_prediction, -c.phi + sum(corr_weights) + new_weight)]
+        + [(m, -w) for m, w in zip(older, corr_weights)]
+        + [(prediction, -new_weight)],
+    )
     return x_new, prediction
 
 

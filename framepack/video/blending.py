@@ -20,8 +20,8 @@ from __future__ import annotations
 import itertools
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -208,7 +208,12 @@ class FrameAssembler:
         except (OSError, ValueError) as error:
             raise InputError(f"cannot resume: the frame chunk {path} is not a readable .npy file ({error})") from error
         expected = f"{size[0]}x{size[1]}" if size is not None else "HxW"
-        if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[3] != 3 or (size is not None and chunk.shape[1:3] != size):
+        if (
+            chunk.dtype != np.uint8
+            or chunk.ndim != 4
+            or chunk.shape[3] != 3
+            or (size is not None and chunk.shape[1:3] != size)
+        ):
             raise InputError(
                 f"cannot resume: the frame chunk {path} should hold uint8 frames [n, {expected}, 3]; "
                 f"it holds {chunk.dtype} {list(chunk.shape)}"

@@ -9,14 +9,13 @@ Composite onto a background yourself first if the transparent area should be, sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 
-ImageSource = Union[str, Path, Image.Image, np.ndarray]
+ImageSource = str | Path | Image.Image | np.ndarray
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -33,9 +32,7 @@ def load_image(source: ImageSource) -> np.ndarray:
         return _pil_to_rgb(source)
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source)
-    raise InputError(
-        f"image must be a file path, a PIL image or a numpy array; got {type(source).__name__}"
-    )
+    raise InputError(f"image must be a file path, a PIL image or a numpy array; got {type(source).__name__}")
 
 
 def describe(value: object) -> str:
@@ -70,9 +67,7 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
         # 32-bit integer mode is how some Pillow versions open 16-bit greyscale PNGs.
         return _array_to_rgb(np.clip(np.asarray(image), 0, 65535).astype(np.uint16))
     if image.mode == "F":
-        raise InputError(
-            "floating-point images (PIL mode 'F') have no fixed range; convert to 8-bit first"
-        )
+        raise InputError("floating-point images (PIL mode 'F') have no fixed range; convert to 8-bit first")
     try:
         return np.array(image.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError) as error:  # unloadable data, or a mode PIL cannot turn into RGB
@@ -85,9 +80,7 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise InputError(
-            f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {array.shape}"
-        )
+        raise InputError(f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {array.shape}")
     array = _to_uint8(array)
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)

@@ -18,11 +18,11 @@ video at the path, nor costs the file that was there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from fractions import Fraction
 from numbers import Integral, Real
 from pathlib import Path
 from types import TracebackType
-from typing import Iterable
 
 import av
 import numpy as np
@@ -124,7 +124,7 @@ class Mp4Writer:
         if self._container is not None:
             try:
                 self._container.close()
-            except Exception:  # noqa: BLE001 - the error on its way out is the one to explain
+            except Exception:
                 logger.debug("closing the unfinished %s failed too", self._temp, exc_info=True)
         discard(self._temp)
 

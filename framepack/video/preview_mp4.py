@@ -129,7 +129,7 @@ class PreviewWriter:
             os.replace(self._partial, self.path)
         except _Stopped:
             self._partial.unlink(missing_ok=True)
-        except Exception as cause:  # noqa: BLE001 - handed to the generating thread, raised there
+        except Exception as cause:
             self._partial.unlink(missing_ok=True)
             error = OutputError(f"could not write the preview {self.path}: {cause}")
             error.__cause__ = cause

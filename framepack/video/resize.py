@@ -41,8 +41,8 @@ def _resize_and_center_crop(image: np.ndarray, target_width: int, target_height:
     if (original_height, original_width) == (target_height, target_width):
         return image
     scale = max(target_width / original_width, target_height / original_height)
-    resized_width = int(round(original_width * scale))
-    resized_height = int(round(original_height * scale))
+    resized_width = round(original_width * scale)
+    resized_height = round(original_height * scale)
     resized = Image.fromarray(image).resize((resized_width, resized_height), Image.Resampling.LANCZOS)
     # Float box as the reference passes it; PIL rounds each coordinate (half to even).
     left = (resized_width - target_width) / 2
@@ -55,8 +55,8 @@ def _resize_and_center_crop(image: np.ndarray, target_width: int, target_height:
 def _fit_and_pad(image: np.ndarray, target_width: int, target_height: int) -> np.ndarray:
     original_height, original_width = image.shape[:2]
     scale = min(target_width / original_width, target_height / original_height)
-    fitted_width = min(target_width, max(1, int(round(original_width * scale))))
-    fitted_height = min(target_height, max(1, int(round(original_height * scale))))
+    fitted_width = min(target_width, max(1, round(original_width * scale)))
+    fitted_height = min(target_height, max(1, round(original_height * scale)))
     fitted = Image.fromarray(image).resize((fitted_width, fitted_height), Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (target_width, target_height), (0, 0, 0))
     canvas.paste(fitted, ((target_width - fitted_width) // 2, (target_height - fitted_height) // 2))
