@@ -12,9 +12,16 @@ from collections.abc import Mapping
 
 from .transformer_blocks import CleanLatentEmbedder
 
-# Latent frames of each context group in one section (the reference's history split
-# [1, 16, 2, 1, window]: start + 1x frames, 2x frames, 4x frames; sampling/sections.py).
-CONTEXT_FRAMES: Mapping[str, int] = {"clean": 1 + 1, "clean_2x": 2, "clean_4x": 16}
+# Latent frames each section reads from the history, per context group (the reference's
+# split [1, 16, 2, 1, window]: 16 frames at 4x, 2 at 2x, 1 at 1x); sampling/sections.py
+# builds its layouts from these.
+HISTORY_CONTEXT_FRAMES: Mapping[str, int] = {"clean_1x": 1, "clean_2x": 2, "clean_4x": 16}
+# The token groups: the 1x group also carries the start latent.
+CONTEXT_FRAMES: Mapping[str, int] = {
+    "clean": 1 + HISTORY_CONTEXT_FRAMES["clean_1x"],
+    "clean_2x": HISTORY_CONTEXT_FRAMES["clean_2x"],
+    "clean_4x": HISTORY_CONTEXT_FRAMES["clean_4x"],
+}
 
 
 def _ceil(n: int, k: int) -> int:

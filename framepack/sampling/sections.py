@@ -24,6 +24,7 @@ import torch
 
 from ..conditioning import PackedContext
 from ..errors import ConfigError
+from ..models.packing import HISTORY_CONTEXT_FRAMES
 
 MODES = ("inverted", "forward")
 
@@ -36,7 +37,7 @@ FORWARD_INDEX_PARTS = ("start", "clean_4x", "clean_2x", "clean_1x", "latent")
 # The context frames each group reads from the history, in the history's temporal order:
 #   inverted: history[:, :, :1 + 2 + 16].split([1, 2, 16])     (the front of the history)
 #   forward:  history[:, :, -(16 + 2 + 1):].split([16, 2, 1])  (the end of the history)
-CONTEXT_FRAMES = {"clean_1x": 1, "clean_2x": 2, "clean_4x": 16}
+CONTEXT_FRAMES = HISTORY_CONTEXT_FRAMES
 HISTORY_FRAMES = sum(CONTEXT_FRAMES.values())  # 19: 1x, 2x and 4x context frames
 _INVERTED_HISTORY_PARTS = ("clean_1x", "clean_2x", "clean_4x")
 _FORWARD_HISTORY_PARTS = ("clean_4x", "clean_2x", "clean_1x")
