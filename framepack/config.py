@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .sampling.settings import MAX_STEPS, SamplingSettings, expect_choice, expect_int
 from .video.buckets import MAX_RESOLUTION
-from .video.mp4 import MAX_CRF
 from .video.resize import RESIZE_METHODS
+from .video.x264 import MAX_CRF
 
 MIN_RESOLUTION = 32
 

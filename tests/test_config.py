@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +118,13 @@ def test_end_image_and_negative_prompt_are_inputs_not_settings() -> None:
         check_inputs(GenerationConfig(mode="forward"), end_image="last.png")
     with pytest.raises(ConfigError, match="negative_prompt: expected a str"):
         check_inputs(GenerationConfig(), negative_prompt=3)  # type: ignore[arg-type]
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def test_the_config_does_not_load_the_mp4_writer() -> None:
+    """Settings know x264's crf range without PyAV: importing them loads no video encoder."""
+    code = "import sys, framepack.config; print('av' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPOSITORY)
+    assert done.stdout.strip() == "False"

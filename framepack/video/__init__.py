@@ -1,32 +1,33 @@
-"""Video I/O: image input, resolution buckets, resizing, section blending, mp4 and previews."""
+"""Video I/O: image input, resolution buckets, resizing, section blending, mp4 and previews.
+
+Names are exported lazily: importing one module of the package (say the x264 settings)
+loads neither PyAV nor PIL unless that module needs them.
+"""
 
 from __future__ import annotations
 
-from .blending import BLEND_MODES, FrameAssembler, SectionBlender, pixels_to_uint8
-from .buckets import BASE_RESOLUTION, BUCKETS_640, check_resolution, find_bucket
-from .images import ImageSource, load_image
-from .mp4 import MAX_CRF, Mp4Writer, encoder_options, write_mp4
-from .preview import latent_preview_image
-from .preview_mp4 import PreviewWriter
-from .resize import RESIZE_METHODS, resize_image
+from ..lazy import lazy_exports
 
-__all__ = [
-    "BASE_RESOLUTION",
-    "BLEND_MODES",
-    "BUCKETS_640",
-    "MAX_CRF",
-    "RESIZE_METHODS",
-    "FrameAssembler",
-    "ImageSource",
-    "Mp4Writer",
-    "PreviewWriter",
-    "SectionBlender",
-    "check_resolution",
-    "encoder_options",
-    "find_bucket",
-    "latent_preview_image",
-    "load_image",
-    "pixels_to_uint8",
-    "resize_image",
-    "write_mp4",
-]
+_EXPORTS = {
+    "BLEND_MODES": "framepack.video.blending",
+    "FrameAssembler": "framepack.video.blending",
+    "SectionBlender": "framepack.video.blending",
+    "pixels_to_uint8": "framepack.video.blending",
+    "BASE_RESOLUTION": "framepack.video.buckets",
+    "BUCKETS_640": "framepack.video.buckets",
+    "check_resolution": "framepack.video.buckets",
+    "find_bucket": "framepack.video.buckets",
+    "ImageSource": "framepack.video.images",
+    "load_image": "framepack.video.images",
+    "Mp4Writer": "framepack.video.mp4",
+    "write_mp4": "framepack.video.mp4",
+    "MAX_CRF": "framepack.video.x264",
+    "encoder_options": "framepack.video.x264",
+    "latent_preview_image": "framepack.video.preview",
+    "PreviewWriter": "framepack.video.preview_mp4",
+    "RESIZE_METHODS": "framepack.video.resize",
+    "resize_image": "framepack.video.resize",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
