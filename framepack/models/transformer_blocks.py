@@ -121,6 +121,12 @@ class TokenRefiner(nn.Module):
 # --- double- and single-stream blocks ----------------------------------------------------
 
 
+def first_modulated_input(modulation: nn.Module, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+    """A block's first modulated input, LN(x)·(1+scale)+shift: what a cache policy may compare."""
+    shift, scale = modulation(temb_act)[:, :2].unbind(1)
+    return modulate_(layer_norm(x), 1 + scale, shift)
+
+
 class DoubleStreamBlock(nn.Module):
     """Image and context streams with their own weights, joined in one attention.
 
@@ -142,8 +148,7 @@ class DoubleStreamBlock(nn.Module):
         self.context_mlp = FeedForward(dim, mlp_dim, activation="gelu_tanh")
 
     def modulated_input(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.modulation(temb_act)[:, :2].unbind(1)
-        return modulate_(layer_norm(x), 1 + scale, shift)
+        return first_modulated_input(self.modulation, x, temb_act)
 
     def forward(
         self,
@@ -196,8 +201,7 @@ class SingleStreamBlock(nn.Module):
         self.proj_out = nn.Linear(dim + mlp_dim, dim)
 
     def modulated_input(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.modulation(temb_act)[:, :2].unbind(1)
-        return modulate_(layer_norm(x), 1 + scale, shift)
+        return first_modulated_input(self.modulation, x, temb_act)
 
     def forward(
         self,
