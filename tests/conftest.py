@@ -1,15 +1,17 @@
 """Keep the suite self-contained: a clone of this repository alone must pass it.
 
-CI runs the tests in a clone with the team's ``../shared`` folder beside it, and a
+CI runs the tests in a clone with the team's notes in a folder beside it, and a
 developer's machine may hold a Hugging Face cache; neither exists on a user's machine.
-An audit hook refuses every file opened under those folders, so a test that depends on
-them fails here instead of passing here and failing in a user's clone.
+An audit hook refuses every file opened beside the clone (in its parent folder, outside
+the clone) or in the hub cache, so a test that depends on them fails here instead of
+passing here and failing in a user's clone.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -19,20 +21,29 @@ class OutsideRepositoryRead(RuntimeError):
     """A test opened a file that a clone of this repository does not have."""
 
 
-def _forbidden_roots() -> tuple[str, ...]:
-    hub = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return tuple(os.path.join(os.path.realpath(p), "") for p in (REPOSITORY.parent / "shared", hub))
+def _folder(path: str | os.PathLike[str]) -> str:
+    return os.path.join(os.path.realpath(path), "")
 
 
-_FORBIDDEN = _forbidden_roots()
+_PARENT = _folder(REPOSITORY.parent)
+# Beside the clone, Python environments and temporary folders are the machine's, not notes:
+# imports and temporary files stay allowed there.
+_ALLOWED = tuple(
+    {_folder(REPOSITORY), _folder(tempfile.gettempdir()), _folder(sys.prefix), _folder(sys.base_prefix)}
+    | {_folder(entry) for entry in sys.path if entry and _folder(entry) != _PARENT}
+)
+# A clone at the top of a file system or of a home folder has no "beside" worth guarding.
+_GUARD_PARENT = _PARENT not in {_folder(os.path.abspath(os.sep)), _folder(os.path.expanduser("~"))}
+_HUB = _folder(os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
 
 
 def _refuse_outside_reads(event: str, args: tuple) -> None:
     if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
         return  # file descriptors and other events
-    path = os.path.realpath(os.fsdecode(args[0]))
-    if any(path.startswith(root) or path == root[:-1] for root in _FORBIDDEN):
-        raise OutsideRepositoryRead(f"a test opened {path}, which a clone of the repository does not have")
+    path = _folder(os.fsdecode(args[0]))
+    beside = _GUARD_PARENT and path.startswith(_PARENT) and not path.startswith(_ALLOWED)
+    if beside or path.startswith(_HUB):
+        raise OutsideRepositoryRead(f"a test opened {path[:-1]}, which a clone of the repository does not have")
 
 
 sys.addaudithook(_refuse_outside_reads)

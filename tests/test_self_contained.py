@@ -6,8 +6,8 @@ import pytest
 from conftest import REPOSITORY, OutsideRepositoryRead
 
 
-@pytest.mark.parametrize("relative", ["shared/DESIGN.md", "shared/reference/no-such-sheet.md", "shared"])
-def test_opening_the_shared_folder_beside_the_clone_fails_the_test(relative: str) -> None:
+@pytest.mark.parametrize("relative", ["notes/DESIGN.md", "notes/reference/no-such-sheet.md", "notes"])
+def test_opening_a_folder_beside_the_clone_fails_the_test(relative: str) -> None:
     with pytest.raises(OutsideRepositoryRead, match="a clone of the repository does not have"):
         open(REPOSITORY.parent / relative, "rb").close()
 
