@@ -161,3 +161,21 @@ def test_streamed_transformer_step_on_claimed_cuda(dtype: torch.dtype) -> None:
         assert out.device.type == "cuda" and out.shape == latents.shape
         assert dry.counters.host_to_device_bytes >= streamer.plan.streamed_bytes  # every streamed block copied in
         transformer.disable_streaming()
+
+
+def test_a_pipeline_of_fake_weights_generates_and_its_digest_covers_the_layout() -> None:
+    """The real-size dry run (benchmarks/dry_run.py) gives every model fake host weights:
+    shapes, no values. A generation must still run, fingerprint included, and the weights'
+    digest then covers names, dtypes and shapes only."""
+    with CudaDryRun(total_gib=8, bf16=True) as dry:
+        pipe = FramePackPipeline.tiny(seed=0)
+        real_digest = pipe.components.weights_digest()
+        for model in pipe.components.modules().values():
+            dry.fake_weights(model)
+        fake_digest = pipe.components.weights_digest()
+        pipe.device = torch.device("cuda")
+        pipe.set_vram_budget(4.0, resolution=CONFIG.resolution, window=CONFIG.window)
+        with dry.pipeline_phases(pipe):
+            video = pipe.generate(np.full((64, 64, 3), 100, np.uint8), "a dancer", CONFIG)
+    assert video.num_frames > 0
+    assert fake_digest != real_digest  # the values no longer count, so the digest moved
