@@ -28,12 +28,20 @@ def _folder(path: str | os.PathLike[str]) -> str:
 _PARENT = _folder(REPOSITORY.parent)
 # Beside the clone, Python environments and temporary folders are the machine's, not notes:
 # imports and temporary files stay allowed there.
+# (A candidate that holds the parent, say the temporary folder of a clone made in it, allows nothing.)
 _ALLOWED = tuple(
-    {_folder(REPOSITORY), _folder(tempfile.gettempdir()), _folder(sys.prefix), _folder(sys.base_prefix)}
-    | {_folder(entry) for entry in sys.path if entry and _folder(entry) != _PARENT}
+    root
+    for root in {_folder(REPOSITORY), _folder(tempfile.gettempdir()), _folder(sys.prefix), _folder(sys.base_prefix)}
+    | {_folder(entry) for entry in sys.path if entry}
+    if not _PARENT.startswith(root)
 )
-# A clone at the top of a file system or of a home folder has no "beside" worth guarding.
-_GUARD_PARENT = _PARENT not in {_folder(os.path.abspath(os.sep)), _folder(os.path.expanduser("~"))}
+# A clone at the top of a file system, of a home folder or of the temporary folder has no
+# "beside" worth guarding.
+_GUARD_PARENT = _PARENT not in {
+    _folder(os.path.abspath(os.sep)),
+    _folder(os.path.expanduser("~")),
+    _folder(tempfile.gettempdir()),
+}
 _HUB = _folder(os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
 
 
