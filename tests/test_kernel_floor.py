@@ -15,7 +15,7 @@ def _call() -> torch.Tensor:
     x = torch.randn(1, 32, 16)
     layer = torch.nn.Linear(16, 48)
     out = torch.empty(32, 48)
-    torch.addmm(layer.bias, x[0], layer.weight.t(), out=out)  # the linear_into form
+    torch.addmm(layer.bias, x[0], layer.weight.t(), out=out)  # the Linear.forward_into form
     q, k, v = F.gelu(layer(x), approximate="tanh").unflatten(-1, (3, 2, 8)).unbind(2)
     attended = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return F.layer_norm(attended, (8,))

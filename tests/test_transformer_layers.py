@@ -47,15 +47,15 @@ def test_gelu_falls_back_to_aten_where_rows_cannot_be_viewed_or_dtype_is_not_flo
 
 
 def test_scratch_reuses_one_buffer_and_grows_only_when_needed() -> None:
-    like = torch.empty(0)
+    cpu, f32 = torch.device("cpu"), torch.float32
     scratch = Scratch()
-    first = scratch.take((4, 10), like)
-    smaller = scratch.take((2, 3, 5), like)
+    first = scratch.take((4, 10), f32, cpu)
+    smaller = scratch.take((2, 3, 5), f32, cpu)
     assert smaller.shape == (2, 3, 5) and smaller.data_ptr() == first.data_ptr()
-    larger = scratch.take((8, 10), like)
+    larger = scratch.take((8, 10), f32, cpu)
     assert larger.shape == (8, 10) and larger.numel() == 80
-    assert scratch.take((8, 10), like).data_ptr() == larger.data_ptr()
-    other_dtype = scratch.take((8, 10), like.to(torch.float64))
+    assert scratch.take((8, 10), f32, cpu).data_ptr() == larger.data_ptr()
+    other_dtype = scratch.take((8, 10), torch.float64, cpu)
     assert other_dtype.dtype == torch.float64
 
 

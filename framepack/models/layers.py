@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear
+
 NORM_EPS = 1e-6
 SINUSOID_DIM = 256
 _GELU_SIGMOID_SCALE = 2 * math.sqrt(2 / math.pi)
@@ -87,14 +89,18 @@ class Scratch:
     def __init__(self) -> None:
         self._buffer: torch.Tensor | None = None
 
-    def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device."""
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """An uninitialised tensor of ``shape``, ``dtype`` and ``device``."""
         numel = math.prod(shape)
         buffer = self._buffer
-        if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
             self._buffer = None  # let the old buffer go before the larger one is allocated
-            buffer = self._buffer = like.new_empty(numel)
+            buffer = self._buffer = torch.empty(numel, dtype=dtype, device=device)
         return buffer[:numel].view(shape)
+
+    def take_output(self, shape: tuple[int, ...], layer: Linear) -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` for ``layer``'s output: its compute dtype, its device."""
+        return self.take(shape, layer.compute_dtype, layer.weight.device)
 
 
 class MLPEmbedder(nn.Module):
@@ -102,14 +108,14 @@ class MLPEmbedder(nn.Module):
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.linear_1 = nn.Linear(in_features, out_features)
-        self.linear_2 = nn.Linear(out_features, out_features)
+        self.linear_1 = Linear(in_features, out_features)
+        self.linear_2 = Linear(out_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
-class Modulation(nn.Linear):
+class Modulation(Linear):
     """The shift/scale/gate vectors of an adaptive norm: silu(emb) -> [B, chunks, D].
 
     Takes ``silu(emb)`` already applied: one step's conditioning vector feeds every block,
@@ -138,18 +144,18 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, activation: str) -> None:
         super().__init__()
         self.activation = activation
-        self.fc_in = nn.Linear(dim, hidden)
-        self.fc_out = nn.Linear(hidden, dim)
+        self.fc_in = Linear(dim, hidden)
+        self.fc_out = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
         """``x`` in any float dtype; computed in the weights' dtype (a float32 stream meets float16 weights).
         The [.., hidden] activation lives in ``scratch`` when one is given."""
         fc_in = self.fc_in
         if scratch is None:
-            h = fc_in(x.to(fc_in.weight.dtype))
+            h = fc_in(x.to(fc_in.compute_dtype))
         else:
-            h = scratch.take((*x.shape[:-1], fc_in.out_features), fc_in.weight)
-            linear_into(h, x, fc_in)
+            h = scratch.take_output((*x.shape[:-1], fc_in.out_features), fc_in)
+            fc_in.forward_into(h, x)
         if self.activation == "gelu_tanh":
             gelu_tanh_(h)  # in place: no second [L, M] buffer
         else:
@@ -245,13 +251,3 @@ def qk_norm_rope_(
         pairs = torch.view_as_complex(rotated.unflatten(-1, (-1, 2)))
         pairs.mul_(rope[:, start : start + chunk])
         part.copy_(rotated)
-
-
-def linear_into(out: torch.Tensor, x: torch.Tensor, layer: nn.Linear) -> None:
-    """out[...] = layer(x), written straight into ``out`` (a slice of a joint buffer) when it is contiguous;
-    ``x`` is cast to the weights' dtype (a float32 stream meets float16 weights)."""
-    x = x.to(layer.weight.dtype)
-    if out.is_contiguous() and x.is_contiguous():
-        torch.addmm(layer.bias, x.reshape(-1, x.shape[-1]), layer.weight.t(), out=out.view(-1, out.shape[-1]))
-    else:
-        out.copy_(layer(x))

@@ -47,6 +47,7 @@ from .layers import (
     rope_table,
     timestep_sinusoid,
 )
+from .linear import Linear
 from .loading import KeyRule, PretrainedModel, key_rule
 from .streaming import StreamableModel
 from .transformer_blocks import (
@@ -337,7 +338,7 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
             [SingleStreamBlock(dim, heads, head_dim, config.mlp_dim) for _ in range(config.num_single_layers)]
         )
         self.output_modulation = Modulation(dim, 2)  # scale and shift of the output norm
-        self.proj_out = nn.Linear(dim, config.patch_size_t * config.patch_size**2 * config.out_channels)
+        self.proj_out = Linear(dim, config.patch_size_t * config.patch_size**2 * config.out_channels)
 
     # --- loading ----------------------------------------------------------------------------
     def checkpoint_keys(self) -> list[KeyRule]:
@@ -526,7 +527,7 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
         # scale first (AdaLayerNormContinuous); float32 under float16 weights, like the stream
         scale, shift = self.output_modulation(F.silu(temb)).to(tokens.dtype).unbind(1)
         tokens = modulate_(layer_norm(tokens), 1 + scale, shift)
-        tokens = self.proj_out(tokens.to(self.proj_out.weight.dtype))
+        tokens = self.proj_out(tokens.to(self.proj_out.compute_dtype))
         batch, _, frames, height, width = shape
         p, pt = self.config.patch_size, self.config.patch_size_t
         out = tokens.reshape(batch, frames // pt, height // p, width // p, -1, pt, p, p)

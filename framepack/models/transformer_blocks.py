@@ -24,12 +24,12 @@ from .layers import (
     attention,
     gelu_tanh_,
     layer_norm,
-    linear_into,
     modulate_,
     qk_norm_rope_,
     qk_norm_weights,
     replicate_pad,
 )
+from .linear import Linear
 
 
 class PatchEmbed(nn.Module):
@@ -65,8 +65,8 @@ class CleanLatentEmbedder(nn.Module):
 class ImageProjection(nn.Module):
     def __init__(self, in_features: int, dim: int) -> None:
         super().__init__()
-        self.up = nn.Linear(in_features, 3 * dim)
-        self.down = nn.Linear(3 * dim, dim)
+        self.up = Linear(in_features, 3 * dim)
+        self.down = Linear(3 * dim, dim)
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.up(image_embeds)))
@@ -82,14 +82,14 @@ class RefinerBlock(nn.Module):
         super().__init__()
         self.heads = heads
         self.attn_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.attn_out = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.attn_out = Linear(dim, dim)
         self.mlp_norm = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = FeedForward(dim, int(dim * mlp_ratio), activation="silu")
         self.gates = Modulation(dim, 2)  # the attention and MLP gates
 
     def forward(self, h: torch.Tensor, temb_act: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        normed = affine_layer_norm(self.attn_norm, h).to(self.qkv.weight.dtype)
+        normed = affine_layer_norm(self.attn_norm, h).to(self.qkv.compute_dtype)
         q, k, v = self.qkv(normed).unflatten(-1, (3, self.heads, -1)).unbind(-3)
         attn_out = self.attn_out(attention(q, k, v, mask))
         gate_msa, gate_mlp = self.gates(temb_act).unbind(1)
@@ -108,7 +108,7 @@ class TokenRefiner(nn.Module):
         super().__init__()
         self.timestep_embed = MLPEmbedder(SINUSOID_DIM, dim)
         self.pooled_text_embed = MLPEmbedder(text_dim, dim)  # embeds the masked mean of the text
-        self.proj_in = nn.Linear(text_dim, dim)
+        self.proj_in = Linear(text_dim, dim)
         self.blocks = nn.ModuleList([RefinerBlock(dim, heads, mlp_ratio) for _ in range(layers)])
 
     def forward(self, tokens: torch.Tensor, temb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -138,12 +138,12 @@ class DoubleStreamBlock(nn.Module):
         super().__init__()
         self.heads = heads
         self.modulation = Modulation(dim, 12)
-        self.image_qkv = nn.Linear(dim, 3 * dim)
-        self.context_qkv = nn.Linear(dim, 3 * dim)
+        self.image_qkv = Linear(dim, 3 * dim)
+        self.context_qkv = Linear(dim, 3 * dim)
         self.image_qk_norm = qk_norm_weights(head_dim)
         self.context_qk_norm = qk_norm_weights(head_dim)
-        self.image_attn_out = nn.Linear(dim, dim)
-        self.context_attn_out = nn.Linear(dim, dim)
+        self.image_attn_out = Linear(dim, dim)
+        self.context_attn_out = Linear(dim, dim)
         self.image_mlp = FeedForward(dim, mlp_dim, activation="gelu_tanh")
         self.context_mlp = FeedForward(dim, mlp_dim, activation="gelu_tanh")
 
@@ -166,9 +166,9 @@ class DoubleStreamBlock(nn.Module):
         x, c = joint[:, :n_img], joint[:, n_img:]
 
         normed = layer_norm(joint)
-        qkv = scratch.take((*joint.shape[:2], 3 * joint.shape[2]), self.image_qkv.weight)
-        linear_into(qkv[:, :n_img], modulate_(normed[:, :n_img], scale, shift), self.image_qkv)
-        linear_into(qkv[:, n_img:], modulate_(normed[:, n_img:], c_scale, c_shift), self.context_qkv)
+        qkv = scratch.take_output((*joint.shape[:2], 3 * joint.shape[2]), self.image_qkv)
+        self.image_qkv.forward_into(qkv[:, :n_img], modulate_(normed[:, :n_img], scale, shift))
+        self.context_qkv.forward_into(qkv[:, n_img:], modulate_(normed[:, n_img:], c_scale, c_shift))
         qkv = qkv.unflatten(-1, (3, self.heads, -1))  # joint [image | context] q, k, v
         image_weights, context_weights = self.image_qk_norm.view(2, 1, -1), self.context_qk_norm.view(2, 1, -1)
         qk_norm_rope_(qkv[:, :, :2], n_img, image_weights, context_weights, rope)
@@ -196,9 +196,9 @@ class SingleStreamBlock(nn.Module):
         self.heads = heads
         self.dim = dim
         self.modulation = Modulation(dim, 3)
-        self.qkv_mlp = nn.Linear(dim, 3 * dim + mlp_dim)
+        self.qkv_mlp = Linear(dim, 3 * dim + mlp_dim)
         self.qk_norm = qk_norm_weights(head_dim)
-        self.proj_out = nn.Linear(dim + mlp_dim, dim)
+        self.proj_out = Linear(dim + mlp_dim, dim)
 
     def modulated_input(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
         return first_modulated_input(self.modulation, x, temb_act)
@@ -216,8 +216,8 @@ class SingleStreamBlock(nn.Module):
         mod[:, 1].add_(1)
         shift, scale, gate = mod.unbind(1)
         dim = self.dim
-        h = scratch.take((*joint.shape[:2], self.qkv_mlp.out_features), self.qkv_mlp.weight)
-        linear_into(h, modulate_(layer_norm(joint), scale, shift), self.qkv_mlp)
+        h = scratch.take_output((*joint.shape[:2], self.qkv_mlp.out_features), self.qkv_mlp)
+        self.qkv_mlp.forward_into(h, modulate_(layer_norm(joint), scale, shift))
         qkv = h[..., : 3 * dim].unflatten(-1, (3, self.heads, -1))
         weights = self.qk_norm.view(2, 1, -1)
         qk_norm_rope_(qkv[:, :, :2], n_img, weights, weights, rope)

@@ -1,0 +1,136 @@
+"""Linear: the transformer's one linear layer, for the weights people actually have.
+
+It is ``nn.Linear`` with two additions, both off by default (then it computes exactly as
+``nn.Linear``):
+
+* **Narrow storage.** A layer computes in its bias's dtype; its weight may be stored in a
+  narrower one (``torch.float8_e4m3fn``, or bfloat16 under a float32 bias on a CPU) and is
+  upcast at use, times ``weight_scale`` when the checkpoint has scales: one per tensor
+  ``[1]``, per output channel ``[out, 1]`` or per block of input columns ``[out, in / block, 1]``.
+  Streaming therefore moves the narrow bytes, and the upcast happens on the device.
+* **Run-time LoRA pairs** (``lora``, a ``LoraPairs``): ``y = x W^T + b + sum_i s_i (x A_i^T) B_i^T``
+  over the pairs, each on a range of output rows (a pair may cover one part of a fused
+  weight: q of a fused qkv). The pairs are buffers, so they travel with a streamed block;
+  their strengths live in one ``LoraStrengths`` shared by every layer of a model (and by a
+  streamer's copies of its blocks), so changing one needs no copy of any tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LoraStrengths(dict[str, float]):
+    """Adapter name -> strength, one per model. Copies of a block (a streamer's shells) share it."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LoraStrengths:
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class PairPlacement:
+    """Where pair ``i`` of a ``LoraPairs`` acts: its adapter, output rows and alpha / rank."""
+
+    adapter: str
+    rows: slice
+    scale: float
+
+
+class LoraPairs(nn.Module):
+    """The run-time LoRA pairs of one ``Linear``: buffers ``down_i`` [r, in] and ``up_i`` [rows, r]."""
+
+    def __init__(self, strengths: LoraStrengths) -> None:
+        super().__init__()
+        self.strengths = strengths
+        self.placements: list[PairPlacement] = []
+
+    def __len__(self) -> int:
+        return len(self.placements)
+
+    def pairs(self) -> Iterator[tuple[PairPlacement, torch.Tensor, torch.Tensor]]:
+        for i, placement in enumerate(self.placements):
+            yield placement, self._buffers[f"down_{i}"], self._buffers[f"up_{i}"]
+
+    def append(self, placement: PairPlacement, down: torch.Tensor, up: torch.Tensor) -> None:
+        i = len(self.placements)
+        self.register_buffer(f"down_{i}", down)
+        self.register_buffer(f"up_{i}", up)
+        self.placements.append(placement)
+
+    def remove(self, adapter: str) -> None:
+        """Drop every pair of ``adapter``; the others keep their order."""
+        kept = [(p, down, up) for p, down, up in self.pairs() if p.adapter != adapter]
+        self._buffers.clear()
+        self.placements = []
+        for placement, down, up in kept:
+            self.append(placement, down, up)
+
+    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        """out[..., rows] += strength * scale * (x A^T) B^T for every pair, in place."""
+        for placement, down, up in self.pairs():
+            factor = self.strengths[placement.adapter] * placement.scale
+            if factor:
+                out[..., placement.rows].add_(F.linear(F.linear(x, down), up), alpha=factor)
+
+    def delta(self, adapter: str | None = None) -> list[tuple[slice, torch.Tensor]]:
+        """Each pair's weight update (strength * scale * B A) with its rows, in float32."""
+        return [
+            (p.rows, self.strengths[p.adapter] * p.scale * (up.float() @ down.float()))
+            for p, down, up in self.pairs()
+            if adapter is None or p.adapter == adapter
+        ]
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` with a narrow-storage weight and run-time LoRA pairs (module docstring)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs: Any) -> None:
+        super().__init__(in_features, out_features, bias, **kwargs)
+        self.register_buffer("weight_scale", None)
+        self.lora: LoraPairs | None = None
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the layer computes in: its bias's (the weight may be stored narrower)."""
+        return self.weight.dtype if self.bias is None else self.bias.dtype
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight in the compute dtype: upcast and scaled where it is stored narrower."""
+        weight, dtype = self.weight, self.compute_dtype
+        if weight.dtype == dtype:
+            return weight
+        return dequantize(weight, self.weight_scale, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.dense_weight(), self.bias)
+        if self.lora:
+            self.lora.add_to(out, x)
+        return out
+
+    def forward_into(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        """out[...] = self(x), written straight into ``out`` (a slice of a joint buffer) when it is
+        contiguous; ``x`` is cast to the compute dtype (a float32 stream meets float16 weights)."""
+        x = x.to(self.compute_dtype)
+        if out.is_contiguous() and x.is_contiguous():
+            torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.dense_weight().t(), out=out.view(-1, out.shape[-1]))
+            if self.lora:
+                self.lora.add_to(out, x)
+        else:
+            out.copy_(self(x))
+
+
+def dequantize(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` [out, in] upcast to ``dtype`` and multiplied by ``scale``: [1], [out, 1] or [out, in / block, 1]."""
+    dense = weight.to(dtype)
+    if scale is None:
+        return dense
+    out_features, in_features = dense.shape
+    factor = scale.to(dtype)
+    factor = factor.reshape(factor.shape[0] if factor.ndim >= 2 else 1, factor.shape[1] if factor.ndim == 3 else 1, 1)
+    return (dense.view(out_features, factor.shape[1], -1) * factor).view(out_features, in_features)
