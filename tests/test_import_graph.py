@@ -44,6 +44,7 @@ FORBIDDEN = {
     "framepack.memory": ("framepack.pipeline", "framepack.components", "framepack.cli", "framepack.sampling"),
     # the low layer of memory, which models use: no model, planner or placement above it
     "framepack.memory.host": ("framepack.models", "framepack.memory.planner", "framepack.memory.placement"),
+    "framepack.memory.mapped_pages": ("framepack.models", "framepack.memory.planner", "framepack.memory.placement"),
     "framepack.memory.residency": ("framepack.models", "framepack.memory.planner", "framepack.memory.placement"),
     "framepack.memory.streamer": ("framepack.models", "framepack.memory.planner", "framepack.memory.placement"),
     "framepack.memory.planner": ("framepack.memory.placement",),

@@ -1,8 +1,9 @@
 """Device memory: what lives on the device, when, and how it gets there.
 
-Five modules, lowest first (each imports only those above it; models import the first three):
+Six modules, lowest first (each imports only those above it; models import the first four):
 
   host.py       how much host RAM may still be page-locked (``lockable_bytes``)
+  mapped_pages.py  dropping the pages of memory-mapped weights a streamer has copied
   residency.py  a module's tensors and moving a whole component to the device and back
   streamer.py   which blocks of a stack stay resident, and streaming the rest through slots
   planner.py    the pipeline's plan for one budget: pure arithmetic from sizes and estimates

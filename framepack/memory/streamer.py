@@ -52,6 +52,7 @@ from torch import nn
 from ..device_runtime import runtime
 from ..errors import ConfigError
 from ..units import format_bytes
+from . import mapped_pages
 from .host import lockable_bytes
 from .residency import ModuleTensors, upload
 
@@ -225,6 +226,7 @@ class StreamStats:
     transferred_bytes: int = 0
     last_pass_transferred_bytes: int = 0
     peak_in_flight_bytes: int = 0
+    released_bytes: int = 0  # file-backed pages of streamed blocks dropped after their copy (mapped_pages)
 
     @property
     def device_bytes(self) -> int:
@@ -278,6 +280,8 @@ class LayerStreamer:
         self._next_staging = 0
         self.stats.pinned_bytes = sum(b.nbytes for b in [*self._pinned.values(), *self._staging])
         self._host = [list(t.tensors) for t in self._tensors]
+        for i in self._pinned:  # read once, into page-locked memory
+            self._release_host(i)
         self._shells = {i: [_shell(self.blocks[i]) for _ in range(self.plan.slots)] for i in self.plan.streamed}
         self._copy_stream = rt.new_stream(self.device) if self.device.type == "cuda" and self._streamed else None
         self._slots: list[torch.Tensor] = []
@@ -348,6 +352,8 @@ class LayerStreamer:
             if source is None:
                 for view, host in zip(self._tensors[i].views(destination), self._host[i]):
                     view.copy_(host, non_blocking=True)
+                # A pageable source has been read when the copy returns (staged, on CUDA).
+                self._release_host(i)
             else:  # same layout as the slot: one contiguous copy
                 destination[: source.numel()].copy_(source, non_blocking=True)
             ready = rt.record_event(self._copy_stream)
@@ -368,7 +374,13 @@ class LayerStreamer:
         buffer = self._staging[k][: self._tensors[i].packed_nbytes]
         for view, host in zip(self._tensors[i].views(buffer), self._host[i]):
             view.copy_(host)
+        self._release_host(i)
         return buffer, k
+
+    def _release_host(self, i: int) -> None:
+        """Drop the process's pages of streamed block ``i``'s memory-mapped host tensors, now copied:
+        the RSS of a pass stays near one block, not the whole file (framepack.memory.mapped_pages)."""
+        self.stats.released_bytes += mapped_pages.release(self._host[i])
 
     # --- running --------------------------------------------------------------------
     def iterate(self, start: int = 0, stop: int | None = None) -> Iterator[nn.Module]:

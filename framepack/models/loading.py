@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..memory import mapped_pages
 from ..precision import default_dtype
 from .configuration import ModelConfig
 
@@ -61,6 +62,8 @@ class SafetensorsFile:
             self.entries, self._data_start = self._read_header()
             size = os.fstat(self._file.fileno()).st_size
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+            if self._map is not None:  # a streamer may drop the pages of blocks it has copied
+                mapped_pages.register(self._map)
         except Exception:
             self._file.close()
             raise

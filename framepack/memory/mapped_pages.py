@@ -1,0 +1,100 @@
+"""Give back the pages of memory-mapped checkpoint tensors once they have been read.
+
+A model loaded with ``storage="mmap"`` views its weights in the checkpoint file. Every
+page a pass reads stays mapped into the process (counted in its RSS as file-backed
+memory) until the kernel reclaims it under pressure, so a streamed pass over a 26 GB
+checkpoint shows 26 GB of RSS and pushes other programs' memory out. ``release`` drops a
+streamed block's pages from the process right after the streamer has copied them: the
+bytes stay in the page cache (reclaimable, and reused if the block is read again soon),
+and the next read of the tensor maps them back from there or from the file.
+
+Safety, because ``MADV_DONTNEED`` discards rather than writes back:
+  * only ranges inside a mapping registered here (``register``: the read-only,
+    copy-on-write maps of ``framepack.models.loading.SafetensorsFile``) are ever advised;
+    anonymous memory (a tensor copied, cast or concatenated at load) is never touched,
+    as dropping it would zero the weights;
+  * a tensor of which any page has been written (a copy-on-write page is anonymous: an
+    in-place edit of a mapped weight) is left alone, since dropping it would silently
+    revert the edit to the file's bytes. ``/proc/self/pagemap`` tells file pages from
+    anonymous ones; where it cannot be read, nothing is released.
+Only whole pages inside a tensor are dropped, so neighbours in the file keep theirs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import weakref
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+PAGE = mmap.PAGESIZE
+_PAGEMAP = "/proc/self/pagemap"
+_PRESENT, _SWAPPED, _FILE = 1 << 63, 1 << 62, 1 << 61
+
+# (start address, length, the map): every mapping whose pages ``release`` may drop
+_MAPPINGS: list[tuple[int, int, weakref.ref[mmap.mmap]]] = []
+
+
+def register(mapping: mmap.mmap) -> None:
+    """Allow ``release`` on ``mapping``: a private (copy-on-write) map of a file, never written on purpose."""
+    anchor = ctypes.c_char.from_buffer(mapping)  # only to read the address; dropped at once
+    start = ctypes.addressof(anchor)
+    del anchor
+    _MAPPINGS[:] = [m for m in _MAPPINGS if m[2]() is not None]
+    _MAPPINGS.append((start, len(mapping), weakref.ref(mapping)))
+
+
+def _mapping_of(address: int, nbytes: int) -> tuple[int, mmap.mmap] | None:
+    for start, length, ref in _MAPPINGS:
+        if start <= address and address + nbytes <= start + length:
+            mapping = ref()
+            if mapping is not None and not mapping.closed:
+                return start, mapping
+    return None
+
+
+def _all_pages_file_backed(pagemap: int, first_page: int, pages: int) -> bool:
+    """Whether none of these pages is anonymous (written after mapping) or swapped out."""
+    raw = os.pread(pagemap, 8 * pages, 8 * first_page)
+    if len(raw) != 8 * pages:
+        return False
+    entries = np.frombuffer(raw, dtype=np.uint64)
+    present = (entries & np.uint64(_PRESENT)) != 0
+    anonymous = present & ((entries & np.uint64(_FILE)) == 0)
+    swapped = (entries & np.uint64(_SWAPPED)) != 0
+    return not bool((anonymous | swapped).any())
+
+
+def release(tensors: Iterable[torch.Tensor]) -> int:
+    """Drop the process's pages of those ``tensors`` that view a registered mapping; returns the bytes advised.
+
+    Other tensors (anonymous, on a device, non-contiguous) are skipped, as are written ones."""
+    if not _MAPPINGS:
+        return 0
+    try:
+        pagemap = os.open(_PAGEMAP, os.O_RDONLY)
+    except OSError:
+        return 0
+    released = 0
+    try:
+        for tensor in tensors:
+            if tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.nbytes < PAGE:
+                continue
+            address = tensor.data_ptr()
+            found = _mapping_of(address, tensor.nbytes)
+            if found is None:
+                continue
+            start, mapping = found
+            first = -(-address // PAGE) * PAGE
+            last = (address + tensor.nbytes) // PAGE * PAGE
+            if last <= first or not _all_pages_file_backed(pagemap, first // PAGE, (last - first) // PAGE):
+                continue
+            mapping.madvise(mmap.MADV_DONTNEED, first - start, last - first)
+            released += last - first
+    finally:
+        os.close(pagemap)
+    return released
