@@ -26,6 +26,7 @@ process's /proc/self/io read_bytes (what came from the disk, not the page cache)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -163,6 +164,7 @@ def measure(fmt: str, folder: Path, args: argparse.Namespace) -> dict:
             }
         )
     peaks = sampler.stop()
+    torch.save(out.float().cpu(), args.dir / f"{fmt}-output.pt")  # the parent compares the formats
     n_img = prepared.rope.shape[1]
     return {
         "format": fmt,
@@ -196,6 +198,12 @@ def measure(fmt: str, folder: Path, args: argparse.Namespace) -> dict:
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
     }
+
+
+def relative_error(path: Path, reference_path: Path) -> str:
+    """max |a - b| / max |b| and the RMS ratio of two saved outputs."""
+    a, b = torch.load(path), torch.load(reference_path)
+    return f"max {(a - b).abs().max() / b.abs().max():.2e}, rms {(a - b).norm() / b.norm():.2e} (relative)"
 
 
 def gib(n: float | None) -> str:
@@ -234,7 +242,7 @@ def print_table(results: list[dict], write_s: float | None, total_s: float) -> N
     by_format = {r["format"]: r for r in results}
     if {"bf16", "fp8"} <= set(by_format):
         ratio = by_format["fp8"]["steps"][-1]["streamed_bytes"] / by_format["bf16"]["steps"][-1]["streamed_bytes"]
-        print(f"bytes per step fp8 / bf16: {ratio:.3f}")
+        print(f"bytes per step fp8 / bf16: {ratio:.3f}; fp8 output vs bf16: {by_format['fp8']['error_vs_bf16']}")
 
 
 def main() -> None:
@@ -280,11 +288,17 @@ def main() -> None:
             if out.returncode:
                 raise SystemExit(f"{fmt} run failed:\n{out.stderr[-4000:]}")
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            if fmt == "fp8" and "bf16" in formats[: formats.index(fmt)]:
+                results[-1]["error_vs_bf16"] = relative_error(args.dir / "fp8-output.pt", args.dir / "bf16-output.pt")
             print(f"{fmt}: step {results[-1]['steps'][-1]['seconds']:.0f} s", flush=True)
     finally:
+        for fmt in formats:
+            (args.dir / f"{fmt}-output.pt").unlink(missing_ok=True)
         if not args.keep:
             for d in folders.values():
                 shutil.rmtree(d, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the folder itself, when nothing else is in it
+                args.dir.rmdir()
     total_s = time.perf_counter() - started
     print_table(results, write_s, total_s)
     print(json.dumps({"write_s": write_s, "total_s": total_s, "results": results}))
