@@ -60,6 +60,8 @@ def test_streamed_pass_releases_file_pages_and_rereads_them_exactly(
 ) -> None:
     path = save_model(tmp_path)
     model = FramePackTransformer.from_pretrained(tmp_path, dtype=torch.float32, storage="mmap")
+    # Loading read the fused parts (q|k|v... are concatenated into anonymous memory) and then dropped their pages.
+    assert file_rss_bytes(path) <= 0.1 * path.stat().st_size
     resident = run(model)
     sizes = [block_nbytes(b) for b in model.streamable_blocks()]
     streamer = model.enable_streaming("cpu", minimum_budget(sizes))
@@ -67,10 +69,6 @@ def test_streamed_pass_releases_file_pages_and_rereads_them_exactly(
     with monkeypatch.context() as patch:  # the control: the same streamed pass, nothing released
         patch.setattr(mapped_pages, "release", lambda tensors: 0)
         control = run(model)
-    mapped_before = file_rss_bytes(path)  # every page of the file is mapped in by now
-    assert mapped_before >= 0.9 * path.stat().st_size
-
-    first = run(model)
     # The file-backed part of the blocks: tensors not fused at load (fused ones are anonymous copies).
     path_str = str(path.resolve())
     mapped_block_bytes = sum(
@@ -80,6 +78,10 @@ def test_streamed_pass_releases_file_pages_and_rereads_them_exactly(
         if t.nbytes >= 16 * mapped_pages.PAGE and _in_file(t, path_str)
     )
     assert mapped_block_bytes > 0.25 * path.stat().st_size
+    mapped_before = file_rss_bytes(path)  # the control pass mapped every block page in
+    assert mapped_before >= mapped_block_bytes
+
+    first = run(model)
     released = streamer.stats.released_bytes
     assert released >= 0.8 * mapped_block_bytes
     mapped_after = file_rss_bytes(path)
@@ -87,7 +89,7 @@ def test_streamed_pass_releases_file_pages_and_rereads_them_exactly(
 
     second = run(model)  # the released pages are read again from the file
     assert torch.equal(first, control) and torch.equal(second, control)
-    assert streamer.stats.released_bytes == 2 * released
+    assert streamer.stats.released_bytes - released >= 0.8 * mapped_block_bytes
     # Slots align tensors differently from the file, so vectorised kernels may round differently.
     torch.testing.assert_close(second, resident, rtol=1e-5, atol=1e-5)
 
@@ -114,12 +116,14 @@ def test_release_never_touches_anonymous_or_written_memory(tmp_path: Path) -> No
     assert mapped_pages.release([fused, copy]) == 0
     assert torch.equal(fused, fused_copy) and torch.equal(copy, weight)
 
-    weight.data[5, 7] += 1.0  # a write makes that page a private, anonymous copy
     edited = weight.clone()
-    assert mapped_pages.release([weight]) == 0
-    assert torch.equal(weight, edited)
-    untouched = model.single_blocks[1].proj_out.weight
-    assert mapped_pages.release([untouched]) >= untouched.nbytes - 2 * mapped_pages.PAGE
+    edited[5, 7] += 1.0
+    weight.data[5, 7] += 1.0  # a write makes that page a private, anonymous copy
+    weight.sum()  # every other page of the tensor mapped in
+    released = mapped_pages.release([weight])
+    assert weight.nbytes - 3 * mapped_pages.PAGE <= released <= weight.nbytes - mapped_pages.PAGE
+    assert torch.equal(weight, edited)  # the written page was kept, the others read back from the file
+    assert torch.equal(model.single_blocks[0].proj_out.weight.flatten()[-10:], edited.flatten()[-10:])
 
 
 def test_compute_in_float32_keeps_stored_linear_weights_and_matches_a_float32_copy(tmp_path: Path) -> None:

@@ -13,11 +13,12 @@ Safety, because ``MADV_DONTNEED`` discards rather than writes back:
     copy-on-write maps of ``framepack.models.loading.SafetensorsFile``) are ever advised;
     anonymous memory (a tensor copied, cast or concatenated at load) is never touched,
     as dropping it would zero the weights;
-  * a tensor of which any page has been written (a copy-on-write page is anonymous: an
-    in-place edit of a mapped weight) is left alone, since dropping it would silently
-    revert the edit to the file's bytes. ``/proc/self/pagemap`` tells file pages from
-    anonymous ones; where it cannot be read, nothing is released.
+  * a page that has been written (a copy-on-write page is anonymous: an in-place edit of
+    a mapped weight) is kept, since dropping it would silently revert the edit to the
+    file's bytes. ``/proc/self/pagemap`` tells file pages from anonymous ones; where it
+    cannot be read, nothing is released.
 Only whole pages inside a tensor are dropped, so neighbours in the file keep theirs.
+``release_mapping`` drops a whole file's pages once loading has read what it copies.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 PAGE = mmap.PAGESIZE
 _PAGEMAP = "/proc/self/pagemap"
 _PRESENT, _SWAPPED, _FILE = 1 << 63, 1 << 62, 1 << 61
+_CHUNK_PAGES = 16384  # pagemap entries read at once (128 KiB, for 64 MiB of mapping)
 
 # (start address, length, the map): every mapping whose pages ``release`` may drop
 _MAPPINGS: list[tuple[int, int, weakref.ref[mmap.mmap]]] = []
@@ -57,22 +59,29 @@ def _mapping_of(address: int, nbytes: int) -> tuple[int, mmap.mmap] | None:
     return None
 
 
-def _all_pages_file_backed(pagemap: int, first_page: int, pages: int) -> bool:
-    """Whether none of these pages is anonymous (written after mapping) or swapped out."""
-    raw = os.pread(pagemap, 8 * pages, 8 * first_page)
-    if len(raw) != 8 * pages:
-        return False
-    entries = np.frombuffer(raw, dtype=np.uint64)
-    present = (entries & np.uint64(_PRESENT)) != 0
-    anonymous = present & ((entries & np.uint64(_FILE)) == 0)
-    swapped = (entries & np.uint64(_SWAPPED)) != 0
-    return not bool((anonymous | swapped).any())
+def _drop_file_pages(pagemap: int, mapping: mmap.mmap, start: int, first: int, last: int) -> int:
+    """madvise(DONTNEED) the present file pages of addresses [first, last) (page-aligned) of ``mapping``
+    (mapped at ``start``), never an anonymous (written) or swapped page; returns the bytes advised."""
+    dropped = 0
+    for low in range(first, last, _CHUNK_PAGES * PAGE):
+        pages = min(_CHUNK_PAGES, (last - low) // PAGE)
+        raw = os.pread(pagemap, 8 * pages, 8 * (low // PAGE))
+        if len(raw) != 8 * pages:
+            return dropped
+        entries = np.frombuffer(raw, dtype=np.uint64)
+        present_file = (entries & np.uint64(_PRESENT | _FILE | _SWAPPED)) == np.uint64(_PRESENT | _FILE)
+        # runs of droppable pages: [begin, end) page indices where the mask is true
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], present_file.view(np.int8), [0]))))
+        for begin, end in zip(edges[::2], edges[1::2]):
+            mapping.madvise(mmap.MADV_DONTNEED, low - start + int(begin) * PAGE, int(end - begin) * PAGE)
+            dropped += int(end - begin) * PAGE
+    return dropped
 
 
 def release(tensors: Iterable[torch.Tensor]) -> int:
     """Drop the process's pages of those ``tensors`` that view a registered mapping; returns the bytes advised.
 
-    Other tensors (anonymous, on a device, non-contiguous) are skipped, as are written ones."""
+    Other tensors (anonymous, on a device, non-contiguous) are skipped, as are written pages."""
     if not _MAPPINGS:
         return 0
     try:
@@ -86,15 +95,27 @@ def release(tensors: Iterable[torch.Tensor]) -> int:
                 continue
             address = tensor.data_ptr()
             found = _mapping_of(address, tensor.nbytes)
-            if found is None:
-                continue
-            start, mapping = found
-            first = -(-address // PAGE) * PAGE
-            last = (address + tensor.nbytes) // PAGE * PAGE
-            if last <= first or not _all_pages_file_backed(pagemap, first // PAGE, (last - first) // PAGE):
-                continue
-            mapping.madvise(mmap.MADV_DONTNEED, first - start, last - first)
-            released += last - first
+            if found is not None:
+                first = -(-address // PAGE) * PAGE
+                last = (address + tensor.nbytes) // PAGE * PAGE
+                released += _drop_file_pages(pagemap, found[1], found[0], first, last) if last > first else 0
     finally:
         os.close(pagemap)
     return released
+
+
+def release_mapping(mapping: mmap.mmap) -> int:
+    """Drop every file page of a registered ``mapping`` (after loading: the pages read to
+    concatenate or cast tensors are not needed again; mapped tensors read theirs back on use)."""
+    found = [(start, length) for start, length, ref in _MAPPINGS if ref() is mapping]
+    if not found or mapping.closed:
+        return 0
+    try:
+        pagemap = os.open(_PAGEMAP, os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        start, length = found[0]
+        return _drop_file_pages(pagemap, mapping, start, start, start + length // PAGE * PAGE)
+    finally:
+        os.close(pagemap)

@@ -124,6 +124,8 @@ class SafetensorsFile:
     def close(self) -> None:
         # A mapping still viewed by mmap-stored parameters must stay open; it is freed with them.
         self._file.close()
+        if self._map is not None:  # pages read to copy, cast or concatenate tensors are not needed again
+            mapped_pages.release_mapping(self._map)
 
 
 def checkpoint_files(folder: Path, weights_name: str) -> list[Path]:
