@@ -124,7 +124,7 @@ class SafetensorsFile:
     def close(self) -> None:
         # A mapping still viewed by mmap-stored parameters must stay open; it is freed with them.
         self._file.close()
-        if self._map is not None:  # pages read to copy, cast or concatenate tensors are not needed again
+        if self._map is not None:  # whatever else loading read (load_checkpoint drops pages tensor by tensor)
             mapped_pages.release_mapping(self._map)
 
 
@@ -361,6 +361,7 @@ def load_checkpoint(
                 tensor = tensor.clone()  # detach from the mapping so the file can be released
             tensor = tensor.to(device)
             _assign(model, name, tensor, requires_grad=False)
+            mapped_pages.release(parts)  # read to concatenate or cast: not needed again (mapped ones re-read on use)
         if storage == "mmap" and copied_bytes:
             logger.warning(
                 "%s: %.1f MiB of weights are stored in another dtype than %s and were copied, not mapped",
