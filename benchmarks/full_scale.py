@@ -288,13 +288,13 @@ def main() -> None:
             if out.returncode:
                 raise SystemExit(f"{fmt} run failed:\n{out.stderr[-4000:]}")
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            if fmt == "fp8" and "bf16" in formats[: formats.index(fmt)]:
+            if fmt == "fp8" and (args.dir / "bf16-output.pt").exists():  # this run's, or a --keep run's
                 results[-1]["error_vs_bf16"] = relative_error(args.dir / "fp8-output.pt", args.dir / "bf16-output.pt")
             print(f"{fmt}: step {results[-1]['steps'][-1]['seconds']:.0f} s", flush=True)
     finally:
-        for fmt in formats:
-            (args.dir / f"{fmt}-output.pt").unlink(missing_ok=True)
         if not args.keep:
+            for fmt in formats:
+                (args.dir / f"{fmt}-output.pt").unlink(missing_ok=True)
             for d in folders.values():
                 shutil.rmtree(d, ignore_errors=True)
             with contextlib.suppress(OSError):  # the folder itself, when nothing else is in it
