@@ -4,7 +4,6 @@ the formats (not by the code under test), loads bit-identical to the native fold
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,12 @@ from framepack.components import tiny_configs
 from framepack.errors import CheckpointError, ConfigError
 from framepack.models.clip import CLIPTextEncoder
 from framepack.models.llama import LlamaTextEncoder
-from framepack.models.loading import PretrainedModel, to_checkpoint_state_dict
+from framepack.models.loading import PretrainedModel
 from framepack.models.siglip import SiglipImageEncoder
 from framepack.models.single_file import load_single_file
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from framepack.models.vae import HunyuanVideoVAE
+from tests.single_file_support import checkpoint_tensors, comfy_org_vae, kijai_fp8, llava_llama3
 from tests.transformer_support import conditioning_and_context, make_inputs, randomise_
 
 CONFIGS = tiny_configs()
@@ -29,11 +29,6 @@ def random_model(cls: type[PretrainedModel], config, seed: int) -> PretrainedMod
     model = cls(config)
     randomise_(model, seed)
     return model.eval()
-
-
-def checkpoint_tensors(model: PretrainedModel) -> dict[str, torch.Tensor]:
-    """The native (diffusers / transformers) checkpoint of ``model``."""
-    return {k: v.detach().contiguous().clone() for k, v in to_checkpoint_state_dict(model).items()}
 
 
 def native_load(cls: type[PretrainedModel], config, tensors: dict[str, torch.Tensor], folder: Path) -> PretrainedModel:
@@ -60,17 +55,6 @@ def transformer_output(model: FramePackTransformer) -> torch.Tensor:
     cond, context = conditioning_and_context(inputs)
     with torch.no_grad():
         return model(inputs["latents"], inputs["timestep"], cond, context)
-
-
-def kijai_fp8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """kijai's fp8 file: block Linear weights in float8_e4m3fn; norms, biases and the rest as they were."""
-    blocks = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.\d+\.")
-    return {
-        k: v.to(torch.float8_e4m3fn)
-        if blocks.match(k) and k.endswith(".weight") and v.ndim == 2 and "norm" not in k
-        else v
-        for k, v in tensors.items()
-    }
 
 
 def test_transformer_single_file_equals_the_native_folder(tmp_path: Path) -> None:
@@ -120,10 +104,8 @@ def test_llama_causal_lm_file_equals_the_native_folder(tmp_path: Path) -> None:
     config = CONFIGS["text_encoder"]
     tensors = checkpoint_tensors(random_model(LlamaTextEncoder, config, 3))
     native = native_load(LlamaTextEncoder, config, tensors, tmp_path / "native")
-    # LlamaForCausalLM: the model under "model.", an output head, and (some repackages) the tokenizer.
-    foreign = {f"model.{k}": v for k, v in tensors.items()}
-    foreign["lm_head.weight"] = torch.randn(config.vocab_size, config.hidden_size)
-    foreign["tokenizer"] = torch.arange(64, dtype=torch.uint8)
+    foreign = llava_llama3(tensors, config.vocab_size, config.hidden_size)
+    assert {"model.norm.weight", "lm_head.weight", "tokenizer"} <= set(foreign)
     save_file(foreign, tmp_path / "llava_llama3_fp16.safetensors")
     single = load_single_file(LlamaTextEncoder, tmp_path / "llava_llama3_fp16.safetensors", config=config)
     assert_same_weights(single, native)
@@ -162,42 +144,6 @@ def test_sigclip_vision_file_equals_the_native_folder(tmp_path: Path) -> None:
 
 
 # --- the VAE: diffusers names (Kijai's file) or ComfyUI's LDM names (Comfy-Org's), one file name ------
-LDM_ATTENTION = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out": "proj_out", "group_norm": "norm"}
-
-
-def ldm_key(key: str, levels: int) -> str:
-    """A diffusers HunyuanVideo VAE key in ComfyUI's LDM names, rewritten segment by segment."""
-    head, *rest = key.split(".")
-    out = [head]
-    if rest[0] == "down_blocks":  # down_blocks.i.resnets.j / down_blocks.i.downsamplers.0
-        out += ["down", rest[1], *(["block", rest[3]] if rest[2] == "resnets" else ["downsample"])]
-        rest = rest[4:]
-    elif rest[0] == "up_blocks":  # LDM lists the decoder levels the other way round
-        level = str(levels - 1 - int(rest[1]))
-        out += ["up", level, *(["block", rest[3]] if rest[2] == "resnets" else ["upsample"])]
-        rest = rest[4:]
-    elif rest[0] == "mid_block" and rest[1] == "resnets":
-        out += ["mid", f"block_{int(rest[2]) + 1}"]
-        rest = rest[3:]
-    elif rest[0] == "mid_block":  # attentions.0.<projection>[.0]
-        out += ["mid", "attn_1", LDM_ATTENTION[rest[3]]]
-        rest = rest[5:] if rest[3] == "to_out" else rest[4:]
-    elif rest[0] == "conv_norm_out":
-        out.append("norm_out")
-        rest = rest[1:]
-    return ".".join(out + ["nin_shortcut" if r == "conv_shortcut" else r for r in rest])
-
-
-def comfy_org_vae(tensors: dict[str, torch.Tensor], levels: int) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in tensors.items():
-        name = ldm_key(key, levels)
-        if re.search(r"\.attn_1\.(q|k|v|proj_out)\.weight$", name):
-            value = value[:, :, None, None, None].contiguous()  # stored as 1x1x1 Conv3d weights
-        out[name] = value
-    return out
-
-
 def vae_output(model: HunyuanVideoVAE) -> torch.Tensor:
     latents = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
