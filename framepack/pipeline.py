@@ -186,17 +186,35 @@ class FramePackPipeline:
         text_encoder_2: str | os.PathLike[str] | None = None,
         image_encoder: str | os.PathLike[str] | None = None,
         vae: str | os.PathLike[str] | None = None,
-        **kwargs: Any,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        storage: Storage = "copy",
+        vram_budget_gb: float | None = None,
+        resolution: int = 640,
+        window: int = 9,
+        configs: Mapping[str, ModelConfig] | None = None,
     ) -> FramePackPipeline:
         """Load from a ComfyUI ``models`` folder: each file found by its usual name in its usual
         sub-folder (see ``framepack.comfyui``), unless passed here. ``mode`` picks the transformer
-        when both are there (inverted: I2V, forward: F1); other arguments as ``from_files``."""
+        when both are there (inverted: I2V, forward: F1); other arguments as ``from_files``.
+        A missing file, or two candidates for one, is a CheckpointError before any weight is read."""
         given = dict(
             transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
             image_encoder=image_encoder, vae=vae,
         )  # fmt: skip
         files = find_comfyui_files(models_dir, mode=mode, given=given)
-        return cls.from_files(**files, tokenizers=tokenizers, mode=mode, **kwargs)
+        return cls.from_files(
+            **files,
+            tokenizers=tokenizers,
+            mode=mode,
+            device=device,
+            dtype=dtype,
+            storage=storage,
+            vram_budget_gb=vram_budget_gb,
+            resolution=resolution,
+            window=window,
+            configs=configs,
+        )
 
     @classmethod
     def tiny(cls, seed: int = 0, *, device: torch.device | str = "cpu") -> FramePackPipeline:

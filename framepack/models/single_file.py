@@ -88,6 +88,9 @@ def load_single_file(
         if official:
             notes.append("with the official config: a single file carries none; pass config= for another")
         raise CheckpointError(f"{path}: {e}" + (f" ({'; '.join(notes)})" if notes else "")) from e
+    except BaseException:
+        file.close()
+        raise
     logger.info("loaded %s from %s (%s)", cls.__name__, path, read_as)
     return model.eval()
 
