@@ -318,18 +318,22 @@ class PretrainedModel(nn.Module):
 
 def load_checkpoint(
     model: PretrainedModel,
-    files: Iterable[Path],
+    files: Iterable[Path | SafetensorsFile],
     *,
     dtype: torch.dtype,
     device: torch.device,
     storage: Storage = "copy",
 ) -> None:
-    """Fill every tensor of a meta-device ``model`` from ``files``; strict about keys and shapes."""
+    """Fill every tensor of a meta-device ``model`` from ``files``; strict about keys and shapes.
+
+    A file may come already open (a ``SafetensorsFile`` whose keys a single-file reader
+    renamed); it is closed here like the others.
+    """
     if storage not in ("copy", "mmap"):
         raise CheckpointError(f"storage must be 'copy' or 'mmap', got {storage!r}")
     if storage == "mmap" and device.type != "cpu":
         raise CheckpointError(f"storage='mmap' keeps weights in host memory; device must be cpu, got {device}")
-    shards = [SafetensorsFile(p) for p in files]
+    shards = [p if isinstance(p, SafetensorsFile) else SafetensorsFile(p) for p in files]
     try:
         where: dict[str, SafetensorsFile] = {}
         for shard in shards:
