@@ -12,7 +12,7 @@ from torch import nn
 
 from .models.clip import CLIPTextConfig, CLIPTextEncoder
 from .models.llama import LlamaConfig, LlamaTextEncoder
-from .models.loading import Storage
+from .models.loading import Storage, Weights
 from .models.siglip import SiglipImageEncoder, SiglipVisionConfig
 from .models.tokenizers import CLIPTokenizer, LlamaTokenizer
 from .models.transformer import FramePackTransformer, TransformerConfig
@@ -106,17 +106,19 @@ def load_components(
     dtype: torch.dtype | None = None,
     storage: Storage = "copy",
     load_device: torch.device | None = None,
+    weights: Weights = None,
 ) -> Components:
     """Load every component; ``hunyuan`` and ``redux`` are repos (or folders) with the subfolders
     of ``hunyuanvideo-community/HunyuanVideo`` and ``lllyasviel/flux_redux_bfl``.
 
     ``load_device`` is where weights land (the host when the pipeline will swap or stream them).
+    ``weights="fp8"`` stores the transformer's block Linears in fp8 (``FramePackTransformer.from_pretrained``).
     """
     main_dtype, side_dtype = component_dtypes(device, dtype)
     where = load_device or device
     common = dict(device=where, storage=storage)
     return Components(
-        transformer=FramePackTransformer.from_pretrained(transformer, dtype=main_dtype, **common),
+        transformer=FramePackTransformer.from_pretrained(transformer, dtype=main_dtype, weights=weights, **common),
         vae=HunyuanVideoVAE.from_pretrained(hunyuan, subfolder="vae", dtype=side_dtype, **common),
         text_encoder=LlamaTextEncoder.from_pretrained(hunyuan, subfolder="text_encoder", dtype=side_dtype, **common),
         text_encoder_2=CLIPTextEncoder.from_pretrained(hunyuan, subfolder="text_encoder_2", dtype=side_dtype, **common),

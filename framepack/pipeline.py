@@ -29,7 +29,7 @@ from .device_runtime import runtime
 from .errors import ConfigError, InputError
 from .memory.placement import Placement, device_budget_gb
 from .memory.planner import MemoryPlan, plan_memory
-from .models.loading import Storage
+from .models.loading import Storage, Weights
 from .models.vae import VAETiling
 from .prompt import build_conditioning, encode_prompt
 from .results import SectionOutput, VideoResult
@@ -80,6 +80,7 @@ class FramePackPipeline:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         storage: Storage = "copy",
+        weights: Weights = None,
         vram_budget_gb: float | None = None,
         resolution: int = 640,
         window: int = 9,
@@ -90,6 +91,7 @@ class FramePackPipeline:
         device          default: cuda when available, else cpu (float32 on cpu)
         dtype           transformer dtype on accelerators (default bf16; fp16 for cards without bf16)
         storage         "mmap" keeps weights memory-mapped from the files (host RAM below the model size)
+        weights         "fp8": the transformer's block Linears in fp8, block-scaled (fp8 files load as fp8 anyway)
         vram_budget_gb  device memory to stay within (see ``set_vram_budget``); None: on CUDA the
                         memory free on the device, elsewhere no budget (all resident)
         """
@@ -103,6 +105,7 @@ class FramePackPipeline:
             device=device,
             dtype=dtype,
             storage=storage,
+            weights=weights,
             load_device=torch.device("cpu") if budgeted else None,
         )
         pipe = cls(components, device=device)
