@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from framepack.errors import ConfigError, OutputError
 from framepack.models import fp8
+from framepack.models.loading import from_checkpoint_state_dict, to_checkpoint_state_dict
 from framepack.models.transformer import FramePackTransformer
 from tests.test_fp8_loading import BLOCK, block_linears, same_bits
 from tests.transformer_support import TINY, build_diffusers_model, conditioning_and_context, make_inputs
@@ -108,6 +109,19 @@ def test_saved_folder_has_the_diffusers_keys_and_a_scale_weight_per_part(dense_f
     config = json.loads((tmp_path / "fp8" / "config.json").read_text())
     assert config["_class_name"] == "HunyuanVideoFramepackTransformer3DModel"
     assert {k: config[k] for k in TINY} == {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+
+
+def test_checkpoint_state_dict_of_an_fp8_model_maps_back(dense_folder: Path) -> None:
+    model = FramePackTransformer.from_pretrained(dense_folder, dtype=torch.float32, weights="fp8", fp8_block=BLOCK)
+    layer = model.single_blocks[0].qkv_mlp
+    layer.weight_scale = layer.weight_scale.reshape(-1)[:1]  # one scale for the fused tensor
+    saved = to_checkpoint_state_dict(model)
+    assert saved["single_transformer_blocks.0.proj_mlp.scale_weight"].shape == (1,)
+    back, ours = from_checkpoint_state_dict(model, saved), model.state_dict()
+    assert back.keys() == ours.keys()
+    expanded = ours["single_blocks.0.qkv_mlp.weight_scale"].expand(224, 1)  # the loader's per-row form
+    assert same_bits(back.pop("single_blocks.0.qkv_mlp.weight_scale"), expanded.contiguous())
+    assert all(same_bits(t, ours[k]) for k, t in back.items())
 
 
 def test_refusals(dense_folder: Path, tmp_path: Path) -> None:

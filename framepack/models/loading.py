@@ -408,20 +408,21 @@ def load_checkpoint(
             if any(s is not None for s in scales) or any(p.dtype in fp8.FP8_DTYPES for p in parts):
                 tensor, scale = _fp8_tensor(model, name, parts, scales, target_dtype)
                 if tensor.dtype != fp8.FP8:
-                    copied_bytes += tensor.nbytes
-                if tensor.dtype == fp8.FP8 and storage == "copy" and len(parts) == 1 and device.type == "cpu":
+                    copied_bytes += tensor.nbytes  # dequantized
+                elif storage == "copy" and len(parts) == 1 and device.type == "cpu":
                     tensor = tensor.clone()  # detach from the mapping, as below
                 _assign_weight(model, name, tensor.to(device), None if scale is None else scale.to(device))
                 continue
             tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-            if tensor.is_floating_point() and tensor.dtype != target_dtype:
+            converted = tensor.is_floating_point() and tensor.dtype != target_dtype
+            if converted:
                 tensor = tensor.to(target_dtype)
                 copied_bytes += tensor.nbytes
-            elif storage == "copy" and len(parts) == 1 and device.type == "cpu":
-                tensor = tensor.clone()  # detach from the mapping so the file can be released
-            if fp8_block is not None and model.fp8_quantizable(name):
+            if fp8_block is not None and model.fp8_quantizable(name):  # new tensors: nothing stays mapped
                 _assign_weight(model, name, *(t.to(device) for t in fp8.quantize(tensor, block=fp8_block)))
                 continue
+            if not converted and storage == "copy" and len(parts) == 1 and device.type == "cpu":
+                tensor = tensor.clone()  # detach from the mapping so the file can be released
             tensor = tensor.to(device)
             _assign(model, name, tensor, requires_grad=False)
         if storage == "mmap" and copied_bytes:
@@ -460,10 +461,15 @@ def to_checkpoint_state_dict(model: PretrainedModel) -> dict[str, torch.Tensor]:
 def from_checkpoint_state_dict(model: PretrainedModel, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of ``to_checkpoint_state_dict``: checkpoint tensors under our names, fused where we fuse."""
     layout = model.checkpoint_layout(set(tensors))
-    return {
-        name: torch.cat([tensors[k] for k in keys]) if len(keys) > 1 else tensors[keys[0]]
-        for name, keys in layout.items()
-    }
+    out = {}
+    for name, keys in layout.items():
+        if name.endswith(".weight_scale"):  # saved as .scale_weight per part; fused as the loader fuses them
+            weights = [tensors[k[: -len("weight_scale")] + "weight"] for k in keys]
+            parts = [tensors[_scale_weight_key(k)] for k in keys]
+            out[name] = fp8.fuse_scales(parts, [w.shape[0] for w in weights], weights[0].shape[1])
+        else:
+            out[name] = torch.cat([tensors[k] for k in keys]) if len(keys) > 1 else tensors[keys[0]]
+    return out
 
 
 def _check_layout(
