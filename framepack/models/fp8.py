@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # the largest finite e4m3fn value
@@ -66,7 +66,7 @@ def quantize(
     elif per == "tensor":
         groups = w.view(1, 1, -1)
     else:
-        raise ValueError(f"quantize: per must be 'block', 'channel', 'tensor' or 'none', got {per!r}")
+        raise ConfigError(f"quantize: per must be 'block', 'channel', 'tensor' or 'none', got {per!r}")
     amax = groups.abs().amax(dim=-1, keepdim=True)
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     dtype = scale_dtype or weight.dtype
