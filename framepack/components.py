@@ -15,8 +15,9 @@ from torch import nn
 from .errors import CheckpointError, ConfigError
 from .models.clip import CLIPTextConfig, CLIPTextEncoder
 from .models.configuration import ModelConfig
+from .models.fp8 import FP8_BLOCK
 from .models.llama import LlamaConfig, LlamaTextEncoder
-from .models.loading import PretrainedModel, Storage
+from .models.loading import PretrainedModel, Storage, Weights
 from .models.siglip import SiglipImageEncoder, SiglipVisionConfig
 from .models.single_file import load_single_file
 from .models.tokenizers import CLIPTokenizer, LlamaTokenizer
@@ -120,17 +121,19 @@ def load_components(
     dtype: torch.dtype | None = None,
     storage: Storage = "copy",
     load_device: torch.device | None = None,
+    weights: Weights = None,
 ) -> Components:
     """Load every component; ``hunyuan`` and ``redux`` are repos (or folders) with the subfolders
     of ``hunyuanvideo-community/HunyuanVideo`` and ``lllyasviel/flux_redux_bfl``.
 
     ``load_device`` is where weights land (the host when the pipeline will swap or stream them).
+    ``weights="fp8"`` stores the transformer's block Linears in fp8 (``FramePackTransformer.from_pretrained``).
     """
     main_dtype, side_dtype = component_dtypes(device, dtype)
     where = load_device or device
     common = dict(device=where, storage=storage)
     return Components(
-        transformer=FramePackTransformer.from_pretrained(transformer, dtype=main_dtype, **common),
+        transformer=FramePackTransformer.from_pretrained(transformer, dtype=main_dtype, weights=weights, **common),
         vae=HunyuanVideoVAE.from_pretrained(hunyuan, subfolder="vae", dtype=side_dtype, **common),
         text_encoder=LlamaTextEncoder.from_pretrained(hunyuan, subfolder="text_encoder", dtype=side_dtype, **common),
         text_encoder_2=CLIPTextEncoder.from_pretrained(hunyuan, subfolder="text_encoder_2", dtype=side_dtype, **common),
@@ -153,13 +156,14 @@ def load_components_from_files(
     storage: Storage = "copy",
     load_device: torch.device | None = None,
     configs: Mapping[str, ModelConfig] | None = None,
+    weights: Weights = None,
 ) -> Components:
     """Load every model from its single safetensors file (see ``framepack.models.single_file``);
     the tokenizers from ``tokenizers``, a repo or folder with the ``tokenizer/`` and
     ``tokenizer_2/`` subfolders of ``hunyuanvideo-community/HunyuanVideo``.
 
     ``configs`` maps a component name to its config where it is not the official one (tiny
-    test models); dtypes and ``load_device`` are as in ``load_components``.
+    test models); dtypes, ``load_device`` and ``weights`` are as in ``load_components``.
     """
     files = dict(
         transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
@@ -184,6 +188,7 @@ def load_components_from_files(
             dtype=main_dtype if name == "transformer" else side_dtype,
             device=load_device or device,
             storage=storage,
+            fp8_block=FP8_BLOCK if weights == "fp8" and name == "transformer" else None,
         )
         for name, cls in FILE_MODELS.items()
     }

@@ -40,7 +40,7 @@ from .errors import ConfigError, InputError
 from .memory.placement import Placement, device_budget_gb
 from .memory.planner import MemoryPlan, plan_memory
 from .models.configuration import ModelConfig
-from .models.loading import Storage
+from .models.loading import Storage, Weights
 from .models.vae import VAETiling
 from .prompt import build_conditioning, encode_prompt
 from .results import SectionOutput, VideoResult
@@ -91,6 +91,7 @@ class FramePackPipeline:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         storage: Storage = "copy",
+        weights: Weights = None,
         vram_budget_gb: float | None = None,
         resolution: int = 640,
         window: int = 9,
@@ -101,6 +102,7 @@ class FramePackPipeline:
         device          default: cuda when available, else cpu (float32 on cpu)
         dtype           transformer dtype on accelerators (default bf16; fp16 for cards without bf16)
         storage         "mmap" keeps weights memory-mapped from the files (host RAM below the model size)
+        weights         "fp8": the transformer's block Linears in fp8, block-scaled (fp8 files load as fp8 anyway)
         vram_budget_gb  device memory to stay within (see ``set_vram_budget``); None: on CUDA the
                         memory free on the device, elsewhere no budget (all resident)
         """
@@ -114,6 +116,7 @@ class FramePackPipeline:
             device=device,
             dtype=dtype,
             storage=storage,
+            weights=weights,
             load_device=torch.device("cpu") if budgeted else None,
         )
         pipe = cls(components, device=device)
@@ -139,6 +142,7 @@ class FramePackPipeline:
         resolution: int = 640,
         window: int = 9,
         configs: Mapping[str, ModelConfig] | None = None,
+        weights: Weights = None,
     ) -> FramePackPipeline:
         """Load every model from the single safetensors file users have, as ComfyUI keeps them.
 
@@ -149,7 +153,7 @@ class FramePackPipeline:
         mode            the mode the videos will be made in: a transformer whose file name says it
                         was trained for the other one is logged as a warning
         configs         component name -> config, where it is not the official one (single files carry none)
-        The other arguments are those of ``from_pretrained``.
+        The other arguments are those of ``from_pretrained`` (an fp8 file loads as fp8 without ``weights``).
         """
         named = transformer_mode(transformer)
         if mode is not None and named is not None and named != mode:
@@ -168,6 +172,7 @@ class FramePackPipeline:
             storage=storage,
             load_device=torch.device("cpu") if budgeted else None,
             configs=configs,
+            weights=weights,
         )
         pipe = cls(components, device=device)
         if budgeted:
@@ -193,6 +198,7 @@ class FramePackPipeline:
         resolution: int = 640,
         window: int = 9,
         configs: Mapping[str, ModelConfig] | None = None,
+        weights: Weights = None,
     ) -> FramePackPipeline:
         """Load from a ComfyUI ``models`` folder: each file found by its usual name in its usual
         sub-folder (see ``framepack.comfyui``), unless passed here. ``mode`` picks the transformer
@@ -214,6 +220,7 @@ class FramePackPipeline:
             resolution=resolution,
             window=window,
             configs=configs,
+            weights=weights,
         )
 
     @classmethod

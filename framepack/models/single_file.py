@@ -64,8 +64,10 @@ def load_single_file(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     storage: Storage = "copy",
+    fp8_block: int | None = None,
 ) -> ModelT:
-    """A ``cls`` model filled from the single file ``path``; ``config`` defaults to the official one."""
+    """A ``cls`` model filled from the single file ``path``; ``config`` defaults to the official one.
+    ``fp8_block`` quantizes the model's ``fp8_quantizable`` weights as they load (``load_checkpoint``)."""
     if cls not in OFFICIAL_CONFIGS:
         raise ConfigError(f"no single-file layout is known for {cls.__name__}; expected one of {_class_names()}")
     official = config is None
@@ -81,7 +83,9 @@ def load_single_file(
         with torch.device("meta"):
             model = cls(config)  # type: ignore[call-arg]
         device = torch.device(device)
-        load_checkpoint(model, [file], dtype=dtype or default_dtype(device), device=device, storage=storage)
+        load_checkpoint(
+            model, [file], dtype=dtype or default_dtype(device), device=device, storage=storage, fp8_block=fp8_block
+        )
     except CheckpointError as e:
         file.close()
         notes = [f"read as {read_as}"] if read_as else []
