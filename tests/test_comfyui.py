@@ -128,6 +128,19 @@ def test_a_pipeline_from_a_comfyui_folder_generates_what_the_native_repos_do(fol
     assert all(np.array_equal(x, y) for x, y in zip(a.frames(), b.frames(), strict=True))
 
 
+def test_fp8_quantizes_the_comfyui_transformer_as_from_pretrained_does(folders) -> None:
+    kwargs = dict(device="cpu", weights="fp8")
+    native = FramePackPipeline.from_pretrained(
+        folders["transformer"], hunyuan=folders["hunyuan"], redux=folders["redux"], **kwargs
+    )
+    comfy = FramePackPipeline.from_comfyui(
+        folders["comfyui"], tokenizers=folders["hunyuan"], configs=tiny_configs(), **kwargs
+    )
+    block = comfy.components.transformer.double_blocks[0].image_qkv
+    assert block.weight.dtype == torch.float8_e4m3fn and block.weight_scale is not None
+    assert comfy.components.weights_digest() == native.components.weights_digest()
+
+
 def test_unknown_config_names_are_refused(folders) -> None:
     with pytest.raises(ConfigError, match=r"configs: unknown component\(s\) \['unet'\]"):
         FramePackPipeline.from_comfyui(folders["comfyui"], tokenizers=folders["hunyuan"], configs={"unet": None})
