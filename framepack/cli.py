@@ -113,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
     gen.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
+    _file_arguments(gen)
     gen.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
     gen.add_argument(
         "--dtype",
@@ -124,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
         "--vram-budget", type=float, help="GPU memory to stay within, GB > 0 (streams blocks, swaps components)"
     )
     gen.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
+    gen.add_argument(
+        "--fp8", action="store_true", help="transformer block weights in fp8, block-scaled (half the bytes of bf16)"
+    )
     gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")
     gen.add_argument("--resume", help="continue an interrupted run from its run directory")
     gen.add_argument("--tiny", action="store_true", help="tiny random models: offline demo, the video is noise")
@@ -139,6 +143,28 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--verbose", action="store_true", help="log progress details")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _file_arguments(parser: argparse.ArgumentParser) -> None:
+    """Single weight files, as a ComfyUI models folder holds them, instead of the repos."""
+    parser.add_argument(
+        "--comfyui",
+        metavar="DIR",
+        help="ComfyUI models folder: the five files found in diffusion_models/, text_encoders/, clip_vision/, vae/",
+    )
+    for flag, what in (
+        ("--transformer-file", "FramePackI2V_HY_*.safetensors or FramePack_F1_I2V_HY_*.safetensors"),
+        ("--text-encoder-file", "llava_llama3_*.safetensors"),
+        ("--clip-file", "clip_l.safetensors"),
+        ("--image-encoder-file", "sigclip_vision_patch14_384.safetensors"),
+        ("--vae-file", "hunyuan_video_vae_*.safetensors"),
+    ):
+        parser.add_argument(flag, metavar="FILE", help=f"{what} (overrides the one found by --comfyui)")
+    parser.add_argument(
+        "--tokenizers",
+        metavar="DIR",
+        help="with single files: a folder with HunyuanVideo's tokenizer/ and tokenizer_2/ (default: the hub repo)",
+    )
 
 
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,15 +226,34 @@ def _generate(args: argparse.Namespace) -> int:
     if args.vram_budget is not None and not (math.isfinite(args.vram_budget) and args.vram_budget > 0):
         raise InputError(f"--vram-budget: expected a finite number of GB > 0, got {args.vram_budget:g}")
     _check_out(args)
+    files = _single_files(args, config.mode)  # a missing weight file fails here, before any is read
     image = load_image(args.image) if args.image else None
     if args.end_image:
         load_image(args.end_image)
     if args.tiny:
         pipe = FramePackPipeline.tiny(seed=0, device=args.device or "cpu")
+        if args.fp8:  # blocks of 64 do not divide the tiny widths; a block that does keeps it block-scaled
+            transformer = pipe.components.transformer
+            transformer.quantize_fp8(block=math.gcd(64, transformer.config.inner_dim))
         if args.vram_budget is not None:
             pipe.set_vram_budget(args.vram_budget, resolution=config.resolution, window=config.window)
         if image is None:
             image = demo_image(config.resolution)
+    elif files is not None:
+        if image is None:
+            raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
+        pipe = FramePackPipeline.from_files(
+            **files,
+            tokenizers=args.tokenizers or HUNYUAN_REPO,
+            mode=config.mode,
+            device=args.device,
+            dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype],
+            storage="mmap" if args.mmap else "copy",
+            vram_budget_gb=args.vram_budget,
+            resolution=config.resolution,
+            window=config.window,
+            weights="fp8" if args.fp8 else None,
+        )
     else:
         if image is None:
             raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
@@ -221,6 +266,7 @@ def _generate(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=dtype,
             storage="mmap" if args.mmap else "copy",
+            weights="fp8" if args.fp8 else None,
             vram_budget_gb=args.vram_budget,
             resolution=config.resolution,
             window=config.window,
@@ -262,6 +308,53 @@ def _generate(args: argparse.Namespace) -> int:
     path = run.result().save(args.out)  # also deletes the run folder if it was a temporary one
     print(f"wrote {path} ({run.result().num_frames} frames)")
     return 0
+
+
+def _single_files(args: argparse.Namespace, mode: str) -> dict[str, Path] | None:
+    """The weight files ``--comfyui`` and the ``--*-file`` flags name (None: the repos are used),
+    each checked to exist; raise InputError or CheckpointError naming what is missing."""
+    from .comfyui import COMPONENTS, FILE_FLAGS, find_comfyui_files
+
+    given = {name: getattr(args, FILE_FLAGS[name].lstrip("-").replace("-", "_")) for name in COMPONENTS}
+    if args.comfyui is None and all(path is None for path in given.values()):
+        if args.tokenizers is not None:
+            raise InputError("--tokenizers: only with --comfyui or the --*-file flags (the --hunyuan repo has its own)")
+        return None
+    for flag in ("--tiny", "--model", "--hunyuan", "--redux"):
+        if getattr(args, flag.lstrip("-")):
+            source = "--comfyui" if args.comfyui is not None else "--*-file flags"
+            raise InputError(f"{flag}: not with {source}, which name the weight files themselves")
+    for name, path in given.items():
+        if path is not None and not Path(path).is_file():
+            problem = "is a folder" if Path(path).is_dir() else "does not exist"
+            raise InputError(f"{FILE_FLAGS[name]}: expected a .safetensors file, but {path!r} {problem}")
+    if args.tokenizers is not None:
+        _check_tokenizers(args.tokenizers)
+    if args.comfyui is not None:
+        return find_comfyui_files(args.comfyui, mode=mode, given=given)  # type: ignore[arg-type]
+    absent = [FILE_FLAGS[name] for name, path in given.items() if path is None]
+    if absent:
+        raise InputError(f"single weight files: also give {', '.join(absent)}, or --comfyui DIR to find them")
+    return {name: Path(path) for name, path in given.items()}
+
+
+def _check_tokenizers(source: str) -> None:
+    """Raise InputError unless ``source`` is a folder with both tokenizers, or looks like a hub repo id."""
+    folder = Path(source).expanduser()
+    if not folder.exists():
+        if source.count("/") == 1 and not source.startswith((".", "/", "~")):
+            return  # a hub repo: fetched when the pipeline loads
+        raise InputError(f"--tokenizers: expected a folder or hub repo id, but {source!r} does not exist")
+    needed = [
+        folder / "tokenizer" / "tokenizer.json",
+        folder / "tokenizer_2" / "vocab.json",
+        folder / "tokenizer_2" / "merges.txt",
+    ]
+    missing = [str(p.relative_to(folder)) for p in needed if not p.is_file()]
+    if missing:
+        raise InputError(
+            f"--tokenizers: {source!r} lacks {', '.join(missing)} (HunyuanVideo's tokenizer/ and tokenizer_2/)"
+        )
 
 
 def _check_text(flag: str, value: str) -> None:

@@ -1,19 +1,25 @@
-"""The seven parts of a FramePack pipeline, loaded from the official repos or built tiny."""
+"""The seven parts of a FramePack pipeline, loaded from the official repos or single files, or built tiny."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from .errors import CheckpointError, ConfigError
 from .models.clip import CLIPTextConfig, CLIPTextEncoder
+from .models.configuration import ModelConfig
+from .models.fp8 import FP8_BLOCK
 from .models.llama import LlamaConfig, LlamaTextEncoder
-from .models.loading import Storage
+from .models.loading import PretrainedModel, Storage, Weights
 from .models.siglip import SiglipImageEncoder, SiglipVisionConfig
+from .models.single_file import load_single_file
 from .models.tokenizers import CLIPTokenizer, LlamaTokenizer
 from .models.transformer import FramePackTransformer, TransformerConfig
 from .models.vae import HunyuanVideoVAE, VAEConfig
@@ -24,6 +30,15 @@ I2V_REPO = "lllyasviel/FramePackI2V_HY"
 F1_REPO = "lllyasviel/FramePack_F1_I2V_HY_20250503"
 HUNYUAN_REPO = "hunyuanvideo-community/HunyuanVideo"
 REDUX_REPO = "lllyasviel/flux_redux_bfl"
+
+# The model class of each component a single file holds.
+FILE_MODELS: dict[str, type[PretrainedModel]] = {
+    "transformer": FramePackTransformer,
+    "text_encoder": LlamaTextEncoder,
+    "text_encoder_2": CLIPTextEncoder,
+    "image_encoder": SiglipImageEncoder,
+    "vae": HunyuanVideoVAE,
+}
 
 WEIGHT_SAMPLES = 64  # elements of each weight tensor that ``Components.weights_digest`` reads
 
@@ -106,17 +121,19 @@ def load_components(
     dtype: torch.dtype | None = None,
     storage: Storage = "copy",
     load_device: torch.device | None = None,
+    weights: Weights = None,
 ) -> Components:
     """Load every component; ``hunyuan`` and ``redux`` are repos (or folders) with the subfolders
     of ``hunyuanvideo-community/HunyuanVideo`` and ``lllyasviel/flux_redux_bfl``.
 
     ``load_device`` is where weights land (the host when the pipeline will swap or stream them).
+    ``weights="fp8"`` stores the transformer's block Linears in fp8 (``FramePackTransformer.from_pretrained``).
     """
     main_dtype, side_dtype = component_dtypes(device, dtype)
     where = load_device or device
     common = dict(device=where, storage=storage)
     return Components(
-        transformer=FramePackTransformer.from_pretrained(transformer, dtype=main_dtype, **common),
+        transformer=FramePackTransformer.from_pretrained(transformer, dtype=main_dtype, weights=weights, **common),
         vae=HunyuanVideoVAE.from_pretrained(hunyuan, subfolder="vae", dtype=side_dtype, **common),
         text_encoder=LlamaTextEncoder.from_pretrained(hunyuan, subfolder="text_encoder", dtype=side_dtype, **common),
         text_encoder_2=CLIPTextEncoder.from_pretrained(hunyuan, subfolder="text_encoder_2", dtype=side_dtype, **common),
@@ -126,12 +143,60 @@ def load_components(
     )
 
 
-def tiny_components(seed: int = 0, *, device: torch.device | str = "cpu") -> Components:
-    """Every component built from tiny random configs: the offline demo and test fixture.
+def load_components_from_files(
+    *,
+    transformer: str | os.PathLike[str],
+    text_encoder: str | os.PathLike[str],
+    text_encoder_2: str | os.PathLike[str],
+    image_encoder: str | os.PathLike[str],
+    vae: str | os.PathLike[str],
+    tokenizers: str | os.PathLike[str] = HUNYUAN_REPO,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    storage: Storage = "copy",
+    load_device: torch.device | None = None,
+    configs: Mapping[str, ModelConfig] | None = None,
+    weights: Weights = None,
+) -> Components:
+    """Load every model from its single safetensors file (see ``framepack.models.single_file``);
+    the tokenizers from ``tokenizers``, a repo or folder with the ``tokenizer/`` and
+    ``tokenizer_2/`` subfolders of ``hunyuanvideo-community/HunyuanVideo``.
 
-    Initialisation draws from a private RNG state, so building one leaves the caller's
-    global torch RNG untouched.
+    ``configs`` maps a component name to its config where it is not the official one (tiny
+    test models); dtypes, ``load_device`` and ``weights`` are as in ``load_components``.
     """
+    files = dict(
+        transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        image_encoder=image_encoder, vae=vae,
+    )  # fmt: skip
+    configs = dict(configs or {})
+    unknown = sorted(set(configs) - set(FILE_MODELS))
+    if unknown:
+        raise ConfigError(f"configs: unknown component(s) {unknown}; expected some of {list(FILE_MODELS)}")
+    missing = [f"{name} {str(path)!r}" for name, path in files.items() if not Path(path).is_file()]
+    if missing:
+        raise CheckpointError(f"no such file: {', '.join(missing)}")
+    # Tokenizers first: a wrong folder fails in a moment, before gigabytes of weights are read.
+    tokenizer = LlamaTokenizer.from_pretrained(tokenizers, subfolder="tokenizer")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(tokenizers, subfolder="tokenizer_2")
+    main_dtype, side_dtype = component_dtypes(device, dtype)
+    models = {
+        name: load_single_file(
+            cls,
+            files[name],
+            config=configs.get(name),
+            dtype=main_dtype if name == "transformer" else side_dtype,
+            device=load_device or device,
+            storage=storage,
+            fp8_block=FP8_BLOCK if weights == "fp8" and name == "transformer" else None,
+        )
+        for name, cls in FILE_MODELS.items()
+    }
+    return Components(**models, tokenizer=tokenizer, tokenizer_2=tokenizer_2)
+
+
+def tiny_configs() -> dict[str, ModelConfig]:
+    """The config of every tiny model, by component name (the transformer sized to the encoders)."""
     llama_config = LlamaConfig.preset("tiny")
     clip_config = CLIPTextConfig.preset("tiny")
     siglip_config = SiglipVisionConfig.preset("tiny")
@@ -141,14 +206,30 @@ def tiny_components(seed: int = 0, *, device: torch.device | str = "cpu") -> Com
         pooled_projection_dim=clip_config.hidden_size,
         image_proj_dim=siglip_config.hidden_size,
     )
+    return dict(
+        transformer=transformer_config,
+        vae=VAEConfig.preset("tiny"),
+        text_encoder=llama_config,
+        text_encoder_2=clip_config,
+        image_encoder=siglip_config,
+    )
+
+
+def tiny_components(seed: int = 0, *, device: torch.device | str = "cpu") -> Components:
+    """Every component built from tiny random configs: the offline demo and test fixture.
+
+    Initialisation draws from a private RNG state, so building one leaves the caller's
+    global torch RNG untouched.
+    """
+    configs = tiny_configs()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         models = dict(
-            transformer=FramePackTransformer(transformer_config),
-            vae=HunyuanVideoVAE(VAEConfig.preset("tiny")),
-            text_encoder=LlamaTextEncoder(llama_config),
-            text_encoder_2=CLIPTextEncoder(clip_config),
-            image_encoder=SiglipImageEncoder(siglip_config),
+            transformer=FramePackTransformer(configs["transformer"]),
+            vae=HunyuanVideoVAE(configs["vae"]),
+            text_encoder=LlamaTextEncoder(configs["text_encoder"]),
+            text_encoder_2=CLIPTextEncoder(configs["text_encoder_2"]),
+            image_encoder=SiglipImageEncoder(configs["image_encoder"]),
         )
     for model in models.values():
         model.to(device).eval().requires_grad_(False)

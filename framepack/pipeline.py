@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -22,14 +22,25 @@ import numpy as np
 import torch
 
 from .cache.spec import describe_policy
-from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO, Components, load_components, tiny_components
+from .comfyui import Mode, find_comfyui_files, transformer_mode
+from .components import (
+    F1_REPO,
+    HUNYUAN_REPO,
+    I2V_REPO,
+    REDUX_REPO,
+    Components,
+    load_components,
+    load_components_from_files,
+    tiny_components,
+)
 from .conditioning import Conditioning
 from .config import GenerationConfig
 from .device_runtime import runtime
 from .errors import ConfigError, InputError
 from .memory.placement import Placement, device_budget_gb
 from .memory.planner import MemoryPlan, plan_memory
-from .models.loading import Storage
+from .models.configuration import ModelConfig
+from .models.loading import Storage, Weights
 from .models.vae import VAETiling
 from .prompt import build_conditioning, encode_prompt
 from .results import SectionOutput, VideoResult
@@ -80,6 +91,7 @@ class FramePackPipeline:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         storage: Storage = "copy",
+        weights: Weights = None,
         vram_budget_gb: float | None = None,
         resolution: int = 640,
         window: int = 9,
@@ -90,6 +102,7 @@ class FramePackPipeline:
         device          default: cuda when available, else cpu (float32 on cpu)
         dtype           transformer dtype on accelerators (default bf16; fp16 for cards without bf16)
         storage         "mmap" keeps weights memory-mapped from the files (host RAM below the model size)
+        weights         "fp8": the transformer's block Linears in fp8, block-scaled (fp8 files load as fp8 anyway)
         vram_budget_gb  device memory to stay within (see ``set_vram_budget``); None: on CUDA the
                         memory free on the device, elsewhere no budget (all resident)
         """
@@ -103,12 +116,112 @@ class FramePackPipeline:
             device=device,
             dtype=dtype,
             storage=storage,
+            weights=weights,
             load_device=torch.device("cpu") if budgeted else None,
         )
         pipe = cls(components, device=device)
         if budgeted:
             pipe.set_vram_budget(vram_budget_gb, resolution=resolution, window=window)
         return pipe
+
+    @classmethod
+    def from_files(
+        cls,
+        *,
+        transformer: str | os.PathLike[str],
+        text_encoder: str | os.PathLike[str],
+        text_encoder_2: str | os.PathLike[str],
+        image_encoder: str | os.PathLike[str],
+        vae: str | os.PathLike[str],
+        tokenizers: str | os.PathLike[str] = HUNYUAN_REPO,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        storage: Storage = "copy",
+        vram_budget_gb: float | None = None,
+        mode: Mode | None = None,
+        resolution: int = 640,
+        window: int = 9,
+        configs: Mapping[str, ModelConfig] | None = None,
+        weights: Weights = None,
+    ) -> FramePackPipeline:
+        """Load every model from the single safetensors file users have, as ComfyUI keeps them.
+
+        transformer     ``FramePackI2V_HY_bf16``/``_fp8_e4m3fn`` or ``FramePack_F1_I2V_HY_*`` (same architecture)
+        text_encoder    ``llava_llama3_fp16``; text_encoder_2 ``clip_l``; image_encoder
+                        ``sigclip_vision_patch14_384``; vae ``hunyuan_video_vae_bf16`` (either layout)
+        tokenizers      a repo or folder with HunyuanVideo's ``tokenizer/`` and ``tokenizer_2/``
+        mode            the mode the videos will be made in: a transformer whose file name says it
+                        was trained for the other one is logged as a warning
+        configs         component name -> config, where it is not the official one (single files carry none)
+        The other arguments are those of ``from_pretrained`` (an fp8 file loads as fp8 without ``weights``).
+        """
+        named = transformer_mode(transformer)
+        if mode is not None and named is not None and named != mode:
+            logger.warning("%s is named as a %s-mode model, but the mode is %s", transformer, named, mode)
+        device = torch.device(device or ("cuda" if runtime().is_available() else "cpu"))
+        budgeted = vram_budget_gb is not None or device.type == "cuda"
+        components = load_components_from_files(
+            transformer=transformer,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            image_encoder=image_encoder,
+            vae=vae,
+            tokenizers=tokenizers,
+            device=device,
+            dtype=dtype,
+            storage=storage,
+            load_device=torch.device("cpu") if budgeted else None,
+            configs=configs,
+            weights=weights,
+        )
+        pipe = cls(components, device=device)
+        if budgeted:
+            pipe.set_vram_budget(vram_budget_gb, resolution=resolution, window=window)
+        return pipe
+
+    @classmethod
+    def from_comfyui(
+        cls,
+        models_dir: str | os.PathLike[str],
+        *,
+        mode: Mode | None = None,
+        tokenizers: str | os.PathLike[str] = HUNYUAN_REPO,
+        transformer: str | os.PathLike[str] | None = None,
+        text_encoder: str | os.PathLike[str] | None = None,
+        text_encoder_2: str | os.PathLike[str] | None = None,
+        image_encoder: str | os.PathLike[str] | None = None,
+        vae: str | os.PathLike[str] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        storage: Storage = "copy",
+        vram_budget_gb: float | None = None,
+        resolution: int = 640,
+        window: int = 9,
+        configs: Mapping[str, ModelConfig] | None = None,
+        weights: Weights = None,
+    ) -> FramePackPipeline:
+        """Load from a ComfyUI ``models`` folder: each file found by its usual name in its usual
+        sub-folder (see ``framepack.comfyui``), unless passed here. ``mode`` picks the transformer
+        when both are there (inverted: I2V, forward: F1); other arguments as ``from_files``.
+        A missing file, or two candidates for one, is a CheckpointError before any weight is read."""
+        given = dict(
+            transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+            image_encoder=image_encoder, vae=vae,
+        )  # fmt: skip
+        files = find_comfyui_files(models_dir, mode=mode, given=given)
+        return cls.from_files(
+            **files,
+            tokenizers=tokenizers,
+            mode=mode,
+            device=device,
+            dtype=dtype,
+            storage=storage,
+            vram_budget_gb=vram_budget_gb,
+            resolution=resolution,
+            window=window,
+            configs=configs,
+            weights=weights,
+        )
 
     @classmethod
     def tiny(cls, seed: int = 0, *, device: torch.device | str = "cpu") -> FramePackPipeline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,10 @@ class VideoResult:
     """A finished video: its latents, and its frames spooled as uint8 in the run directory.
 
     A temporary run directory (the run was given no ``run_dir``) is deleted by ``save``
-    unless ``keep_run_dir=True``, or by ``cleanup``; a ``run_dir`` the caller gave is never deleted.
+    unless ``keep_run_dir=True``, by ``cleanup``, or when the result is garbage-collected
+    (or the interpreter exits) without either: nothing can reach it then, and videos left
+    behind would fill the temporary folder. ``save(keep_run_dir=True)`` hands it to the
+    caller for good. A ``run_dir`` the caller gave is never deleted.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class VideoResult:
         self.temporary = temporary
         self._frames = frames
         self._deleted = False
+        self._drop_when_unreachable = weakref.finalize(self, shutil.rmtree, run_dir, True) if temporary else None
 
     @property
     def num_frames(self) -> int:
@@ -96,6 +101,8 @@ class VideoResult:
             write_mp4(target, self.frames(), fps=self.fps, crf=self.crf if crf is None else crf)
         if not keep_run_dir:
             self.cleanup()
+        elif self._drop_when_unreachable is not None:
+            self._drop_when_unreachable.detach()  # the caller keeps the folder now
         return target
 
     def cleanup(self) -> None:

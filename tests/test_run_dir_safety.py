@@ -8,6 +8,7 @@ and a run state is read as untrusted input.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import os
@@ -246,6 +247,23 @@ def test_a_temporary_run_folder_goes_with_the_saved_video(pipe, image, tmp_path:
     assert (tmp_path / "kept.mp4").read_bytes() == (tmp_path / "a.MP4").read_bytes()
     with pytest.raises(InputError, match="deleted after save"):
         video.frames()
+
+
+def test_an_unsaved_temporary_run_folder_goes_with_its_result_and_a_kept_one_stays(pipe, image) -> None:
+    video = pipe.generate(image, "a dancer", GenerationConfig(**ONE))
+    dropped = video.run_dir
+    assert dropped.is_dir()
+    del video
+    gc.collect()
+    assert not dropped.exists()
+    video = pipe.generate(image, "a dancer", GenerationConfig(**ONE))
+    video.save(video.run_dir.parent / f"{video.run_dir.name}.mp4", keep_run_dir=True)
+    kept = video.run_dir
+    del video
+    gc.collect()
+    assert (kept / "video.mp4").exists()
+    shutil.rmtree(kept)
+    (kept.parent / f"{kept.name}.mp4").unlink()
 
 
 def test_a_failed_temporary_run_keeps_its_folder_only_if_a_section_finished(pipe, image, caplog, monkeypatch) -> None:

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fp8 import dequantize
+
 
 class LoraStrengths(dict[str, float]):
     """Adapter name -> strength, one per model. Copies of a block (a streamer's shells) share it."""
@@ -123,14 +125,3 @@ class Linear(nn.Linear):
                 self.lora.add_to(out, x)
         else:
             out.copy_(self(x))
-
-
-def dequantize(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """``weight`` [out, in] upcast to ``dtype`` and multiplied by ``scale``: [1], [out, 1] or [out, in / block, 1]."""
-    dense = weight.to(dtype)
-    if scale is None:
-        return dense
-    out_features, in_features = dense.shape
-    factor = scale.to(dtype)
-    factor = factor.reshape(factor.shape[0] if factor.ndim >= 2 else 1, factor.shape[1] if factor.ndim == 3 else 1, 1)
-    return (dense.view(out_features, factor.shape[1], -1) * factor).view(out_features, in_features)

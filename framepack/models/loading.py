@@ -22,14 +22,18 @@ from typing import Any, ClassVar, Literal, TypeVar
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..memory import mapped_pages
 from ..precision import default_dtype
+from . import fp8
 from .configuration import ModelConfig
+from .linear import Linear
+from .saving import save_checkpoint
 
 logger = logging.getLogger("framepack")
 
 Storage = Literal["copy", "mmap"]
+Weights = Literal["fp8"] | None
 ModelT = TypeVar("ModelT", bound="PretrainedModel")
 
 _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -255,6 +259,7 @@ class PretrainedModel(nn.Module):
     # A prefix some checkpoints put before every key and others omit (transformers 4.x writes
     # `text_model.` / `vision_model.`, 5.x does not); either form loads.
     optional_key_prefix: ClassVar[str] = ""
+    checkpoint_class_name: ClassVar[str | None] = None  # config.json's "_class_name" in a saved folder
 
     def checkpoint_prefix(self, available: set[str]) -> str:
         """``optional_key_prefix`` if these checkpoint keys carry it, else ""."""
@@ -279,6 +284,24 @@ class PretrainedModel(nn.Module):
     def keep_float32(self, name: str) -> bool:
         return False
 
+    def fp8_quantizable(self, name: str) -> bool:
+        """Whether ``weights="fp8"`` / ``quantize_fp8`` store our tensor ``name`` in fp8 (a subclass names them)."""
+        return False
+
+    @torch.no_grad()
+    def quantize_fp8(self, block: int = 64) -> None:
+        """Store every ``fp8_quantizable`` weight in fp8 with a scale per ``block`` input columns
+        (per channel where they do not divide), one layer at a time."""
+        _check_fp8_block(block)
+        if getattr(self, "streamer", None) is not None:
+            raise ConfigError(f"{type(self).__name__}.quantize_fp8(): disable streaming first (its copies would stay)")
+        for module_name, module in self.named_modules():
+            name = f"{module_name}.weight"
+            if isinstance(module, Linear) and self.fp8_quantizable(name) and module.weight.dtype != fp8.FP8:
+                weight, scale = fp8.quantize(module.weight, block=block, scale_dtype=module.compute_dtype)
+                module.weight = nn.Parameter(weight, requires_grad=False)
+                module.weight_scale = scale
+
     @property
     def dtype(self) -> torch.dtype:
         """The dtype the model computes in: that of its weights (``keep_float32`` ones aside)."""
@@ -296,6 +319,24 @@ class PretrainedModel(nn.Module):
         first parameter, unless a subclass names another."""
         return next(self.parameters())
 
+    def save_pretrained(self, folder: str | os.PathLike[str], *, max_shard_bytes: int = 5 * 2**30) -> list[Path]:
+        """Write config.json and the weights in the checkpoint layout (``to_checkpoint_state_dict``:
+        fused tensors split back, fp8 weights as F8_E4M3 with a ``.scale_weight`` per part), which
+        ``from_pretrained`` reads back bit for bit. Returns the files written."""
+        adapted = [name for name, m in self.named_modules() if isinstance(m, Linear) and m.lora]
+        if adapted:
+            raise ConfigError(f"save_pretrained: remove the run-time LoRA adapters first (on {_short(adapted)})")
+        config = self.config.to_dict()  # type: ignore[attr-defined]
+        if self.checkpoint_class_name:
+            config = {"_class_name": self.checkpoint_class_name, **config}
+        return save_checkpoint(
+            to_checkpoint_state_dict(self),
+            config,
+            Path(folder),
+            weights_name=self.weights_name,
+            max_shard_bytes=max_shard_bytes,
+        )
+
     @classmethod
     def from_pretrained(
         cls: type[ModelT],
@@ -306,7 +347,14 @@ class PretrainedModel(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str = "cpu",
         storage: Storage = "copy",
+        weights: Weights = None,
+        fp8_block: int = fp8.FP8_BLOCK,
     ) -> ModelT:
+        """``weights="fp8"`` stores the ``fp8_quantizable`` weights of a full-precision checkpoint in
+        fp8 as they load (scale per ``fp8_block`` input columns); fp8 files load as fp8 either way."""
+        if weights not in (None, "fp8"):
+            raise ConfigError(f"weights must be None or 'fp8', got {weights!r}")
+        _check_fp8_block(fp8_block)
         folder = resolve_folder(source, subfolder=subfolder, revision=revision)
         config = cls.config_class.from_json(folder / "config.json")
         with torch.device("meta"):
@@ -317,24 +365,33 @@ class PretrainedModel(nn.Module):
             dtype=dtype or default_dtype(device),
             device=torch.device(device),
             storage=storage,
+            fp8_block=fp8_block if weights == "fp8" else None,
         )
         return model.eval()
 
 
 def load_checkpoint(
     model: PretrainedModel,
-    files: Iterable[Path],
+    files: Iterable[Path | SafetensorsFile],
     *,
     dtype: torch.dtype,
     device: torch.device,
     storage: Storage = "copy",
+    fp8_block: int | None = None,
 ) -> None:
-    """Fill every tensor of a meta-device ``model`` from ``files``; strict about keys and shapes."""
+    """Fill every tensor of a meta-device ``model`` from ``files``; strict about keys and shapes.
+
+    A file may come already open (a ``SafetensorsFile`` whose keys a single-file reader
+    renamed); it is closed here like the others. fp8 weights of our ``Linear`` layers stay
+    fp8 (their scales, fused like the weights, become the layer's ``weight_scale``); any
+    other fp8 tensor is dequantized to ``dtype``. With ``fp8_block`` the model's
+    ``fp8_quantizable`` weights are quantized as they load.
+    """
     if storage not in ("copy", "mmap"):
         raise CheckpointError(f"storage must be 'copy' or 'mmap', got {storage!r}")
     if storage == "mmap" and device.type != "cpu":
         raise CheckpointError(f"storage='mmap' keeps weights in host memory; device must be cpu, got {device}")
-    shards = [SafetensorsFile(p) for p in files]
+    shards = [p if isinstance(p, SafetensorsFile) else SafetensorsFile(p) for p in files]
     try:
         where: dict[str, SafetensorsFile] = {}
         for shard in shards:
@@ -344,7 +401,8 @@ def load_checkpoint(
                         f"tensor {key!r} appears in both {where[key].path.name} and {shard.path.name}"
                     )
                 where[key] = shard
-        available = set(where)
+        scale_keys, fp8_keys = fp8.find_scales(set(where), lambda k: where[k].tensor(k))
+        available = set(where) - fp8_keys
         layout = model.checkpoint_layout(available)
         targets = dict(model.state_dict(keep_vars=True))
         _check_layout(model, layout, targets, where, available)
@@ -352,12 +410,27 @@ def load_checkpoint(
         copied_bytes = 0
         for name, keys in layout.items():
             parts = [where[k].tensor(k) for k in keys]
-            tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
             target_dtype = torch.float32 if model.keep_float32(name) else dtype
-            if tensor.is_floating_point() and tensor.dtype != target_dtype:
+            scales = [_scale_of(where, scale_keys, k, part, target_dtype) for k, part in zip(keys, parts)]
+            if any(s is not None for s in scales) or any(p.dtype in fp8.FP8_DTYPES for p in parts):
+                tensor, scale = _fp8_tensor(model, name, parts, scales, target_dtype)
+                if tensor.dtype != fp8.FP8:
+                    copied_bytes += tensor.nbytes  # dequantized
+                elif storage == "copy" and len(parts) == 1 and device.type == "cpu":
+                    tensor = tensor.clone()  # detach from the mapping, as below
+                _assign_weight(model, name, tensor.to(device), None if scale is None else scale.to(device))
+                mapped_pages.release(parts)  # as below
+                continue
+            tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            converted = tensor.is_floating_point() and tensor.dtype != target_dtype
+            if converted:
                 tensor = tensor.to(target_dtype)
                 copied_bytes += tensor.nbytes
-            elif storage == "copy" and len(parts) == 1 and device.type == "cpu":
+            if fp8_block is not None and model.fp8_quantizable(name):  # new tensors: nothing stays mapped
+                _assign_weight(model, name, *(t.to(device) for t in fp8.quantize(tensor, block=fp8_block)))
+                mapped_pages.release(parts)  # as below
+                continue
+            if not converted and storage == "copy" and len(parts) == 1 and device.type == "cpu":
                 tensor = tensor.clone()  # detach from the mapping so the file can be released
             tensor = tensor.to(device)
             _assign(model, name, tensor, requires_grad=False)
@@ -387,17 +460,26 @@ def to_checkpoint_state_dict(model: PretrainedModel) -> dict[str, torch.Tensor]:
             out[keys[0]] = tensor
             continue
         sizes = rule_for(table, name).sizes or [tensor.shape[0] // len(keys)] * len(keys)
-        out.update(zip(keys, tensor.split(sizes)))
-    return out
+        if name.endswith(".weight_scale"):  # an fp8 scale, per row or per tensor: each part gets its rows
+            out.update(zip(keys, fp8.split_scale(tensor, sizes)))
+        else:
+            out.update(zip(keys, tensor.split(sizes)))
+    # fp8 scales under musubi's name, which our loader, musubi and ComfyUI read
+    return {_scale_weight_key(k): t for k, t in out.items()}
 
 
 def from_checkpoint_state_dict(model: PretrainedModel, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of ``to_checkpoint_state_dict``: checkpoint tensors under our names, fused where we fuse."""
     layout = model.checkpoint_layout(set(tensors))
-    return {
-        name: torch.cat([tensors[k] for k in keys]) if len(keys) > 1 else tensors[keys[0]]
-        for name, keys in layout.items()
-    }
+    out = {}
+    for name, keys in layout.items():
+        if name.endswith(".weight_scale"):  # saved as .scale_weight per part; fused as the loader fuses them
+            weights = [tensors[k[: -len("weight_scale")] + "weight"] for k in keys]
+            parts = [tensors[_scale_weight_key(k)] for k in keys]
+            out[name] = fp8.fuse_scales(parts, [w.shape[0] for w in weights], weights[0].shape[1])
+        else:
+            out[name] = torch.cat([tensors[k] for k in keys]) if len(keys) > 1 else tensors[keys[0]]
+    return out
 
 
 def _check_layout(
@@ -431,6 +513,48 @@ def _check_layout(
         problems.append(f"shape mismatches: {_short(mismatched)}")
     if problems:
         raise CheckpointError(f"checkpoint does not match {type(model).__name__}: " + "; ".join(problems))
+
+
+def _check_fp8_block(block: int) -> None:
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ConfigError(f"fp8_block must be a positive number of input columns, got {block!r}")
+
+
+def _scale_weight_key(key: str) -> str:
+    return key[: -len("weight_scale")] + "scale_weight" if key.endswith(".weight_scale") else key
+
+
+def _scale_of(
+    where: dict[str, SafetensorsFile], scale_keys: dict[str, str], key: str, part: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """The canonical scale of checkpoint weight ``key`` in ``dtype``, or None when it has none."""
+    scale_key = scale_keys.get(key)
+    if scale_key is None:
+        return None
+    scale = fp8.canonical_scale(where[scale_key].tensor(scale_key), part.shape, scale_key)
+    return scale.to(dtype).clone()  # small; never a view of the file
+
+
+def _fp8_tensor(
+    model: nn.Module, name: str, parts: list[torch.Tensor], scales: list[torch.Tensor | None], dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(tensor, scale) of our tensor ``name`` from checkpoint parts some of which are fp8 or scaled:
+    fp8 for a ``Linear`` weight whose parts are all e4m3fn, else dequantized to ``dtype`` (scale None)."""
+    module_name, _, attr = name.rpartition(".")
+    if (
+        attr == "weight"
+        and isinstance(model.get_submodule(module_name), Linear)
+        and all(p.dtype == fp8.FP8 for p in parts)
+    ):
+        return fp8.concat_rows(parts), fp8.fuse_scales(scales, [p.shape[0] for p in parts], parts[0].shape[1])
+    return torch.cat([fp8.dequantize(p, s, dtype) for p, s in zip(parts, scales)]), None
+
+
+def _assign_weight(model: nn.Module, name: str, tensor: torch.Tensor, scale: torch.Tensor | None) -> None:
+    """Our tensor ``name`` and, for an fp8 ``Linear`` weight with a scale, the layer's ``weight_scale``."""
+    _assign(model, name, tensor, requires_grad=False)
+    if scale is not None:
+        _assign(model, name[: -len("weight")] + "weight_scale", scale, requires_grad=False)
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor, *, requires_grad: bool) -> None:

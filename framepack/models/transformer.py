@@ -318,6 +318,7 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
 
     config_class = TransformerConfig
     weights_name = "diffusion_pytorch_model"
+    checkpoint_class_name = "HunyuanVideoFramepackTransformer3DModel"
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -346,6 +347,15 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
 
     def keep_float32(self, name: str) -> bool:
         return self.config.fp32_output_head and name.startswith("proj_out.")
+
+    def fp8_quantizable(self, name: str) -> bool:
+        """The Linear weights of the double and single blocks, modulation aside (as musubi's
+        ``--fp8_scaled`` chooses: embedders, refiner, norms and the output head stay)."""
+        module_name, _, attr = name.rpartition(".")
+        if attr != "weight" or not module_name.startswith(("double_blocks.", "single_blocks.")):
+            return False
+        module = self.get_submodule(module_name)
+        return isinstance(module, Linear) and not isinstance(module, Modulation)
 
     # --- properties -------------------------------------------------------------------------
     @property
