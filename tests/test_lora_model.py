@@ -158,7 +158,7 @@ def test_float16_islands_keep_pairs_in_each_layers_compute_dtype(
     tensors, deltas = write_lora("diffusers", seed=5)
     half = FramePackTransformer.from_pretrained(base_folder, dtype=torch.float16)
     half.add_lora(tensors, strength=0.9)
-    assert half.double_blocks[0].image_qkv.lora.down_0.dtype == torch.float16
+    assert half.double_blocks[0].image_qkv.lora.down.dtype == torch.float16
     assert half.proj_out.lora.up_0.dtype == torch.float32  # the float32 output head keeps float32 pairs
     got = run(half, inputs)
     expected = merged_output(tmp_path, checkpoint, inputs, (0.9, deltas))
@@ -200,7 +200,7 @@ def test_fuse_refuses_float8_weights_and_runs_their_pairs_in_the_compute_dtype(b
     layer.weight = torch.nn.Parameter(layer.weight.detach().to(torch.float8_e4m3fn), requires_grad=False)
     tensors, _ = write_lora("kohya-hunyuanvideo", seed=7)
     model.add_lora(tensors)
-    assert layer.lora.down_0.dtype == torch.float32 and layer.weight.dtype == torch.float8_e4m3fn
+    assert layer.lora.down.dtype == torch.float32 and layer.weight.dtype == torch.float8_e4m3fn
     assert torch.isfinite(run(model, inputs)).all()
     with pytest.raises(
         ConfigError, match=r"double_blocks\.1\.image_qkv.*float8.*bfloat16/float32, add the LoRAs, fuse"

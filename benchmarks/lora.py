@@ -1,0 +1,173 @@
+"""Run-time LoRAs: one denoising step with 0, 1 and 3 LoRAs applied at run time, and fused.
+
+    python -m benchmarks.lora [--repeats 5] [--rank 32] [--device cpu] [--dtype float32]
+
+The "medium" transformer (inner dim 512, 2 double + 4 single blocks; random weights) on
+the inputs of benchmarks/transformer_step.py: a 9-frame window with the full packed
+context, 729 image tokens, a 512-token text with 80 valid. Each LoRA puts a rank-``rank``
+pair on every Linear of both block kinds (the attention, MLP and modulation layers),
+as a musubi-tuner file names them. The four models run interleaved, one step each per
+round; medians of the timed rounds. The overhead per LoRA is
+(t_k - t_0) / (k * t_0); the fused model (3 LoRAs merged into the weights) should cost
+what no LoRA costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from framepack.conditioning import Conditioning, PackedContext
+from framepack.models.transformer import FramePackTransformer, PreparedInputs, TransformerConfig
+from tests.transformer_support import randomise_
+
+DOUBLE_LAYERS = {  # diffusers layer -> (in, out) as multiples of (inner dim, mlp dim)
+    "attn.to_q": ("d", "d"),
+    "attn.to_k": ("d", "d"),
+    "attn.to_v": ("d", "d"),
+    "attn.add_q_proj": ("d", "d"),
+    "attn.add_k_proj": ("d", "d"),
+    "attn.add_v_proj": ("d", "d"),
+    "attn.to_out.0": ("d", "d"),
+    "attn.to_add_out": ("d", "d"),
+    "ff.net.0.proj": ("d", "m"),
+    "ff.net.2": ("m", "d"),
+    "ff_context.net.0.proj": ("d", "m"),
+    "ff_context.net.2": ("m", "d"),
+    "norm1.linear": ("d", "6d"),
+    "norm1_context.linear": ("d", "6d"),
+}
+SINGLE_LAYERS = {
+    "attn.to_q": ("d", "d"),
+    "attn.to_k": ("d", "d"),
+    "attn.to_v": ("d", "d"),
+    "proj_mlp": ("d", "m"),
+    "proj_out": ("d+m", "d"),
+    "norm.linear": ("d", "3d"),
+}
+
+
+def lora_state_dict(config: TransformerConfig, rank: int, seed: int) -> dict[str, torch.Tensor]:
+    """A musubi-style LoRA with a pair on every Linear of every double and single block."""
+    d, m = config.inner_dim, config.mlp_dim
+    size = {"d": d, "m": m, "6d": 6 * d, "3d": 3 * d, "d+m": d + m}
+    g = torch.Generator().manual_seed(seed)
+    layers = [(f"transformer_blocks.{n}.{k}", v) for n in range(config.num_layers) for k, v in DOUBLE_LAYERS.items()]
+    layers += [
+        (f"single_transformer_blocks.{n}.{k}", v)
+        for n in range(config.num_single_layers)
+        for k, v in SINGLE_LAYERS.items()
+    ]
+    tensors = {}
+    for name, (fan_in, fan_out) in layers:
+        key = "lora_unet_" + name.replace(".", "_")
+        tensors[key + ".lora_down.weight"] = torch.randn(rank, size[fan_in], generator=g) / size[fan_in] ** 0.5
+        tensors[key + ".lora_up.weight"] = torch.randn(size[fan_out], rank, generator=g) * 0.01
+        tensors[key + ".alpha"] = torch.tensor(float(rank))
+    return tensors
+
+
+def medium_inputs(
+    config: TransformerConfig, height: int, width: int
+) -> tuple[torch.Tensor, Conditioning, PackedContext]:
+    """benchmarks/transformer_step.py's inputs: the last inverted section's packed context."""
+    g = torch.Generator().manual_seed(1)
+    w = 9
+    latents = torch.randn(1, 16, w, height, width, generator=g)
+    mask = torch.zeros(1, 512, dtype=torch.bool)
+    mask[:, :80] = True
+    text = torch.randn(1, 512, config.text_embed_dim, generator=g) * mask[..., None]
+    pooled = torch.randn(1, config.pooled_projection_dim, generator=g)
+    image = torch.randn(1, 729, config.image_proj_dim, generator=g)
+    indices = torch.arange(0, 1 + w + 1 + 2 + 16)[None]
+    pre, latent, post, two, four = indices.split([1, w, 1, 2, 16], dim=1)
+    clean = torch.randn(1, 16, 2, height, width, generator=g)
+    clean_2x = torch.randn(1, 16, 2, height, width, generator=g)
+    clean_4x = torch.randn(1, 16, 16, height, width, generator=g)
+    cond = Conditioning(text, mask, pooled, torch.tensor([10.0]), image)
+    context = PackedContext(latent, clean, torch.cat([pre, post], 1), clean_2x, two, clean_4x, four)
+    return latents, cond, context
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--height", type=int, default=32)
+    parser.add_argument("--width", type=int, default=24)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+
+    torch.manual_seed(0)
+    config = TransformerConfig.preset("medium")
+    with torch.device("cpu"):
+        base = FramePackTransformer(config).eval()
+    randomise_(base, 0)
+    base = base.to(dtype)
+    if config.fp32_output_head:
+        base.proj_out.float()
+    loras = [lora_state_dict(config, args.rank, seed) for seed in (1, 2, 3)]
+    models: dict[str, FramePackTransformer] = {"0 LoRAs": base}
+    for count in (1, 3):
+        model = copy.deepcopy(base)
+        for i, tensors in enumerate(loras[:count]):
+            model.add_lora(tensors, strength=0.8, name=f"lora{i}")
+        models[f"{count} LoRA{'s' if count > 1 else ''}"] = model
+    fused = copy.deepcopy(base)
+    for i, tensors in enumerate(loras):
+        fused.add_lora(tensors, strength=0.8, name=f"lora{i}")
+    fused.fuse_loras()
+    models["3 fused"] = fused
+    for model in models.values():
+        model.to(device)
+
+    latents, cond, context = medium_inputs(config, args.height, args.width)
+    timestep = torch.tensor([875.0])
+    steps: dict[str, Callable[[], torch.Tensor]] = {}
+    with torch.no_grad():
+        for label, model in models.items():
+            prepared: PreparedInputs = model.prepare(cond, context, latents.shape)
+            steps[label] = lambda model=model, prepared=prepared: model.denoise(latents, timestep, prepared)
+        outputs = {label: step() for label, step in steps.items()}  # warm-up, and a check of the fused model
+        reference = outputs["3 LoRAs"].float()
+        fused_error = (outputs["3 fused"].float() - reference).abs().max().item() / reference.abs().max().item()
+        times: dict[str, list[float]] = {label: [] for label in steps}
+        for _ in range(args.repeats):
+            for label, step in steps.items():
+                times[label].append(timed(step, device))
+
+    median = {label: statistics.median(t) for label, t in times.items()}
+    t0 = median["0 LoRAs"]
+    print(
+        f"config medium: inner dim {config.inner_dim}, {config.num_layers} double + {config.num_single_layers} single "
+        f"blocks; rank {args.rank} on every block Linear; {device} {args.dtype}; threads {torch.get_num_threads()}"
+    )
+    for label, seconds in median.items():
+        count = int(label[0])
+        per = "" if label[0] == "0" or "fused" in label else f"  overhead per LoRA {(seconds - t0) / (count * t0):+.1%}"
+        spread = f"[{min(times[label]) * 1e3:.1f} .. {max(times[label]) * 1e3:.1f}]"
+        print(f"{label:>8}: {seconds * 1e3:8.1f} ms (median of {args.repeats}, {spread}){per}")
+    print(
+        f"fused vs no LoRA: {median['3 fused'] / t0 - 1:+.1%}; fused vs 3 run-time LoRAs max rel. error {fused_error:.1e}"
+    )
+
+
+def timed(step: Callable[[], torch.Tensor], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
