@@ -19,6 +19,7 @@ from framepack.cache import TeaCache
 from framepack.errors import CheckpointError, ConfigError
 from framepack.memory.streamer import block_nbytes, minimum_budget
 from framepack.models.linear import Linear
+from framepack.models.loading import to_checkpoint_state_dict
 from framepack.models.transformer import FramePackTransformer
 from tests.lora_support import FORMATS, merge, random_checkpoint, save_checkpoint, save_lora, write_lora
 from tests.transformer_support import conditioning_and_context, make_inputs, tolerance
@@ -69,7 +70,9 @@ def test_each_format_equals_the_hand_merged_checkpoint(
     path = save_lora(tmp_path / f"{fmt}.safetensors", tensors)
     model = FramePackTransformer.from_pretrained(base_folder)
     base = run(model, inputs)
+    saved = to_checkpoint_state_dict(model)
     name = model.add_lora(path, strength=0.7)
+    assert to_checkpoint_state_dict(model).keys() == saved.keys()  # the pairs are no part of the checkpoint
     got = run(model, inputs)
     assert_moved(got, base)
     assert_close(got, merged_output(tmp_path, checkpoint, inputs, (0.7, deltas)))

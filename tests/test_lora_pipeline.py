@@ -11,6 +11,7 @@ import torch
 
 from framepack import FramePackPipeline, GenerationConfig
 from framepack.cli import demo_image, main
+from framepack.components import tiny_components
 from framepack.errors import GenerationCancelled, InputError
 from framepack.runstate import load_run_state
 from framepack.sampling.loop import Progress
@@ -38,6 +39,23 @@ def test_add_lora_replans_memory_with_the_larger_blocks(lora_file: Path) -> None
     assert [(e.name, e.strength) for e in pipe.components.transformer.loras()] == [("motion", 0.25)]
     pipe.remove_lora(name)
     assert pipe._placement.plan.streaming["transformer"].block_bytes == before
+
+
+def test_from_pretrained_applies_loras_before_planning(lora_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import framepack.pipeline
+
+    def tiny_load(**kwargs: object) -> object:  # the tiny components stand for the checkpoints
+        return tiny_components(0)
+
+    monkeypatch.setattr(framepack.pipeline, "load_components", tiny_load)
+    pipe = FramePackPipeline.from_pretrained(
+        "unused", device="cpu", vram_budget_gb=0.05, resolution=64, window=3, loras=[(lora_file, 0.5)]
+    )
+    assert [(e.name, e.strength) for e in pipe.components.transformer.loras()] == [("motion", 0.5)]
+    plain = FramePackPipeline.tiny(seed=0)
+    plain.set_vram_budget(0.05, resolution=64, window=3)
+    planned = pipe._placement.plan.streaming["transformer"].block_bytes
+    assert planned[1] > plain._placement.plan.streaming["transformer"].block_bytes[1]  # the plan counts the pairs
 
 
 def cut_run(pipe: FramePackPipeline, run_dir: Path) -> None:

@@ -55,7 +55,7 @@ class LoraPairs(nn.Module):
         super().__init__()
         self.strengths = strengths
         self.placements: list[PairPlacement] = []
-        self.register_buffer("down", None)
+        self.register_buffer("down", None, persistent=False)
 
     def __len__(self) -> int:
         return len(self.placements)
@@ -75,10 +75,13 @@ class LoraPairs(nn.Module):
         self._set([(p, down, up) for p, down, up in self.pairs() if p.adapter != adapter])
 
     def _set(self, pairs: list[tuple[PairPlacement, torch.Tensor, torch.Tensor]]) -> None:
+        # Not persistent: the pairs are no part of the model's checkpoint (state_dict), yet, as
+        # buffers, they move with the layer (``to``, a streamer's slots).
         self._buffers.clear()
-        self.register_buffer("down", torch.cat([down for _, down, _ in pairs]) if pairs else None)
+        self._non_persistent_buffers_set.clear()
+        self.register_buffer("down", torch.cat([down for _, down, _ in pairs]) if pairs else None, persistent=False)
         for i, (_, _, up) in enumerate(pairs):
-            self.register_buffer(f"up_{i}", up)
+            self.register_buffer(f"up_{i}", up, persistent=False)
         self.placements = [p for p, _, _ in pairs]
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:

@@ -83,11 +83,12 @@ class LoraMethods(StreamableModel):
                     layer = self.get_submodule(pair.layer)
                     if layer.lora is None:
                         layer.lora = LoraPairs(self.lora_strengths)
+                    # Copies: the model must not share tensors with the caller's state dict.
                     device, dtype = layer.weight.device, layer.compute_dtype
                     layer.lora.append(
                         PairPlacement(name, pair.rows, pair.scale),
-                        pair.down.to(device=device, dtype=dtype),
-                        pair.up.to(device=device, dtype=dtype),
+                        pair.down.to(device=device, dtype=dtype, copy=True),
+                        pair.up.to(device=device, dtype=dtype, copy=True),
                     )
         except BaseException:
             del self.lora_strengths[name]
