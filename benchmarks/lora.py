@@ -9,9 +9,9 @@ pair on every Linear of both block kinds (the attention, MLP and modulation laye
 as a musubi-tuner file names them. A fifth model runs the 3 LoRAs one pair at a time
 (two matmuls, a temporary and an add per pair: the application before ``LoraPairs``
 stacked a layer's downs into one matmul). The models run interleaved, one step each per
-round; the median and the best of the timed rounds. The overhead per LoRA is
-(t_k - t_0) / (k * t_0); the fused model (3 LoRAs merged into the weights) should cost
-what no LoRA costs.
+round. The overhead per LoRA is (r_k - 1) / k, r_k the median over rounds of
+t_k / t_0 within a round; the fused model (3 LoRAs merged into the weights) should
+cost what no LoRA costs.
 """
 
 from __future__ import annotations
@@ -181,16 +181,15 @@ def main() -> None:
         f"config medium: inner dim {config.inner_dim}, {config.num_layers} double + {config.num_single_layers} single "
         f"blocks; rank {args.rank} on every block Linear; {device} {args.dtype}; threads {torch.get_num_threads()}"
     )
-    # The median and the best of the rounds: on a shared machine the best is the least disturbed.
-    for statistic, pick in (("median", statistics.median), ("best", min)):
-        seconds = {label: pick(t) for label, t in times.items()}
-        t0 = seconds["0 LoRAs"]
-        print(f"{statistic} of {args.repeats} rounds:")
-        for label, t in seconds.items():
-            count = int(label[0])
-            per = f"  overhead per LoRA {(t - t0) / (count * t0):+.1%}" if count and "fused" not in label else ""
-            print(f"  {label:>8}: {t * 1e3:8.1f} ms{per}")
-        print(f"  fused (3 LoRAs) vs no LoRA: {seconds['3 fused'] / t0 - 1:+.1%}")
+    # Per round, each model's time over the LoRA-free model's in that round (seconds apart, so a
+    # shared machine's load mostly cancels), then the median over rounds; absolute medians beside.
+    t0s = times["0 LoRAs"]
+    print(f"median of {args.repeats} rounds (overhead: median of the per-round ratios to 0 LoRAs):")
+    for label, t in times.items():
+        ratio = statistics.median(a / b for a, b in zip(t, t0s))
+        count = int(label[0])
+        per = f"  overhead per LoRA {(ratio - 1) / count:+.1%}" if count and "fused" not in label else ""
+        print(f"  {label:>10}: {statistics.median(t) * 1e3:8.1f} ms  x{ratio:.3f}{per}")
     print(f"fused vs 3 run-time LoRAs: max relative difference {fused_error:.1e}")
     print(
         f"arithmetic: one rank-{args.rank} LoRA adds {lora_flop_fraction(config, args.rank):.1%} to the block Linears' "
