@@ -131,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")
     gen.add_argument("--resume", help="continue an interrupted run from its run directory")
     gen.add_argument("--tiny", action="store_true", help="tiny random models: offline demo, the video is noise")
+    gen.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="LoRA file applied at run time, strength default 1 (repeatable: they stack)",
+    )
     gen.set_defaults(run=_generate)
 
     plan = sub.add_parser("plan", help="print the section plan and sizes without running a model", epilog=EXIT_STATUS)
@@ -227,6 +234,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise InputError(f"--vram-budget: expected a finite number of GB > 0, got {args.vram_budget:g}")
     _check_out(args)
     files = _single_files(args, config.mode)  # a missing weight file fails here, before any is read
+    loras = [_lora_argument(spec) for spec in args.lora]
     image = load_image(args.image) if args.image else None
     if args.end_image:
         load_image(args.end_image)
@@ -235,6 +243,8 @@ def _generate(args: argparse.Namespace) -> int:
         if args.fp8:  # blocks of 64 do not divide the tiny widths; a block that does keeps it block-scaled
             transformer = pipe.components.transformer
             transformer.quantize_fp8(block=math.gcd(64, transformer.config.inner_dim))
+        for path, strength in loras:
+            pipe.add_lora(path, strength)
         if args.vram_budget is not None:
             pipe.set_vram_budget(args.vram_budget, resolution=config.resolution, window=config.window)
         if image is None:
@@ -253,6 +263,7 @@ def _generate(args: argparse.Namespace) -> int:
             resolution=config.resolution,
             window=config.window,
             weights="fp8" if args.fp8 else None,
+            loras=loras,
         )
     else:
         if image is None:
@@ -270,6 +281,7 @@ def _generate(args: argparse.Namespace) -> int:
             vram_budget_gb=args.vram_budget,
             resolution=config.resolution,
             window=config.window,
+            loras=loras,
         )
     if pipe.device.type == "cpu":
         _check_host_memory(pipe, config)
@@ -355,6 +367,27 @@ def _check_tokenizers(source: str) -> None:
         raise InputError(
             f"--tokenizers: {source!r} lacks {', '.join(missing)} (HunyuanVideo's tokenizer/ and tokenizer_2/)"
         )
+
+
+def _lora_argument(spec: str) -> tuple[Path, float]:
+    """``PATH[:STRENGTH]``: a strength is what follows the last ':' when it reads as a number."""
+    path, value = spec, 1.0
+    head, separator, tail = spec.rpartition(":")
+    if separator and head and _is_number(tail):  # else the ':' is the path's own (C:\\loras\\x.safetensors)
+        path, value = head, float(tail)
+    if not math.isfinite(value):
+        raise InputError(f"--lora {spec!r}: expected PATH[:STRENGTH] with a finite strength, got {tail!r}")
+    if not Path(path).is_file():
+        raise InputError(f"--lora {spec!r}: LoRA file {path!r} does not exist")
+    return Path(path), value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_text(flag: str, value: str) -> None:

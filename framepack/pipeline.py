@@ -12,8 +12,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from .conditioning import Conditioning
 from .config import GenerationConfig
 from .device_runtime import runtime
 from .errors import ConfigError, InputError
+from .lora import LoraWeights
 from .memory.placement import Placement, device_budget_gb
 from .memory.planner import MemoryPlan, plan_memory
 from .models.configuration import ModelConfig
@@ -79,6 +80,7 @@ class FramePackPipeline:
         self.components = components
         self.device = torch.device(device)
         self._placement: Placement | None = None
+        self._budget_arguments: tuple[float | None, int, int] | None = None  # set_vram_budget's last
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -95,6 +97,7 @@ class FramePackPipeline:
         vram_budget_gb: float | None = None,
         resolution: int = 640,
         window: int = 9,
+        loras: Sequence[tuple[str | os.PathLike[str], float]] = (),
     ) -> FramePackPipeline:
         """Load the official checkpoints (or local folders laid out like them).
 
@@ -105,6 +108,7 @@ class FramePackPipeline:
         weights         "fp8": the transformer's block Linears in fp8, block-scaled (fp8 files load as fp8 anyway)
         vram_budget_gb  device memory to stay within (see ``set_vram_budget``); None: on CUDA the
                         memory free on the device, elsewhere no budget (all resident)
+        loras           (LoRA file, strength) pairs applied to the transformer at run time (``add_lora``)
         """
         device = torch.device(device or ("cuda" if runtime().is_available() else "cpu"))
         # On CUDA the weights land on the host and the plan places them: ~40 GiB never fits at once.
@@ -120,6 +124,8 @@ class FramePackPipeline:
             load_device=torch.device("cpu") if budgeted else None,
         )
         pipe = cls(components, device=device)
+        for path, strength in loras:  # before the plan, which counts their bytes in the blocks
+            components.transformer.add_lora(path, strength)
         if budgeted:
             pipe.set_vram_budget(vram_budget_gb, resolution=resolution, window=window)
         return pipe
@@ -143,6 +149,7 @@ class FramePackPipeline:
         window: int = 9,
         configs: Mapping[str, ModelConfig] | None = None,
         weights: Weights = None,
+        loras: Sequence[tuple[str | os.PathLike[str], float]] = (),
     ) -> FramePackPipeline:
         """Load every model from the single safetensors file users have, as ComfyUI keeps them.
 
@@ -175,6 +182,8 @@ class FramePackPipeline:
             weights=weights,
         )
         pipe = cls(components, device=device)
+        for path, strength in loras:  # before the plan, which counts their bytes in the blocks
+            components.transformer.add_lora(path, strength)
         if budgeted:
             pipe.set_vram_budget(vram_budget_gb, resolution=resolution, window=window)
         return pipe
@@ -199,6 +208,7 @@ class FramePackPipeline:
         window: int = 9,
         configs: Mapping[str, ModelConfig] | None = None,
         weights: Weights = None,
+        loras: Sequence[tuple[str | os.PathLike[str], float]] = (),
     ) -> FramePackPipeline:
         """Load from a ComfyUI ``models`` folder: each file found by its usual name in its usual
         sub-folder (see ``framepack.comfyui``), unless passed here. ``mode`` picks the transformer
@@ -221,6 +231,7 @@ class FramePackPipeline:
             window=window,
             configs=configs,
             weights=weights,
+            loras=loras,
         )
 
     @classmethod
@@ -241,11 +252,42 @@ class FramePackPipeline:
         if self._placement is not None:
             self._placement.release()
             self._placement = None  # its unloads gave the memory back: it counts as free below
+        self._budget_arguments = (vram_budget_gb, resolution, window)
         budget = device_budget_gb(self.device, vram_budget_gb)
         plan = plan_memory(self.components.modules(), budget, resolution=resolution, window=window, device=self.device)
         self._placement = Placement(self.components.modules(), self.device, plan)
         logger.info("memory plan: %s", plan)
         return plan
+
+    # --- LoRAs --------------------------------------------------------------------------
+    def add_lora(
+        self, source: str | os.PathLike[str] | LoraWeights, strength: float = 1.0, name: str | None = None
+    ) -> str:
+        """Apply a LoRA file to the transformer at run time (``FramePackTransformer.add_lora``);
+        returns its name. A memory plan in force is made again: the blocks grew."""
+        with self._replanned():
+            return self.components.transformer.add_lora(source, strength, name)
+
+    def set_lora_strength(self, name: str, strength: float) -> None:
+        self.components.transformer.set_lora_strength(name, strength)
+
+    def remove_lora(self, name: str) -> None:
+        with self._replanned():
+            self.components.transformer.remove_lora(name)
+
+    @contextmanager
+    def _replanned(self) -> Iterator[None]:
+        """Weights off the device while the transformer's tensors change, then the last plan made again."""
+        if self._placement is None:
+            yield
+            return
+        self._placement.release()
+        self._placement = None
+        try:
+            yield
+        finally:
+            budget, resolution, window = self._budget_arguments
+            self.set_vram_budget(budget, resolution=resolution, window=window)
 
     def memory_report(self) -> str:
         """The memory plan in force and what the streamers moved so far."""
@@ -440,7 +482,13 @@ class FramePackPipeline:
             "prompt": digest(prompt),
             "negative_prompt": digest(negative_prompt),
             "settings": settings,
-        }
+        } | self._lora_fingerprint()
+
+    def _lora_fingerprint(self) -> dict[str, Any]:
+        """The LoRAs on the transformer (content digest and strength), when there are any:
+        runs made before LoRAs existed resume as they did."""
+        loras = self.components.transformer.loras()
+        return {"loras": [{"digest": e.digest, "strength": e.strength} for e in loras]} if loras else {}
 
 
 def check_inputs(config: GenerationConfig, *, end_image: ImageInput | None = None, negative_prompt: str = "") -> None:

@@ -16,6 +16,7 @@ from framepack.comfyui import find_comfyui_files, transformer_mode
 from framepack.components import tiny_components, tiny_configs
 from framepack.errors import CheckpointError, ConfigError
 from framepack.models import single_file
+from tests.lora_support import save_lora, write_lora
 from tests.single_file_support import write_comfyui_folder, write_native_repos
 
 FAST = dict(window=3, steps=2, resolution=64, seconds=0.8)
@@ -139,6 +140,25 @@ def test_fp8_quantizes_the_comfyui_transformer_as_from_pretrained_does(folders) 
     block = comfy.components.transformer.double_blocks[0].image_qkv
     assert block.weight.dtype == torch.float8_e4m3fn and block.weight_scale is not None
     assert comfy.components.weights_digest() == native.components.weights_digest()
+
+
+def test_loras_apply_to_a_comfyui_pipeline_as_to_from_pretrained(folders, tmp_path: Path) -> None:
+    lora = save_lora(tmp_path / "style.safetensors", write_lora("musubi-framepack")[0])
+    kwargs = dict(device="cpu", loras=[(lora, 0.7)])
+    native = FramePackPipeline.from_pretrained(
+        folders["transformer"], hunyuan=folders["hunyuan"], redux=folders["redux"], **kwargs
+    )
+    comfy = FramePackPipeline.from_comfyui(
+        folders["comfyui"], tokenizers=folders["hunyuan"], configs=tiny_configs(), **kwargs
+    )
+    assert [(e.digest, e.strength) for e in comfy.components.transformer.loras()] == [
+        (e.digest, e.strength) for e in native.components.transformer.loras()
+    ]
+    image = np.random.default_rng(1).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    config = GenerationConfig(**FAST)
+    a = native.generate(image, "a dancer", config, run_dir=tmp_path / "native")
+    b = comfy.generate(image, "a dancer", config, run_dir=tmp_path / "comfy")
+    assert torch.equal(a.latents, b.latents)
 
 
 def test_unknown_config_names_are_refused(folders) -> None:

@@ -45,40 +45,59 @@ class PairPlacement:
 
 
 class LoraPairs(nn.Module):
-    """The run-time LoRA pairs of one ``Linear``: buffers ``down_i`` [r, in] and ``up_i`` [rows, r]."""
+    """The run-time LoRA pairs of one ``Linear``: buffers ``down`` [sum of ranks, in], every pair's
+    down matrix stacked in pair order, and ``up_i`` [rows, r].
+
+    The pairs all read the layer's input, so their downs are stacked once, when a pair is
+    added: a call makes one down-projection matmul for all of them, then each pair's up
+    projection is accumulated straight into its rows of the output (``addmm_``, no temporary).
+    """
 
     def __init__(self, strengths: LoraStrengths) -> None:
         super().__init__()
         self.strengths = strengths
         self.placements: list[PairPlacement] = []
+        self.register_buffer("down", None, persistent=False)
 
     def __len__(self) -> int:
         return len(self.placements)
 
     def pairs(self) -> Iterator[tuple[PairPlacement, torch.Tensor, torch.Tensor]]:
+        start = 0
         for i, placement in enumerate(self.placements):
-            yield placement, self._buffers[f"down_{i}"], self._buffers[f"up_{i}"]
+            up = self._buffers[f"up_{i}"]
+            yield placement, self._buffers["down"][start : start + up.shape[1]], up
+            start += up.shape[1]
 
     def append(self, placement: PairPlacement, down: torch.Tensor, up: torch.Tensor) -> None:
-        i = len(self.placements)
-        self.register_buffer(f"down_{i}", down)
-        self.register_buffer(f"up_{i}", up)
-        self.placements.append(placement)
+        self._set([*self.pairs(), (placement, down, up)])
 
     def remove(self, adapter: str) -> None:
         """Drop every pair of ``adapter``; the others keep their order."""
-        kept = [(p, down, up) for p, down, up in self.pairs() if p.adapter != adapter]
+        self._set([(p, down, up) for p, down, up in self.pairs() if p.adapter != adapter])
+
+    def _set(self, pairs: list[tuple[PairPlacement, torch.Tensor, torch.Tensor]]) -> None:
+        # Not persistent: the pairs are no part of the model's checkpoint (state_dict), yet, as
+        # buffers, they move with the layer (``to``, a streamer's slots).
         self._buffers.clear()
-        self.placements = []
-        for placement, down, up in kept:
-            self.append(placement, down, up)
+        self._non_persistent_buffers_set.clear()
+        self.register_buffer("down", torch.cat([down for _, down, _ in pairs]) if pairs else None, persistent=False)
+        for i, (_, _, up) in enumerate(pairs):
+            self.register_buffer(f"up_{i}", up, persistent=False)
+        self.placements = [p for p, _, _ in pairs]
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
-        """out[..., rows] += strength * scale * (x A^T) B^T for every pair, in place."""
-        for placement, down, up in self.pairs():
+        """out[..., rows] += strength * scale * (x A^T) B^T for every pair, in place (``out`` contiguous)."""
+        down = self._buffers["down"]
+        projected = F.linear(x, down).view(-1, down.shape[0])  # x A_i^T of every pair, side by side
+        rows_of = out.view(-1, out.shape[-1])
+        start = 0
+        for i, placement in enumerate(self.placements):
+            up = self._buffers[f"up_{i}"]
             factor = self.strengths[placement.adapter] * placement.scale
             if factor:
-                out[..., placement.rows].add_(F.linear(F.linear(x, down), up), alpha=factor)
+                rows_of[:, placement.rows].addmm_(projected[:, start : start + up.shape[1]], up.t(), alpha=factor)
+            start += up.shape[1]
 
     def delta(self, adapter: str | None = None) -> list[tuple[slice, torch.Tensor]]:
         """Each pair's weight update (strength * scale * B A) with its rows, in float32."""

@@ -23,8 +23,10 @@ which use it (``tests/test_import_graph.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,6 +40,7 @@ from ..memory.streamer import LayerStreamer, Staging, block_nbytes
 class _StreamingSetup:
     residency: ComponentResidency  # every weight outside the blocks
     streamer: LayerStreamer
+    arguments: dict[str, Any]  # enable_streaming's, but ``load``: to set it up again (``streaming_paused``)
 
 
 class StreamableModel(nn.Module):
@@ -136,8 +139,43 @@ class StreamableModel(nn.Module):
         )
         if load:
             residency.load()
-        self._streaming = _StreamingSetup(residency, streamer)
+        arguments = dict(
+            device=device,
+            budget_bytes=budget_bytes,
+            prefetch=prefetch,
+            pin_memory=pin_memory,
+            staging=staging,
+            num_blocks=num_blocks,
+        )
+        self._streaming = _StreamingSetup(residency, streamer, arguments)
         return streamer
+
+    @contextmanager
+    def streaming_paused(self, undo: Callable[[], None] | None = None) -> Iterator[None]:
+        """Streaming off while tensors are added to or removed from the model (a streamer's
+        packed sizes and shells are fixed when it is set up), then on again with the same
+        arguments, loaded or unloaded as before. When the budget cannot hold the changed
+        blocks, ``undo`` reverts the change, streaming resumes as it was and the
+        ``ConfigError`` is raised. Does nothing when streaming is off."""
+        setup = self._streaming
+        if setup is None:
+            yield
+            return
+        arguments = dict(setup.arguments, load=self.on_device)
+        self.disable_streaming()
+        try:
+            yield
+        except BaseException:
+            self.enable_streaming(**arguments)
+            raise
+        try:
+            self.enable_streaming(**arguments)
+        except ConfigError:
+            if undo is None:
+                raise
+            undo()
+            self.enable_streaming(**arguments)
+            raise
 
     def disable_streaming(self) -> None:
         """Every weight back on its own host tensor; blocks are fetched directly again."""

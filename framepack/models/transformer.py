@@ -49,7 +49,7 @@ from .layers import (
 )
 from .linear import Linear
 from .loading import KeyRule, PretrainedModel, key_rule
-from .streaming import StreamableModel
+from .lora_methods import LoraMethods
 from .transformer_blocks import (
     CleanLatentEmbedder,
     DoubleStreamBlock,
@@ -308,12 +308,14 @@ def checkpoint_keys(config: TransformerConfig) -> list[KeyRule]:
     ]
 
 
-class FramePackTransformer(StreamableModel, PretrainedModel):
+class FramePackTransformer(LoraMethods, PretrainedModel):
     """The packed HunyuanVideo transformer; predicts the flow-matching velocity.
 
     ``enable_streaming(device, budget_bytes)`` (framepack.models.streaming) streams the
     double and single blocks through one ``LayerStreamer``: one budget, slots shared by
     both kinds, and prefetching crosses from the last double block to the first single one.
+    ``add_lora``, ``set_lora_strength``, ``remove_lora``, ``fuse_loras`` and ``loras``
+    (framepack.models.lora_methods) apply LoRA files at run time.
     """
 
     config_class = TransformerConfig
@@ -356,6 +358,9 @@ class FramePackTransformer(StreamableModel, PretrainedModel):
             return False
         module = self.get_submodule(module_name)
         return isinstance(module, Linear) and not isinstance(module, Modulation)
+
+    def _lora_block_counts(self) -> tuple[int, int]:
+        return self.config.num_layers, self.config.num_single_layers
 
     # --- properties -------------------------------------------------------------------------
     @property
