@@ -126,7 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
     gen.add_argument(
-        "--fp8", action="store_true", help="transformer block weights in fp8, block-scaled (half the bytes of bf16)"
+        "--fp8",
+        action="store_true",
+        help="transformer block Linear weights in fp8, block-scaled (0.65x the streamed bytes of bf16)",
     )
     gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")
     gen.add_argument("--resume", help="continue an interrupted run from its run directory")

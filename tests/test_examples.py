@@ -11,7 +11,9 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.mark.parametrize("name", ["image_to_video", "forward_f1", "end_frame", "low_vram", "custom_cache_policy"])
+@pytest.mark.parametrize(
+    "name", ["image_to_video", "forward_f1", "end_frame", "low_vram", "custom_cache_policy", "own_weights"]
+)
 def test_example_runs_with_tiny(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.mp4"
     done = subprocess.run(
