@@ -54,8 +54,8 @@ class VideoResult:
     A temporary run directory (the run was given no ``run_dir``) is deleted by ``save``
     unless ``keep_run_dir=True``, by ``cleanup``, or when the result is garbage-collected
     (or the interpreter exits) without either: nothing can reach it then, and videos left
-    behind would fill the temporary folder. ``save(keep_run_dir=True)`` hands it to the
-    caller for good. A ``run_dir`` the caller gave is never deleted.
+    behind would fill the temporary folder. ``save(keep_run_dir=True)``, or a ``save`` that
+    fails, hands it to the caller for good. A ``run_dir`` the caller gave is never deleted.
     """
 
     def __init__(
@@ -95,15 +95,24 @@ class VideoResult:
         target = self._check_target(path)
         self._check_kept()
         final = self.run_dir / "video.mp4"
-        if (crf is None or crf == self.crf) and final.exists():
-            copy_file(final, target)
+        try:
+            if (crf is None or crf == self.crf) and final.exists():
+                copy_file(final, target)
+            else:
+                write_mp4(target, self.frames(), fps=self.fps, crf=self.crf if crf is None else crf)
+        except BaseException:
+            self._keep_run_dir()  # the video exists only there now (a full disk, an interrupt): never drop it
+            raise
+        if keep_run_dir:
+            self._keep_run_dir()
         else:
-            write_mp4(target, self.frames(), fps=self.fps, crf=self.crf if crf is None else crf)
-        if not keep_run_dir:
             self.cleanup()
-        elif self._drop_when_unreachable is not None:
-            self._drop_when_unreachable.detach()  # the caller keeps the folder now
         return target
+
+    def _keep_run_dir(self) -> None:
+        """The run directory outlives this result: it is the caller's to keep or delete."""
+        if self._drop_when_unreachable is not None:
+            self._drop_when_unreachable.detach()
 
     def cleanup(self) -> None:
         """Delete the run directory if it is a temporary one; a given ``run_dir`` is kept."""
