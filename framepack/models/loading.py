@@ -4,7 +4,9 @@ Only safetensors is read, never pickle. The header of every shard is parsed and 
 against the file size before any tensor is touched, so a truncated or corrupt file is
 reported by name. Models are built on the meta device and each parameter is filled
 exactly once from the file (``storage="copy"``) or left memory-mapped on it
-(``storage="mmap"``), so peak host memory stays near one copy of the weights.
+(``storage="mmap"``), so peak host memory stays near one copy of the weights. A tensor
+fused from several checkpoint tensors (q|k|v…) is one view of the file too when its parts lie
+back to back in fusion order, as ``save_pretrained`` writes them; otherwise it is concatenated.
 """
 
 from __future__ import annotations
