@@ -6,12 +6,16 @@
 Not part of CI: it writes ~26 GB (bf16) + ~16 GB (fp8) to ``--dir`` (the default is under
 the temporary folder) and deletes them at the end unless ``--keep``; ``--reuse`` reads
 checkpoints a previous ``--keep`` run left there. Measured on a 2-core CPU shared with
-other jobs (load average 3-7): writing both formats 15 min; bf16 load 1 min + step 12.6 min,
-fp8 load 1 min + step 7.9 min (the step alone is ~26 TFLOP, ~5 min at 93 GFLOP/s).
+other jobs (load average 3.6-4.1), one format per run: bf16 write 3.5 min, load 3 s, step
+7.6 min, 23.2 GiB streamed per step, peak RssAnon 2.05 GiB / RssFile 1.49 GiB / VmHWM
+3.12 GiB; fp8 write 6.5 min, load 1.3 s, step 8.9 min, 15.0 GiB per step (0.648 of bf16:
+the modulation Linears stay bf16), peak RssAnon 1.78 GiB / RssFile 1.28 GiB / VmHWM 2.63 GiB.
+The step alone is ~26 TFLOP, ~5 min at 93 GFLOP/s.
 
 Each format runs in its own process, so peak memory is that format's alone:
 ``from_pretrained(..., dtype=bfloat16, storage="mmap")`` keeps every tensor of the file
-mapped (fused q|k|v and modulation weights are concatenated at load: anonymous memory);
+mapped (the fused q|k|v, q|k|v|proj_mlp and modulation weights and scales too: the writer puts
+their parts back to back, so each is one view of the file, not a concatenation in anonymous memory);
 on a CPU, ``compute_in(model, float32)`` casts everything but the Linear weights, which
 stay as stored (bf16, or fp8 with block scales) and are upcast per layer at use; the blocks
 stream through two slots (``enable_streaming``), and the streamer drops each block's file

@@ -1,10 +1,13 @@
-"""Write a random-weight checkpoint of the real FramePack transformer, one tensor in memory at a time.
+"""Write a random-weight checkpoint of the real FramePack transformer, one fused tensor in memory at a time.
 
 Used by ``benchmarks/full_scale.py``. Every tensor is drawn from a generator seeded by
 its name (normal * 0.02; norm weights 1 + normal * 0.02; biases normal * 0.002), so the
 bf16 and fp8 checkpoints hold the same model and a rerun writes the same bytes. Shards
 are planned up front (names, shapes, offsets), so each header is written before its
-data and no shard is ever held in memory.
+data and no shard is ever held in memory. As ``save_pretrained`` writes them, the parts of
+each of our fused tensors (q|k|v, q|k|v|proj_mlp, the two modulations) lie back to back in
+fusion order in one shard (fp8: the weight parts, then their scales), so the loader maps the
+fused tensor as one view of the file instead of concatenating it.
 
 Layouts (diffusers names, sharded with an index json, as the official checkpoint):
   * "bf16": every tensor bfloat16;
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from framepack.models.loading import to_checkpoint_state_dict
+from framepack.models.loading import checkpoint_groups
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
 
 FP8_BLOCK = 64
@@ -47,11 +50,15 @@ class Entry:
         return n
 
 
-def model_tensors(config: TransformerConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """The checkpoint keys and shapes of the model, in its state-dict order (blocks stay together)."""
+Group = list[tuple[str, tuple[int, ...]]]
+
+
+def model_tensors(config: TransformerConfig) -> list[Group]:
+    """The checkpoint keys and shapes of the model, one group per tensor of ours (its parts in
+    fusion order), in its state-dict order (blocks stay together)."""
     with torch.device("meta"):
         model = FramePackTransformer(config)
-    return [(key, tuple(t.shape)) for key, t in to_checkpoint_state_dict(model).items()]
+    return [[(key, tuple(t.shape)) for key, t in group.items()] for group in checkpoint_groups(model)]
 
 
 def fp8_quantized(key: str, shape: tuple[int, ...]) -> bool:
@@ -60,29 +67,33 @@ def fp8_quantized(key: str, shape: tuple[int, ...]) -> bool:
     return in_blocks and key.endswith(".weight") and len(shape) == 2 and "norm" not in key
 
 
-def layout(tensors: list[tuple[str, tuple[int, ...]]], fmt: str) -> list[Entry]:
-    """The entries of one format, each model tensor followed by its scale where quantized."""
-    entries = []
-    for key, shape in tensors:
-        if fmt == "fp8" and fp8_quantized(key, shape):
-            entries.append(Entry(key, torch.float8_e4m3fn, shape))
-            scale_key = key.removesuffix(".weight") + ".scale_weight"
-            entries.append(Entry(scale_key, torch.bfloat16, (shape[0], shape[1] // FP8_BLOCK, 1)))
-        else:
-            entries.append(Entry(key, torch.bfloat16, shape))
-    return entries
+def layout(groups: list[Group], fmt: str) -> list[list[Entry]]:
+    """The entries of one format, group by group: the parts, then their scales where quantized."""
+    out = []
+    for group in groups:
+        entries, scales = [], []
+        for key, shape in group:
+            if fmt == "fp8" and fp8_quantized(key, shape):
+                entries.append(Entry(key, torch.float8_e4m3fn, shape))
+                scale_key = key.removesuffix(".weight") + ".scale_weight"
+                scales.append(Entry(scale_key, torch.bfloat16, (shape[0], shape[1] // FP8_BLOCK, 1)))
+            else:
+                entries.append(Entry(key, torch.bfloat16, shape))
+        out.append(entries + scales)
+    return out
 
 
-def plan_shards(entries: list[Entry], max_shard_bytes: int) -> list[list[Entry]]:
-    """Consecutive entries packed into shards of at most ``max_shard_bytes`` (one bigger tensor gets its own)."""
+def plan_shards(groups: list[list[Entry]], max_shard_bytes: int) -> list[list[Entry]]:
+    """Consecutive groups packed whole into shards of at most ``max_shard_bytes`` (one bigger group gets its own)."""
     shards: list[list[Entry]] = [[]]
     size = 0
-    for entry in entries:
-        if shards[-1] and size + entry.nbytes > max_shard_bytes:
+    for group in groups:
+        nbytes = sum(e.nbytes for e in group)
+        if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
-        shards[-1].append(entry)
-        size += entry.nbytes
+        shards[-1].extend(group)
+        size += nbytes
     return shards
 
 
@@ -91,6 +102,8 @@ def header_bytes(shard: list[Entry]) -> bytes:
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for e in shard:
+        if offset % e.dtype.itemsize:  # the loader views each tensor in place
+            raise ValueError(f"{e.key} would start at byte {offset}, not a multiple of its element size")
         header[e.key] = {
             "dtype": _DTYPE_NAMES[e.dtype],
             "shape": list(e.shape),
@@ -121,15 +134,17 @@ def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantized.view(out_features, in_features), scale
 
 
-def encoded(key: str, shape: tuple[int, ...], formats: list[str]) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
-    """For each format, the stored tensors of one model tensor (its weight, and its scale where quantized)."""
-    value = random_tensor(key, shape)
+def encoded(group: Group, formats: list[str]) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+    """For each format, the stored tensors of one group (its parts, and their scales where quantized)."""
+    values = {key: random_tensor(key, shape) for key, shape in group}
     for fmt in formats:
-        if fmt == "fp8" and fp8_quantized(key, shape):
-            quantized, scale = quantize_fp8(value)
-            yield fmt, {key: quantized, key.removesuffix(".weight") + ".scale_weight": scale}
-        else:
-            yield fmt, {key: value.to(torch.bfloat16)}
+        stored, scales = {}, {}
+        for key, shape in group:
+            if fmt == "fp8" and fp8_quantized(key, shape):
+                stored[key], scales[key.removesuffix(".weight") + ".scale_weight"] = quantize_fp8(values[key])
+            else:
+                stored[key] = values[key].to(torch.bfloat16)
+        yield fmt, stored | scales  # in ``layout``'s order
 
 
 def write_checkpoints(
@@ -152,10 +167,13 @@ def write_checkpoints(
         config_json = {"_class_name": "HunyuanVideoTransformer3DModelPacked", **config.to_dict()}
         (folder / "config.json").write_text(json.dumps(config_json, indent=1))
     open_files: dict[str, tuple[int, object]] = {}
+    order = {fmt: iter([e.key for shard in planned for e in shard]) for fmt, planned in shards.items()}
     try:
-        for key, shape in tensors:
-            for fmt, stored in encoded(key, shape, formats):
+        for group in tensors:
+            for fmt, stored in encoded(group, formats):
                 for name, tensor in stored.items():
+                    if next(order[fmt]) != name:  # the headers' offsets assume the planned order
+                        raise RuntimeError(f"{name} written out of the planned order")
                     i = where[fmt][name]
                     current = open_files.get(fmt)
                     if current is None or current[0] != i:

@@ -4,7 +4,9 @@ Only safetensors is read, never pickle. The header of every shard is parsed and 
 against the file size before any tensor is touched, so a truncated or corrupt file is
 reported by name. Models are built on the meta device and each parameter is filled
 exactly once from the file (``storage="copy"``) or left memory-mapped on it
-(``storage="mmap"``), so peak host memory stays near one copy of the weights.
+(``storage="mmap"``), so peak host memory stays near one copy of the weights. A tensor
+fused from several checkpoint tensors (q|k|v…) is one view of the file too when its parts lie
+back to back in fusion order, as ``save_pretrained`` writes them; otherwise it is concatenated.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import mmap
 import os
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -28,7 +31,7 @@ from ..precision import default_dtype
 from . import fp8
 from .configuration import ModelConfig
 from .linear import Linear
-from .saving import save_checkpoint
+from .saving import SAFETENSORS_DTYPES, save_checkpoint
 
 logger = logging.getLogger("framepack")
 
@@ -36,20 +39,6 @@ Storage = Literal["copy", "mmap"]
 Weights = Literal["fp8"] | None
 ModelT = TypeVar("ModelT", bound="PretrainedModel")
 
-_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
@@ -95,7 +84,7 @@ class SafetensorsFile:
             if name == "__metadata__":
                 continue
             try:
-                dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+                dtype = SAFETENSORS_DTYPES[info["dtype"]]
                 shape = tuple(int(s) for s in info["shape"])
                 begin, end = (int(o) for o in info["data_offsets"])
             except (KeyError, TypeError, ValueError) as e:
@@ -124,6 +113,19 @@ class SafetensorsFile:
             return torch.empty(shape, dtype=dtype)
         flat = torch.frombuffer(self._map, dtype=torch.uint8, count=end - begin, offset=self._data_start + begin)
         return flat.view(dtype).reshape(shape)
+
+    def span(self, names: Sequence[str]) -> torch.Tensor | None:
+        """The concatenation along dim 0 of tensors ``names`` as one view of the mapped file, when
+        they lie back to back in that order with one dtype and equal trailing dims; else None."""
+        entries = [self.entries[name] for name in names]
+        dtype, shape, first, _ = entries[0]
+        if not shape or any(e[0] != dtype or len(e[1]) != len(shape) or e[1][1:] != shape[1:] for e in entries):
+            return None
+        if any(a[3] != b[2] for a, b in pairwise(entries)) or entries[-1][3] == first:
+            return None
+        nbytes = entries[-1][3] - first
+        flat = torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes, offset=self._data_start + first)
+        return flat.view(dtype).reshape(sum(e[1][0] for e in entries), *shape[1:])
 
     def close(self) -> None:
         # A mapping still viewed by mmap-stored parameters must stay open; it is freed with them.
@@ -330,7 +332,7 @@ class PretrainedModel(nn.Module):
         if self.checkpoint_class_name:
             config = {"_class_name": self.checkpoint_class_name, **config}
         return save_checkpoint(
-            to_checkpoint_state_dict(self),
+            checkpoint_groups(self),
             config,
             Path(folder),
             weights_name=self.weights_name,
@@ -410,18 +412,20 @@ def load_checkpoint(
         copied_bytes = 0
         for name, keys in layout.items():
             parts = [where[k].tensor(k) for k in keys]
+            view = _file_view(where, keys, parts)  # fused parts stored back to back need no concatenation
             target_dtype = torch.float32 if model.keep_float32(name) else dtype
-            scales = [_scale_of(where, scale_keys, k, part, target_dtype) for k, part in zip(keys, parts)]
+            scales = [_scale_of(where, scale_keys, k, part, target_dtype, storage) for k, part in zip(keys, parts)]
             if any(s is not None for s in scales) or any(p.dtype in fp8.FP8_DTYPES for p in parts):
-                tensor, scale = _fp8_tensor(model, name, parts, scales, target_dtype)
+                scale_view = _scale_view(where, scale_keys, keys, target_dtype, storage)
+                tensor, scale = _fp8_tensor(model, name, parts, scales, target_dtype, view, scale_view)
                 if tensor.dtype != fp8.FP8:
                     copied_bytes += tensor.nbytes  # dequantized
-                elif storage == "copy" and len(parts) == 1 and device.type == "cpu":
+                elif storage == "copy" and tensor is view and device.type == "cpu":
                     tensor = tensor.clone()  # detach from the mapping, as below
                 _assign_weight(model, name, tensor.to(device), None if scale is None else scale.to(device))
                 mapped_pages.release(parts)  # as below
                 continue
-            tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            tensor = view if view is not None else torch.cat(parts, dim=0)
             converted = tensor.is_floating_point() and tensor.dtype != target_dtype
             if converted:
                 tensor = tensor.to(target_dtype)
@@ -430,7 +434,7 @@ def load_checkpoint(
                 _assign_weight(model, name, *(t.to(device) for t in fp8.quantize(tensor, block=fp8_block)))
                 mapped_pages.release(parts)  # as below
                 continue
-            if not converted and storage == "copy" and len(parts) == 1 and device.type == "cpu":
+            if not converted and storage == "copy" and view is not None and device.type == "cpu":
                 tensor = tensor.clone()  # detach from the mapping so the file can be released
             tensor = tensor.to(device)
             _assign(model, name, tensor, requires_grad=False)
@@ -452,20 +456,30 @@ def load_checkpoint(
 
 def to_checkpoint_state_dict(model: PretrainedModel) -> dict[str, torch.Tensor]:
     """``model``'s tensors under the checkpoint's keys, fused tensors split back: what a checkpoint file holds."""
+    return {key: tensor for group in checkpoint_groups(model) for key, tensor in group.items()}
+
+
+def checkpoint_groups(model: PretrainedModel) -> list[dict[str, torch.Tensor]]:
+    """``to_checkpoint_state_dict`` as one dict per tensor of ours (its parts, in fusion order),
+    in the model's order: the writer keeps each group back to back so the loader can map it whole."""
     table = model.checkpoint_keys()
-    out: dict[str, torch.Tensor] = {}
+    groups = []
     for name, tensor in model.state_dict().items():
         keys = checkpoint_keys_of(table, name)
         if len(keys) == 1:
-            out[keys[0]] = tensor
-            continue
-        sizes = rule_for(table, name).sizes or [tensor.shape[0] // len(keys)] * len(keys)
-        if name.endswith(".weight_scale"):  # an fp8 scale, per row or per tensor: each part gets its rows
-            out.update(zip(keys, fp8.split_scale(tensor, sizes)))
+            parts = [tensor]
+        elif name.endswith(".weight_scale"):  # an fp8 scale, per row or per tensor: each part gets its rows
+            parts = fp8.split_scale(tensor, _part_sizes(table, name, tensor, keys))
         else:
-            out.update(zip(keys, tensor.split(sizes)))
-    # fp8 scales under musubi's name, which our loader, musubi and ComfyUI read
-    return {_scale_weight_key(k): t for k, t in out.items()}
+            parts = list(tensor.split(_part_sizes(table, name, tensor, keys)))
+        # fp8 scales under musubi's name, which our loader, musubi and ComfyUI read
+        groups.append({_scale_weight_key(k): t for k, t in zip(keys, parts)})
+    return groups
+
+
+def _part_sizes(table: Sequence[KeyRule], name: str, tensor: torch.Tensor, keys: list[str]) -> list[int]:
+    sizes = rule_for(table, name).sizes
+    return list(sizes) if sizes else [tensor.shape[0] // len(keys)] * len(keys)
 
 
 def from_checkpoint_state_dict(model: PretrainedModel, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -525,28 +539,71 @@ def _scale_weight_key(key: str) -> str:
 
 
 def _scale_of(
-    where: dict[str, SafetensorsFile], scale_keys: dict[str, str], key: str, part: torch.Tensor, dtype: torch.dtype
+    where: dict[str, SafetensorsFile],
+    scale_keys: dict[str, str],
+    key: str,
+    part: torch.Tensor,
+    dtype: torch.dtype,
+    storage: Storage,
 ) -> torch.Tensor | None:
-    """The canonical scale of checkpoint weight ``key`` in ``dtype``, or None when it has none."""
+    """The canonical scale of checkpoint weight ``key`` in ``dtype``, or None when it has none;
+    a view of the file where ``storage="mmap"`` and the dtype is already ``dtype``."""
     scale_key = scale_keys.get(key)
     if scale_key is None:
         return None
-    scale = fp8.canonical_scale(where[scale_key].tensor(scale_key), part.shape, scale_key)
-    return scale.to(dtype).clone()  # small; never a view of the file
+    scale = fp8.canonical_scale(where[scale_key].tensor(scale_key), part.shape, scale_key).to(dtype)
+    return scale if storage == "mmap" else scale.clone()
+
+
+def _file_view(where: dict[str, SafetensorsFile], keys: list[str], parts: list[torch.Tensor]) -> torch.Tensor | None:
+    """Our tensor as one view of the mapped file: its only part, or its parts stored back to back
+    in one shard (as our writers store them); None when the parts must be concatenated."""
+    if len(parts) == 1:
+        return parts[0]
+    shard = where[keys[0]]
+    return shard.span(keys) if all(where[k] is shard for k in keys) else None
+
+
+def _scale_view(
+    where: dict[str, SafetensorsFile], scale_keys: dict[str, str], keys: list[str], dtype: torch.dtype, storage: Storage
+) -> torch.Tensor | None:
+    """The fused scale of several fp8 parts without ``fp8.fuse_scales``: one view of the file when
+    every part has a scale per block of one width, stored back to back (cast to ``dtype``; a copy
+    for ``storage="copy"``); else None. Each scale's shape is checked by ``_scale_of`` first."""
+    names = [scale_keys.get(k) for k in keys]
+    if len(keys) == 1 or None in names:
+        return None
+    view = _file_view(where, names, [where[n].tensor(n) for n in names])
+    if view is None or view.ndim != 3:
+        return None
+    view = view.to(dtype)
+    if storage == "copy":
+        view = view.clone()
+    return view if view.shape[1] > 1 else view.reshape(-1, 1)  # fuse_scales' per-channel form
 
 
 def _fp8_tensor(
-    model: nn.Module, name: str, parts: list[torch.Tensor], scales: list[torch.Tensor | None], dtype: torch.dtype
+    model: nn.Module,
+    name: str,
+    parts: list[torch.Tensor],
+    scales: list[torch.Tensor | None],
+    dtype: torch.dtype,
+    view: torch.Tensor | None,
+    scale_view: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(tensor, scale) of our tensor ``name`` from checkpoint parts some of which are fp8 or scaled:
-    fp8 for a ``Linear`` weight whose parts are all e4m3fn, else dequantized to ``dtype`` (scale None)."""
+    fp8 for a ``Linear`` weight whose parts are all e4m3fn, else dequantized to ``dtype`` (scale None).
+    ``view``/``scale_view``: the fused weight/scale as views of the file (``_file_view``, ``_scale_view``) or None."""
     module_name, _, attr = name.rpartition(".")
     if (
         attr == "weight"
         and isinstance(model.get_submodule(module_name), Linear)
         and all(p.dtype == fp8.FP8 for p in parts)
     ):
-        return fp8.concat_rows(parts), fp8.fuse_scales(scales, [p.shape[0] for p in parts], parts[0].shape[1])
+        weight = view if view is not None else fp8.concat_rows(parts)
+        if scale_view is not None:
+            return weight, scale_view
+        return weight, fp8.fuse_scales(scales, [p.shape[0] for p in parts], parts[0].shape[1])
     return torch.cat([fp8.dequantize(p, s, dtype) for p, s in zip(parts, scales)]), None
 
 
