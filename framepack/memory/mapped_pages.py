@@ -31,6 +31,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 PAGE = mmap.PAGESIZE
 _PAGEMAP = "/proc/self/pagemap"
@@ -92,6 +93,8 @@ def release(tensors: Iterable[torch.Tensor]) -> int:
     try:
         for tensor in tensors:
             if tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.nbytes < PAGE:
+                continue
+            if isinstance(tensor, FakeTensor):  # the dry run's host weights: shapes without memory
                 continue
             address = tensor.data_ptr()
             found = _mapping_of(address, tensor.nbytes)
