@@ -110,9 +110,7 @@ class FramePackPipeline:
                         memory free on the device, elsewhere no budget (all resident)
         loras           (LoRA file, strength) pairs applied to the transformer at run time (``add_lora``)
         """
-        device = torch.device(device or ("cuda" if runtime().is_available() else "cpu"))
-        # On CUDA the weights land on the host and the plan places them: ~40 GiB never fits at once.
-        budgeted = vram_budget_gb is not None or device.type == "cuda"
+        device, budgeted = _load_target(device, vram_budget_gb)
         components = load_components(
             transformer=transformer,
             hunyuan=hunyuan,
@@ -123,12 +121,7 @@ class FramePackPipeline:
             weights=weights,
             load_device=torch.device("cpu") if budgeted else None,
         )
-        pipe = cls(components, device=device)
-        for path, strength in loras:  # before the plan, which counts their bytes in the blocks
-            components.transformer.add_lora(path, strength)
-        if budgeted:
-            pipe.set_vram_budget(vram_budget_gb, resolution=resolution, window=window)
-        return pipe
+        return cls._assemble(components, device, loras, vram_budget_gb, resolution, window, budgeted=budgeted)
 
     @classmethod
     def from_files(
@@ -165,8 +158,7 @@ class FramePackPipeline:
         named = transformer_mode(transformer)
         if mode is not None and named is not None and named != mode:
             logger.warning("%s is named as a %s-mode model, but the mode is %s", transformer, named, mode)
-        device = torch.device(device or ("cuda" if runtime().is_available() else "cpu"))
-        budgeted = vram_budget_gb is not None or device.type == "cuda"
+        device, budgeted = _load_target(device, vram_budget_gb)
         components = load_components_from_files(
             transformer=transformer,
             text_encoder=text_encoder,
@@ -181,12 +173,7 @@ class FramePackPipeline:
             configs=configs,
             weights=weights,
         )
-        pipe = cls(components, device=device)
-        for path, strength in loras:  # before the plan, which counts their bytes in the blocks
-            components.transformer.add_lora(path, strength)
-        if budgeted:
-            pipe.set_vram_budget(vram_budget_gb, resolution=resolution, window=window)
-        return pipe
+        return cls._assemble(components, device, loras, vram_budget_gb, resolution, window, budgeted=budgeted)
 
     @classmethod
     def from_comfyui(
@@ -233,6 +220,26 @@ class FramePackPipeline:
             weights=weights,
             loras=loras,
         )
+
+    @classmethod
+    def _assemble(
+        cls,
+        components: Components,
+        device: torch.device,
+        loras: Sequence[tuple[str | os.PathLike[str], float]],
+        vram_budget_gb: float | None,
+        resolution: int,
+        window: int,
+        *,
+        budgeted: bool,
+    ) -> FramePackPipeline:
+        """The pipeline over loaded ``components``: LoRAs added, then the memory plan made when budgeted."""
+        pipe = cls(components, device=device)
+        for path, strength in loras:  # before the plan, which counts their bytes in the blocks
+            components.transformer.add_lora(path, strength)
+        if budgeted:
+            pipe.set_vram_budget(vram_budget_gb, resolution=resolution, window=window)
+        return pipe
 
     @classmethod
     def tiny(cls, seed: int = 0, *, device: torch.device | str = "cpu") -> FramePackPipeline:
@@ -489,6 +496,13 @@ class FramePackPipeline:
         runs made before LoRAs existed resume as they did."""
         loras = self.components.transformer.loras()
         return {"loras": [{"digest": e.digest, "strength": e.strength} for e in loras]} if loras else {}
+
+
+def _load_target(device: torch.device | str | None, vram_budget_gb: float | None) -> tuple[torch.device, bool]:
+    """The device to run on (cuda when available) and whether a memory plan places the weights:
+    then they load on the host. On CUDA always: ~40 GiB never fits on a card at once."""
+    device = torch.device(device or ("cuda" if runtime().is_available() else "cpu"))
+    return device, vram_budget_gb is not None or device.type == "cuda"
 
 
 def check_inputs(config: GenerationConfig, *, end_image: ImageInput | None = None, negative_prompt: str = "") -> None:

@@ -107,7 +107,7 @@ def fuse_scales(scales: Sequence[torch.Tensor | None], rows: Sequence[int], in_f
         return None
     if len(scales) == 1:
         return scales[0]
-    dtype = next(s.dtype for s in scales if s is not None)
+    dtype, device = next((s.dtype, s.device) for s in scales if s is not None)
     blocks = [s.shape[1] for s in scales if s is not None and s.ndim == 3]
     n = math.lcm(*blocks) if blocks else 1  # every part's block count divides in_features, so n does too
     if in_features % n:
@@ -115,7 +115,7 @@ def fuse_scales(scales: Sequence[torch.Tensor | None], rows: Sequence[int], in_f
     fused = []
     for scale, count in zip(scales, rows):
         if scale is None:
-            scale = torch.ones(1, dtype=dtype)
+            scale = torch.ones(1, dtype=dtype, device=device)
         scale = scale.to(dtype)
         if scale.ndim == 3:
             fused.append(scale.repeat_interleave(n // scale.shape[1], dim=1))
