@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from framepack.models.loading import checkpoint_groups
+from framepack.models.saving import safetensors_header
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
 
 FP8_BLOCK = 64
 FP8_MAX = 448.0
-_DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float8_e4m3fn: "F8_E4M3", torch.float32: "F32"}
 WEIGHTS_NAME = "diffusion_pytorch_model"
 
 
@@ -98,21 +98,13 @@ def plan_shards(groups: list[list[Entry]], max_shard_bytes: int) -> list[list[En
 
 
 def header_bytes(shard: list[Entry]) -> bytes:
-    """The safetensors header (8-byte length + JSON padded to 8 bytes) of a shard whose data follows in order."""
-    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    """The safetensors header of a shard whose data follows in order."""
     offset = 0
     for e in shard:
         if offset % e.dtype.itemsize:  # the loader views each tensor in place
             raise ValueError(f"{e.key} would start at byte {offset}, not a multiple of its element size")
-        header[e.key] = {
-            "dtype": _DTYPE_NAMES[e.dtype],
-            "shape": list(e.shape),
-            "data_offsets": [offset, offset + e.nbytes],
-        }
         offset += e.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return len(raw).to_bytes(8, "little") + raw
+    return safetensors_header([(e.key, e.dtype, tuple(e.shape)) for e in shard])
 
 
 def random_tensor(key: str, shape: tuple[int, ...]) -> torch.Tensor:

@@ -13,6 +13,7 @@ the fused tensor as one view of the file instead of concatenating it into memory
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -95,23 +96,26 @@ def write_safetensors(handle: BinaryIO, groups: Sequence[dict[str, torch.Tensor]
     """
     tensors = [(key, tensor) for group in groups for key, tensor in group.items()]
     tensors.sort(key=lambda item: -item[1].dtype.itemsize)
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for key, tensor in tensors:
-        if tensor.dtype not in _DTYPE_NAMES:
-            raise OutputError(f"cannot save tensor {key!r}: dtype {tensor.dtype} has no safetensors name")
-        header[key] = {
-            "dtype": _DTYPE_NAMES[tensor.dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + tensor.nbytes],
-        }
-        offset += tensor.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    handle.write(len(raw).to_bytes(8, "little") + raw)
+    handle.write(safetensors_header([(key, tensor.dtype, tuple(tensor.shape)) for key, tensor in tensors]))
     for _, tensor in tensors:
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
         handle.write(data.numpy().data)
+
+
+def safetensors_header(entries: Sequence[tuple[str, torch.dtype, tuple[int, ...]]]) -> bytes:
+    """The 8-byte little-endian length and the JSON header (padded to 8 bytes, ``__metadata__``
+    {"format": "pt"}) of tensors (key, dtype, shape) whose data follows back to back in this order."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for key, dtype, shape in entries:
+        if dtype not in _DTYPE_NAMES:
+            raise OutputError(f"cannot save tensor {key!r}: dtype {dtype} has no safetensors name")
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[key] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> Path:
