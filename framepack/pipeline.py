@@ -477,7 +477,11 @@ class FramePackPipeline:
         """What must not change between a run and its resumption: the model, the inputs, the
         sampling settings (the cache described by its class and settings) and how the image is fitted."""
         sampling = config.sampling
-        settings = {f.name: getattr(sampling, f.name) for f in fields(sampling)}
+        settings = {
+            f.name: getattr(sampling, f.name)
+            for f in fields(sampling)
+            if _LATER_SETTINGS.get(f.name, _NO_DEFAULT) != getattr(sampling, f.name)
+        }
         settings.update(cache=describe_policy(sampling.cache), resolution=config.resolution, resize=config.resize)
         return {
             "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
@@ -496,6 +500,12 @@ class FramePackPipeline:
         runs made before LoRAs existed resume as they did."""
         loras = self.components.transformer.loras()
         return {"loras": [{"digest": e.digest, "strength": e.strength} for e in loras]} if loras else {}
+
+
+# Settings added after run folders existed, left out of the fingerprint at their default so that
+# a run started before them resumes.
+_LATER_SETTINGS = {"end_strength": 1.0, "start_strength": 1.0}
+_NO_DEFAULT = object()
 
 
 def _load_target(device: torch.device | str | None, vram_budget_gb: float | None) -> tuple[torch.device, bool]:

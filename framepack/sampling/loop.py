@@ -17,6 +17,7 @@ import torch
 from ..cache.base import SectionStats
 from ..conditioning import Conditioning
 from ..errors import ConfigError, GenerationCancelled, GenerationInterrupted, InputError, NumericalError
+from .control import SectionControl
 from .guidance import Denoising, GuidedDenoiser
 from .schedule import flux_sigmas, sequence_length
 from .sections import SectionHistory, SectionLayout, SectionPlan, plan_sections, section_image_embeds
@@ -85,6 +86,7 @@ def stream_latents(
     negative: Conditioning | None = None,
     end_latent: torch.Tensor | None = None,
     end_image_embeds: torch.Tensor | None = None,
+    control: SectionControl | None = None,
     callback: ProgressCallback | None = None,
     generator: torch.Generator | None = None,
     resume_history: torch.Tensor | None = None,
@@ -105,6 +107,9 @@ def stream_latents(
                       generated section, as kijai's end-frame sampler
     end_image_embeds  end image's embeddings; with them, image embeddings mix per
                       ``config.end_embed_mode`` / ``start_embed_strength`` (without, they are unchanged)
+    control           per-section prompts and keyframes (``SectionControl``, by the section's place
+                      in the video); a keyframe's embeddings stand in for the start image's before
+                      any mix with the end image's
     callback          called after every sampler step; raise GenerationCancelled in it to stop
     generator         the noise source; by default a CPU generator seeded with ``config.seed``
     resume_history    to continue an interrupted run: the ``history`` of its last finished
@@ -132,6 +137,9 @@ def stream_latents(
         end_latent = end_latent.to(device, torch.float32)
     if end_image_embeds is not None and (end_latent is None or conditioning.image_embeds is None):
         raise InputError("end_image_embeds: given without an end_latent or without conditioning.image_embeds")
+    if control is not None:
+        control.check(plan.num_sections)
+        control = control.to(device)
     if config.real_cfg != 1.0 and negative is None:
         raise ConfigError(f"real_cfg is {config.real_cfg}: real CFG needs a negative Conditioning, got None")
     policy = config.new_cache_policy()
@@ -167,8 +175,13 @@ def stream_latents(
             None if callback is None else clock.step_callback(callback, layout.index, plan.num_sections)
         )
         try:
-            positive = _section_conditioning(conditioning, end_image_embeds, config, layout, plan)
-            context = history.context(layout, end_latent=end_latent if layout.index == 0 else None)
+            positive = conditioning if control is None else control.conditioning(layout.video_index, conditioning)
+            positive = _section_conditioning(positive, end_image_embeds, config, layout, plan)
+            context = history.context(
+                layout,
+                end_latent=_end_slot(end_latent, layout, config),
+                start=_start_slot(start_latent, control, layout, config),
+            )
             prepared_positive = transformer.prepare(positive, context, noise_shape)
             prepared_negative = None
             if config.real_cfg != 1.0:
@@ -247,6 +260,7 @@ def generate_latents(
     negative: Conditioning | None = None,
     end_latent: torch.Tensor | None = None,
     end_image_embeds: torch.Tensor | None = None,
+    control: SectionControl | None = None,
     callback: ProgressCallback | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -264,6 +278,7 @@ def generate_latents(
         negative=negative,
         end_latent=end_latent,
         end_image_embeds=end_image_embeds,
+        control=control,
         callback=callback,
         generator=generator,
     ):
@@ -318,6 +333,24 @@ def _section_conditioning(
         count=plan.num_sections,
     )
     return replace(conditioning, image_embeds=embeds)
+
+
+def _end_slot(end_latent: torch.Tensor | None, layout: SectionLayout, config: SamplingSettings) -> torch.Tensor | None:
+    """The end frame's latent × ``end_strength`` in the 1x slot of the first generated section."""
+    if end_latent is None or layout.index != 0:
+        return None
+    return end_latent if config.end_strength == 1.0 else end_latent * config.end_strength
+
+
+def _start_slot(
+    start_latent: torch.Tensor, control: SectionControl | None, layout: SectionLayout, config: SamplingSettings
+) -> torch.Tensor | None:
+    """The start-frame slot's latent: the section's keyframe or the start latent, × ``start_strength``;
+    None keeps the start latent. No arithmetic at strength 1: a default run is bit-identical."""
+    keyframe = None if control is None else control.start_slot(layout.video_index)
+    if config.start_strength == 1.0:
+        return keyframe
+    return (start_latent if keyframe is None else keyframe) * config.start_strength
 
 
 def _finished(history: SectionHistory, running: SectionLayout) -> torch.Tensor | None:

@@ -76,6 +76,8 @@ class SectionLayout:
     """One section: the frame indices the transformer sees and where its latents come from and go.
 
     index               position in generation order (0 = generated first)
+    video_index         position in the finished video (0 = its first section); the inverted
+                        loop generates the video's last section first
     padding             blank windows between the start frame and this window (inverted; 0 in forward)
     latent_indices      frame index of each noisy latent frame
     clean_indices       (start frame, 1x history frame)
@@ -87,6 +89,7 @@ class SectionLayout:
     """
 
     index: int
+    video_index: int
     padding: int
     latent_indices: tuple[int, ...]
     clean_indices: tuple[int, int]
@@ -141,6 +144,16 @@ class SectionPlan:
     @property
     def pixel_frames(self) -> int:
         return 4 * self.latent_frames - 3
+
+    @property
+    def section_seconds(self) -> float:
+        """How long one section is in video time, as the community tools snap prompt times:
+        ``(4·window − 3) / fps`` (a section's pixel window; blending overlaps the rest)."""
+        return self.window_pixel_frames / self.fps
+
+    def in_video_order(self) -> tuple[SectionLayout, ...]:
+        """The sections from the video's first to its last."""
+        return tuple(sorted(self.sections, key=lambda s: s.video_index))
 
     def resumed_latent_frames(self, sections_done: int) -> int:
         """Real latent frames in the history after ``sections_done`` sections.
@@ -215,18 +228,19 @@ def _inverted_layout(index: int, padding: int, window: int, count: int) -> Secti
     temporal_slot = count - 1 - index  # generation runs from the video's end to its start
     start_frame = 1 + temporal_slot * window
     video_frames = (0 if padding == 0 else start_frame, start_frame + window)
-    return _layout(index, padding, parts, _INVERTED_HISTORY, video_frames, joins_start=padding == 0)
+    return _layout(index, temporal_slot, padding, parts, _INVERTED_HISTORY, video_frames, joins_start=padding == 0)
 
 
 def _forward_layout(index: int, window: int) -> SectionLayout:
     sizes = {"start": 1, "latent": window, **CONTEXT_FRAMES}
     parts = split_indices({name: sizes[name] for name in FORWARD_INDEX_PARTS})
     video_frames = (1 + index * window, 1 + (index + 1) * window)
-    return _layout(index, 0, parts, _FORWARD_HISTORY, video_frames, joins_start=False)
+    return _layout(index, index, 0, parts, _FORWARD_HISTORY, video_frames, joins_start=False)
 
 
 def _layout(
     index: int,
+    video_index: int,
     padding: int,
     parts: dict[str, range],
     history: dict[str, Slice],
@@ -236,6 +250,7 @@ def _layout(
 ) -> SectionLayout:
     return SectionLayout(
         index=index,
+        video_index=video_index,
         padding=padding,
         latent_indices=tuple(parts["latent"]),
         clean_indices=(parts["start"][0], parts["clean_1x"][0]),
@@ -263,8 +278,11 @@ class SectionHistory:
         self.start_latent = start_latent
         self.latents = start_latent if mode == "forward" else start_latent[:, :, :0]
 
-    def context(self, layout: SectionLayout, *, end_latent: torch.Tensor | None = None) -> PackedContext:
-        """The packed context of ``layout``; ``end_latent`` replaces the 1x history frame (end-frame conditioning)."""
+    def context(
+        self, layout: SectionLayout, *, end_latent: torch.Tensor | None = None, start: torch.Tensor | None = None
+    ) -> PackedContext:
+        """The packed context of ``layout``; ``end_latent`` replaces the 1x history frame (end-frame
+        conditioning) and ``start`` the start latent in the start-frame slot (a keyframe)."""
         padded = self._padded()
 
         def take(s: Slice) -> torch.Tensor:
@@ -278,7 +296,7 @@ class SectionHistory:
 
         return PackedContext(
             latent_indices=indices(layout.latent_indices),
-            clean=torch.cat([self.start_latent, post.to(padded)], dim=2),
+            clean=torch.cat([self.start_latent if start is None else start.to(padded), post.to(padded)], dim=2),
             clean_indices=indices(layout.clean_indices),
             clean_2x=take(layout.history_2x),
             clean_2x_indices=indices(layout.clean_2x_indices),

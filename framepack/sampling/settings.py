@@ -19,6 +19,9 @@ from .unipc import VARIANTS
 
 # Ten times the most the reference app (demo_gradio.py) offers: more is a typo that would run for days.
 MAX_STEPS = 1000
+# Latent strengths scale a context latent; the tools go from 0 (ignore it) to a little above 1
+# (eichi's F1 image strength); twice the latent is far outside what the model saw in training.
+MAX_LATENT_STRENGTH = 2.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,10 @@ class SamplingSettings:
                            "weighted_average" (start·s + end·(1−s) everywhere), "linear" (from start
                            embeds on the video's end to end embeds on its start) or "disabled" (start·s)
     start_embed_strength   s above
+    end_strength           the end image's latent × this in its context slot (1 = as given; lower
+                           loosens the pull toward the end frame, as FramePack-Studio/eichi's strength)
+    start_strength         the start-frame context slot's latent × this (the start image or a
+                           keyframe) in every section; the video's own first frame stays the image
     """
 
     seconds: float = 5.0
@@ -57,6 +64,8 @@ class SamplingSettings:
     cache: CacheSpec = None
     end_embed_mode: str = "weighted_average"
     start_embed_strength: float = 0.5
+    end_strength: float = 1.0
+    start_strength: float = 1.0
 
     def __post_init__(self) -> None:
         expect_number("seconds", self.seconds, minimum=0.0, inclusive=False)
@@ -77,6 +86,8 @@ class SamplingSettings:
         check_cache_spec(self.cache)
         expect_choice("end_embed_mode", self.end_embed_mode, END_EMBED_MODES)
         expect_number("start_embed_strength", self.start_embed_strength, minimum=0.0, maximum=1.0)
+        expect_number("end_strength", self.end_strength, minimum=0.0, maximum=MAX_LATENT_STRENGTH)
+        expect_number("start_strength", self.start_strength, minimum=0.0, maximum=MAX_LATENT_STRENGTH)
 
     @property
     def sampling(self) -> SamplingSettings:
