@@ -45,6 +45,7 @@ from .models.loading import Storage, Weights
 from .models.vae import VAETiling
 from .prompt import build_conditioning, encode_prompt
 from .results import SectionOutput, VideoResult
+from .run_settings import mp4_metadata, settings_record, write_settings_json
 from .rundir import RunDirLock, claim_run_dir
 from .runstate import STATE_FILE, RunState, check_fingerprint, digest, load_run_state, save_run_state
 from .sampling.loop import Progress, SectionResult, stream_latents
@@ -81,6 +82,8 @@ class FramePackPipeline:
         self.device = torch.device(device)
         self._placement: Placement | None = None
         self._budget_arguments: tuple[float | None, int, int] | None = None  # set_vram_budget's last
+        # Where the weights came from, for the settings every video records (framepack.run_settings).
+        self.sources: dict[str, Any] = {"kind": "components"}
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -121,7 +124,14 @@ class FramePackPipeline:
             weights=weights,
             load_device=torch.device("cpu") if budgeted else None,
         )
-        return cls._assemble(components, device, loras, vram_budget_gb, resolution, window, budgeted=budgeted)
+        pipe = cls._assemble(components, device, loras, vram_budget_gb, resolution, window, budgeted=budgeted)
+        pipe.sources = {
+            "kind": "pretrained",
+            **{name: os.fspath(source) for name, source in (("transformer", transformer), ("hunyuan", hunyuan),
+                                                            ("redux", redux))},
+            "weights": weights,
+        }  # fmt: skip
+        return pipe
 
     @classmethod
     def from_files(
@@ -173,7 +183,11 @@ class FramePackPipeline:
             configs=configs,
             weights=weights,
         )
-        return cls._assemble(components, device, loras, vram_budget_gb, resolution, window, budgeted=budgeted)
+        pipe = cls._assemble(components, device, loras, vram_budget_gb, resolution, window, budgeted=budgeted)
+        files = dict(transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                     image_encoder=image_encoder, vae=vae, tokenizers=tokenizers)  # fmt: skip
+        pipe.sources = {"kind": "files", **{name: os.fspath(path) for name, path in files.items()}, "weights": weights}
+        return pipe
 
     @classmethod
     def from_comfyui(
@@ -244,7 +258,9 @@ class FramePackPipeline:
     @classmethod
     def tiny(cls, seed: int = 0, *, device: torch.device | str = "cpu") -> FramePackPipeline:
         """Every component tiny and random: runs offline in seconds; the videos are noise."""
-        return cls(tiny_components(seed, device=device), device=device)
+        pipe = cls(tiny_components(seed, device=device), device=device)
+        pipe.sources = {"kind": "tiny", "seed": seed}
+        return pipe
 
     # --- memory -----------------------------------------------------------------------
     def set_vram_budget(self, vram_budget_gb: float | None, *, resolution: int = 640, window: int = 9) -> MemoryPlan:
@@ -495,6 +511,17 @@ class FramePackPipeline:
             "settings": settings,
         } | self._lora_fingerprint()
 
+    def settings_record(
+        self, inputs: RunInputs, config: GenerationConfig, fingerprint: dict[str, Any]
+    ) -> dict[str, Any]:
+        """What the run of ``inputs`` with ``config`` is made of, to make it again (``framepack.run_settings``)."""
+        models = self.sources | {"weights_digest": fingerprint["weights"], "dtype": fingerprint["dtype"]}
+        loras = [
+            {"source": e.source, "digest": e.digest, "strength": e.strength, "fused": e.fused}
+            for e in self.components.transformer.loras()
+        ]
+        return settings_record(config, inputs, models=models, loras=loras, fingerprint=fingerprint)
+
     def _lora_fingerprint(self) -> dict[str, Any]:
         """The LoRAs on the transformer (content digest and strength), when there are any:
         runs made before LoRAs existed resume as they did."""
@@ -634,6 +661,8 @@ class GenerationRun:
             given.image, given.prompt, config, end_image=given.end_image, negative_prompt=given.negative_prompt
         )
         fingerprint = p.fingerprint(inputs, given.prompt, config, negative_prompt=given.negative_prompt)
+        settings = p.settings_record(given, config, fingerprint)
+        write_settings_json(self.run_dir, settings)
         generator = torch.Generator("cpu").manual_seed(config.seed)
         done, history = 0, None
         if saved is not None:
@@ -694,10 +723,14 @@ class GenerationRun:
         late = previews.close()
         if late is not None:
             raise late
-        video = frames.write_mp4(self.run_dir / "video.mp4", fps=config.fps, crf=config.crf)
+        video = frames.write_mp4(
+            self.run_dir / "video.mp4", fps=config.fps, crf=config.crf, metadata=mp4_metadata(settings)
+        )
         previews.publish(video)
         logger.info("wrote %s (%d frames)", video, len(frames))
-        self._result = VideoResult(latents, frames, self.run_dir, config.fps, config.crf, temporary=self._temporary)
+        self._result = VideoResult(
+            latents, frames, self.run_dir, config.fps, config.crf, temporary=self._temporary, settings=settings
+        )
 
     def result(self) -> VideoResult:
         if self._result is None:
