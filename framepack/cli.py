@@ -7,6 +7,7 @@ traceback instead) and an exit status that says whose move it is (``EXIT_STATUS`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -17,17 +18,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import MAX_STEPS, MIN_RESOLUTION
+from .config import MAX_STEPS, MIN_RESOLUTION, GenerationConfig
 from .errors import FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
+from .run_arguments import (
+    MODEL_ARGUMENTS,
+    TINY_DEFAULTS,
+    apply_from,
+    config_from_arguments,
+    destinations,
+    typed_destinations,
+)
 from .sampling.sections import MAX_LATENT_FRAMES, MAX_WINDOW
 from .video.buckets import MAX_RESOLUTION
 from .video.resize import RESIZE_METHODS
 
 if TYPE_CHECKING:
-    from .config import GenerationConfig
     from .pipeline import FramePackPipeline
 
-TINY_DEFAULTS = {"resolution": 128, "seconds": 1.0, "steps": 8}
 DTYPES = ("bf16", "fp16", "fp32")
 EXIT_STATUS = """exit status: 0 done; 2 the input is wrong (a setting, path, image, model folder or checkpoint:
 change it and run again); 1 a fault (the disk, memory, inf/NaN, or a bug: see the message);
@@ -39,7 +46,10 @@ OUT_OF_MEMORY_HINT = "try --vram-budget, --vae-tiling or a lower --resolution"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.command == "generate":  # which flags the user typed: they override --from's record, defaults do not
+        args.typed = typed_destinations(_generate_arguments, argv[1:])
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.run(args)
@@ -89,6 +99,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate a video from an image and a prompt", epilog=EXIT_STATUS)
+    _generate_arguments(gen)
+    gen.set_defaults(run=_generate)
+
+    plan = sub.add_parser("plan", help="print the section plan and sizes without running a model", epilog=EXIT_STATUS)
+    _settings_arguments(plan)
+    plan.add_argument("--size", default="480x640", help="input image size HxW (default %(default)s)")
+    plan.add_argument("--image", help="take the input size from this image instead of --size")
+    plan.set_defaults(run=_plan)
+
+    for p in (gen, plan):
+        p.add_argument("--verbose", action="store_true", help="log progress details")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--image", help="start image (path); omitted with --tiny: a built-in test pattern")
     gen.add_argument("--prompt", default="", help="what happens in the video")
     gen.add_argument(
@@ -107,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--cfg-rescale", type=float, default=0.0)
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--crf", type=int, default=16, help="H.264 quality, 0 (best) to 51")
-    gen.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
+    gen.add_argument("--vae-tiling", action="store_true", default=None, help="decode in spatial tiles (less memory)")
     gen.add_argument(
         "--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)"
     )
@@ -140,18 +166,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH[:STRENGTH]",
         help="LoRA file applied at run time, strength default 1 (repeatable: they stack)",
     )
-    gen.set_defaults(run=_generate)
+    _queue_arguments(gen)
 
-    plan = sub.add_parser("plan", help="print the section plan and sizes without running a model", epilog=EXIT_STATUS)
-    _settings_arguments(plan)
-    plan.add_argument("--size", default="480x640", help="input image size HxW (default %(default)s)")
-    plan.add_argument("--image", help="take the input size from this image instead of --size")
-    plan.set_defaults(run=_plan)
 
-    for p in (gen, plan):
-        p.add_argument("--verbose", action="store_true", help="log progress details")
-        p.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser
+def _queue_arguments(parser: argparse.ArgumentParser) -> None:
+    """Making a video again from its settings, and many videos with one loading of the models."""
+    parser.add_argument(
+        "--from",
+        dest="from_settings",
+        metavar="VIDEO_OR_JSON",
+        help="the settings of a framepack .mp4 or a run's settings.json; flags given too override them",
+    )
+    parser.add_argument("--seeds", metavar="S1,S2,…", help="one video per seed: OUT-seedS.mp4")
+    parser.add_argument("--count", type=int, help="N videos with seeds --seed, --seed+1, …: OUT-seedS.mp4")
+    parser.add_argument(
+        "--jobs",
+        metavar="FILE",
+        help='one video per line of FILE, a JSON object of generate arguments ({"prompt": "…", "seed": 5, "out": "x.mp4"})',
+    )
+    parser.add_argument(
+        "--queue-dir", help="the queue's state and run folders (default: JOBS.queue beside --jobs, else OUT.queue)"
+    )
 
 
 def _file_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,64 +237,68 @@ def _setting(args: argparse.Namespace, name: str, default: float) -> float:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
+    from .job_queue import is_queue, plan_jobs, run_queue
 
-    from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
-    from .config import GenerationConfig
-    from .pipeline import FramePackPipeline, check_inputs
-    from .sampling.loop import Progress
-    from .video import load_image
-
-    config = GenerationConfig(
-        seconds=float(_setting(args, "seconds", 5.0)),
-        fps=args.fps,
-        window=args.window,
-        steps=int(_setting(args, "steps", 25)),
-        seed=args.seed,
-        mode=args.mode,
-        real_cfg=args.real_cfg,
-        distilled_cfg=args.distilled_cfg,
-        cfg_rescale=args.cfg_rescale,
-        resolution=int(_setting(args, "resolution", 640)),
-        resize=args.resize,
-        cache=args.cache,
-        crf=args.crf,
-        vae_tiling=True if args.vae_tiling else None,
-    )
-    # Check the inputs before any model: a bad path fails in a second, not after loading 30 GB.
-    check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt)
-    for flag, text in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
-        _check_text(flag, text)
+    if args.from_settings is not None:
+        apply_from(args, args.typed, demo_image)
+    # Check everything before any model: a bad path fails in a second, not after loading 30 GB.
     _check_device(args.device)
     if args.vram_budget is not None and not (math.isfinite(args.vram_budget) and args.vram_budget > 0):
         raise InputError(f"--vram-budget: expected a finite number of GB > 0, got {args.vram_budget:g}")
+    if is_queue(args):
+        allowed = destinations(_generate_arguments) | {f.name for f in dataclasses.fields(GenerationConfig)}
+        jobs = plan_jobs(args, allowed, MODEL_ARGUMENTS)
+        return run_queue(args, jobs, _load_pipeline, _job_config, _run_job, _report, print)
+    config = _job_config(args)
+    pipe = _load_pipeline(args, config)
+    _run_job(pipe, args, config)
+    return 0
+
+
+def _job_config(args: argparse.Namespace) -> GenerationConfig:
+    """The config of one video, its inputs and output checked."""
+    from .pipeline import check_inputs
+    from .video import load_image
+
+    config = config_from_arguments(args)
+    check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt)
+    for flag, text in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
+        _check_text(flag, text)
     _check_out(args)
+    for path in (args.image, args.end_image):
+        if path:
+            load_image(path)
+    if args.image is None and not args.tiny:
+        raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
+    return config
+
+
+def _load_pipeline(args: argparse.Namespace, config: GenerationConfig) -> FramePackPipeline:
+    import torch
+
+    from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
+    from .pipeline import FramePackPipeline
+
     files = _single_files(args, config.mode)  # a missing weight file fails here, before any is read
     loras = [_lora_argument(spec) for spec in args.lora]
-    image = load_image(args.image) if args.image else None
-    if args.end_image:
-        load_image(args.end_image)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
     if args.tiny:
         pipe = FramePackPipeline.tiny(seed=0, device=args.device or "cpu")
         if args.fp8:  # blocks of 64 do not divide the tiny widths; a block that does keeps it block-scaled
             transformer = pipe.components.transformer
             transformer.quantize_fp8(block=math.gcd(64, transformer.config.inner_dim))
+            pipe.sources["weights"] = "fp8"
         for path, strength in loras:
             pipe.add_lora(path, strength)
         if args.vram_budget is not None:
             pipe.set_vram_budget(args.vram_budget, resolution=config.resolution, window=config.window)
-        if image is None:
-            image = demo_image(config.resolution)
     elif files is not None:
-        if image is None:
-            raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
         pipe = FramePackPipeline.from_files(
             **files,
             tokenizers=args.tokenizers or HUNYUAN_REPO,
             mode=config.mode,
             device=args.device,
-            dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype],
+            dtype=dtype,
             storage="mmap" if args.mmap else "copy",
             vram_budget_gb=args.vram_budget,
             resolution=config.resolution,
@@ -268,9 +307,6 @@ def _generate(args: argparse.Namespace) -> int:
             loras=loras,
         )
     else:
-        if image is None:
-            raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
         model = {"i2v": I2V_REPO, "f1": F1_REPO}.get(args.model or "", args.model)
         pipe = FramePackPipeline.from_pretrained(
             model or (F1_REPO if config.mode == "forward" else I2V_REPO),
@@ -287,6 +323,14 @@ def _generate(args: argparse.Namespace) -> int:
         )
     if pipe.device.type == "cpu":
         _check_host_memory(pipe, config)
+    return pipe
+
+
+def _run_job(pipe: FramePackPipeline, args: argparse.Namespace, config: GenerationConfig) -> Path:
+    """Generate one video into ``args.out`` with a progress bar; returns its path."""
+    from tqdm import tqdm
+
+    from .sampling.loop import Progress
 
     def on_step(progress: Progress) -> None:
         bar.set_description(
@@ -294,6 +338,7 @@ def _generate(args: argparse.Namespace) -> int:
         )
         bar.update(1)
 
+    image = args.image if args.image else demo_image(config.resolution)  # a path: the settings record it
     # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
     run = pipe.stream(
         image,
@@ -321,7 +366,7 @@ def _generate(args: argparse.Namespace) -> int:
         bar.close()
     path = run.result().save(args.out)  # also deletes the run folder if it was a temporary one
     print(f"wrote {path} ({run.result().num_frames} frames)")
-    return 0
+    return path
 
 
 def _single_files(args: argparse.Namespace, mode: str) -> dict[str, Path] | None:
@@ -449,7 +494,7 @@ def _check_out(args: argparse.Namespace) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"--out: expected a file in a folder you can write to, but {folder} is not writable")
     for flag, other in (("--image", args.image), ("--end-image", args.end_image), ("--run-dir", args.run_dir),
-                        ("--resume", args.resume)):  # fmt: skip
+                        ("--resume", args.resume), ("--from", args.from_settings)):  # fmt: skip
         if other and _same_path(out, Path(other)):
             raise InputError(f"--out: expected a path of its own, but {args.out!r} is also the {flag} {other!r}")
 
