@@ -87,6 +87,8 @@ def _resume_hint(args: argparse.Namespace, error: BaseException | None = None) -
     run_dir = getattr(args, "run_dir_used", None)
     if run_dir is None or not (Path(run_dir) / STATE_FILE).exists():
         return ""
+    if getattr(args, "queue_dir_used", None) is not None and not isinstance(error, NumericalError):
+        return f" (the queue in {args.queue_dir_used} continues where it stopped: run the same command again)"
     if isinstance(error, NumericalError):  # the same inputs and settings would overflow again on resume
         return f" (finished sections are kept in {run_dir})"
     return f" (finished sections are kept: continue with --resume {run_dir})"

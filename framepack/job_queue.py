@@ -38,6 +38,9 @@ _FORMAT = 1
 # Arguments a job may not set: the queue's own, and the models', which load once for all jobs
 # (the mode picks the transformer).
 QUEUE_ARGUMENTS = ("jobs", "seeds", "count", "queue_dir", "run_dir", "resume", "from_settings", "verbose", "debug")
+# What the command keeps beside the arguments (argparse's subcommand and function, main's notes).
+_BOOKKEEPING = ("command", "run", "typed", "run_dir_used", "queue_dir_used")
+MODEL_SETTINGS = ("mode",)  # picks the transformer (i2v or f1), so it is the queue's too
 TEXT_ARGUMENTS = ("prompt", "negative_prompt", "image", "end_image", "out", "cache")
 
 
@@ -119,7 +122,7 @@ def read_jobs(path: str | None, allowed: set[str], model_arguments: Iterable[str
             raise InputError(f"--jobs {where}: expected a JSON object of generate arguments, got {line.strip():.60}")
         changes = {key.replace("-", "_"): value for key, value in entry.items()}
         for key, value in changes.items():
-            if key in model_arguments or key in QUEUE_ARGUMENTS:
+            if key in model_arguments or key in QUEUE_ARGUMENTS + MODEL_SETTINGS:
                 raise InputError(
                     f"--jobs {where}: {key!r} is the queue's (the models load once for every job); "
                     "give it on the command line"
@@ -182,7 +185,7 @@ def job_arguments(args: argparse.Namespace, job: Job) -> argparse.Namespace:
 
 def arguments_digest(args: argparse.Namespace) -> str:
     """What the job makes: every argument but the queue's own and the command's bookkeeping."""
-    kept = {k: v for k, v in vars(args).items() if k not in QUEUE_ARGUMENTS and not callable(v) and k != "typed"}
+    kept = {k: v for k, v in vars(args).items() if k not in QUEUE_ARGUMENTS + _BOOKKEEPING}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:12]
 
 
@@ -207,6 +210,7 @@ def run_queue(
     except OSError as error:
         raise InputError(f"--queue-dir: cannot create {folder}: {error.strerror or error}") from None
     lock = RunDirLock(folder)  # one process per queue: a second one would run the same jobs
+    args.queue_dir_used = folder  # where an interrupt's message points
     try:
         state = QueueState(folder)
         pipe, failures, skipped = None, [], 0
