@@ -232,7 +232,7 @@ def run_queue(
                 failures.append(_failed(state, job, digest, out, error, report))
                 continue
             if pipe is None:  # for the first job that runs; a failure ends the queue: every job needs the models
-                pipe = load(args, config_of(args))
+                pipe = load(args, config)  # its resolution and window size a memory plan
             state.set(job.name, digest=digest, status="running", out=str(out))
             args.run_dir_used = run_dir  # where an interrupt's message points
             log(f"job {job.where}: {'resuming ' if resume else ''}{out}")

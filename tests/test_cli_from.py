@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from framepack.cli import main
-from framepack.run_settings import read_settings
+from framepack.cli import _parser, demo_image, main
+from framepack.errors import InputError
+from framepack.run_arguments import apply_from
+from framepack.run_settings import file_digest, read_settings
 from tests.queue_support import TWO_SECTIONS, run_frames
 
 
@@ -95,3 +98,39 @@ def test_from_a_file_without_settings_is_one_error_line(tmp_path: Path, capsys: 
     assert main(["generate", "--from", str(other), "--out", str(tmp_path / "x.mp4")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --from {other}: expected framepack's settings") and err.count("\n") == 1
+
+
+def pretrained_record(original: Path, tmp_path: Path, lora: Path) -> Path:
+    """The original's settings as if made from hub repos in bf16 with a LoRA (no model is loaded here)."""
+    record = read_settings(original / "a.mp4")
+    record["models"] = {"kind": "pretrained", "transformer": "me/i2v", "hunyuan": "me/hunyuan", "redux": "me/redux",
+                        "weights": None, "dtype": "torch.bfloat16", "weights_digest": "0" * 32}  # fmt: skip
+    record["loras"] = [{"source": str(lora), "digest": file_digest(lora), "strength": 0.5, "fused": False}]
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_from_takes_the_model_flags_unless_one_is_typed(original: Path, tmp_path: Path) -> None:
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"lora bytes")
+    source = pretrained_record(original, tmp_path, lora)
+
+    args = _parser().parse_args(["generate", "--from", str(source)])
+    apply_from(args, set(), demo_image)
+    assert (args.model, args.hunyuan, args.redux, args.dtype, args.tiny) == (
+        "me/i2v",
+        "me/hunyuan",
+        "me/redux",
+        "bf16",
+        False,
+    )
+    assert args.lora == [f"{lora}:0.5"] and (args.seed, args.distilled_cfg) == (7, 8.0)
+
+    typed = _parser().parse_args(["generate", "--from", str(source), "--tiny"])
+    apply_from(typed, {"tiny"}, demo_image)
+    assert (typed.model, typed.hunyuan, typed.dtype, typed.lora, typed.tiny) == (None, None, None, [], True)
+
+    lora.write_bytes(b"other lora bytes")
+    with pytest.raises(InputError, match="changed since the video was made; give --lora"):
+        apply_from(_parser().parse_args(["generate", "--from", str(source)]), set(), demo_image)
