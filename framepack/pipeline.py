@@ -512,7 +512,7 @@ class FramePackPipeline:
         } | self._lora_fingerprint()
 
     def settings_record(
-        self, inputs: RunInputs, config: GenerationConfig, fingerprint: dict[str, Any]
+        self, inputs: RunInputs, config: GenerationConfig, fingerprint: dict[str, Any], *, video: dict[str, int]
     ) -> dict[str, Any]:
         """What the run of ``inputs`` with ``config`` is made of, to make it again (``framepack.run_settings``)."""
         models = self.sources | {"weights_digest": fingerprint["weights"], "dtype": fingerprint["dtype"]}
@@ -520,7 +520,7 @@ class FramePackPipeline:
             {"source": e.source, "digest": e.digest, "strength": e.strength, "fused": e.fused}
             for e in self.components.transformer.loras()
         ]
-        return settings_record(config, inputs, models=models, loras=loras, fingerprint=fingerprint)
+        return settings_record(config, inputs, models=models, loras=loras, fingerprint=fingerprint, video=video)
 
     def _lora_fingerprint(self) -> dict[str, Any]:
         """The LoRAs on the transformer (content digest and strength), when there are any:
@@ -661,7 +661,9 @@ class GenerationRun:
             given.image, given.prompt, config, end_image=given.end_image, negative_prompt=given.negative_prompt
         )
         fingerprint = p.fingerprint(inputs, given.prompt, config, negative_prompt=given.negative_prompt)
-        settings = p.settings_record(given, config, fingerprint)
+        height, width = inputs.image.shape[:2]
+        video = {"height": height, "width": width, "frames": self.plan.pixel_frames, "sections": self.plan.num_sections}
+        settings = p.settings_record(given, config, fingerprint, video=video)
         write_settings_json(self.run_dir, settings)
         generator = torch.Generator("cpu").manual_seed(config.seed)
         done, history = 0, None

@@ -13,6 +13,7 @@ The record is built generically, so settings added later are carried without wor
   ``str`` (a prompt schedule by its canonical string form);
 - ``models``: where the pipeline's weights came from (``FramePackPipeline.sources``), their
   digest and dtype, and the LoRAs with strength and file digest;
+- ``video``: the frames' height and width (the resolution bucket) and count;
 - ``fingerprint``: the pipeline's resume fingerprint of the run.
 """
 
@@ -55,14 +56,17 @@ def settings_record(
     models: Mapping[str, Any],
     loras: list[dict[str, Any]],
     fingerprint: Mapping[str, Any],
+    video: Mapping[str, int],
 ) -> dict[str, Any]:
-    """The record of one run: ``inputs`` is a dataclass of the run's inputs (``RunInputs``)."""
+    """The record of one run: ``inputs`` is a dataclass of the run's inputs (``RunInputs``),
+    ``video`` the size of the frames (after bucketing) and their count."""
     return {
         "written_by": WRITTEN_BY,
         "format": FORMAT,
         "framepack_version": framepack_version(),
         "config": config_record(config),
         "inputs": {f.name: _input_record(f.name, getattr(inputs, f.name)) for f in dataclasses.fields(inputs)},
+        "video": dict(video),
         "models": dict(models),
         "loras": loras,
         "fingerprint": dict(fingerprint),

@@ -52,6 +52,14 @@ def test_the_mp4_carries_every_setting_and_input(made: tuple[Path, Path, Path, G
         "negative_prompt": "blur",
         "end_image": None,
     }
+    with av.open(str(out)) as container:  # the size and length the video has
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert record["video"] == {
+        "height": frames[0].shape[0],
+        "width": frames[0].shape[1],
+        "frames": len(frames),
+        "sections": 1,
+    }
     assert record["models"]["kind"] == "tiny" and record["models"]["seed"] == 0
     assert record["models"]["dtype"] == "torch.float32"
     assert len(record["models"]["weights_digest"]) == 32
