@@ -526,21 +526,18 @@ class FramePackPipeline:
             if _LATER_SETTINGS.get(f.name, _NO_DEFAULT) != getattr(sampling, f.name)
         }
         settings.update(cache=describe_policy(sampling.cache), resolution=config.resolution, resize=config.resize)
-        return (
-            {
-                "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
-                "weights": self.components.weights_digest(),  # another checkpoint of the same model differs here
-                "dtype": str(self.components.transformer.dtype),
-                "vae_tiling": self._tiling(config) is not None,
-                "image": _image_digest(inputs.image),
-                "end_image": None if inputs.end_image is None else _image_digest(inputs.end_image),
-                "prompt": digest(prompt),
-                "negative_prompt": digest(negative_prompt),
-                "settings": settings,
-            }
-            | _keyframe_fingerprint(inputs, config)
-            | self._lora_fingerprint()
-        )
+        return {
+            "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
+            "weights": self.components.weights_digest(),  # another checkpoint of the same model differs here
+            "dtype": str(self.components.transformer.dtype),
+            "vae_tiling": self._tiling(config) is not None,
+            "image": _image_digest(inputs.image),
+            "end_image": None if inputs.end_image is None else _image_digest(inputs.end_image),
+            "prompt": digest(prompt),
+            "negative_prompt": digest(negative_prompt),
+            "settings": settings,
+            **_keyframe_fingerprint(inputs, config),
+        } | self._lora_fingerprint()
 
     def _lora_fingerprint(self) -> dict[str, Any]:
         """The LoRAs on the transformer (content digest and strength), when there are any:
