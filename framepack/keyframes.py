@@ -3,7 +3,8 @@
 A keyframe is named by a key: an ``int`` is a section index in *video* order (0 = the video's
 first section), a ``float`` is seconds of video time, held by section ``floor(t / S)`` with
 ``S = plan.section_seconds`` (the community tools' section length, the one prompt times snap to);
-the last section holds the rest of the video, up to its last frame.
+the last section holds the rest of the video, up to its last frame or the length asked for,
+whichever is later (as prompt schedules accept times).
 
 Which keyframe a section sees follows FramePack-eichi: a section with a keyframe of its own gets
 it; a section without one gets the nearest keyframe later in the video; the sections after the
@@ -36,8 +37,9 @@ def describe_key(key: object) -> str:
 
 
 def video_seconds(plan: SectionPlan) -> float:
-    """How long the finished video is: its pixel frames at its frame rate."""
-    return plan.pixel_frames / plan.fps
+    """How long the video is for keyframe times: its pixel frames at its frame rate, or the
+    length asked for if that is longer (5 s makes 145 frames, 4.83 s, at window 9)."""
+    return max(plan.seconds, plan.pixel_frames / plan.fps)
 
 
 def section_span(section: int, plan: SectionPlan) -> tuple[float, float]:
@@ -64,8 +66,7 @@ def keyframe_section(key: object, plan: SectionPlan) -> int:
     length = video_seconds(plan)
     if not (math.isfinite(seconds) and 0.0 <= seconds < length):
         raise ConfigError(
-            f"keyframes: {describe_key(key)} is not in the video: it lasts {length:g} s "
-            f"({plan.pixel_frames} frames at {plan.fps} fps), so times are from 0 s up to that"
+            f"keyframes: {describe_key(key)} is not in the video: times are from 0 s up to its length, {length:g} s"
         )
     return min(math.floor(round(seconds / plan.section_seconds, _BOUNDARY_DIGITS)), count - 1)
 
