@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from .video.resize import RESIZE_METHODS
 
 if TYPE_CHECKING:
     from .pipeline import FramePackPipeline
+    from .sampling.sections import SectionPlan
 
 DTYPES = ("bf16", "fp16", "fp32")
 EXIT_STATUS = """exit status: 0 done; 2 the input is wrong (a setting, path, image, model folder or checkpoint:
@@ -108,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     _settings_arguments(plan)
     plan.add_argument("--size", default="480x640", help="input image size HxW (default %(default)s)")
     plan.add_argument("--image", help="take the input size from this image instead of --size")
+    _keyframe_arguments(plan)
     plan.set_defaults(run=_plan)
 
     for p in (gen, plan):
@@ -129,6 +132,24 @@ def _generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--seed", type=int, default=31337, help="-2**63 to 2**64 - 1 (default %(default)s)")
     gen.add_argument("--resize", default="crop", choices=RESIZE_METHODS)
     gen.add_argument("--end-image", help="last frame (inverted mode only)")
+    gen.add_argument(
+        "--end-strength",
+        type=float,
+        default=1.0,
+        help="end image's latent x this, 0 to 2 (default 1; lower loosens the pull toward the end frame)",
+    )
+    gen.add_argument(
+        "--start-strength",
+        type=float,
+        default=1.0,
+        help="start-frame context latent (start image or keyframe) x this, 0 to 2 (default 1)",
+    )
+    _keyframe_arguments(gen)
+    gen.add_argument(
+        "--keyframe-embeds",
+        action="store_true",
+        help="a keyframe also replaces the start image's SigLIP embeddings in its sections",
+    )
     gen.add_argument("--cache", default="none", help="none, teacache[:T], magcache[:T], magcache-f1[:T], fbcache[:T]")
     gen.add_argument("--real-cfg", type=float, default=1.0, help="real CFG scale (1 = off, one pass per step)")
     gen.add_argument("--distilled-cfg", type=float, default=10.0, help="distilled guidance scale")
@@ -188,6 +209,18 @@ def _queue_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--queue-dir", help="the queue's state and run folders (default: JOBS.queue beside --jobs, else OUT.queue)"
+    )
+
+
+def _keyframe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keyframe",
+        action="append",
+        default=[],
+        metavar="SECTION=PATH|SECONDSs=PATH",
+        help="image for the start-frame slot of a section (index in the video, e.g. 3=k.png) or of the "
+        "section holding a time (e.g. 2.5s=k.png), and of the sections before it without their own "
+        "(inverted mode only; repeatable)",
     )
 
 
@@ -263,16 +296,28 @@ def _job_config(args: argparse.Namespace) -> GenerationConfig:
     from .video import load_image
 
     config = config_from_arguments(args)
-    check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt)
+    keyframes = _keyframes(args, config)
+    paths = {section: path for section, (_, path) in keyframes.items()}
+    check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt, keyframes=paths)
     for flag, text in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
         _check_text(flag, text)
     _check_out(args)
     for path in (args.image, args.end_image):
         if path:
             load_image(path)
+    for spec, path in keyframes.values():
+        _load_keyframe(spec, path)
     if args.image is None and not args.tiny:
         raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
     return config
+
+
+def _keyframes(args: argparse.Namespace, config: GenerationConfig) -> dict[int, tuple[str, str]]:
+    """Video section -> (its ``--keyframe`` argument, image path) for ``config``'s plan."""
+    from .sampling.sections import plan_sections
+
+    plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
+    return _keyframe_specs(args.keyframe, plan)
 
 
 def _load_pipeline(args: argparse.Namespace, config: GenerationConfig) -> FramePackPipeline:
@@ -348,6 +393,8 @@ def _run_job(pipe: FramePackPipeline, args: argparse.Namespace, config: Generati
         config,
         end_image=args.end_image,
         negative_prompt=args.negative_prompt,
+        # Paths, not pixels: the settings record each keyframe's path and digest (framepack.run_settings).
+        keyframes={section: path for section, (_, path) in _keyframes(args, config).items()},
         callback=on_step,
         run_dir=args.run_dir,
         resume=args.resume,
@@ -369,6 +416,41 @@ def _run_job(pipe: FramePackPipeline, args: argparse.Namespace, config: Generati
     path = run.result().save(args.out)  # also deletes the run folder if it was a temporary one
     print(f"wrote {path} ({run.result().num_frames} frames)")
     return path
+
+
+# SECTION=PATH or SECONDSs=PATH: the key ends at the first '=', so the path may hold '=' or ':'.
+_KEYFRAME_KEY = re.compile(r"(?P<section>\d+)|(?P<seconds>\d+(?:\.\d*)?|\.\d+)s")
+
+
+def _keyframe_specs(specs: Sequence[str], plan: SectionPlan) -> dict[int, tuple[str, str]]:
+    """Video section -> (the ``--keyframe`` argument, its image path); InputError/ConfigError naming a bad one.
+
+    Seconds become sections here, by ``framepack.keyframes``' rule: section 3 and 3 s are
+    different sections, which one dict keyed by both an int 3 and a float 3.0 could not hold.
+    """
+    from .keyframes import keyframe_sections
+
+    keys, paths = [], []
+    for spec in specs:
+        key, separator, path = spec.partition("=")
+        match = _KEYFRAME_KEY.fullmatch(key.strip())
+        if not separator or not path or match is None:
+            raise InputError(
+                f"--keyframe {spec!r}: expected SECTION=PATH (a section index in the video, e.g. 3=k.png) "
+                "or SECONDSs=PATH (seconds of video, e.g. 2.5s=k.png)"
+            )
+        keys.append(int(match["section"]) if match["section"] else float(match["seconds"]))
+        paths.append((spec, path))
+    return dict(sorted(zip(keyframe_sections(keys, plan), paths)))
+
+
+def _load_keyframe(spec: str, path: str) -> np.ndarray:
+    from .video import load_image
+
+    try:
+        return load_image(path)
+    except InputError as e:
+        raise InputError(f"--keyframe {spec!r}: {e}") from None
 
 
 def _single_files(args: argparse.Namespace, mode: str) -> dict[str, Path] | None:
@@ -495,8 +577,10 @@ def _check_out(args: argparse.Namespace) -> None:
         raise InputError(f"--out: expected a file in an existing folder, but {folder} {problem}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"--out: expected a file in a folder you can write to, but {folder} is not writable")
-    for flag, other in (("--image", args.image), ("--end-image", args.end_image), ("--run-dir", args.run_dir),
-                        ("--resume", args.resume), ("--from", args.from_settings)):  # fmt: skip
+    inputs = [("--image", args.image), ("--end-image", args.end_image), ("--run-dir", args.run_dir),
+              ("--resume", args.resume), ("--from", args.from_settings)]  # fmt: skip
+    inputs += [("--keyframe", spec.partition("=")[2]) for spec in args.keyframe]
+    for flag, other in inputs:
         if other and _same_path(out, Path(other)):
             raise InputError(f"--out: expected a path of its own, but {args.out!r} is also the {flag} {other!r}")
 
@@ -531,6 +615,7 @@ def _check_host_memory(pipe: FramePackPipeline, config: GenerationConfig) -> Non
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from .keyframes import check_keyframes
     from .models.packing import packed_tokens
     from .models.siglip import SiglipVisionConfig
     from .prompt import MAX_PROMPT_TOKENS
@@ -548,6 +633,9 @@ def _plan(args: argparse.Namespace) -> int:
     resolution = int(_setting(args, "resolution", 640))
     bucket_h, bucket_w = find_bucket(height, width, resolution)
     plan = plan_sections(float(_setting(args, "seconds", 5.0)), fps=args.fps, window=args.window, mode=args.mode)
+    keyframes = _keyframe_specs(args.keyframe, plan) if args.keyframe else None
+    if keyframes is not None:
+        check_keyframes(keyframes, plan)  # the mode
     h, w = bucket_h // 8, bucket_w // 8
     noisy, clean = packed_tokens(h, w, args.window)
     image_tokens = SiglipVisionConfig.preset("siglip-so400m-patch14-384").num_patches
@@ -558,7 +646,25 @@ def _plan(args: argparse.Namespace) -> int:
         f"tokens per section: {noisy} noisy + {clean} packed context = {noisy + clean} image tokens (+ <= {image_tokens + MAX_PROMPT_TOKENS} text/image)"
     )
     print(f"shift sequence length: {sequence_length(plan.window_pixel_frames, bucket_h, bucket_w)}")
+    if keyframes is not None:
+        _print_keyframes(keyframes, plan)
     return 0
+
+
+def _print_keyframes(specs: dict[int, tuple[str, str]], plan: SectionPlan) -> None:
+    """Which image stands in each section's start-frame slot, in video order."""
+    from .keyframes import keyframe_coverage, section_span
+
+    sections = list(specs)
+    print("start-frame slot by section, in video order:")
+    for section, keyframe in enumerate(keyframe_coverage(sections, plan.num_sections)):
+        span = "{:g}-{:g} s".format(*section_span(section, plan))
+        if keyframe is None:
+            print(f"  video section {section} ({span}): the start image")
+        else:
+            own = sections[keyframe]
+            whose = "its own keyframe" if own == section else f"the keyframe of section {own}"
+            print(f"  video section {section} ({span}): {specs[own][1]} ({whose})")
 
 
 def demo_image(size: int) -> np.ndarray:

@@ -41,6 +41,7 @@ QUEUE_ARGUMENTS = ("jobs", "seeds", "count", "queue_dir", "run_dir", "resume", "
 # What the command keeps beside the arguments (argparse's subcommand and function, main's notes).
 _BOOKKEEPING = ("command", "run", "typed", "run_dir_used", "queue_dir_used")
 MODEL_SETTINGS = ("mode",)  # picks the transformer (i2v or f1), so it is the queue's too
+LIST_ARGUMENTS = ("keyframe",)  # repeatable flags: a list, as argparse gives them
 TEXT_ARGUMENTS = ("prompt", "negative_prompt", "image", "end_image", "out", "cache")
 
 
@@ -131,6 +132,8 @@ def read_jobs(path: str | None, allowed: set[str], model_arguments: Iterable[str
                 raise InputError(f"--jobs {where}: unknown key {key!r}; expected generate arguments like prompt, seed")
             if key in TEXT_ARGUMENTS and not isinstance(value, str):
                 raise InputError(f"--jobs {where}: {key!r} expected a string, got {value!r:.40}")
+            if key in LIST_ARGUMENTS and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise InputError(f"--jobs {where}: {key!r} expected a list of strings, got {value!r:.40}")
         jobs.append((number, where, changes))
     if not jobs:
         raise InputError(f"--jobs: {path} holds no job (one JSON object per line)")

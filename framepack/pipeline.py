@@ -37,6 +37,7 @@ from .conditioning import Conditioning
 from .config import GenerationConfig
 from .device_runtime import runtime
 from .errors import ConfigError, InputError
+from .keyframes import KeyframeKey, check_keyframes, keyframe_coverage
 from .lora import LoraWeights
 from .memory.placement import Placement, device_budget_gb
 from .memory.planner import MemoryPlan, plan_memory
@@ -48,6 +49,7 @@ from .results import SectionOutput, VideoResult
 from .run_settings import mp4_metadata, settings_record, write_settings_json
 from .rundir import RunDirLock, claim_run_dir
 from .runstate import STATE_FILE, RunState, check_fingerprint, digest, load_run_state, save_run_state
+from .sampling.control import SectionControl
 from .sampling.loop import Progress, SectionResult, stream_latents
 from .sampling.sections import plan_sections
 from .video import FrameAssembler, PreviewWriter, find_bucket, load_image, resize_image
@@ -56,6 +58,7 @@ from .video.blending import pixels_to_uint8
 logger = logging.getLogger("framepack")
 
 ImageInput = Any  # a path, PIL image or uint8 array; see framepack.video.load_image
+Keyframes = Mapping[KeyframeKey, ImageInput]  # section index (int) or seconds (float) -> image
 
 __all__ = ["F1_REPO", "I2V_REPO", "EncodedInputs", "FramePackPipeline"]
 
@@ -72,6 +75,8 @@ class EncodedInputs:
     end_latent: torch.Tensor | None
     end_image_embeds: torch.Tensor | None
     dropped_tokens: int
+    control: SectionControl | None = None  # what changes per section (keyframes), by place in the video
+    keyframes: tuple[tuple[int, np.ndarray], ...] = ()  # (video section, resized image), by section
 
 
 class FramePackPipeline:
@@ -336,14 +341,19 @@ class FramePackPipeline:
         *,
         end_image: ImageInput | None = None,
         negative_prompt: str = "",
+        keyframes: Keyframes | None = None,
     ) -> EncodedInputs:
         """Bucket and resize the image(s), encode them (VAE and SigLIP) and the prompt(s).
 
         ``image=None`` gives text-to-video: a zero start latent and no image embeddings, at
         the bucket a square image would get. ``end_image`` (inverted mode only) is the last
         frame; ``negative_prompt`` is encoded only for real CFG (``config.real_cfg != 1``).
+        ``keyframes`` (inverted mode only, see ``framepack.keyframes``) are fitted like the end
+        image and encoded once each; SigLIP only with ``config.keyframe_embeds``.
         """
-        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt)
+        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes)
+        plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
+        keyframe_keys = check_keyframes(keyframes, plan)  # video section -> key
         c = self.components
         if image is None:
             height, width = find_bucket(1, 1, config.resolution)
@@ -365,6 +375,15 @@ class FramePackPipeline:
         end_latent = end_embeds = None
         if end_image is not None:
             end_image = resize_image(load_image(end_image), height, width, config.resize)
+        if keyframe_keys and config.keyframe_embeds and start_image is None:
+            raise ConfigError(
+                "keyframe_embeds: a keyframe's image embeddings replace the start image's, but text-to-video "
+                "(image=None) has none; give a start image or set keyframe_embeds=False"
+            )
+        keyframe_images = tuple(
+            (section, resize_image(load_image(keyframes[key]), height, width, config.resize))
+            for section, key in sorted(keyframe_keys.items())
+        )
         with self._phase("image"):
             if start_image is None:
                 latent_shape = (1, c.vae.config.latent_channels, 1, height // 8, width // 8)
@@ -376,6 +395,7 @@ class FramePackPipeline:
             if end_image is not None:
                 end_latent = self._encode_latent(end_image, config)
                 end_embeds = self._image_embeds(end_image) if image_embeds is not None else None
+            control = self._keyframe_control(keyframe_images, plan.num_sections, config)
         conditioning = self._conditioning(build_conditioning(prompt_embeds, image_embeds, config.distilled_cfg))
         negative = None
         if negative_embeds is not None:
@@ -389,6 +409,23 @@ class FramePackPipeline:
             end_latent=end_latent,
             end_image_embeds=end_embeds,
             dropped_tokens=prompt_embeds.dropped_tokens,
+            control=control,
+            keyframes=keyframe_images,
+        )
+
+    def _keyframe_control(
+        self, keyframes: tuple[tuple[int, np.ndarray], ...], num_sections: int, config: GenerationConfig
+    ) -> SectionControl | None:
+        """The keyframes' latents (and embeddings, with ``config.keyframe_embeds``) as section anchors."""
+        if not keyframes:
+            return None
+        dtype = self.components.transformer.dtype  # as the start image's embeds, in ``_conditioning``
+        return SectionControl(
+            anchors=tuple(self._encode_latent(image, config) for _, image in keyframes),
+            anchor_embeds=tuple(self._image_embeds(image).to(self.device, dtype) for _, image in keyframes)
+            if config.keyframe_embeds
+            else (),
+            anchor_of=keyframe_coverage([section for section, _ in keyframes], num_sections),
         )
 
     def _encode_latent(self, image: np.ndarray, config: GenerationConfig) -> torch.Tensor:
@@ -419,6 +456,7 @@ class FramePackPipeline:
         *,
         end_image: ImageInput | None = None,
         negative_prompt: str = "",
+        keyframes: Keyframes | None = None,
         callback: Callable[[Progress], None] | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         resume: str | os.PathLike[str] | None = None,
@@ -427,6 +465,9 @@ class FramePackPipeline:
 
         end_image        the video's last frame (inverted mode only): a path, PIL image or uint8 array
         negative_prompt  the negative pass's prompt, used only with real CFG (``config.real_cfg != 1``)
+        keyframes        {section index in the video (int) or seconds (float): image} (inverted mode
+                         only): each stands in the start-frame context slot of its section and of the
+                         sections before it up to the previous keyframe (``framepack.keyframes``)
         run_dir  where the finished sections, previews and resume state are kept: a new or
                  empty folder, or one of a run that finished no section (default: a new
                  temporary folder, see ``GenerationRun.run_dir`` and ``VideoResult.save``)
@@ -439,7 +480,7 @@ class FramePackPipeline:
         run or resume of it raises InputError.
         """
         config = config or GenerationConfig()
-        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt)
+        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes)
         run_dir, resume = _folder_argument("run_dir", run_dir), _folder_argument("resume", resume)
         if callback is not None and not callable(callback):
             raise InputError(f"callback: expected a function taking a Progress, or None; got {type(callback).__name__}")
@@ -452,7 +493,7 @@ class FramePackPipeline:
         lock = claim_run_dir(directory, resume=resume is not None)
         try:
             saved = load_run_state(directory) if resume is not None else None  # a bad state fails here, before any work
-            inputs = RunInputs(image, prompt, end_image, negative_prompt)
+            inputs = RunInputs(image, prompt, end_image, negative_prompt, keyframes)
             return GenerationRun(
                 self, inputs, config, directory, callback=callback, saved=saved, lock=lock, temporary=temporary
             )
@@ -468,6 +509,7 @@ class FramePackPipeline:
         *,
         end_image: ImageInput | None = None,
         negative_prompt: str = "",
+        keyframes: Keyframes | None = None,
         callback: Callable[[Progress], None] | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         resume: str | os.PathLike[str] | None = None,
@@ -479,6 +521,7 @@ class FramePackPipeline:
             config,
             end_image=end_image,
             negative_prompt=negative_prompt,
+            keyframes=keyframes,
             callback=callback,
             run_dir=run_dir,
             resume=resume,
@@ -509,6 +552,7 @@ class FramePackPipeline:
             "prompt": digest(prompt),
             "negative_prompt": digest(negative_prompt),
             "settings": settings,
+            **_keyframe_fingerprint(inputs, config),
         } | self._lora_fingerprint()
 
     def settings_record(
@@ -535,6 +579,17 @@ _LATER_SETTINGS = {"end_strength": 1.0, "start_strength": 1.0}
 _NO_DEFAULT = object()
 
 
+def _keyframe_fingerprint(inputs: EncodedInputs, config: GenerationConfig) -> dict[str, Any]:
+    """The keyframes (each fitted image with its section) and whether their embeddings are used,
+    when there are any: a run without keyframes fingerprints as runs made before them."""
+    if not inputs.keyframes:
+        return {}
+    return {
+        "keyframes": digest(*(f"{section}:{_image_digest(image)}" for section, image in inputs.keyframes)),
+        "keyframe_embeds": config.keyframe_embeds,
+    }
+
+
 def _load_target(device: torch.device | str | None, vram_budget_gb: float | None) -> tuple[torch.device, bool]:
     """The device to run on (cuda when available) and whether a memory plan places the weights:
     then they load on the host. On CUDA always: ~40 GiB never fits on a card at once."""
@@ -542,10 +597,20 @@ def _load_target(device: torch.device | str | None, vram_budget_gb: float | None
     return device, vram_budget_gb is not None or device.type == "cuda"
 
 
-def check_inputs(config: GenerationConfig, *, end_image: ImageInput | None = None, negative_prompt: str = "") -> None:
+def check_inputs(
+    config: GenerationConfig,
+    *,
+    end_image: ImageInput | None = None,
+    negative_prompt: str = "",
+    keyframes: Keyframes | None = None,
+) -> None:
     """Raise ConfigError if the inputs do not go with ``config`` (before any model runs)."""
     if end_image is not None and config.mode != "inverted":
         raise ConfigError(f"end_image: only the 'inverted' mode can end on a given frame, got mode {config.mode!r}")
+    if keyframes is not None:
+        check_keyframes(
+            keyframes, plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
+        )
     if not isinstance(negative_prompt, str):
         raise ConfigError(f"negative_prompt: expected a str, got {type(negative_prompt).__name__}")
 
@@ -558,6 +623,7 @@ class RunInputs:
     prompt: str
     end_image: ImageInput | None = None
     negative_prompt: str = ""
+    keyframes: Keyframes | None = None
 
 
 def _folder_argument(name: str, value: object) -> Path | None:
@@ -658,7 +724,12 @@ class GenerationRun:
             frames.restore(saved.tensors.get("held_frames"), int(saved.tensors["frame_count"]), saved.frame_chunks)
         given = self._inputs
         inputs = p.encode(
-            given.image, given.prompt, config, end_image=given.end_image, negative_prompt=given.negative_prompt
+            given.image,
+            given.prompt,
+            config,
+            end_image=given.end_image,
+            negative_prompt=given.negative_prompt,
+            keyframes=given.keyframes,
         )
         fingerprint = p.fingerprint(inputs, given.prompt, config, negative_prompt=given.negative_prompt)
         height, width = inputs.image.shape[:2]
@@ -687,6 +758,7 @@ class GenerationRun:
             negative=inputs.negative,
             end_latent=inputs.end_latent,
             end_image_embeds=inputs.end_image_embeds,
+            control=inputs.control,
             callback=self._callback,
             generator=generator,
             resume_history=history,

@@ -90,6 +90,12 @@ def apply_from(args: argparse.Namespace, typed: set[str], demo_image: Callable[[
     for name, flag in (("image", "--image"), ("end_image", "--end-image")):
         if name not in typed:
             setattr(args, name, _recorded_image(inputs.get(name), flag, source, tiny and name == "image", demo))
+    keyframes = inputs.get("keyframes")
+    if "keyframe" not in typed and isinstance(keyframes, dict):  # recorded by video section: SECTION=PATH
+        args.keyframe = [
+            f"{int(section)}={_recorded_image(entry, '--keyframe', source, False, demo)}"
+            for section, entry in keyframes.items()
+        ]
 
 
 def _model_arguments(record: dict[str, Any], source: str, *, mode_typed: bool) -> dict[str, Any]:

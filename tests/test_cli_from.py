@@ -134,3 +134,26 @@ def test_from_takes_the_model_flags_unless_one_is_typed(original: Path, tmp_path
     lora.write_bytes(b"other lora bytes")
     with pytest.raises(InputError, match="changed since the video was made; give --lora"):
         apply_from(_parser().parse_args(["generate", "--from", str(source)]), set(), demo_image)
+
+
+def test_from_makes_a_video_with_keyframes_again(original: Path, tmp_path: Path) -> None:
+    key = tmp_path / "key.png"
+    Image.fromarray((np.arange(40 * 56 * 3) % 199).astype(np.uint8).reshape(40, 56, 3)).save(key)
+    first = tmp_path / "first.mp4"
+    arguments = [
+        *TWO_SECTIONS,
+        "--image",
+        str(original / "start.png"),
+        "--keyframe",
+        f"0.1s={key}",
+        "--end-strength",
+        "0.5",
+    ]
+    assert main(["generate", *arguments, "--out", str(first), "--run-dir", str(tmp_path / "r1")]) == 0
+    record = read_settings(first)
+    assert record["inputs"]["keyframes"] == {"1": {"path": str(key.absolute()), "digest": file_digest(key)}}
+    assert record["config"]["end_strength"] == 0.5
+    second = tmp_path / "second.mp4"
+    assert main(["generate", "--from", str(first), "--out", str(second), "--run-dir", str(tmp_path / "r2")]) == 0
+    assert np.array_equal(run_frames(tmp_path / "r1"), run_frames(tmp_path / "r2"))
+    assert read_settings(second)["inputs"] == record["inputs"]
