@@ -51,6 +51,7 @@ def test_the_mp4_carries_every_setting_and_input(made: tuple[Path, Path, Path, G
         "prompt": "a dancer",
         "negative_prompt": "blur",
         "end_image": None,
+        "keyframes": None,
     }
     with av.open(str(out)) as container:  # the size and length the video has
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
