@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import MAX_STEPS, MIN_RESOLUTION
-from .errors import FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
+from .errors import ConfigError, FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
 from .sampling.sections import MAX_LATENT_FRAMES, MAX_WINDOW
 from .video.buckets import MAX_RESOLUTION
 from .video.resize import RESIZE_METHODS
@@ -26,6 +26,7 @@ from .video.resize import RESIZE_METHODS
 if TYPE_CHECKING:
     from .config import GenerationConfig
     from .pipeline import FramePackPipeline
+    from .prompt_schedule import PromptSchedule
 
 TINY_DEFAULTS = {"resolution": 128, "seconds": 1.0, "steps": 8}
 DTYPES = ("bf16", "fp16", "fp32")
@@ -90,7 +91,10 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate a video from an image and a prompt", epilog=EXIT_STATUS)
     gen.add_argument("--image", help="start image (path); omitted with --tiny: a built-in test pattern")
-    gen.add_argument("--prompt", default="", help="what happens in the video")
+    gen.add_argument(
+        "--prompt", default="", help='what happens in the video, or a schedule: "[0s-2s: a man waves] [2s: he dances]"'
+    )
+    _blend_argument(gen)
     gen.add_argument(
         "--out", default="framepack.mp4", help="output .mp4 in an existing, writable folder (default %(default)s)"
     )
@@ -146,12 +150,44 @@ def _parser() -> argparse.ArgumentParser:
     _settings_arguments(plan)
     plan.add_argument("--size", default="480x640", help="input image size HxW (default %(default)s)")
     plan.add_argument("--image", help="take the input size from this image instead of --size")
+    plan.add_argument("--prompt", help="a prompt or a schedule: print which prompt each section gets")
+    _blend_argument(plan)
     plan.set_defaults(run=_plan)
 
     for p in (gen, plan):
         p.add_argument("--verbose", action="store_true", help="log progress details")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _blend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prompt-blend",
+        type=int,
+        metavar="N",
+        help="with a prompt schedule: blend each prompt change over N sections (default 0: a cut)",
+    )
+
+
+def _prompt_argument(args: argparse.Namespace) -> str | PromptSchedule:
+    """``--prompt`` as a plain prompt or a schedule (with ``--prompt-blend``); ConfigError naming a bad part."""
+    from .prompt_schedule import MAX_BLEND_SECTIONS, looks_like_schedule, parse_prompt_schedule
+
+    _check_text("--prompt", args.prompt)
+    blend = args.prompt_blend
+    if blend is not None and not 0 <= blend <= MAX_BLEND_SECTIONS:
+        raise ConfigError(f"--prompt-blend: expected 0 to {MAX_BLEND_SECTIONS} sections, got {blend}")
+    if not looks_like_schedule(args.prompt):
+        if args.prompt_blend is not None:
+            raise ConfigError(
+                f"--prompt-blend {args.prompt_blend}: only a prompt schedule blends, "
+                'like --prompt "[0s: a man waves] [2s: he dances]"; this prompt is plain'
+            )
+        return args.prompt
+    try:
+        return parse_prompt_schedule(args.prompt, blend_sections=args.prompt_blend or 0)
+    except ConfigError as error:
+        raise ConfigError(f"--prompt: {error}") from None
 
 
 def _file_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,7 +243,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
     from .config import GenerationConfig
-    from .pipeline import FramePackPipeline, check_inputs
+    from .pipeline import FramePackPipeline, check_inputs, section_prompts
     from .sampling.loop import Progress
     from .video import load_image
 
@@ -229,8 +265,9 @@ def _generate(args: argparse.Namespace) -> int:
     )
     # Check the inputs before any model: a bad path fails in a second, not after loading 30 GB.
     check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt)
-    for flag, text in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
-        _check_text(flag, text)
+    _check_text("--negative-prompt", args.negative_prompt)
+    prompt = _prompt_argument(args)
+    section_prompts(prompt, config)  # a schedule that does not fit the video fails here
     _check_device(args.device)
     if args.vram_budget is not None and not (math.isfinite(args.vram_budget) and args.vram_budget > 0):
         raise InputError(f"--vram-budget: expected a finite number of GB > 0, got {args.vram_budget:g}")
@@ -297,7 +334,7 @@ def _generate(args: argparse.Namespace) -> int:
     # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
     run = pipe.stream(
         image,
-        args.prompt,
+        prompt,
         config,
         end_image=args.end_image,
         negative_prompt=args.negative_prompt,
@@ -487,6 +524,7 @@ def _plan(args: argparse.Namespace) -> int:
     from .models.packing import packed_tokens
     from .models.siglip import SiglipVisionConfig
     from .prompt import MAX_PROMPT_TOKENS
+    from .prompt_schedule import describe_section_prompts, resolve_prompt
     from .sampling.schedule import sequence_length
     from .sampling.sections import plan_sections
     from .video import find_bucket, load_image
@@ -501,6 +539,9 @@ def _plan(args: argparse.Namespace) -> int:
     resolution = int(_setting(args, "resolution", 640))
     bucket_h, bucket_w = find_bucket(height, width, resolution)
     plan = plan_sections(float(_setting(args, "seconds", 5.0)), fps=args.fps, window=args.window, mode=args.mode)
+    if args.prompt is None and args.prompt_blend is not None:
+        raise ConfigError("--prompt-blend: blends the prompts of a --prompt schedule, but no --prompt was given")
+    prompts = None if args.prompt is None else resolve_prompt(_prompt_argument(args), plan)  # before any output
     h, w = bucket_h // 8, bucket_w // 8
     noisy, clean = packed_tokens(h, w, args.window)
     image_tokens = SiglipVisionConfig.preset("siglip-so400m-patch14-384").num_patches
@@ -511,6 +552,8 @@ def _plan(args: argparse.Namespace) -> int:
         f"tokens per section: {noisy} noisy + {clean} packed context = {noisy + clean} image tokens (+ <= {image_tokens + MAX_PROMPT_TOKENS} text/image)"
     )
     print(f"shift sequence length: {sequence_length(plan.window_pixel_frames, bucket_h, bucket_w)}")
+    if prompts is not None:
+        print("\n".join(describe_section_prompts(prompts, plan)))
     return 0
 
 
