@@ -178,14 +178,14 @@ def _prompt_argument(args: argparse.Namespace) -> str | PromptSchedule:
     if blend is not None and not 0 <= blend <= MAX_BLEND_SECTIONS:
         raise ConfigError(f"--prompt-blend: expected 0 to {MAX_BLEND_SECTIONS} sections, got {blend}")
     if not looks_like_schedule(args.prompt):
-        if args.prompt_blend is not None:
+        if blend is not None:
             raise ConfigError(
-                f"--prompt-blend {args.prompt_blend}: only a prompt schedule blends, "
+                f"--prompt-blend {blend}: only a prompt schedule blends, "
                 'like --prompt "[0s: a man waves] [2s: he dances]"; this prompt is plain'
             )
         return args.prompt
     try:
-        return parse_prompt_schedule(args.prompt, blend_sections=args.prompt_blend or 0)
+        return parse_prompt_schedule(args.prompt, blend_sections=blend or 0)
     except ConfigError as error:
         raise ConfigError(f"--prompt: {error}") from None
 
