@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import MAX_STEPS, MIN_RESOLUTION
-from .errors import FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
+from .errors import ConfigError, FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
 from .sampling.sections import MAX_LATENT_FRAMES, MAX_WINDOW
 from .video.buckets import MAX_RESOLUTION
 from .video.resize import RESIZE_METHODS
@@ -27,6 +27,7 @@ from .video.resize import RESIZE_METHODS
 if TYPE_CHECKING:
     from .config import GenerationConfig
     from .pipeline import FramePackPipeline
+    from .prompt_schedule import PromptSchedule
     from .sampling.sections import SectionPlan
 
 TINY_DEFAULTS = {"resolution": 128, "seconds": 1.0, "steps": 8}
@@ -92,7 +93,10 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate a video from an image and a prompt", epilog=EXIT_STATUS)
     gen.add_argument("--image", help="start image (path); omitted with --tiny: a built-in test pattern")
-    gen.add_argument("--prompt", default="", help="what happens in the video")
+    gen.add_argument(
+        "--prompt", default="", help='what happens in the video, or a schedule: "[0s-2s: a man waves] [2s: he dances]"'
+    )
+    _blend_argument(gen)
     gen.add_argument(
         "--out", default="framepack.mp4", help="output .mp4 in an existing, writable folder (default %(default)s)"
     )
@@ -167,6 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--size", default="480x640", help="input image size HxW (default %(default)s)")
     plan.add_argument("--image", help="take the input size from this image instead of --size")
     _keyframe_arguments(plan)
+    plan.add_argument("--prompt", help="a prompt or a schedule: print which prompt each section gets")
+    _blend_argument(plan)
     plan.set_defaults(run=_plan)
 
     for p in (gen, plan):
@@ -185,6 +191,36 @@ def _keyframe_arguments(parser: argparse.ArgumentParser) -> None:
         "section holding a time (e.g. 2.5s=k.png), and of the sections before it without their own "
         "(inverted mode only; repeatable)",
     )
+
+
+def _blend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prompt-blend",
+        type=int,
+        metavar="N",
+        help="with a prompt schedule: blend each prompt change over N sections (default 0: a cut)",
+    )
+
+
+def _prompt_argument(args: argparse.Namespace) -> str | PromptSchedule:
+    """``--prompt`` as a plain prompt or a schedule (with ``--prompt-blend``); ConfigError naming a bad part."""
+    from .prompt_schedule import MAX_BLEND_SECTIONS, looks_like_schedule, parse_prompt_schedule
+
+    _check_text("--prompt", args.prompt)
+    blend = args.prompt_blend
+    if blend is not None and not 0 <= blend <= MAX_BLEND_SECTIONS:
+        raise ConfigError(f"--prompt-blend: expected 0 to {MAX_BLEND_SECTIONS} sections, got {blend}")
+    if not looks_like_schedule(args.prompt):
+        if blend is not None:
+            raise ConfigError(
+                f"--prompt-blend {blend}: only a prompt schedule blends, "
+                'like --prompt "[0s: a man waves] [2s: he dances]"; this prompt is plain'
+            )
+        return args.prompt
+    try:
+        return parse_prompt_schedule(args.prompt, blend_sections=blend or 0)
+    except ConfigError as error:
+        raise ConfigError(f"--prompt: {error}") from None
 
 
 def _file_arguments(parser: argparse.ArgumentParser) -> None:
@@ -240,7 +276,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
     from .config import GenerationConfig
-    from .pipeline import FramePackPipeline, check_inputs
+    from .pipeline import FramePackPipeline, check_inputs, section_prompts
     from .sampling.loop import Progress
     from .sampling.sections import plan_sections
     from .video import load_image
@@ -269,8 +305,9 @@ def _generate(args: argparse.Namespace) -> int:
     keyframe_specs = _keyframe_specs(args.keyframe, plan)
     keyframe_paths = {section: path for section, (_, path) in keyframe_specs.items()}
     check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt, keyframes=keyframe_paths)
-    for flag, text in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
-        _check_text(flag, text)
+    _check_text("--negative-prompt", args.negative_prompt)
+    prompt = _prompt_argument(args)
+    section_prompts(prompt, config)  # a schedule that does not fit the video fails here
     _check_device(args.device)
     if args.vram_budget is not None and not (math.isfinite(args.vram_budget) and args.vram_budget > 0):
         raise InputError(f"--vram-budget: expected a finite number of GB > 0, got {args.vram_budget:g}")
@@ -338,7 +375,7 @@ def _generate(args: argparse.Namespace) -> int:
     # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
     run = pipe.stream(
         image,
-        args.prompt,
+        prompt,
         config,
         end_image=args.end_image,
         negative_prompt=args.negative_prompt,
@@ -567,6 +604,7 @@ def _plan(args: argparse.Namespace) -> int:
     from .models.packing import packed_tokens
     from .models.siglip import SiglipVisionConfig
     from .prompt import MAX_PROMPT_TOKENS
+    from .prompt_schedule import describe_section_prompts, resolve_prompt
     from .sampling.schedule import sequence_length
     from .sampling.sections import plan_sections
     from .video import find_bucket, load_image
@@ -584,6 +622,9 @@ def _plan(args: argparse.Namespace) -> int:
     keyframes = _keyframe_specs(args.keyframe, plan) if args.keyframe else None
     if keyframes is not None:
         check_keyframes(keyframes, plan)  # the mode
+    if args.prompt is None and args.prompt_blend is not None:
+        raise ConfigError("--prompt-blend: blends the prompts of a --prompt schedule, but no --prompt was given")
+    prompts = None if args.prompt is None else resolve_prompt(_prompt_argument(args), plan)  # before any output
     h, w = bucket_h // 8, bucket_w // 8
     noisy, clean = packed_tokens(h, w, args.window)
     image_tokens = SiglipVisionConfig.preset("siglip-so400m-patch14-384").num_patches
@@ -596,6 +637,8 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"shift sequence length: {sequence_length(plan.window_pixel_frames, bucket_h, bucket_w)}")
     if keyframes is not None:
         _print_keyframes(keyframes, plan)
+    if prompts is not None:
+        print("\n".join(describe_section_prompts(prompts, plan)))
     return 0
 
 
