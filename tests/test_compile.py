@@ -17,11 +17,12 @@ import torch
 
 from framepack import FramePackPipeline, GenerationConfig
 from framepack.cache import TeaCache
-from framepack.cli import demo_image
+from framepack.cli import demo_image, main
 from framepack.errors import ConfigError
 from framepack.memory.streamer import block_nbytes, minimum_budget
-from framepack.models.compiled import _inductor_unavailable
+from framepack.models.compiled import CompiledBlocks, _inductor_unavailable
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
+from tests.lora_support import write_lora
 from tests.transformer_support import conditioning_and_context, make_inputs, randomise_
 
 NO_COMPILER = _inductor_unavailable(torch.device("cpu"))
@@ -133,3 +134,43 @@ def test_compile_refuses_an_unknown_mode(tiny_transformer: FramePackTransformer)
     with pytest.raises(ConfigError, match=r"mode must be one of .*'default'.*got 'fastest'"):
         tiny_transformer.compile("fastest")
     assert tiny_transformer.compiled_blocks is None
+
+
+@needs_compiler
+def test_compiled_blocks_with_a_runtime_lora_equal_eager_before_and_after_a_strength_change() -> None:
+    model = FramePackTransformer(TransformerConfig.preset("tiny")).eval()
+    randomise_(model, 5)
+    tensors, _ = write_lora("musubi-framepack", seed=2)
+    name = model.add_lora(tensors, strength=0.5)
+    expected = one_call(model)
+    blocks = model.compile()
+    got = one_call(model)
+    assert relative_error(got, expected) < 1e-5 and not torch.equal(got, expected)
+
+    model.set_lora_strength(name, -1.5)  # a constant of the graphs: they compile again (module docstring)
+    got = one_call(model)
+    model.compiled_blocks = None
+    expected = one_call(model)
+    assert relative_error(got, expected) < 1e-5 and not torch.equal(got, expected)
+    assert blocks.fallback is None and blocks.graphs["double"] > 1
+
+
+def test_the_command_compiles_with_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[CompiledBlocks] = []
+    original = FramePackPipeline.compile
+
+    def recording(self: FramePackPipeline, mode: str = "default") -> CompiledBlocks:
+        compiled.append(original(self, mode))
+        return compiled[-1]
+
+    monkeypatch.setattr(FramePackPipeline, "compile", recording)
+    arguments = ["generate", "--tiny", "--resolution", "64", "--seconds", "0.8", "--steps", "2", "--window", "3"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*arguments, "--compile", "--out", str(tmp_path / "out.mp4")]) == 0
+    (blocks,) = compiled
+    assert (tmp_path / "out.mp4").stat().st_size > 0
+    if NO_COMPILER is None:
+        assert dict(blocks.graphs) == {"double": 1, "single": 1} and fallback_warnings(caught) == []
+    else:
+        assert blocks.fallback is not None and len(fallback_warnings(caught)) == 1

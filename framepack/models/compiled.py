@@ -6,12 +6,17 @@ buffers to graph inputs, so every block of a kind (and a streamer's shells, whos
 tensors point into its slots) runs the same graph on its own weights. What a graph
 guards on, and so what compiles again:
 
-* the blocks' structure and dtypes: run-time LoRAs added or removed (their buffers are
-  inputs too: a strength change does not recompile), fp8 storage, another dtype or device;
-* the shapes of the stream. The token count of the joint stream and of its image part
-  are marked dynamic on the first call, so a new resolution, window, context or text
-  length reuses the graph: one compilation per kind for a whole run, whatever its
-  sections (``CompiledBlocks.graphs`` counts them).
+* the blocks' structure and dtypes: fp8 storage, another dtype or device, run-time LoRAs
+  added or removed. A LoRA's factor (strength x alpha / rank, a Python float in
+  ``LoraPairs.add_to``) is a constant of the graph: blocks whose factors differ, and
+  every strength change, compile again, up to dynamo's recompile limit (8 per kind),
+  past which dynamo runs those blocks eager;
+* a batch size change (once: the batch dimension then becomes dynamic too), a text mask
+  appearing or going (prompts of different lengths in one batch);
+* not the token counts: those of the joint stream and of its image part are marked
+  dynamic, so a new resolution, window, packed context or text length reuses the graph.
+  A whole run compiles each kind once, whatever its sections (``CompiledBlocks.graphs``
+  counts the graphs compiled).
 
 The functions compute what ``DoubleStreamBlock.forward`` and ``SingleStreamBlock.forward``
 compute, out of place (inductor plans the buffers and fuses the norms, modulation, RoPE
@@ -203,7 +208,9 @@ class CompiledBlocks:
         try:
             return compiled[1](block, joint, temb_act, rope_real, mask)
         except torch._dynamo.exc.TorchDynamoException as error:  # raised before the graph runs: joint is intact
-            self._fall_back(f"compiling the {compiled[0]}-stream block failed: {type(error).__name__}: {error}")
+            cause = getattr(error, "inner_exception", None) or error  # the backend's own error
+            first_line = (str(cause).strip().splitlines() or [""])[0]  # dynamo appends pages of traceback
+            self._fall_back(f"compiling the {compiled[0]}-stream block failed: {type(cause).__name__}: {first_line}")
         return block(joint, n_img, temb_act, rope, mask, scratch)
 
     def _check_compiler(self, device: torch.device) -> None:
