@@ -133,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--crf", type=int, default=16, help="H.264 quality, 0 (best) to 51")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
     gen.add_argument(
+        "--compile", action="store_true", help="torch.compile the transformer blocks (the first section compiles)"
+    )
+    gen.add_argument(
         "--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)"
     )
     gen.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
@@ -363,6 +366,8 @@ def _generate(args: argparse.Namespace) -> int:
             window=config.window,
             loras=loras,
         )
+    if args.compile:
+        pipe.compile()
     if pipe.device.type == "cpu":
         _check_host_memory(pipe, config)
 

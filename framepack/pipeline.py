@@ -41,6 +41,7 @@ from .keyframes import KeyframeKey, check_keyframes, keyframe_coverage
 from .lora import LoraWeights
 from .memory.placement import Placement, device_budget_gb
 from .memory.planner import MemoryPlan, plan_memory
+from .models.compiled import CompiledBlocks
 from .models.configuration import ModelConfig
 from .models.loading import Storage, Weights
 from .models.vae import VAETiling
@@ -271,6 +272,12 @@ class FramePackPipeline:
         self._placement = Placement(self.components.modules(), self.device, plan)
         logger.info("memory plan: %s", plan)
         return plan
+
+    # --- compiling -----------------------------------------------------------------------
+    def compile(self, mode: str = "default") -> CompiledBlocks:
+        """Compile the transformer's blocks with ``torch.compile`` (``FramePackTransformer.compile``):
+        the first section pays the compilation, every later one reuses it."""
+        return self.components.transformer.compile(mode)
 
     # --- LoRAs --------------------------------------------------------------------------
     def add_lora(
