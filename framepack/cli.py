@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import MAX_STEPS, MIN_RESOLUTION, GenerationConfig
-from .errors import FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
+from .errors import ConfigError, FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
 from .run_arguments import (
     MODEL_ARGUMENTS,
     TINY_DEFAULTS,
@@ -35,6 +35,7 @@ from .video.resize import RESIZE_METHODS
 
 if TYPE_CHECKING:
     from .pipeline import FramePackPipeline
+    from .prompt_schedule import PromptSchedule
     from .sampling.sections import SectionPlan
 
 DTYPES = ("bf16", "fp16", "fp32")
@@ -111,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--size", default="480x640", help="input image size HxW (default %(default)s)")
     plan.add_argument("--image", help="take the input size from this image instead of --size")
     _keyframe_arguments(plan)
+    plan.add_argument("--prompt", help="a prompt or a schedule: print which prompt each section gets")
+    _blend_argument(plan)
     plan.set_defaults(run=_plan)
 
     for p in (gen, plan):
@@ -121,7 +124,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--image", help="start image (path); omitted with --tiny: a built-in test pattern")
-    gen.add_argument("--prompt", default="", help="what happens in the video")
+    gen.add_argument(
+        "--prompt", default="", help='what happens in the video, or a schedule: "[0s-2s: a man waves] [2s: he dances]"'
+    )
+    _blend_argument(gen)
     gen.add_argument(
         "--out", default="framepack.mp4", help="output .mp4 in an existing, writable folder (default %(default)s)"
     )
@@ -157,6 +163,9 @@ def _generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--crf", type=int, default=16, help="H.264 quality, 0 (best) to 51")
     gen.add_argument("--vae-tiling", action="store_true", default=None, help="decode in spatial tiles (less memory)")
+    gen.add_argument(
+        "--compile", action="store_true", help="torch.compile the transformer blocks (the first section compiles)"
+    )
     gen.add_argument(
         "--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)"
     )
@@ -222,6 +231,36 @@ def _keyframe_arguments(parser: argparse.ArgumentParser) -> None:
         "section holding a time (e.g. 2.5s=k.png), and of the sections before it without their own "
         "(inverted mode only; repeatable)",
     )
+
+
+def _blend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prompt-blend",
+        type=int,
+        metavar="N",
+        help="with a prompt schedule: blend each prompt change over N sections (default 0: a cut)",
+    )
+
+
+def _prompt_argument(args: argparse.Namespace) -> str | PromptSchedule:
+    """``--prompt`` as a plain prompt or a schedule (with ``--prompt-blend``); ConfigError naming a bad part."""
+    from .prompt_schedule import MAX_BLEND_SECTIONS, looks_like_schedule, parse_prompt_schedule
+
+    _check_text("--prompt", args.prompt)
+    blend = args.prompt_blend
+    if blend is not None and not 0 <= blend <= MAX_BLEND_SECTIONS:
+        raise ConfigError(f"--prompt-blend: expected 0 to {MAX_BLEND_SECTIONS} sections, got {blend}")
+    if not looks_like_schedule(args.prompt):
+        if blend is not None:
+            raise ConfigError(
+                f"--prompt-blend {blend}: only a prompt schedule blends, "
+                'like --prompt "[0s: a man waves] [2s: he dances]"; this prompt is plain'
+            )
+        return args.prompt
+    try:
+        return parse_prompt_schedule(args.prompt, blend_sections=blend or 0)
+    except ConfigError as error:
+        raise ConfigError(f"--prompt: {error}") from None
 
 
 def _file_arguments(parser: argparse.ArgumentParser) -> None:
@@ -292,15 +331,15 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _job_config(args: argparse.Namespace) -> GenerationConfig:
     """The config of one video, its inputs and output checked."""
-    from .pipeline import check_inputs
+    from .pipeline import check_inputs, section_prompts
     from .video import load_image
 
     config = config_from_arguments(args)
     keyframes = _keyframes(args, config)
     paths = {section: path for section, (_, path) in keyframes.items()}
     check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt, keyframes=paths)
-    for flag, text in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
-        _check_text(flag, text)
+    _check_text("--negative-prompt", args.negative_prompt)
+    section_prompts(_prompt_argument(args), config)  # a schedule that does not fit the video fails here
     _check_out(args)
     for path in (args.image, args.end_image):
         if path:
@@ -368,6 +407,8 @@ def _load_pipeline(args: argparse.Namespace, config: GenerationConfig) -> FrameP
             window=config.window,
             loras=loras,
         )
+    if args.compile:
+        pipe.compile()
     if pipe.device.type == "cpu":
         _check_host_memory(pipe, config)
     return pipe
@@ -389,7 +430,7 @@ def _run_job(pipe: FramePackPipeline, args: argparse.Namespace, config: Generati
     # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
     run = pipe.stream(
         image,
-        args.prompt,
+        _prompt_argument(args),
         config,
         end_image=args.end_image,
         negative_prompt=args.negative_prompt,
@@ -619,6 +660,7 @@ def _plan(args: argparse.Namespace) -> int:
     from .models.packing import packed_tokens
     from .models.siglip import SiglipVisionConfig
     from .prompt import MAX_PROMPT_TOKENS
+    from .prompt_schedule import describe_section_prompts, resolve_prompt
     from .sampling.schedule import sequence_length
     from .sampling.sections import plan_sections
     from .video import find_bucket, load_image
@@ -636,6 +678,9 @@ def _plan(args: argparse.Namespace) -> int:
     keyframes = _keyframe_specs(args.keyframe, plan) if args.keyframe else None
     if keyframes is not None:
         check_keyframes(keyframes, plan)  # the mode
+    if args.prompt is None and args.prompt_blend is not None:
+        raise ConfigError("--prompt-blend: blends the prompts of a --prompt schedule, but no --prompt was given")
+    prompts = None if args.prompt is None else resolve_prompt(_prompt_argument(args), plan)  # before any output
     h, w = bucket_h // 8, bucket_w // 8
     noisy, clean = packed_tokens(h, w, args.window)
     image_tokens = SiglipVisionConfig.preset("siglip-so400m-patch14-384").num_patches
@@ -648,6 +693,8 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"shift sequence length: {sequence_length(plan.window_pixel_frames, bucket_h, bucket_w)}")
     if keyframes is not None:
         _print_keyframes(keyframes, plan)
+    if prompts is not None:
+        print("\n".join(describe_section_prompts(prompts, plan)))
     return 0
 
 

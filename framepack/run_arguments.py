@@ -80,6 +80,10 @@ def apply_from(args: argparse.Namespace, typed: set[str], demo_image: Callable[[
     for name in ("prompt", "negative_prompt"):
         if isinstance(inputs.get(name), str):
             values[name] = inputs[name]
+    schedule = inputs.get("prompt")
+    if isinstance(schedule, dict) and isinstance(schedule.get("schedule"), str):  # a PromptSchedule's record
+        values["prompt"] = schedule["schedule"]
+        values["prompt_blend"] = schedule.get("blend_sections") or None
     if not typed & set(MODEL_ARGUMENTS):
         values |= _model_arguments(record, source, mode_typed="mode" in typed)
     for name, value in values.items():

@@ -110,6 +110,8 @@ def _input_record(name: str, value: Any) -> Any:
         if isinstance(value, Mapping):
             return {str(key): image_record(item) for key, item in value.items()}
         return image_record(value)
+    if hasattr(value, "blend_sections"):  # a PromptSchedule: its canonical string form lacks the blend
+        return {"schedule": str(value), "blend_sections": value.blend_sections}
     return value if isinstance(value, (str, int, float, bool)) else str(value)
 
 

@@ -157,3 +157,16 @@ def test_from_makes_a_video_with_keyframes_again(original: Path, tmp_path: Path)
     assert main(["generate", "--from", str(first), "--out", str(second), "--run-dir", str(tmp_path / "r2")]) == 0
     assert np.array_equal(run_frames(tmp_path / "r1"), run_frames(tmp_path / "r2"))
     assert read_settings(second)["inputs"] == record["inputs"]
+
+
+def test_from_makes_a_video_with_a_blended_prompt_schedule_again(tmp_path: Path) -> None:
+    schedule = "[0s: a dancer] [0.03s: a cat]"  # video sections 0 and 1 at window 1
+    first = tmp_path / "first.mp4"
+    arguments = [*TWO_SECTIONS, "--prompt", schedule, "--prompt-blend", "1"]
+    assert main(["generate", *arguments, "--out", str(first), "--run-dir", str(tmp_path / "r1")]) == 0
+    recorded = read_settings(first)["inputs"]["prompt"]
+    assert recorded["blend_sections"] == 1 and "a cat" in recorded["schedule"]  # the blend is kept beside the text
+    second = tmp_path / "second.mp4"
+    assert main(["generate", "--from", str(first), "--out", str(second), "--run-dir", str(tmp_path / "r2")]) == 0
+    assert np.array_equal(run_frames(tmp_path / "r1"), run_frames(tmp_path / "r2"))
+    assert read_settings(second)["inputs"]["prompt"] == recorded
