@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,8 @@ from .video.resize import RESIZE_METHODS
 
 if TYPE_CHECKING:
     from .config import GenerationConfig
-    from .pipeline import FramePackPipeline
+    from .pipeline import FramePackPipeline, GenerationRun
+    from .sampling.loop import Progress, ProgressCallback
 
 TINY_DEFAULTS = {"resolution": 128, "seconds": 1.0, "steps": 8}
 DTYPES = ("bf16", "fp16", "fp32")
@@ -108,38 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--crf", type=int, default=16, help="H.264 quality, 0 (best) to 51")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
-    gen.add_argument(
-        "--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)"
-    )
-    gen.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
-    gen.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
-    _file_arguments(gen)
-    gen.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
-    gen.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default=None,
-        help="transformer dtype (default: bf16 on GPUs that compute it natively, else fp16; fp32 on CPU)",
-    )
-    gen.add_argument(
-        "--vram-budget", type=float, help="GPU memory to stay within, GB > 0 (streams blocks, swaps components)"
-    )
-    gen.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
-    gen.add_argument(
-        "--fp8",
-        action="store_true",
-        help="transformer block Linear weights in fp8, block-scaled (0.65x the streamed bytes of bf16)",
-    )
+    _model_arguments(gen)
     gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")
     gen.add_argument("--resume", help="continue an interrupted run from its run directory")
     gen.add_argument("--tiny", action="store_true", help="tiny random models: offline demo, the video is noise")
-    gen.add_argument(
-        "--lora",
-        action="append",
-        default=[],
-        metavar="PATH[:STRENGTH]",
-        help="LoRA file applied at run time, strength default 1 (repeatable: they stack)",
-    )
+    _lora_arguments(gen)
     gen.set_defaults(run=_generate)
 
     plan = sub.add_parser("plan", help="print the section plan and sizes without running a model", epilog=EXIT_STATUS)
@@ -148,10 +122,50 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--image", help="take the input size from this image instead of --size")
     plan.set_defaults(run=_plan)
 
-    for p in (gen, plan):
+    from .cli_extend import add_extend_command
+
+    extend = add_extend_command(sub)
+
+    for p in (gen, plan, extend):
         p.add_argument("--verbose", action="store_true", help="log progress details")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the models come from and how they are placed (``_load_pipeline`` reads them)."""
+    parser.add_argument(
+        "--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)"
+    )
+    parser.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
+    parser.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
+    _file_arguments(parser)
+    parser.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="transformer dtype (default: bf16 on GPUs that compute it natively, else fp16; fp32 on CPU)",
+    )
+    parser.add_argument(
+        "--vram-budget", type=float, help="GPU memory to stay within, GB > 0 (streams blocks, swaps components)"
+    )
+    parser.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
+    parser.add_argument(
+        "--fp8",
+        action="store_true",
+        help="transformer block Linear weights in fp8, block-scaled (0.65x the streamed bytes of bf16)",
+    )
+
+
+def _lora_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="LoRA file applied at run time, strength default 1 (repeatable: they stack)",
+    )
 
 
 def _file_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,13 +216,9 @@ def _setting(args: argparse.Namespace, name: str, default: float) -> float:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
 
-    from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
     from .config import GenerationConfig
-    from .pipeline import FramePackPipeline, check_inputs
-    from .sampling.loop import Progress
+    from .pipeline import check_inputs
     from .video import load_image
 
     config = GenerationConfig(
@@ -231,15 +241,82 @@ def _generate(args: argparse.Namespace) -> int:
     check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt)
     for flag, text in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
         _check_text(flag, text)
-    _check_device(args.device)
-    if args.vram_budget is not None and not (math.isfinite(args.vram_budget) and args.vram_budget > 0):
-        raise InputError(f"--vram-budget: expected a finite number of GB > 0, got {args.vram_budget:g}")
+    _check_model_arguments(args)
     _check_out(args)
     files = _single_files(args, config.mode)  # a missing weight file fails here, before any is read
     loras = [_lora_argument(spec) for spec in args.lora]
     image = load_image(args.image) if args.image else None
     if args.end_image:
         load_image(args.end_image)
+    if image is None and not args.tiny:
+        raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
+    pipe = _load_pipeline(args, config, files, loras)
+    if image is None:
+        image = demo_image(config.resolution)
+
+    # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
+    return _run_with_progress(
+        args,
+        lambda on_step: pipe.stream(
+            image,
+            args.prompt,
+            config,
+            end_image=args.end_image,
+            negative_prompt=args.negative_prompt,
+            callback=on_step,
+            run_dir=args.run_dir,
+            resume=args.resume,
+        ),
+    )
+
+
+def _run_with_progress(args: argparse.Namespace, start: Callable[[ProgressCallback], GenerationRun]) -> int:
+    """Start a run with a progress bar as its callback, iterate it and save the video to ``--out``."""
+    from tqdm import tqdm
+
+    def on_step(progress: Progress) -> None:
+        bar.set_description(
+            f"section {progress.section + 1}/{progress.num_sections} step {progress.step + 1}/{progress.num_steps}"
+        )
+        bar.update(1)
+
+    run = start(on_step)
+    steps = run.config.steps
+    bar = tqdm(
+        total=run.plan.num_sections * steps,
+        initial=run.sections_done * steps,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    args.run_dir_used = run.run_dir
+    try:
+        for section in run:
+            bar.write(
+                f"section {section.index + 1}/{section.num_sections} done in {section.seconds:.1f}s; preview {section.preview}"
+            )
+    finally:
+        bar.close()
+    path = run.result().save(args.out)  # also deletes the run folder if it was a temporary one
+    print(f"wrote {path} ({run.result().num_frames} frames)")
+    return 0
+
+
+def _check_model_arguments(args: argparse.Namespace) -> None:
+    _check_device(args.device)
+    if args.vram_budget is not None and not (math.isfinite(args.vram_budget) and args.vram_budget > 0):
+        raise InputError(f"--vram-budget: expected a finite number of GB > 0, got {args.vram_budget:g}")
+
+
+def _load_pipeline(
+    args: argparse.Namespace, config: GenerationConfig, files: dict[str, Path] | None, loras: list[tuple[Path, float]]
+) -> FramePackPipeline:
+    """The pipeline the model flags ask for (``--tiny``, single ``files`` or the repos), LoRAs on."""
+    import torch
+
+    from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
+    from .pipeline import FramePackPipeline
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
     if args.tiny:
         pipe = FramePackPipeline.tiny(seed=0, device=args.device or "cpu")
         if args.fp8:  # blocks of 64 do not divide the tiny widths; a block that does keeps it block-scaled
@@ -249,17 +326,13 @@ def _generate(args: argparse.Namespace) -> int:
             pipe.add_lora(path, strength)
         if args.vram_budget is not None:
             pipe.set_vram_budget(args.vram_budget, resolution=config.resolution, window=config.window)
-        if image is None:
-            image = demo_image(config.resolution)
     elif files is not None:
-        if image is None:
-            raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
         pipe = FramePackPipeline.from_files(
             **files,
             tokenizers=args.tokenizers or HUNYUAN_REPO,
             mode=config.mode,
             device=args.device,
-            dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype],
+            dtype=dtype,
             storage="mmap" if args.mmap else "copy",
             vram_budget_gb=args.vram_budget,
             resolution=config.resolution,
@@ -268,9 +341,6 @@ def _generate(args: argparse.Namespace) -> int:
             loras=loras,
         )
     else:
-        if image is None:
-            raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
         model = {"i2v": I2V_REPO, "f1": F1_REPO}.get(args.model or "", args.model)
         pipe = FramePackPipeline.from_pretrained(
             model or (F1_REPO if config.mode == "forward" else I2V_REPO),
@@ -287,41 +357,7 @@ def _generate(args: argparse.Namespace) -> int:
         )
     if pipe.device.type == "cpu":
         _check_host_memory(pipe, config)
-
-    def on_step(progress: Progress) -> None:
-        bar.set_description(
-            f"section {progress.section + 1}/{progress.num_sections} step {progress.step + 1}/{progress.num_steps}"
-        )
-        bar.update(1)
-
-    # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
-    run = pipe.stream(
-        image,
-        args.prompt,
-        config,
-        end_image=args.end_image,
-        negative_prompt=args.negative_prompt,
-        callback=on_step,
-        run_dir=args.run_dir,
-        resume=args.resume,
-    )
-    bar = tqdm(
-        total=run.plan.num_sections * config.steps,
-        initial=run.sections_done * config.steps,
-        unit="step",
-        dynamic_ncols=True,
-    )
-    args.run_dir_used = run.run_dir
-    try:
-        for section in run:
-            bar.write(
-                f"section {section.index + 1}/{section.num_sections} done in {section.seconds:.1f}s; preview {section.preview}"
-            )
-    finally:
-        bar.close()
-    path = run.result().save(args.out)  # also deletes the run folder if it was a temporary one
-    print(f"wrote {path} ({run.result().num_frames} frames)")
-    return 0
+    return pipe
 
 
 def _single_files(args: argparse.Namespace, mode: str) -> dict[str, Path] | None:
@@ -448,8 +484,8 @@ def _check_out(args: argparse.Namespace) -> None:
         raise InputError(f"--out: expected a file in an existing folder, but {folder} {problem}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"--out: expected a file in a folder you can write to, but {folder} is not writable")
-    for flag, other in (("--image", args.image), ("--end-image", args.end_image), ("--run-dir", args.run_dir),
-                        ("--resume", args.resume)):  # fmt: skip
+    for flag, other in (("--image", args.image), ("--end-image", getattr(args, "end_image", None)),
+                        ("--run-dir", args.run_dir), ("--resume", args.resume)):  # fmt: skip
         if other and _same_path(out, Path(other)):
             raise InputError(f"--out: expected a path of its own, but {args.out!r} is also the {flag} {other!r}")
 

@@ -320,21 +320,26 @@ class FramePackPipeline:
         *,
         end_image: ImageInput | None = None,
         negative_prompt: str = "",
+        size: tuple[int, int] | None = None,
     ) -> EncodedInputs:
         """Bucket and resize the image(s), encode them (VAE and SigLIP) and the prompt(s).
 
         ``image=None`` gives text-to-video: a zero start latent and no image embeddings, at
         the bucket a square image would get. ``end_image`` (inverted mode only) is the last
         frame; ``negative_prompt`` is encoded only for real CFG (``config.real_cfg != 1``).
+        ``size`` (height, width) fits the images to that size instead of their bucket: the size
+        of a video being continued (``framepack.extension``).
         """
         check_inputs(config, end_image=end_image, negative_prompt=negative_prompt)
+        if size is not None:
+            check_frame_size(size)
         c = self.components
         if image is None:
-            height, width = find_bucket(1, 1, config.resolution)
+            height, width = size or find_bucket(1, 1, config.resolution)
             start_image = None
         else:
             source = load_image(image)
-            height, width = find_bucket(source.shape[0], source.shape[1], config.resolution)
+            height, width = size or find_bucket(source.shape[0], source.shape[1], config.resolution)
             start_image = resize_image(source, height, width, config.resize)
         with self._phase("text"):
             prompt_embeds = encode_prompt(prompt, c.text_encoder, c.text_encoder_2, c.tokenizer, c.tokenizer_2)
@@ -374,6 +379,13 @@ class FramePackPipeline:
             end_image_embeds=end_embeds,
             dropped_tokens=prompt_embeds.dropped_tokens,
         )
+
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray, config: GenerationConfig) -> torch.Tensor:
+        """VAE-encode uint8 frames (T, H, W, 3), T = 4k - 3, as one clip: scaled latents [1, 16, k, H/8, W/8]."""
+        with self._phase("image"):
+            pixels = torch.from_numpy(frames).to(self.device).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+            return self.components.vae.encode(pixels, tiling=self._tiling(config)).float()
 
     def _encode_latent(self, image: np.ndarray, config: GenerationConfig) -> torch.Tensor:
         pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1.0
@@ -471,6 +483,63 @@ class FramePackPipeline:
             pass
         return run.result()
 
+    def stream_extend(
+        self,
+        source: str | os.PathLike[str],
+        seconds: float,
+        prompt: str,
+        config: GenerationConfig | None = None,
+        *,
+        image: ImageInput | None = None,
+        negative_prompt: str = "",
+        callback: Callable[[Progress], None] | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        resume: str | os.PathLike[str] | None = None,
+    ) -> GenerationRun:
+        """Start continuing a video by ``seconds`` of forward (F1) sections; iterate the run as ``stream``'s.
+
+        source   a finished run directory (its exact latents, generator and frames continue; it is
+                 never changed) or a video file PyAV reads (its last frames are VAE-encoded as history)
+        seconds  length to add: a run of S seconds becomes the run of S + seconds (bit for bit the
+                 longer run, for a forward run with the same prompt and start image); a video gets
+                 ``max(round(seconds·fps / (4·window)), 1)`` sections of 4·window frames
+        config   forward-mode settings (``seconds`` is not read); None: the run's own, or the defaults
+                 with mode "forward" for a video. A run is continued at its window and fps.
+        image    start frame and SigLIP reference (default: the video's first frame; a run's own start latent)
+        run_dir, resume, callback, negative_prompt  as ``stream``; ``resume`` continues an interrupted
+                 extension, given the same source and arguments
+        The result is the whole video: the source's frames (never re-decoded), then the new ones.
+        See ``framepack.extension``.
+        """
+        from .extension import start_extension
+
+        return start_extension(
+            self, source, seconds, prompt, config, image=image, negative_prompt=negative_prompt,
+            callback=callback, run_dir=run_dir, resume=resume,
+        )  # fmt: skip
+
+    def extend(
+        self,
+        source: str | os.PathLike[str],
+        seconds: float,
+        prompt: str,
+        config: GenerationConfig | None = None,
+        *,
+        image: ImageInput | None = None,
+        negative_prompt: str = "",
+        callback: Callable[[Progress], None] | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        resume: str | os.PathLike[str] | None = None,
+    ) -> VideoResult:
+        """Continue a video to the end (arguments as ``stream_extend``)."""
+        run = self.stream_extend(
+            source, seconds, prompt, config, image=image, negative_prompt=negative_prompt,
+            callback=callback, run_dir=run_dir, resume=resume,
+        )  # fmt: skip
+        for _ in run:
+            pass
+        return run.result()
+
     def fingerprint(
         self, inputs: EncodedInputs, prompt: str, config: GenerationConfig, *, negative_prompt: str = ""
     ) -> dict[str, Any]:
@@ -513,6 +582,17 @@ def _load_target(device: torch.device | str | None, vram_budget_gb: float | None
     then they load on the host. On CUDA always: ~40 GiB never fits on a card at once."""
     device = torch.device(device or ("cuda" if runtime().is_available() else "cpu"))
     return device, vram_budget_gb is not None or device.type == "cuda"
+
+
+def check_frame_size(size: object) -> None:
+    """Raise ConfigError unless ``size`` is (height, width) in pixels, positive multiples of 16
+    (the VAE's 8 times the transformer's 2x2 patches)."""
+    if (
+        not isinstance(size, tuple)
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % 16 == 0 for v in size)
+    ):
+        raise ConfigError(f"size: expected (height, width), positive multiples of 16, got {size!r}")
 
 
 def check_inputs(config: GenerationConfig, *, end_image: ImageInput | None = None, negative_prompt: str = "") -> None:
@@ -629,11 +709,7 @@ class GenerationRun:
         frames = FrameAssembler(config.mode, 4 * w - 3, spool_dir=self.run_dir / "frames")
         if saved is not None:  # the files first: a state that disagrees with them fails before any work
             frames.restore(saved.tensors.get("held_frames"), int(saved.tensors["frame_count"]), saved.frame_chunks)
-        given = self._inputs
-        inputs = p.encode(
-            given.image, given.prompt, config, end_image=given.end_image, negative_prompt=given.negative_prompt
-        )
-        fingerprint = p.fingerprint(inputs, given.prompt, config, negative_prompt=given.negative_prompt)
+        inputs, fingerprint = self._encoded()
         generator = torch.Generator("cpu").manual_seed(config.seed)
         done, history = 0, None
         if saved is not None:
@@ -698,6 +774,14 @@ class GenerationRun:
         previews.publish(video)
         logger.info("wrote %s (%d frames)", video, len(frames))
         self._result = VideoResult(latents, frames, self.run_dir, config.fps, config.crf, temporary=self._temporary)
+
+    def _encoded(self) -> tuple[EncodedInputs, dict[str, Any]]:
+        """The encoded inputs and the fingerprint a resume must match (an extension gives its own)."""
+        p, given = self.pipeline, self._inputs
+        inputs = p.encode(
+            given.image, given.prompt, self.config, end_image=given.end_image, negative_prompt=given.negative_prompt
+        )
+        return inputs, p.fingerprint(inputs, given.prompt, self.config, negative_prompt=given.negative_prompt)
 
     def result(self) -> VideoResult:
         if self._result is None:
