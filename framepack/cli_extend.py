@@ -50,7 +50,8 @@ def add_extend_command(sub: Any) -> argparse.ArgumentParser:
     ext = sub.add_parser(
         "extend",
         help="continue a finished run directory or a video file with forward (F1) sections",
-        description=__doc__.split("\n\n")[0],
+        description="Continue a finished run directory or a video file: the output is the whole video, "
+        "the input's frames then the new ones.",
         epilog=EXIT_STATUS,
     )
     ext.add_argument("input", help="a finished run directory (--run-dir of generate) or a video file")

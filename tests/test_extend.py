@@ -17,8 +17,8 @@ from framepack.errors import ConfigError, GenerationCancelled, InputError
 from framepack.runstate import load_run_state
 from framepack.video import write_mp4
 
-# window 3 at 30 fps: 12 pixel frames a section (0.4 s), a 9-frame overlap; 64 px keeps it fast.
-FAST = dict(window=3, steps=2, resolution=64, seed=7)
+# window 3 at 30 fps: 12 pixel frames a section (0.4 s), a 9-frame overlap; 32 px keeps the VAE fast.
+FAST = dict(window=3, steps=2, resolution=32, seed=7)
 FORWARD = GenerationConfig(mode="forward", **FAST)
 PROMPT = "a dancer"
 OVERLAP = 4 * 3 - 3
@@ -36,10 +36,10 @@ def image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def runs(pipe, image, tmp_path_factory) -> dict:
-    """A finished forward run of 0.8 s (two sections) and the 1.6 s run (four) it should extend to."""
+    """A finished forward run of 0.4 s (one section) and the 1.2 s run (three) it should extend to."""
     root = tmp_path_factory.mktemp("runs")
-    short = pipe.generate(image, PROMPT, GenerationConfig(mode="forward", seconds=0.8, **FAST), run_dir=root / "short")
-    long = pipe.generate(image, PROMPT, GenerationConfig(mode="forward", seconds=1.6, **FAST), run_dir=root / "long")
+    short = pipe.generate(image, PROMPT, GenerationConfig(mode="forward", seconds=0.4, **FAST), run_dir=root / "short")
+    long = pipe.generate(image, PROMPT, GenerationConfig(mode="forward", seconds=1.2, **FAST), run_dir=root / "long")
     return {"short": short, "long": long, "short_files": file_hashes(root / "short")}
 
 
@@ -60,14 +60,14 @@ def decode(path: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
-def input_video(path: Path, count: int) -> Path:
-    """A 64x64 clip (its own bucket at resolution 64) whose frames all differ."""
-    y, x = np.mgrid[0:64, 0:64]
+def input_video(path: Path, count: int, fps: int = 30) -> Path:
+    """A 32x32 clip (its own bucket at resolution 32) whose frames all differ."""
+    y, x = np.mgrid[0:32, 0:32]
     frames = [
-        np.stack([(x * 4 + t * 7) % 256, (y * 4) % 256, (x + y + t * 3) % 256], axis=-1).astype(np.uint8)
+        np.stack([(x * 8 + t * 7) % 256, (y * 8) % 256, (x + y + t * 3) % 256], axis=-1).astype(np.uint8)
         for t in range(count)
     ]
-    return write_mp4(path, frames, crf=0)
+    return write_mp4(path, frames, fps=fps, crf=0)
 
 
 def test_extending_a_forward_run_is_the_longer_run_bit_for_bit(pipe, image, runs, tmp_path: Path) -> None:
@@ -84,13 +84,13 @@ def test_an_interrupted_extension_resumes_to_the_longer_run(pipe, image, runs, t
     short, long = runs["short"], runs["long"]
 
     def cancel_in_last_section(progress) -> None:  # type: ignore[no-untyped-def]
-        if progress.section == 3:
+        if progress.section == 2:
             raise GenerationCancelled("stop")
 
     with pytest.raises(GenerationCancelled):
         pipe.extend(short.run_dir, 0.8, PROMPT, image=image, run_dir=tmp_path / "ext", callback=cancel_in_last_section)
     state = load_run_state(tmp_path / "ext")
-    assert state is not None and state.sections_done == 3  # the source's two and one new one
+    assert state is not None and state.sections_done == 2  # the source's one and one new one
 
     resumed = pipe.extend(short.run_dir, 0.8, PROMPT, image=image, resume=tmp_path / "ext")
     assert torch.equal(resumed.latents, long.latents)
@@ -151,15 +151,19 @@ def test_bad_sources_and_settings_fail_before_any_run_directory(pipe, image, run
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "x.txt").write_text("")
     short = input_video(tmp_path / "short.mp4", OVERLAP - 1)
+    slow = input_video(tmp_path / "slow.mp4", 2 * OVERLAP, fps=24)
+    (tmp_path / "empty.mp4").write_bytes(b"")
     run = runs["short"].run_dir
     cases = [
         (tmp_path / "missing.mp4", FORWARD, 0.4, InputError, "does not exist"),
         (tmp_path / "notes.txt", FORWARD, 0.4, InputError, "not a readable video"),
+        (tmp_path / "empty.mp4", FORWARD, 0.4, InputError, "is empty"),
+        (slow, FORWARD, 0.4, ConfigError, "plays at 24 fps but the extension would be made at 30"),
         (short, FORWARD, 0.4, InputError, f"has {OVERLAP - 1} frame\\(s\\); continuing it needs at least {OVERLAP}"),
         (tmp_path / "folder", FORWARD, 0.4, InputError, "without framepack-run.json"),
         (run, GenerationConfig(mode="inverted", **FAST), 0.4, ConfigError, "mode='forward'"),
         (run, GenerationConfig(mode="forward", **{**FAST, "window": 4}), 0.4, ConfigError, "window 3"),
-        (run, FORWARD, 0.1, ConfigError, "still 2 section"),
+        (run, FORWARD, 0.1, ConfigError, "still 1 section"),
         (run, FORWARD, float("nan"), ConfigError, "finite number > 0"),
     ]
     for source, config, seconds, error, message in cases:
@@ -195,7 +199,7 @@ def test_the_command_extends_a_run_with_its_own_settings_and_a_video(runs, image
 
     source = input_video(tmp_path / "in.mp4", 21)
     before = hashlib.sha256(source.read_bytes()).hexdigest()
-    video_flags = ["--tiny", "--seconds", "0.4", "--window", "3", "--steps", "2", "--resolution", "64"]
+    video_flags = ["--tiny", "--seconds", "0.4", "--window", "3", "--steps", "2", "--resolution", "32"]
     assert main(["extend", str(source), *video_flags, "--out", str(tmp_path / "b.mp4")]) == 0
     assert len(decode(tmp_path / "b.mp4")) == 21 + 4 * 3
     capsys.readouterr()

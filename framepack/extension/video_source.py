@@ -18,6 +18,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from ..sampling.sections import HISTORY_FRAMES
 from ..video import find_bucket, resize_image
 from ..video.mp4_reader import VideoFile, open_video, read_frames
 from .frames import FrameSpool, StartingFrames
+
+if TYPE_CHECKING:
+    from ..pipeline import FramePackPipeline
 
 FPS_TOLERANCE = 0.01  # 29.97 fps plays as 30; 24 or 60 would change the video's speed
 
@@ -86,7 +90,7 @@ def open_source_video(path: Path, config: GenerationConfig) -> SourceVideo:
 
 
 def seed_from_video(
-    pipeline: object, source: SourceVideo, config: GenerationConfig, spool_dir: Path
+    pipeline: FramePackPipeline, source: SourceVideo, config: GenerationConfig, spool_dir: Path
 ) -> tuple[StartingFrames, torch.Tensor]:
     """Spool the video's frames into ``spool_dir`` and encode its last ones: the starting frames
     and the history [1, 16, 1 + given_sections·window, h, w] (zero-padded in front when short)."""
