@@ -145,6 +145,16 @@ def test_a_video_file_is_joined_with_its_continuation(pipe, count: int, tmp_path
     assert len(decode(source)) == count
 
 
+def test_a_video_extension_extended_again_is_the_longer_video_extension(pipe, tmp_path: Path) -> None:
+    source = input_video(tmp_path / "in.mp4", 21)
+    once = pipe.extend(source, 0.8, PROMPT, FORWARD, run_dir=tmp_path / "once")
+    first = pipe.extend(source, 0.4, PROMPT, FORWARD, run_dir=tmp_path / "first")
+    again = pipe.extend(first.run_dir, 0.4, PROMPT, run_dir=tmp_path / "again")  # its own settings and start frame
+
+    assert torch.equal(again.latents, once.latents)
+    assert np.array_equal(frames_of(again), frames_of(once))
+
+
 def test_bad_sources_and_settings_fail_before_any_run_directory(pipe, image, runs, tmp_path: Path) -> None:
     target = tmp_path / "ext"
     (tmp_path / "notes.txt").write_text("not a video")

@@ -200,23 +200,27 @@ def _encode(
     The start frame and SigLIP reference are ``image`` when given. Otherwise a video file's
     first frame; for a run, its exact start latent, and as reference the video's first frame
     (the start image itself is not kept in a run directory) or none for a text-to-video run.
+    (A run that extended a video file has the input's first frame as its start: encoded again.)
     """
     if isinstance(source, SourceVideo):
         size, reference, start_latent = source.size, image if image is not None else source.first_frame, None
     else:
         size, reference, start_latent = source.size, image, None
         if image is None and not source.text_to_video:
-            reference, start_latent = next(source.frames()), source.history[:, :, :1]
-            logger.warning(
-                "extending %s without its start image: SigLIP sees the video's first frame instead; give the "
-                "image it was made from to continue exactly as a longer run would",
-                source.path,
-            )
+            reference = next(source.frames())
+            if source.starts_with_start_latent:
+                start_latent = source.history[:, :, :1]
+                logger.warning(
+                    "extending %s without its start image: SigLIP sees the video's first frame instead; give "
+                    "the image it was made from to continue exactly as a longer run would",
+                    source.path,
+                )
     inputs = pipeline.encode(reference, prompt, config, negative_prompt=negative_prompt, size=size)
     if start_latent is not None:
         inputs = replace(inputs, start_latent=start_latent.to(inputs.start_latent))
     fingerprint = pipeline.fingerprint(inputs, prompt, config, negative_prompt=negative_prompt)
-    return inputs, fingerprint | {"extends": source.digest()}
+    kind = "video" if isinstance(source, SourceVideo) else "run"
+    return inputs, fingerprint | {"extends": {kind: source.digest()}}
 
 
 def _seed(
