@@ -508,7 +508,7 @@ class FramePackPipeline:
         image    start frame and SigLIP reference (default: the video's first frame; a run's own start latent)
         run_dir, resume, callback, negative_prompt  as ``stream``; ``resume`` continues an interrupted
                  extension, given the same source and arguments
-        The result is the whole video: the source's frames (never re-decoded), then the new ones.
+        The result is the whole video: the source's frames as they were (never through the VAE), then the new ones.
         See ``framepack.extension``.
         """
         from .extension import start_extension
