@@ -67,6 +67,13 @@ class SourceRun:
         black = digest(torch.zeros((height, width, 3), dtype=torch.uint8))
         return self.state.fingerprint.get("image") == black
 
+    @property
+    def starts_with_start_latent(self) -> bool:
+        """Whether the history's first latent is the video's start latent: true of every run but
+        the extension of a video file, whose history starts with the input's last frames."""
+        extends = self.state.fingerprint.get("extends")
+        return not (isinstance(extends, dict) and "video" in extends)
+
     def digest(self) -> str:
         """What identifies the run's result: its latents, generator state and frames."""
         tensors = self.state.tensors
