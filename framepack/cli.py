@@ -13,7 +13,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,8 +34,9 @@ from .video.buckets import MAX_RESOLUTION
 from .video.resize import RESIZE_METHODS
 
 if TYPE_CHECKING:
-    from .pipeline import FramePackPipeline
+    from .pipeline import FramePackPipeline, GenerationRun
     from .prompt_schedule import PromptSchedule
+    from .sampling.loop import Progress, ProgressCallback
     from .sampling.sections import SectionPlan
 
 DTYPES = ("bf16", "fp16", "fp32")
@@ -116,7 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     _blend_argument(plan)
     plan.set_defaults(run=_plan)
 
-    for p in (gen, plan):
+    from .cli_extend import add_extend_command
+
+    extend = add_extend_command(sub)
+
+    for p in (gen, plan, extend):
         p.add_argument("--verbose", action="store_true", help="log progress details")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
@@ -163,42 +168,51 @@ def _generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--crf", type=int, default=16, help="H.264 quality, 0 (best) to 51")
     gen.add_argument("--vae-tiling", action="store_true", default=None, help="decode in spatial tiles (less memory)")
-    gen.add_argument(
+    _model_arguments(gen)
+    gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")
+    gen.add_argument("--resume", help="continue an interrupted run from its run directory")
+    gen.add_argument("--tiny", action="store_true", help="tiny random models: offline demo, the video is noise")
+    _lora_arguments(gen)
+    _queue_arguments(gen)
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the models come from and how they are placed and run (``_load_pipeline`` reads them)."""
+    parser.add_argument(
         "--compile", action="store_true", help="torch.compile the transformer blocks (the first section compiles)"
     )
-    gen.add_argument(
+    parser.add_argument(
         "--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)"
     )
-    gen.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
-    gen.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
-    _file_arguments(gen)
-    gen.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
-    gen.add_argument(
+    parser.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
+    parser.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
+    _file_arguments(parser)
+    parser.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
+    parser.add_argument(
         "--dtype",
         choices=DTYPES,
         default=None,
         help="transformer dtype (default: bf16 on GPUs that compute it natively, else fp16; fp32 on CPU)",
     )
-    gen.add_argument(
+    parser.add_argument(
         "--vram-budget", type=float, help="GPU memory to stay within, GB > 0 (streams blocks, swaps components)"
     )
-    gen.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
-    gen.add_argument(
+    parser.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
+    parser.add_argument(
         "--fp8",
         action="store_true",
         help="transformer block Linear weights in fp8, block-scaled (0.65x the streamed bytes of bf16)",
     )
-    gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")
-    gen.add_argument("--resume", help="continue an interrupted run from its run directory")
-    gen.add_argument("--tiny", action="store_true", help="tiny random models: offline demo, the video is noise")
-    gen.add_argument(
+
+
+def _lora_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--lora",
         action="append",
         default=[],
         metavar="PATH[:STRENGTH]",
         help="LoRA file applied at run time, strength default 1 (repeatable: they stack)",
     )
-    _queue_arguments(gen)
 
 
 def _queue_arguments(parser: argparse.ArgumentParser) -> None:
@@ -316,9 +330,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.from_settings is not None:
         apply_from(args, args.typed, demo_image)
     # Check everything before any model: a bad path fails in a second, not after loading 30 GB.
-    _check_device(args.device)
-    if args.vram_budget is not None and not (math.isfinite(args.vram_budget) and args.vram_budget > 0):
-        raise InputError(f"--vram-budget: expected a finite number of GB > 0, got {args.vram_budget:g}")
+    _check_model_arguments(args)
     if is_queue(args):
         allowed = destinations(_generate_arguments) | {f.name for f in dataclasses.fields(GenerationConfig)}
         jobs = plan_jobs(args, allowed, MODEL_ARGUMENTS)
@@ -327,6 +339,12 @@ def _generate(args: argparse.Namespace) -> int:
     pipe = _load_pipeline(args, config)
     _run_job(pipe, args, config)
     return 0
+
+
+def _check_model_arguments(args: argparse.Namespace) -> None:
+    _check_device(args.device)
+    if args.vram_budget is not None and not (math.isfinite(args.vram_budget) and args.vram_budget > 0):
+        raise InputError(f"--vram-budget: expected a finite number of GB > 0, got {args.vram_budget:g}")
 
 
 def _job_config(args: argparse.Namespace) -> GenerationConfig:
@@ -416,9 +434,27 @@ def _load_pipeline(args: argparse.Namespace, config: GenerationConfig) -> FrameP
 
 def _run_job(pipe: FramePackPipeline, args: argparse.Namespace, config: GenerationConfig) -> Path:
     """Generate one video into ``args.out`` with a progress bar; returns its path."""
-    from tqdm import tqdm
+    image = args.image if args.image else demo_image(config.resolution)  # a path: the settings record it
+    return _run_with_progress(
+        args,
+        lambda on_step: pipe.stream(
+            image,
+            _prompt_argument(args),
+            config,
+            end_image=args.end_image,
+            negative_prompt=args.negative_prompt,
+            # Paths, not pixels: the settings record each keyframe's path and digest (framepack.run_settings).
+            keyframes={section: path for section, (_, path) in _keyframes(args, config).items()},
+            callback=on_step,
+            run_dir=args.run_dir,
+            resume=args.resume,
+        ),
+    )
 
-    from .sampling.loop import Progress
+
+def _run_with_progress(args: argparse.Namespace, start: Callable[[ProgressCallback], GenerationRun]) -> Path:
+    """Start a run with a progress bar as its callback, iterate it and save the video to ``--out``."""
+    from tqdm import tqdm
 
     def on_step(progress: Progress) -> None:
         bar.set_description(
@@ -426,26 +462,10 @@ def _run_job(pipe: FramePackPipeline, args: argparse.Namespace, config: Generati
         )
         bar.update(1)
 
-    image = args.image if args.image else demo_image(config.resolution)  # a path: the settings record it
     # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
-    run = pipe.stream(
-        image,
-        _prompt_argument(args),
-        config,
-        end_image=args.end_image,
-        negative_prompt=args.negative_prompt,
-        # Paths, not pixels: the settings record each keyframe's path and digest (framepack.run_settings).
-        keyframes={section: path for section, (_, path) in _keyframes(args, config).items()},
-        callback=on_step,
-        run_dir=args.run_dir,
-        resume=args.resume,
-    )
-    bar = tqdm(
-        total=run.plan.num_sections * config.steps,
-        initial=run.sections_done * config.steps,
-        unit="step",
-        dynamic_ncols=True,
-    )
+    run = start(on_step)
+    steps = run.config.steps
+    bar = tqdm(total=run.plan.num_sections * steps, initial=run.sections_done * steps, unit="step", dynamic_ncols=True)
     args.run_dir_used = run.run_dir
     try:
         for section in run:
@@ -618,9 +638,10 @@ def _check_out(args: argparse.Namespace) -> None:
         raise InputError(f"--out: expected a file in an existing folder, but {folder} {problem}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"--out: expected a file in a folder you can write to, but {folder} is not writable")
-    inputs = [("--image", args.image), ("--end-image", args.end_image), ("--run-dir", args.run_dir),
-              ("--resume", args.resume), ("--from", args.from_settings)]  # fmt: skip
-    inputs += [("--keyframe", spec.partition("=")[2]) for spec in args.keyframe]
+    # ``framepack extend`` has no end image, keyframes or --from: its own inputs are checked in cli_extend.
+    inputs = [("--image", args.image), ("--end-image", getattr(args, "end_image", None)), ("--run-dir", args.run_dir),
+              ("--resume", args.resume), ("--from", getattr(args, "from_settings", None))]  # fmt: skip
+    inputs += [("--keyframe", spec.partition("=")[2]) for spec in getattr(args, "keyframe", ())]
     for flag, other in inputs:
         if other and _same_path(out, Path(other)):
             raise InputError(f"--out: expected a path of its own, but {args.out!r} is also the {flag} {other!r}")

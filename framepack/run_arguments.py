@@ -26,6 +26,7 @@ TINY_DEFAULTS = {"resolution": 128, "seconds": 1.0, "steps": 8}
 MODEL_ARGUMENTS = (
     "tiny", "model", "hunyuan", "redux", "comfyui", "transformer_file", "text_encoder_file", "clip_file",
     "image_encoder_file", "vae_file", "tokenizers", "device", "dtype", "vram_budget", "mmap", "fp8", "lora",
+    "compile",
 )  # fmt: skip
 DTYPE_FLAGS = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
 # single-file source name in the record -> its flag's dest
