@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from .layers import (
     MLPEmbedder,
     Modulation,
     Scratch,
+    attention,
     layer_norm,
     modulate_,
     pool_rope_table,
@@ -175,11 +176,26 @@ class PreparedInputs:
     noisy_tokens: int  # tokens of the noisy window, the last of the image stream
 
 
+class SequenceParallel(Protocol):
+    """Splits one call's tokens over a group of ranks (framepack.distributed.UlyssesParallel)."""
+
+    def split(self, n_img: int, n_ctx: int, rope: torch.Tensor, mask: torch.Tensor | None, batch: int) -> Any:
+        """This rank's share: ``.img_local`` tokens, ``.rope``, ``.key_mask``, ``.local_joint``, ``.gather_image``."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of this rank's tokens over every rank's tokens."""
+
+
 class TransformerStack:
     """One call's block stack as a cache policy sees it (framepack.cache.base.BlockStack).
 
     Double blocks then single blocks form one list; the context stream rides along in
     the joint buffer and only the image stream is returned.
+
+    Under sequence parallelism (``parallel``) the joint buffer holds only this rank's share of
+    the tokens and the blocks attend through ``parallel.attend``; the image stream going in
+    and coming out is whole on every rank, so a cache policy decides from the same values
+    on every rank.
     """
 
     def __init__(
@@ -191,7 +207,10 @@ class TransformerStack:
         rope: torch.Tensor,
         mask: torch.Tensor | None,
         guard: FiniteGuard | None = None,
+        parallel: SequenceParallel | None = None,
     ) -> None:
+        if parallel is not None and model.compiled_blocks is not None:
+            raise ConfigError("sequence parallelism runs eager blocks: load the model without compile")
         self._model = model
         self._image = image
         self._context = context
@@ -202,6 +221,10 @@ class TransformerStack:
         self._joint: torch.Tensor | None = None
         self._next_block = 0
         self._scratch = Scratch()  # the blocks' largest temporaries, one allocation per call
+        self._split = (
+            None if parallel is None else parallel.split(image.shape[1], context.shape[1], rope, mask, len(image))
+        )
+        self._attend = attention if parallel is None else parallel.attend
 
     @property
     def stack_input(self) -> torch.Tensor:
@@ -216,7 +239,7 @@ class TransformerStack:
 
     @torch.no_grad()
     def run_first(self) -> torch.Tensor:
-        self._joint = torch.cat([self._image, self._context], dim=1)
+        self._joint = self._start_joint()
         # A copy: run_rest updates the joint buffer in place, and the policy subtracts this from its output.
         return self._run(0, 1).clone()
 
@@ -227,16 +250,26 @@ class TransformerStack:
 
     @torch.no_grad()
     def run_all(self) -> torch.Tensor:
-        self._joint = torch.cat([self._image, self._context], dim=1)
+        self._joint = self._start_joint()
         return self._run(0, self._model.num_blocks)
+
+    def _start_joint(self) -> torch.Tensor:
+        if self._split is None:
+            return torch.cat([self._image, self._context], dim=1)
+        return self._split.local_joint(self._image, self._context)
 
     @torch.no_grad()
     def _run(self, start: int, stop: int) -> torch.Tensor:
-        n_img = self._image.shape[1]
+        split = self._split
+        n_img, rope, mask = (
+            (self._image.shape[1], self._rope, self._mask)
+            if split is None
+            else (split.img_local, split.rope, split.key_mask)
+        )
         compiled = self._model.compiled_blocks
         for index, block in zip(range(start, stop), self._model._blocks(start, stop)):
             if compiled is None:
-                block(self._joint, n_img, self._temb_act, self._rope, self._mask, self._scratch)  # in place
+                block(self._joint, n_img, self._temb_act, rope, mask, self._scratch, self._attend)  # in place
             else:  # a compiled block returns a new stream
                 self._joint = compiled.run(
                     block, self._joint, n_img, self._temb_act, self._rope, self._mask, self._scratch
@@ -244,7 +277,8 @@ class TransformerStack:
             if self._guard is not None:
                 self._guard.record(1 + index, self._joint)
         self._next_block = stop
-        return self._joint[:, :n_img]
+        image = self._joint[:, :n_img]
+        return image if split is None else split.gather_image(image)
 
 
 # The streams are float32 under float16 weights, so an inf there came from a float16 matmul.
@@ -330,6 +364,7 @@ class FramePackTransformer(LoraMethods, PretrainedModel):
     weights_name = "diffusion_pytorch_model"
     checkpoint_class_name = "HunyuanVideoFramepackTransformer3DModel"
     compiled_blocks: CompiledBlocks | None = None  # set by ``compile``
+    sequence_parallel: SequenceParallel | None = None  # set by framepack.distributed.sequence_parallel
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -548,7 +583,9 @@ class FramePackTransformer(LoraMethods, PretrainedModel):
             guard.record(0, text)
         context = text if prepared.image_tokens is None else torch.cat([prepared.image_tokens.to(stream), text], dim=1)
 
-        stack = TransformerStack(self, image, context, temb, prepared.rope, prepared.joint_mask, guard)
+        stack = TransformerStack(
+            self, image, context, temb, prepared.rope, prepared.joint_mask, guard, self.sequence_parallel
+        )
         if cache is None:
             image = stack.run_all()
         else:

@@ -7,6 +7,7 @@ to the checkpoint. Blocks update the joint image+context buffer in place (see ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -30,6 +31,10 @@ from .layers import (
     replicate_pad,
 )
 from .linear import Linear
+
+# The attention of a block: [B, L, H, hd] q, k, v and a key mask -> [B, L, H*hd]. Single-process
+# runs use ``layers.attention``; sequence parallelism (framepack.distributed) passes its own.
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 class PatchEmbed(nn.Module):
@@ -158,6 +163,7 @@ class DoubleStreamBlock(nn.Module):
         rope: torch.Tensor,
         mask: torch.Tensor | None,
         scratch: Scratch,
+        attend: Attend = attention,
     ) -> torch.Tensor:
         mod = self.modulation(temb_act).to(joint.dtype)  # float32 modulation under float16 weights
         mod[:, 1::3].add_(1)  # every scale becomes 1 + scale
@@ -172,7 +178,7 @@ class DoubleStreamBlock(nn.Module):
         qkv = qkv.unflatten(-1, (3, self.heads, -1))  # joint [image | context] q, k, v
         image_weights, context_weights = self.image_qk_norm.view(2, 1, -1), self.context_qk_norm.view(2, 1, -1)
         qk_norm_rope_(qkv[:, :, :2], n_img, image_weights, context_weights, rope)
-        attn_out = attention(*qkv.unbind(2), mask)
+        attn_out = attend(*qkv.unbind(2), mask)
         # In place into the stream: a float16 update meets a float32 stream in float32 (add_residual's rule).
         x.addcmul_(self.image_attn_out(attn_out[:, :n_img]), gate[:, None])
         c.addcmul_(self.context_attn_out(attn_out[:, n_img:]), c_gate[:, None])
@@ -211,6 +217,7 @@ class SingleStreamBlock(nn.Module):
         rope: torch.Tensor,
         mask: torch.Tensor | None,
         scratch: Scratch,
+        attend: Attend = attention,
     ) -> torch.Tensor:
         mod = self.modulation(temb_act).to(joint.dtype)  # float32 modulation under float16 weights
         mod[:, 1].add_(1)
@@ -222,5 +229,5 @@ class SingleStreamBlock(nn.Module):
         weights = self.qk_norm.view(2, 1, -1)
         qk_norm_rope_(qkv[:, :, :2], n_img, weights, weights, rope)
         gelu_tanh_(h[..., 3 * dim :])
-        h[..., 2 * dim : 3 * dim] = attention(*qkv.unbind(2), mask)  # attention output takes v's place
+        h[..., 2 * dim : 3 * dim] = attend(*qkv.unbind(2), mask)  # attention output takes v's place
         return joint.addcmul_(self.proj_out(h[..., 2 * dim :]), gate[:, None])
