@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..cache.base import NEGATIVE, CachePolicy, PolicyBranch
+from ..cache.base import NEGATIVE, POSITIVE, CachePolicy, PolicyBranch
 from ..errors import ConfigError
 
 
@@ -27,6 +27,16 @@ class Denoising(Protocol):
         *,
         cache: CachePolicy | PolicyBranch | None = None,
     ) -> torch.Tensor: ...
+
+
+class BranchSplit(Protocol):
+    """CFG parallelism: this process computes one branch, another process the other
+    (framepack.distributed.CfgParallel)."""
+
+    branch: str  # POSITIVE or NEGATIVE: the branch this process computes
+
+    def exchange(self, velocity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's branch velocity in, (positive, negative) velocities out, on every process."""
 
 
 def combine_guidance(
@@ -52,6 +62,9 @@ class GuidedDenoiser:
     With a cache policy, the positive pass runs with the policy and the negative pass with its
     negative branch (``policy.branch(NEGATIVE)``), so each branch keeps its own residuals and
     decision state. Settings are taken as validated (``SamplingSettings``).
+
+    With ``branches`` (CFG parallelism) and real CFG, this process runs only its own branch
+    and receives the other's velocity; both are then combined exactly as here.
     """
 
     def __init__(
@@ -63,6 +76,7 @@ class GuidedDenoiser:
         real_cfg: float = 1.0,
         cfg_rescale: float = 0.0,
         cache: CachePolicy | None = None,
+        branches: BranchSplit | None = None,
     ) -> None:
         if real_cfg != 1.0 and negative is None:
             raise ConfigError(f"real_cfg is {real_cfg}: real CFG needs prepared negative inputs, got None")
@@ -74,6 +88,7 @@ class GuidedDenoiser:
         self.cache = cache
         self.negative_cache = None if cache is None else cache.branch(NEGATIVE)
         self.model_dtype = next(iter(transformer.parameters())).dtype
+        self.branches = branches
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         batch = x.shape[0]
@@ -81,10 +96,17 @@ class GuidedDenoiser:
         model_x = x.to(self.model_dtype)
         timestep = (sigmas * 1000.0).to(self.model_dtype)
         call = self.transformer.denoise
-        v_pos = call(model_x, timestep, self.positive, cache=self.cache).float()
-        v_neg = None
-        if self.real_cfg != 1.0:
-            v_neg = call(model_x, timestep, self.negative, cache=self.negative_cache).float()
+        if self.real_cfg != 1.0 and self.branches is not None:
+            if self.branches.branch == POSITIVE:
+                mine = call(model_x, timestep, self.positive, cache=self.cache)
+            else:
+                mine = call(model_x, timestep, self.negative, cache=self.negative_cache)
+            v_pos, v_neg = self.branches.exchange(mine.float())
+        else:
+            v_pos = call(model_x, timestep, self.positive, cache=self.cache).float()
+            v_neg = None
+            if self.real_cfg != 1.0:
+                v_neg = call(model_x, timestep, self.negative, cache=self.negative_cache).float()
         velocity = combine_guidance(v_pos, v_neg, self.real_cfg, self.cfg_rescale)
         # x0 from the latents the model saw (rounded on low-precision models), as the reference.
         return torch.add(model_x.float(), velocity, alpha=-sigma).to(x.dtype)

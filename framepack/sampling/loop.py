@@ -18,7 +18,7 @@ from ..cache.base import SectionStats
 from ..conditioning import Conditioning
 from ..errors import ConfigError, GenerationCancelled, GenerationInterrupted, InputError, NumericalError
 from .control import SectionControl
-from .guidance import Denoising, GuidedDenoiser
+from .guidance import BranchSplit, Denoising, GuidedDenoiser
 from .schedule import flux_sigmas, sequence_length
 from .sections import SectionHistory, SectionLayout, SectionPlan, plan_sections, section_image_embeds
 from .settings import SamplingSettings
@@ -91,6 +91,7 @@ def stream_latents(
     generator: torch.Generator | None = None,
     resume_history: torch.Tensor | None = None,
     sections_done: int = 0,
+    branches: BranchSplit | None = None,
 ) -> Iterator[SectionResult]:
     """Generate section by section, yielding each finished one.
 
@@ -115,6 +116,8 @@ def stream_latents(
     resume_history    to continue an interrupted run: the ``history`` of its last finished
     sections_done     section and how many sections had finished; ``generator`` must then be in
                       the state it had after that section
+    branches          CFG parallelism: this process computes one guidance branch and exchanges
+                      velocities with the process computing the other (framepack.distributed)
 
     A cancelled or failed run raises GenerationCancelled / GenerationInterrupted whose
     ``partial`` holds the real latents of the finished sections (None if none finished).
@@ -198,6 +201,7 @@ def stream_latents(
                 real_cfg=config.real_cfg,
                 cfg_rescale=config.cfg_rescale,
                 cache=policy,
+                branches=branches,
             )
             noise = torch.randn(noise_shape, generator=generator, device=generator.device, dtype=torch.float32)
             generated = sample_unipc(
@@ -263,6 +267,7 @@ def generate_latents(
     control: SectionControl | None = None,
     callback: ProgressCallback | None = None,
     generator: torch.Generator | None = None,
+    branches: BranchSplit | None = None,
 ) -> torch.Tensor:
     """The whole video's latents [B, 16, T, h, w] in temporal order (T = sections·window + 1).
 
@@ -281,6 +286,7 @@ def generate_latents(
         control=control,
         callback=callback,
         generator=generator,
+        branches=branches,
     ):
         pass
     assert result is not None  # a plan always has at least one section

@@ -1,0 +1,104 @@
+"""Joining the process group and laying the ranks out for one kind of parallelism.
+
+``torchrun --nproc-per-node N`` starts N processes and describes the group in their
+environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); ``join`` reads it. Collectives
+time out (``timeout_s``), so a rank that dies makes the others fail instead of waiting
+forever; torchrun also ends the other ranks as soon as one exits with an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+from ..models.transformer import FramePackTransformer
+from .cfg import CfgParallel
+from .sequence import sequence_parallel
+
+MODES = ("ulysses", "cfg", "jobs")
+DEFAULT_TIMEOUT_S = 600.0
+
+
+@dataclasses.dataclass
+class Parallel:
+    """This process's place in a parallel run.
+
+    ``ulysses``: every rank shares every transformer call's tokens. ``cfg``: 2·N ranks, the
+    first N compute the positive branch, the last N the negative one, each half splitting
+    its tokens N ways. ``jobs``: each rank generates whole videos of a queue.
+    """
+
+    mode: str
+    rank: int
+    world_size: int
+    sequence_group: dist.ProcessGroup | None = None  # None: no sequence parallelism
+    sequence_size: int = 1
+    branches: CfgParallel | None = None
+
+    @property
+    def is_writer(self) -> bool:
+        """Only rank 0 writes outputs, progress and run folders."""
+        return self.rank == 0
+
+    @contextmanager
+    def applied(self, transformer: FramePackTransformer) -> Iterator[None]:
+        """``transformer`` splits its tokens over this rank's sequence group within the block."""
+        with ExitStack() as stack:
+            if self.sequence_size > 1:
+                stack.enter_context(sequence_parallel(transformer, self.sequence_group))
+            yield
+
+
+def join(
+    backend: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    *,
+    init_method: str | None = None,
+    rank: int = -1,
+    world_size: int = -1,
+) -> None:
+    """Join the process group torchrun describes (or ``init_method`` with ``rank`` and
+    ``world_size``); nccl on GPUs, else gloo. Each collective fails after ``timeout_s``."""
+    if dist.is_initialized():
+        return
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(
+        backend,
+        init_method=init_method,
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
+def plan(mode: str) -> Parallel:
+    """Lay the ranks of the joined group out for ``mode``; every rank must call it (groups are collective)."""
+    if mode not in MODES:
+        raise ConfigError(f"parallel: mode must be one of {list(MODES)}, got {mode!r}")
+    if not dist.is_initialized():
+        raise ConfigError(f"parallel {mode!r}: no process group; start with torchrun --nproc-per-node N")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if mode == "jobs":
+        return Parallel(mode, rank, world)
+    if mode == "ulysses":
+        return Parallel(mode, rank, world, sequence_group=None, sequence_size=world)
+    if world % 2:
+        raise ConfigError(f"parallel 'cfg': needs 2·N ranks (positive and negative halves), got {world}")
+    half = world // 2
+    sequence_groups = [dist.new_group(list(range(b * half, (b + 1) * half))) for b in range(2)]
+    branch_groups = [dist.new_group([j, half + j]) for j in range(half)]
+    return Parallel(
+        mode,
+        rank,
+        world,
+        sequence_group=sequence_groups[rank // half],
+        sequence_size=half,
+        branches=CfgParallel(branch_groups[rank % half]),
+    )
