@@ -36,6 +36,8 @@ from .components import (
 from .conditioning import Conditioning
 from .config import GenerationConfig
 from .device_runtime import runtime
+from .distributed.launch import Parallel
+from .distributed.ulysses import UlyssesParallel
 from .errors import ConfigError, InputError
 from .keyframes import KeyframeKey, check_keyframes, keyframe_coverage
 from .lora import LoraWeights
@@ -84,9 +86,13 @@ class EncodedInputs:
 class FramePackPipeline:
     """Wires the encoders, VAE, transformer, sampler and video output together."""
 
-    def __init__(self, components: Components, *, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, components: Components, *, device: torch.device | str = "cpu", parallel: Parallel | None = None
+    ) -> None:
         self.components = components
         self.device = torch.device(device)
+        self.parallel: Parallel | None = None
+        self.use_parallel(parallel)
         self._placement: Placement | None = None
         self._budget_arguments: tuple[float | None, int, int] | None = None  # set_vram_budget's last
         # Where the weights came from, for the settings every video records (framepack.run_settings).
@@ -288,6 +294,49 @@ class FramePackPipeline:
         self._placement = Placement(self.components.modules(), self.device, plan)
         logger.info("memory plan: %s", plan)
         return plan
+
+    # --- several processes -----------------------------------------------------------------
+    def use_parallel(self, parallel: Parallel | None) -> None:
+        """Generate together with the other ranks of ``parallel`` (``framepack.distributed.launch.plan``),
+        or alone (None). Every rank calls ``generate`` with the same arguments; rank 0 returns the
+        video and writes every file, the others sample in step with it and return None.
+        ``jobs`` parallelism changes nothing here: each rank generates its own videos."""
+        transformer = self.components.transformer
+        transformer.sequence_parallel = None
+        if parallel is not None and parallel.sequence_size > 1:
+            sequence = UlyssesParallel(parallel.sequence_group)
+            sequence.check_heads(transformer.config.num_attention_heads)
+            if transformer.compiled_blocks is not None:
+                raise ConfigError("sequence parallelism runs eager blocks: do not compile the transformer (--compile)")
+            transformer.sequence_parallel = sequence
+        self.parallel = parallel
+
+    def _samples_for_rank_0(self) -> bool:
+        """True on the ranks that sample in step with rank 0 and write nothing."""
+        return self.parallel is not None and self.parallel.mode != "jobs" and not self.parallel.is_writer
+
+    def _follow(
+        self, image: ImageInput | None, prompt: str | PromptSchedule, config: GenerationConfig, **given: Any
+    ) -> None:
+        """A rank other than 0: the same encoding and sampling as rank 0's run, nothing written."""
+        inputs = self.encode(image, as_prompt(prompt), config, **given)
+        sections = stream_latents(
+            self.components.transformer,
+            inputs.conditioning,
+            inputs.start_latent,
+            config,
+            negative=inputs.negative,
+            end_latent=inputs.end_latent,
+            end_image_embeds=inputs.end_image_embeds,
+            control=inputs.control,
+            generator=torch.Generator("cpu").manual_seed(config.seed),  # the same noise as rank 0
+            branches=self.parallel.branches,
+        )
+        for _ in range(
+            plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode).num_sections
+        ):
+            with self._phase("sampling"):
+                next(sections)
 
     # --- compiling -----------------------------------------------------------------------
     def compile(self, mode: str = "default") -> CompiledBlocks:
@@ -558,7 +607,21 @@ class FramePackPipeline:
         run_dir: str | os.PathLike[str] | None = None,
         resume: str | os.PathLike[str] | None = None,
     ) -> VideoResult:
-        """Generate a whole video (arguments as ``stream``)."""
+        """Generate a whole video (arguments as ``stream``).
+
+        Under ``use_parallel`` (not ``jobs``) every rank calls this; ranks other than 0 return None.
+        """
+        if self._samples_for_rank_0():
+            if resume is not None:
+                raise ConfigError("resume: a parallel run cannot be resumed; run the resume in one process")
+            config = config or GenerationConfig()
+            check_inputs(config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes)
+            self._follow(
+                image, prompt, config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes
+            )
+            return None  # type: ignore[return-value]  # only rank 0 has the video
+        if resume is not None and self.parallel is not None and self.parallel.mode != "jobs":
+            raise ConfigError("resume: a parallel run cannot be resumed; run the resume in one process")
         run = self.stream(
             image,
             prompt,
@@ -886,6 +949,7 @@ class GenerationRun:
             generator=generator,
             resume_history=history,
             sections_done=done,
+            branches=None if p.parallel is None else p.parallel.branches,
         )
         result: SectionResult | None = None
         for _ in range(

@@ -125,3 +125,20 @@ def failing_worker(rank: int, folder: Path) -> None:
 
 def _broken(*_: Any) -> None:
     raise RuntimeError("rank 1 broke on purpose")
+
+
+def pipeline_worker(rank: int, folder: Path) -> None:
+    """The API: every rank calls generate; rank 0 gets the video and writes, rank 1 writes nothing."""
+    from framepack import FramePackPipeline
+    from framepack.cli import demo_image
+
+    pipe = FramePackPipeline.tiny()
+    config = GenerationConfig(window=3, steps=3, resolution=64, seconds=0.8, real_cfg=2.0, distilled_cfg=1.0)
+    image = demo_image(96)
+    alone = pipe.generate(image, "a dancer", config, negative_prompt="blur", run_dir=folder / f"alone_{rank}")
+    pipe.use_parallel(plan("cfg"))
+    together = pipe.generate(image, "a dancer", config, negative_prompt="blur", run_dir=folder / f"together_{rank}")
+    torch.save(
+        {"alone": alone.latents, "together": None if together is None else together.latents},
+        folder / f"rank_{rank}.pt",
+    )

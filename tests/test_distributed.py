@@ -20,8 +20,8 @@ def close(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def run_ok(worker: support.Worker, world: int, folder: Path) -> list[dict]:
-    codes = support.spawn(worker, world, folder)
+def run_ok(worker: support.Worker, world: int, folder: Path, timeout_s: float = 60.0) -> list[dict]:
+    codes = support.spawn(worker, world, folder, timeout_s=timeout_s)
     errors = {p.name: p.read_text() for p in folder.glob("error_*.txt")}
     assert codes == [0] * world, errors
     return results(folder, world)
@@ -65,3 +65,11 @@ def test_heads_must_divide_over_the_ranks() -> None:
     parallel.size = 5
     with pytest.raises(ConfigError, match=r"24 attention heads .* 5 ranks.*\[1, 2, 3, 4, 6, 8, 12, 24\]"):
         parallel.check_heads(24)
+
+
+def test_pipeline_cfg_parallel_only_rank_0_writes(tmp_path: Path) -> None:
+    ranks = run_ok(support.pipeline_worker, 2, tmp_path, timeout_s=180)
+    assert close(ranks[0]["together"], ranks[0]["alone"]) < 1e-5
+    assert ranks[1]["together"] is None
+    assert (tmp_path / "together_0" / "video.mp4").exists()
+    assert not (tmp_path / "together_1").exists()
