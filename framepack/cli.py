@@ -34,6 +34,7 @@ from .video.buckets import MAX_RESOLUTION
 from .video.resize import RESIZE_METHODS
 
 if TYPE_CHECKING:
+    from .distributed.launch import Parallel
     from .pipeline import FramePackPipeline, GenerationRun
     from .prompt_schedule import PromptSchedule
     from .sampling.loop import Progress, ProgressCallback
@@ -233,6 +234,12 @@ def _queue_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue-dir", help="the queue's state and run folders (default: JOBS.queue beside --jobs, else OUT.queue)"
     )
+    parser.add_argument(
+        "--parallel",
+        choices=("ulysses", "cfg", "jobs"),
+        help="under torchrun: split each step's tokens over the ranks (ulysses), the two real-CFG branches "
+        "over 2·N ranks (cfg), or a queue's videos over the ranks (jobs)",
+    )
 
 
 def _keyframe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -325,20 +332,53 @@ def _setting(args: argparse.Namespace, name: str, default: float) -> float:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .job_queue import is_queue, plan_jobs, run_queue
+    from .job_queue import default_queue_dir, is_queue, plan_jobs, run_queue
 
     if args.from_settings is not None:
         apply_from(args, args.typed, demo_image)
     # Check everything before any model: a bad path fails in a second, not after loading 30 GB.
     _check_model_arguments(args)
+    parallel = _join_parallel(args)
     if is_queue(args):
         allowed = destinations(_generate_arguments) | {f.name for f in dataclasses.fields(GenerationConfig)}
         jobs = plan_jobs(args, allowed, MODEL_ARGUMENTS)
+        if parallel is not None:  # jobs: each rank runs every world_size-th job, with its own queue folder
+            jobs = jobs[parallel.rank :: parallel.world_size]
+            args.queue_dir = str(Path(args.queue_dir or default_queue_dir(args)) / f"rank-{parallel.rank}")
         return run_queue(args, jobs, _load_pipeline, _job_config, _run_job, _report, print)
     config = _job_config(args)
     pipe = _load_pipeline(args, config)
+    pipe.use_parallel(parallel)
+    if pipe._samples_for_rank_0():  # rank 0 shows progress and writes --out
+        pipe.generate(
+            args.image if args.image else demo_image(config.resolution),
+            _prompt_argument(args),
+            config,
+            end_image=args.end_image,
+            negative_prompt=args.negative_prompt,
+            keyframes={section: path for section, (_, path) in _keyframes(args, config).items()},
+        )
+        return 0
     _run_job(pipe, args, config)
     return 0
+
+
+def _join_parallel(args: argparse.Namespace) -> Parallel | None:
+    """With --parallel: join torchrun's process group and lay the ranks out (every rank runs this)."""
+    if args.parallel is None:
+        return None
+    from .distributed.launch import join, plan
+    from .job_queue import is_queue
+
+    if is_queue(args) != (args.parallel == "jobs"):
+        raise ConfigError(
+            "--parallel jobs spreads a queue (--seeds, --count or --jobs) over the ranks; "
+            f"--parallel {args.parallel} makes one video, got " + ("a queue" if is_queue(args) else "no queue")
+        )
+    if args.resume is not None and args.parallel != "jobs":
+        raise ConfigError("--resume: a parallel run cannot be resumed; resume it in one process")
+    join()
+    return plan(args.parallel)
 
 
 def _check_model_arguments(args: argparse.Namespace) -> None:

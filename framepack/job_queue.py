@@ -37,7 +37,9 @@ QUEUE_FILE = "queue.json"
 _FORMAT = 1
 # Arguments a job may not set: the queue's own, and the models', which load once for all jobs
 # (the mode picks the transformer).
-QUEUE_ARGUMENTS = ("jobs", "seeds", "count", "queue_dir", "run_dir", "resume", "from_settings", "verbose", "debug")
+QUEUE_ARGUMENTS = (
+    "jobs", "seeds", "count", "queue_dir", "run_dir", "resume", "from_settings", "verbose", "debug", "parallel",
+)  # fmt: skip
 # What the command keeps beside the arguments (argparse's subcommand and function, main's notes).
 _BOOKKEEPING = ("command", "run", "typed", "run_dir_used", "queue_dir_used")
 MODEL_SETTINGS = ("mode",)  # picks the transformer (i2v or f1), so it is the queue's too
