@@ -19,6 +19,7 @@ time estimated from its FLOPs at ``--tflops`` per GPU (an assumption, printed as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -78,9 +79,11 @@ def rank_main(rank: int, world: int, rendezvous: str, backend: str, latent: int,
     prepared = model.prepare(cond, None, latents.shape)
     timestep = torch.tensor([900.0], device=device)
     sync = torch.cuda.synchronize if backend == "nccl" else (lambda: None)
-    with sequence_parallel(model) as parallel:
+    # One rank runs the unchanged single-process path: the baseline.
+    with sequence_parallel(model) if world > 1 else contextlib.nullcontext() as parallel:
         model.denoise(latents, timestep, prepared)  # warm-up
-        parallel.bytes_exchanged = 0
+        if parallel is not None:
+            parallel.bytes_exchanged = 0
         times = []
         for _ in range(repeats):
             dist.barrier()
@@ -91,7 +94,8 @@ def rank_main(rank: int, world: int, rendezvous: str, backend: str, latent: int,
             times.append(time.perf_counter() - start)
     if rank == 0:
         tokens = 9 * (latent // 2) ** 2 + 729 + 80
-        Path(out).write_text(f"{statistics.median(times)} {parallel.bytes_exchanged / repeats} {tokens}")
+        sent = 0 if parallel is None else parallel.bytes_exchanged / repeats
+        Path(out).write_text(f"{statistics.median(times)} {sent} {tokens}")
     dist.destroy_process_group()
 
 
