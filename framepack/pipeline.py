@@ -858,7 +858,6 @@ class GenerationRun:
         height, width = inputs.image.shape[:2]
         video = {"height": height, "width": width, "frames": self.plan.pixel_frames, "sections": self.plan.num_sections}
         settings = p.settings_record(given, config, fingerprint, video=video)
-        write_settings_json(self.run_dir, settings)
         generator = torch.Generator("cpu").manual_seed(config.seed)
         done, history = 0, None
         if saved is not None:
@@ -872,6 +871,8 @@ class GenerationRun:
             history = saved.tensors["history"].to(p.device)
             done = saved.sections_done
             logger.info("resuming %s after %d of %d sections", self.run_dir, done, self.plan.num_sections)
+        # Only once the run is known to be this one: a refused resume leaves the folder's settings as they were.
+        write_settings_json(self.run_dir, settings)
         started = time.perf_counter()
         sections = stream_latents(
             p.components.transformer,
