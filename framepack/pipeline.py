@@ -856,8 +856,8 @@ class GenerationRun:
         inputs, fingerprint = self._encoded()
         given = self._inputs
         height, width = inputs.image.shape[:2]
-        video = {"height": height, "width": width, "frames": self.plan.pixel_frames, "sections": self.plan.num_sections}
-        settings = p.settings_record(given, config, fingerprint, video=video)
+        video = {"height": height, "width": width, "frames": self.plan.pixel_frames, "sections": self._new_sections()}
+        settings = p.settings_record(given, config, fingerprint, video=video) | self._record_extras()
         generator = torch.Generator("cpu").manual_seed(config.seed)
         done, history = 0, None
         if saved is not None:
@@ -921,6 +921,9 @@ class GenerationRun:
         late = previews.close()
         if late is not None:
             raise late
+        if len(frames) != settings["video"]["frames"]:  # an extension's plan counts the input as sections
+            settings["video"]["frames"] = len(frames)
+            write_settings_json(self.run_dir, settings)
         video = frames.write_mp4(
             self.run_dir / "video.mp4", fps=config.fps, crf=config.crf, metadata=mp4_metadata(settings)
         )
@@ -929,6 +932,14 @@ class GenerationRun:
         self._result = VideoResult(
             latents, frames, self.run_dir, config.fps, config.crf, temporary=self._temporary, settings=settings
         )
+
+    def _new_sections(self) -> int:
+        """The sections this run generates (an extension's plan also counts the input's)."""
+        return self.plan.num_sections
+
+    def _record_extras(self) -> dict[str, Any]:
+        """Entries of the settings record beyond ``settings_record``'s (an extension names its input)."""
+        return {}
 
     def _encoded(self) -> tuple[EncodedInputs, dict[str, Any]]:
         """The encoded inputs and the fingerprint a resume must match (an extension gives its own)."""

@@ -76,6 +76,11 @@ def apply_from(args: argparse.Namespace, typed: set[str], demo_image: Callable[[
     """
     source = str(args.from_settings)
     record = read_settings(args.from_settings)
+    if "extends" in (record.get("fingerprint") or {}):  # its inputs hold no source: it cannot be made as a generate
+        raise InputError(
+            f"--from {source}: the video was made by framepack extend from {record.get('extends', 'another video')}; "
+            "run framepack extend again"
+        )
     values: dict[str, Any] = dict(config_from_record(record["config"], source))
     inputs = record["inputs"]
     for name in ("prompt", "negative_prompt"):
