@@ -648,29 +648,43 @@ class FramePackPipeline:
             if _LATER_SETTINGS.get(f.name, _NO_DEFAULT) != getattr(sampling, f.name)
         }
         settings.update(cache=describe_policy(sampling.cache), resolution=config.resolution, resize=config.resize)
-        return {
-            "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
-            "weights": self.components.weights_digest(),  # another checkpoint of the same model differs here
-            "dtype": str(self.components.transformer.dtype),
-            "vae_tiling": self._tiling(config) is not None,
-            "image": _image_digest(inputs.image),
-            "end_image": None if inputs.end_image is None else _image_digest(inputs.end_image),
-            "prompt": digest(section_prompts(prompt, config).key()),  # a plain prompt: its text, as always
-            "negative_prompt": digest(negative_prompt),
-            "settings": settings,
-            **_keyframe_fingerprint(inputs, config),
-        } | self._lora_fingerprint()
+        return (
+            {
+                "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
+                "weights": self.components.weights_digest(),  # another checkpoint of the same model differs here
+                "dtype": str(self.components.transformer.dtype),
+                "vae_tiling": self._tiling(config) is not None,
+                "image": _image_digest(inputs.image),
+                "end_image": None if inputs.end_image is None else _image_digest(inputs.end_image),
+                "prompt": digest(section_prompts(prompt, config).key()),  # a plain prompt: its text, as always
+                "negative_prompt": digest(negative_prompt),
+                "settings": settings,
+                **_keyframe_fingerprint(inputs, config),
+            }
+            | self._lora_fingerprint()
+            | self._compile_fingerprint()
+        )
 
     def settings_record(
         self, inputs: RunInputs, config: GenerationConfig, fingerprint: dict[str, Any], *, video: dict[str, int]
     ) -> dict[str, Any]:
         """What the run of ``inputs`` with ``config`` is made of, to make it again (``framepack.run_settings``)."""
-        models = self.sources | {"weights_digest": fingerprint["weights"], "dtype": fingerprint["dtype"]}
+        models = self.sources | {
+            "weights_digest": fingerprint["weights"],
+            "dtype": fingerprint["dtype"],
+            "device": self.device.type,  # the index is the machine's; the type decides the arithmetic
+            "compile": self.components.transformer.compiled_blocks is not None,
+        }
         loras = [
             {"source": e.source, "digest": e.digest, "strength": e.strength, "fused": e.fused}
             for e in self.components.transformer.loras()
         ]
         return settings_record(config, inputs, models=models, loras=loras, fingerprint=fingerprint, video=video)
+
+    def _compile_fingerprint(self) -> dict[str, Any]:
+        """Compiled blocks round differently from eager ones; named only when on, so that runs
+        made before compiling existed resume as they did."""
+        return {"compile": True} if self.components.transformer.compiled_blocks is not None else {}
 
     def _lora_fingerprint(self) -> dict[str, Any]:
         """The LoRAs on the transformer (content digest and strength), when there are any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,6 @@ from .errors import InputError
 from .run_settings import config_from_record, file_digest, pixels_digest, read_settings
 
 TINY_DEFAULTS = {"resolution": 128, "seconds": 1.0, "steps": 8}
-# Flags that choose or load the models: a queue loads them once, so they are the queue's, and
-# ``--from`` takes them from the record only when the user typed none of them.
-MODEL_ARGUMENTS = (
-    "tiny", "model", "hunyuan", "redux", "comfyui", "transformer_file", "text_encoder_file", "clip_file",
-    "image_encoder_file", "vae_file", "tokenizers", "device", "dtype", "vram_budget", "mmap", "fp8", "lora",
-    "compile",
-)  # fmt: skip
 DTYPE_FLAGS = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
 # single-file source name in the record -> its flag's dest
 FILE_ARGUMENTS = {
@@ -68,9 +61,18 @@ def _without_defaults(add_arguments: Callable[[argparse.ArgumentParser], None]) 
     return parser
 
 
-def apply_from(args: argparse.Namespace, typed: set[str], demo_image: Callable[[int], np.ndarray]) -> None:
+def apply_from(
+    args: argparse.Namespace,
+    typed: set[str],
+    demo_image: Callable[[int], np.ndarray],
+    *,
+    model_choice: Collection[str],
+) -> None:
     """Fill ``args`` from the settings record ``args.from_settings`` names, where the user typed nothing.
 
+    The flags in ``model_choice`` (which weights, precision, LoRAs) come from the record as a
+    group, only when none is typed: one typed model flag says the record's models are not wanted.
+    ``--compile`` and ``--device`` (its type) come from the record one by one, unless typed.
     Raises InputError when the record cannot be used as it is: an input image or LoRA file that
     is missing or changed since the video was made (pass the flag), models built in Python.
     """
@@ -90,8 +92,10 @@ def apply_from(args: argparse.Namespace, typed: set[str], demo_image: Callable[[
     if isinstance(schedule, dict) and isinstance(schedule.get("schedule"), str):  # a PromptSchedule's record
         values["prompt"] = schedule["schedule"]
         values["prompt_blend"] = schedule.get("blend_sections") or None
-    if not typed & set(MODEL_ARGUMENTS):
+    if not typed & set(model_choice):
         values |= _model_arguments(record, source, mode_typed="mode" in typed)
+        args.from_weights_digest = record["models"].get("weights_digest")  # checked once loaded (cli)
+    values |= _placement(record["models"])
     for name, value in values.items():
         if name not in typed:
             setattr(args, name, value)
@@ -129,6 +133,15 @@ def _model_arguments(record: dict[str, Any], source: str, *, mode_typed: bool) -
         values["dtype"] = DTYPE_FLAGS[models["dtype"]]
     values["lora"] = [_recorded_lora(entry, source) for entry in record["loras"]]
     return values
+
+
+def _placement(models: dict[str, Any]) -> dict[str, Any]:
+    """How the record's models ran, where that changes the video's bits: compiled blocks round
+    differently from eager ones, and another device type computes differently."""
+    placement: dict[str, Any] = {"compile": models.get("compile") is True}  # records before it: not compiled
+    if isinstance(models.get("device"), str):
+        placement["device"] = models["device"]
+    return placement
 
 
 def _recorded_lora(entry: Any, source: str) -> str:
