@@ -142,3 +142,39 @@ def test_a_killed_queue_resumes_where_it_stopped(tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     assert main(["generate", *arguments, "--seed", "2", "--out", str(tmp_path / "w.mp4"), "--run-dir", str(whole)]) == 0
     assert np.array_equal(run_frames(run_dir), run_frames(whole))
+
+
+def test_an_output_written_before_a_kill_is_still_the_queues(tmp_path: Path) -> None:
+    """Killed after a job wrote its video but before queue.json said done (the entry still
+    "running", as a rerun with other arguments also leaves it): the queue makes it again."""
+    out, queue = tmp_path / "k.mp4", tmp_path / "k.queue" / "queue.json"
+    command = ["generate", *ONE_SECTION, "--prompt", "x", "--seeds", "4", "--out", str(out)]
+    assert main(command) == 0
+    state = json.loads(queue.read_text())
+    state["jobs"]["seed4"]["status"] = "running"
+    queue.write_text(json.dumps(state))
+    made = tmp_path / "k-seed4.mp4"
+    before = os.stat(made)
+    assert main(command) == 0  # redone, not refused as another's file
+    assert os.stat(made).st_mtime_ns != before.st_mtime_ns
+    assert json.loads(queue.read_text())["jobs"]["seed4"]["status"] == "done"
+
+
+def test_placement_flags_that_leave_the_video_as_it_is_redo_no_job(tmp_path: Path) -> None:
+    command = ["generate", *ONE_SECTION, "--prompt", "x", "--seeds", "4", "--out", str(tmp_path / "p.mp4")]
+    assert main(command) == 0
+    before = os.stat(tmp_path / "p-seed4.mp4")
+    assert main([*command, "--mmap"]) == 0
+    after = os.stat(tmp_path / "p-seed4.mp4")
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_a_hand_edited_queue_state_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    queue = tmp_path / "e.queue" / "queue.json"
+    queue.parent.mkdir()
+    queue.write_text(json.dumps({"format": 1, "jobs": {"seed4": "done"}}))
+    command = ["generate", *ONE_SECTION, "--prompt", "x", "--seeds", "4", "--out", str(tmp_path / "e.mp4")]
+    assert main(command) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: {queue}: expected job 'seed4' as an object with an \"out\" path, got 'done'"
+    ]
