@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,8 @@ def apply_from(
     schedule = inputs.get("prompt")
     if isinstance(schedule, dict) and isinstance(schedule.get("schedule"), str):  # a PromptSchedule's record
         values["prompt"] = schedule["schedule"]
-        values["prompt_blend"] = schedule.get("blend_sections") or None
+        if "prompt" not in typed:  # a typed prompt brings its own blend, or none
+            values["prompt_blend"] = schedule.get("blend_sections") or None
     if not typed & set(model_choice):
         values |= _model_arguments(record, source, mode_typed="mode" in typed)
         args.from_weights_digest = record["models"].get("weights_digest")  # checked once loaded (cli)
@@ -100,16 +102,34 @@ def apply_from(
         if name not in typed:
             setattr(args, name, value)
     tiny = bool(getattr(args, "tiny", False))
-    demo = demo_image(values["resolution"])  # --tiny's image when none is given, at the recorded resolution
+    demo = demo_image(config_from_arguments(args).resolution)  # --tiny's image when none is given, as it ran
     for name, flag in (("image", "--image"), ("end_image", "--end-image")):
         if name not in typed:
             setattr(args, name, _recorded_image(inputs.get(name), flag, source, tiny and name == "image", demo))
     keyframes = inputs.get("keyframes")
-    if "keyframe" not in typed and isinstance(keyframes, dict):  # recorded by video section: SECTION=PATH
+    if "keyframe" not in typed and keyframes is not None:
+        if not isinstance(keyframes, dict):
+            raise InputError(
+                f"--from {source}: expected the keyframes as {{key: {{path, digest}}}}, got {keyframes!r:.60}"
+            )
         args.keyframe = [
-            f"{int(section)}={_recorded_image(entry, '--keyframe', source, False, demo)}"
-            for section, entry in keyframes.items()
+            f"{_keyframe_key(key, source)}={_recorded_image(entry, '--keyframe', source, False, demo)}"
+            for key, entry in keyframes.items()
         ]
+
+
+def _keyframe_key(key: str, source: str) -> str:
+    """A recorded keyframe key as ``--keyframe`` takes it: an int is a video section ("3" -> 3=),
+    a float seconds of video ("2.5" or "3.0" -> 2.5s=, 3s=), as ``str`` of the API's key wrote it."""
+    if key.isdigit():
+        return key
+    try:
+        seconds = float(key)
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InputError(f"--from {source}: expected a keyframe key as a section (3) or seconds (2.5), got {key!r}")
+    return np.format_float_positional(seconds, trim="-") + "s"
 
 
 def _model_arguments(record: dict[str, Any], source: str, *, mode_typed: bool) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +232,57 @@ def test_from_refuses_other_weights_than_the_records(
     assert f"are not those that made the video ({'0' * 32})" in err and not (tmp_path / "b.mp4").exists()
     # Typed model flags are the user's choice: no record to compare with.
     assert main(["generate", "--from", str(source), "--tiny", "--out", str(tmp_path / "c.mp4")]) == 0
+
+
+def edited_record(original: Path, tmp_path: Path, edit: Callable[[dict], None]) -> Path:
+    record = read_settings(original / "a.mp4")
+    edit(record)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_from_a_video_with_keyframes_keyed_by_seconds_through_the_api(original: Path, tmp_path: Path) -> None:
+    key = tmp_path / "key.png"
+    Image.fromarray((np.arange(40 * 56 * 3) % 199).astype(np.uint8).reshape(40, 56, 3)).save(key)
+    config = GenerationConfig(seconds=0.2, window=1, steps=1, resolution=32, seed=4)
+    made = FramePackPipeline.tiny(seed=0).generate(
+        str(original / "start.png"), "a dancer", config, keyframes={0.1: str(key)}, run_dir=tmp_path / "r1"
+    )
+    first = made.save(tmp_path / "first.mp4", keep_run_dir=True)
+    assert list(read_settings(first)["inputs"]["keyframes"]) == ["0.1"]  # seconds, as given
+    assert from_arguments("--from", str(first)).keyframe == [f"0.1s={key.absolute()}"]
+    assert (
+        main(["generate", "--from", str(first), "--out", str(tmp_path / "b.mp4"), "--run-dir", str(tmp_path / "r2")])
+        == 0
+    )
+    assert np.array_equal(run_frames(tmp_path / "r1"), run_frames(tmp_path / "r2"))
+
+
+def test_recorded_keyframe_keys_become_section_and_seconds_flags(original: Path, tmp_path: Path) -> None:
+    image = read_settings(original / "a.mp4")["inputs"]["image"]
+    keyed = edited_record(original, tmp_path, lambda r: r["inputs"].update(keyframes={"3": image, "2.0": image}))
+    assert from_arguments("--from", str(keyed)).keyframe == [f"3={image['path']}", f"2s={image['path']}"]
+    bad = edited_record(original, tmp_path, lambda r: r["inputs"].update(keyframes={"soon": image}))
+    with pytest.raises(InputError, match="expected a keyframe key as a section .3. or seconds .2.5., got 'soon'"):
+        from_arguments("--from", str(bad))
+
+
+def test_a_typed_plain_prompt_drops_the_records_blend(original: Path, tmp_path: Path) -> None:
+    schedule = {"schedule": "[0s: a dancer] [0.1s: a cat]", "blend_sections": 1}
+    blended = edited_record(original, tmp_path, lambda r: r["inputs"].update(prompt=schedule))
+    assert from_arguments("--from", str(blended)).prompt_blend == 1
+    plain = from_arguments("--from", str(blended), "--prompt", "plain")
+    assert (plain.prompt, plain.prompt_blend) == ("plain", None)
+
+
+def test_a_hand_edited_record_is_one_clear_error_or_the_defaults(original: Path, tmp_path: Path) -> None:
+    no_resolution = edited_record(original, tmp_path, lambda r: r["config"].pop("resolution"))
+    args = from_arguments("--from", str(no_resolution))
+    assert args.resolution is None and args.seed == 7  # the default (--tiny's), the rest as recorded
+    text_steps = edited_record(original, tmp_path, lambda r: r["config"].update(steps="8"))
+    with pytest.raises(InputError, match=f"^{text_steps}: expected config 'steps' to be int, got '8'$"):
+        from_arguments("--from", str(text_steps))
+    list_cfg = edited_record(original, tmp_path, lambda r: r["config"].update(seconds=[1]))
+    with pytest.raises(InputError, match="expected config 'seconds' to be float, got \\[1\\]"):
+        from_arguments("--from", str(list_cfg))
