@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from framepack.cli import main
 from framepack.run_settings import read_settings
+from framepack.runstate import load_run_state
 from tests.queue_support import ONE_SECTION, run_frames
 
 
@@ -114,7 +116,7 @@ def test_a_bad_jobs_file_is_one_error_before_any_job(
     assert not list(tmp_path.glob("*.mp4"))
 
 
-def test_a_killed_queue_resumes_where_it_stopped(tmp_path: Path) -> None:
+def test_a_killed_queue_resumes_where_it_stopped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Killed in its second job after a section: run again, job 1 is left alone, job 2 resumes from its section."""
     arguments = ["--tiny", "--window", "1", "--steps", "2", "--resolution", "32", "--seconds", "0.4"]  # 3 sections
     command = [*arguments, "--seeds", "1,2", "--out", str(tmp_path / "v.mp4")]
@@ -133,8 +135,13 @@ def test_a_killed_queue_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert first.exists() and not (tmp_path / "v-seed2.mp4").exists()
     (run_dir,) = (tmp_path / "v.queue" / "runs").glob("seed2-*")
     before = os.stat(first)
+    done = load_run_state(run_dir).sections_done
+    assert 1 <= done < 3
 
+    caplog.set_level(logging.INFO, logger="framepack")
     assert main(["generate", *command]) == 0
+    # Equal frames alone would not tell a resume from a restart: the run said it skipped its finished sections.
+    assert f"resuming {run_dir} after {done} of 3 sections" in caplog.messages
     after = os.stat(first)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # job 1 was not done again
     assert read_settings(tmp_path / "v-seed2.mp4")["config"]["seed"] == 2
