@@ -22,7 +22,6 @@ import numpy as np
 from .config import MAX_STEPS, MIN_RESOLUTION, GenerationConfig
 from .errors import ConfigError, FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
 from .run_arguments import (
-    MODEL_ARGUMENTS,
     TINY_DEFAULTS,
     apply_from,
     config_from_arguments,
@@ -178,16 +177,18 @@ def _generate_arguments(gen: argparse.ArgumentParser) -> None:
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the models come from and how they are placed and run (``_load_pipeline`` reads them)."""
-    parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the transformer blocks (the first section compiles)"
-    )
+    _model_choice_arguments(parser)
+    _placement_arguments(parser)
+
+
+def _model_choice_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which weights, in which precision: ``--from`` takes them from its record as a group."""
     parser.add_argument(
         "--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)"
     )
     parser.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
     parser.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
     _file_arguments(parser)
-    parser.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
     parser.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -195,14 +196,31 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
         help="transformer dtype (default: bf16 on GPUs that compute it natively, else fp16; fp32 on CPU)",
     )
     parser.add_argument(
-        "--vram-budget", type=float, help="GPU memory to stay within, GB > 0 (streams blocks, swaps components)"
-    )
-    parser.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
-    parser.add_argument(
         "--fp8",
         action="store_true",
         help="transformer block Linear weights in fp8, block-scaled (0.65x the streamed bytes of bf16)",
     )
+
+
+def _placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where and how the weights run: ``--from`` takes each from its record unless typed."""
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the transformer blocks (the first section compiles)"
+    )
+    parser.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
+    parser.add_argument(
+        "--vram-budget", type=float, help="GPU memory to stay within, GB > 0 (streams blocks, swaps components)"
+    )
+    parser.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
+
+
+def model_choice_arguments() -> frozenset[str]:
+    """The flags that choose the models (``--tiny`` is among generate's own)."""
+    return frozenset({"tiny"} | destinations(_model_choice_arguments) | destinations(_lora_arguments))
+
+
+def placement_arguments() -> frozenset[str]:
+    return frozenset(destinations(_placement_arguments))
 
 
 def _lora_arguments(parser: argparse.ArgumentParser) -> None:
@@ -328,12 +346,12 @@ def _generate(args: argparse.Namespace) -> int:
     from .job_queue import is_queue, plan_jobs, run_queue
 
     if args.from_settings is not None:
-        apply_from(args, args.typed, demo_image)
+        apply_from(args, args.typed, demo_image, model_choice=model_choice_arguments())
     # Check everything before any model: a bad path fails in a second, not after loading 30 GB.
     _check_model_arguments(args)
     if is_queue(args):
         allowed = destinations(_generate_arguments) | {f.name for f in dataclasses.fields(GenerationConfig)}
-        jobs = plan_jobs(args, allowed, MODEL_ARGUMENTS)
+        jobs = plan_jobs(args, allowed, model_choice_arguments() | placement_arguments())
         return run_queue(args, jobs, _load_pipeline, _job_config, _run_job, _report, print)
     config = _job_config(args)
     pipe = _load_pipeline(args, config)
@@ -424,6 +442,12 @@ def _load_pipeline(args: argparse.Namespace, config: GenerationConfig) -> FrameP
             resolution=config.resolution,
             window=config.window,
             loras=loras,
+        )
+    recorded = getattr(args, "from_weights_digest", None)  # set by --from when the record chose the models
+    if recorded is not None and pipe.components.weights_digest() != recorded:
+        raise InputError(
+            f"--from {args.from_settings}: the weights loaded (digest {pipe.components.weights_digest()}) are not "
+            f"those that made the video ({recorded}): they changed since; type the model flags to use them anyway"
         )
     if args.compile:
         pipe.compile()

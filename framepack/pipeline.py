@@ -648,29 +648,43 @@ class FramePackPipeline:
             if _LATER_SETTINGS.get(f.name, _NO_DEFAULT) != getattr(sampling, f.name)
         }
         settings.update(cache=describe_policy(sampling.cache), resolution=config.resolution, resize=config.resize)
-        return {
-            "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
-            "weights": self.components.weights_digest(),  # another checkpoint of the same model differs here
-            "dtype": str(self.components.transformer.dtype),
-            "vae_tiling": self._tiling(config) is not None,
-            "image": _image_digest(inputs.image),
-            "end_image": None if inputs.end_image is None else _image_digest(inputs.end_image),
-            "prompt": digest(section_prompts(prompt, config).key()),  # a plain prompt: its text, as always
-            "negative_prompt": digest(negative_prompt),
-            "settings": settings,
-            **_keyframe_fingerprint(inputs, config),
-        } | self._lora_fingerprint()
+        return (
+            {
+                "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
+                "weights": self.components.weights_digest(),  # another checkpoint of the same model differs here
+                "dtype": str(self.components.transformer.dtype),
+                "vae_tiling": self._tiling(config) is not None,
+                "image": _image_digest(inputs.image),
+                "end_image": None if inputs.end_image is None else _image_digest(inputs.end_image),
+                "prompt": digest(section_prompts(prompt, config).key()),  # a plain prompt: its text, as always
+                "negative_prompt": digest(negative_prompt),
+                "settings": settings,
+                **_keyframe_fingerprint(inputs, config),
+            }
+            | self._lora_fingerprint()
+            | self._compile_fingerprint()
+        )
 
     def settings_record(
         self, inputs: RunInputs, config: GenerationConfig, fingerprint: dict[str, Any], *, video: dict[str, int]
     ) -> dict[str, Any]:
         """What the run of ``inputs`` with ``config`` is made of, to make it again (``framepack.run_settings``)."""
-        models = self.sources | {"weights_digest": fingerprint["weights"], "dtype": fingerprint["dtype"]}
+        models = self.sources | {
+            "weights_digest": fingerprint["weights"],
+            "dtype": fingerprint["dtype"],
+            "device": self.device.type,  # the index is the machine's; the type decides the arithmetic
+            "compile": self.components.transformer.compiled_blocks is not None,
+        }
         loras = [
             {"source": e.source, "digest": e.digest, "strength": e.strength, "fused": e.fused}
             for e in self.components.transformer.loras()
         ]
         return settings_record(config, inputs, models=models, loras=loras, fingerprint=fingerprint, video=video)
+
+    def _compile_fingerprint(self) -> dict[str, Any]:
+        """Compiled blocks round differently from eager ones; named only when on, so that runs
+        made before compiling existed resume as they did."""
+        return {"compile": True} if self.components.transformer.compiled_blocks is not None else {}
 
     def _lora_fingerprint(self) -> dict[str, Any]:
         """The LoRAs on the transformer (content digest and strength), when there are any:
@@ -856,9 +870,8 @@ class GenerationRun:
         inputs, fingerprint = self._encoded()
         given = self._inputs
         height, width = inputs.image.shape[:2]
-        video = {"height": height, "width": width, "frames": self.plan.pixel_frames, "sections": self.plan.num_sections}
-        settings = p.settings_record(given, config, fingerprint, video=video)
-        write_settings_json(self.run_dir, settings)
+        video = {"height": height, "width": width, "frames": self.plan.pixel_frames, "sections": self._new_sections()}
+        settings = p.settings_record(given, config, fingerprint, video=video) | self._record_extras()
         generator = torch.Generator("cpu").manual_seed(config.seed)
         done, history = 0, None
         if saved is not None:
@@ -872,6 +885,8 @@ class GenerationRun:
             history = saved.tensors["history"].to(p.device)
             done = saved.sections_done
             logger.info("resuming %s after %d of %d sections", self.run_dir, done, self.plan.num_sections)
+        # Only once the run is known to be this one: a refused resume leaves the folder's settings as they were.
+        write_settings_json(self.run_dir, settings)
         started = time.perf_counter()
         sections = stream_latents(
             p.components.transformer,
@@ -920,6 +935,9 @@ class GenerationRun:
         late = previews.close()
         if late is not None:
             raise late
+        if len(frames) != settings["video"]["frames"]:  # an extension's plan counts the input as sections
+            settings["video"]["frames"] = len(frames)
+            write_settings_json(self.run_dir, settings)
         video = frames.write_mp4(
             self.run_dir / "video.mp4", fps=config.fps, crf=config.crf, metadata=mp4_metadata(settings)
         )
@@ -928,6 +946,14 @@ class GenerationRun:
         self._result = VideoResult(
             latents, frames, self.run_dir, config.fps, config.crf, temporary=self._temporary, settings=settings
         )
+
+    def _new_sections(self) -> int:
+        """The sections this run generates (an extension's plan also counts the input's)."""
+        return self.plan.num_sections
+
+    def _record_extras(self) -> dict[str, Any]:
+        """Entries of the settings record beyond ``settings_record``'s (an extension names its input)."""
+        return {}
 
     def _encoded(self) -> tuple[EncodedInputs, dict[str, Any]]:
         """The encoded inputs and the fingerprint a resume must match (an extension gives its own)."""

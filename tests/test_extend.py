@@ -14,6 +14,7 @@ from PIL import Image
 from framepack import FramePackPipeline, GenerationConfig
 from framepack.cli import demo_image, main
 from framepack.errors import ConfigError, GenerationCancelled, InputError
+from framepack.run_settings import read_settings
 from framepack.runstate import load_run_state
 from framepack.video import write_mp4
 
@@ -220,3 +221,20 @@ def test_the_command_extends_a_run_with_its_own_settings_and_a_video(runs, image
     assert main(["extend", str(tmp_path / "nope.mp4"), *video_flags]) == 2
     assert capsys.readouterr().err.startswith("error: source")
     assert hashlib.sha256(source.read_bytes()).hexdigest() == before
+
+
+def test_an_extensions_settings_count_its_real_frames_and_from_refuses_it(pipe, tmp_path: Path, capsys) -> None:
+    source = input_video(tmp_path / "in.mp4", 21)
+    out = pipe.extend(source, 0.4, PROMPT, FORWARD, run_dir=tmp_path / "ext").save(tmp_path / "out.mp4")
+    record = read_settings(out)
+    assert (record["video"]["frames"], record["video"]["sections"]) == (21 + 4 * 3, 1)  # the input and one new section
+    assert read_settings(tmp_path / "ext" / "settings.json")["video"] == record["video"]
+    assert record["extends"] == str(source.absolute())
+
+    assert main(["generate", "--from", str(out), "--out", str(tmp_path / "again.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: --from {out}: the video was made by framepack extend from {source.absolute()}; "
+        "run framepack extend again\n"
+    )
+    assert not (tmp_path / "again.mp4").exists()

@@ -51,14 +51,27 @@ class ExtensionRun(GenerationRun):
     """A forward run that continues ``source``; iterate it for the new sections, then ``result()``."""
 
     def __init__(
-        self, *args: Any, source: Source, encoded: tuple[EncodedInputs, dict[str, Any]], **kwargs: Any
+        self,
+        *args: Any,
+        source: Source,
+        encoded: tuple[EncodedInputs, dict[str, Any]],
+        given: int,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.source = source
         self._ready = encoded
+        self._given = given
 
     def _encoded(self) -> tuple[EncodedInputs, dict[str, Any]]:
         return self._ready
+
+    def _new_sections(self) -> int:
+        return self.plan.num_sections - self._given
+
+    def _record_extras(self) -> dict[str, Any]:
+        # ``--from`` cannot make an extension again (its inputs hold no source): it names the source instead.
+        return {"extends": str(self.source.path.absolute())}
 
 
 def source_config(source: str | os.PathLike[str], *, with_cache: bool = True) -> GenerationConfig | None:
@@ -121,7 +134,7 @@ def start_extension(
         inputs = RunInputs(image, prompt, None, negative_prompt)
         return ExtensionRun(
             pipeline, inputs, config, directory, callback=callback, saved=saved, lock=lock, temporary=temporary,
-            source=found, encoded=encoded,
+            source=found, encoded=encoded, given=given,
         )  # fmt: skip
     except BaseException:
         lock.release()
