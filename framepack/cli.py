@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -146,6 +147,22 @@ def _parser() -> argparse.ArgumentParser:
     _settings_arguments(plan)
     plan.add_argument("--size", default="480x640", help="input image size HxW (default %(default)s)")
     plan.add_argument("--image", help="take the input size from this image instead of --size")
+    plan.add_argument("--steps", type=int, default=25, help="sampler steps per section (default %(default)s)")
+    plan.add_argument("--cache", default="none", help="none, teacache[:T], magcache[:T], magcache-f1[:T], fbcache[:T]")
+    plan.add_argument("--real-cfg", type=float, default=1.0, help="real CFG scale (not 1: two calls per step)")
+    plan.add_argument(
+        "--device-profile", default="rtx4090", help="card to predict for: rtx3060, rtx3090, rtx4060ti-8gb, "
+        "rtx4070, rtx4090, a100, h100, cpu (default %(default)s)",
+    )  # fmt: skip
+    plan.add_argument("--measure", action="store_true", help="time this machine's device instead of a profile")
+    plan.add_argument("--vram-budget", type=float, help="GPU memory to stay within, GB (the memory plan's budget)")
+    plan.add_argument("--fp8", action="store_true", help="transformer block weights in fp8")
+    plan.add_argument("--text-tokens", type=int, help="prompt tokens (default: 64, an assumption said so)")
+    plan.add_argument("--tiny", action="store_true", help="model the tiny random models of generate --tiny")
+    plan.add_argument(
+        "--compare", nargs="+", metavar="NAME=V1,V2", help="a table over settings: resolution, steps, cache, "
+        "seconds, window, real_cfg (e.g. resolution=640,480 steps=25,15 cache=none,teacache)",
+    )  # fmt: skip
     plan.set_defaults(run=_plan)
 
     for p in (gen, plan):
@@ -207,6 +224,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
     from .config import GenerationConfig
+    from .cost.report import measured_line, prediction_line, predict_run
     from .pipeline import FramePackPipeline, check_inputs
     from .sampling.loop import Progress
     from .video import load_image
@@ -294,6 +312,9 @@ def _generate(args: argparse.Namespace) -> int:
         )
         bar.update(1)
 
+    predicted = predict_run(pipe, config, image, args.prompt, args.vram_budget)
+    print(prediction_line(predicted))
+    started = time.perf_counter()
     # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
     run = pipe.stream(
         image,
@@ -321,6 +342,7 @@ def _generate(args: argparse.Namespace) -> int:
         bar.close()
     path = run.result().save(args.out)  # also deletes the run folder if it was a temporary one
     print(f"wrote {path} ({run.result().num_frames} frames)")
+    print(measured_line(predicted, time.perf_counter() - started))
     return 0
 
 
@@ -484,12 +506,16 @@ def _check_host_memory(pipe: FramePackPipeline, config: GenerationConfig) -> Non
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .models.packing import packed_tokens
-    from .models.siglip import SiglipVisionConfig
-    from .prompt import MAX_PROMPT_TOKENS
-    from .sampling.schedule import sequence_length
-    from .sampling.sections import plan_sections
-    from .video import find_bucket, load_image
+    import torch
+
+    from .config import GenerationConfig
+    from .cost.compare import compare, format_table, parse_axes
+    from .cost.estimate import estimate
+    from .cost.measure import measure_profile
+    from .cost.memory import ModelConfigs
+    from .cost.profiles import device_profile
+    from .device_runtime import runtime
+    from .video import load_image
 
     if args.image:
         height, width = load_image(args.image).shape[:2]
@@ -497,20 +523,40 @@ def _plan(args: argparse.Namespace) -> int:
         try:
             height, width = (int(v) for v in args.size.lower().split("x"))
         except ValueError:
-            raise FramePackError(f"--size: expected HxW like 480x640, got {args.size!r}") from None
-    resolution = int(_setting(args, "resolution", 640))
-    bucket_h, bucket_w = find_bucket(height, width, resolution)
-    plan = plan_sections(float(_setting(args, "seconds", 5.0)), fps=args.fps, window=args.window, mode=args.mode)
-    h, w = bucket_h // 8, bucket_w // 8
-    noisy, clean = packed_tokens(h, w, args.window)
-    image_tokens = SiglipVisionConfig.preset("siglip-so400m-patch14-384").num_patches
-    print(plan.describe())
-    print(f"input {height}x{width} -> bucket {bucket_h}x{bucket_w} px, latent {h}x{w}")
-    print(f"video: {plan.latent_frames} latent frames, {plan.pixel_frames} pixel frames at {args.fps} fps")
-    print(
-        f"tokens per section: {noisy} noisy + {clean} packed context = {noisy + clean} image tokens (+ <= {image_tokens + MAX_PROMPT_TOKENS} text/image)"
+            raise InputError(f"--size: expected HxW like 480x640, got {args.size!r}") from None
+    config = GenerationConfig(
+        seconds=float(_setting(args, "seconds", 5.0)),
+        fps=args.fps,
+        window=args.window,
+        steps=args.steps,
+        mode=args.mode,
+        real_cfg=args.real_cfg,
+        resolution=int(_setting(args, "resolution", 640)),
+        cache=args.cache,
     )
-    print(f"shift sequence length: {sequence_length(plan.window_pixel_frames, bucket_h, bucket_w)}")
+    models = ModelConfigs.tiny() if args.tiny else ModelConfigs.real()
+    profile = device_profile(args.device_profile)
+    if args.measure:
+        device = torch.device("cuda" if runtime().is_available() else "cpu")
+        profile = measure_profile(
+            device_profile("cpu" if device.type == "cpu" else args.device_profile), device,
+            dtype=torch.float32 if device.type == "cpu" else torch.bfloat16, width=models.transformer.inner_dim,
+            heads=models.transformer.num_attention_heads, tokens=4096,
+        )  # fmt: skip
+
+    def run(c: GenerationConfig):  # the same estimate for every row of a comparison
+        return estimate(
+            c, profile, models=models, image_size=(height, width), text_tokens=args.text_tokens,
+            vram_budget_gb=args.vram_budget, fp8=args.fp8, from_disk=not args.tiny,
+        )  # fmt: skip
+
+    if args.compare:
+        rows = compare(config, parse_axes(args.compare), run)
+        budget = "" if args.vram_budget is None else f", --vram-budget {args.vram_budget:g}"
+        print(f"{models.name} models on {profile.name} ({profile.source} rates{budget}), {config.seconds:g} s video:")
+        print(format_table(rows, device_memory=not profile.is_host))
+        return 0
+    print(run(config).describe())
     return 0
 
 
