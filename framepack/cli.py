@@ -151,18 +151,23 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--cache", default="none", help="none, teacache[:T], magcache[:T], magcache-f1[:T], fbcache[:T]")
     plan.add_argument("--real-cfg", type=float, default=1.0, help="real CFG scale (not 1: two calls per step)")
     plan.add_argument(
-        "--device-profile", default="rtx4090", help="card to predict for: rtx3060, rtx3090, rtx4060ti-8gb, "
+        "--device-profile",
+        default="rtx4090",
+        help="card to predict for: rtx3060, rtx3090, rtx4060ti-8gb, "
         "rtx4070, rtx4090, a100, h100, cpu (default %(default)s)",
-    )  # fmt: skip
+    )
     plan.add_argument("--measure", action="store_true", help="time this machine's device instead of a profile")
     plan.add_argument("--vram-budget", type=float, help="GPU memory to stay within, GB (the memory plan's budget)")
     plan.add_argument("--fp8", action="store_true", help="transformer block weights in fp8")
     plan.add_argument("--text-tokens", type=int, help="prompt tokens (default: 64, an assumption said so)")
     plan.add_argument("--tiny", action="store_true", help="model the tiny random models of generate --tiny")
     plan.add_argument(
-        "--compare", nargs="+", metavar="NAME=V1,V2", help="a table over settings: resolution, steps, cache, "
+        "--compare",
+        nargs="+",
+        metavar="NAME=V1,V2",
+        help="a table over settings: resolution, steps, cache, "
         "seconds, window, real_cfg (e.g. resolution=640,480 steps=25,15 cache=none,teacache)",
-    )  # fmt: skip
+    )
     plan.set_defaults(run=_plan)
 
     for p in (gen, plan):
@@ -224,7 +229,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
     from .config import GenerationConfig
-    from .cost.report import measured_line, prediction_line, predict_run
+    from .cost.report import measured_line, predict_run, prediction_line
     from .pipeline import FramePackPipeline, check_inputs
     from .sampling.loop import Progress
     from .video import load_image
@@ -506,6 +511,39 @@ def _check_host_memory(pipe: FramePackPipeline, config: GenerationConfig) -> Non
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from .models.packing import packed_tokens
+    from .models.siglip import SiglipVisionConfig
+    from .prompt import MAX_PROMPT_TOKENS
+    from .sampling.schedule import sequence_length
+    from .sampling.sections import plan_sections
+    from .video import find_bucket, load_image
+
+    if args.image:
+        height, width = load_image(args.image).shape[:2]
+    else:
+        try:
+            height, width = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise FramePackError(f"--size: expected HxW like 480x640, got {args.size!r}") from None
+    resolution = int(_setting(args, "resolution", 640))
+    bucket_h, bucket_w = find_bucket(height, width, resolution)
+    plan = plan_sections(float(_setting(args, "seconds", 5.0)), fps=args.fps, window=args.window, mode=args.mode)
+    h, w = bucket_h // 8, bucket_w // 8
+    noisy, clean = packed_tokens(h, w, args.window)
+    image_tokens = SiglipVisionConfig.preset("siglip-so400m-patch14-384").num_patches
+    print(plan.describe())
+    print(f"input {height}x{width} -> bucket {bucket_h}x{bucket_w} px, latent {h}x{w}")
+    print(f"video: {plan.latent_frames} latent frames, {plan.pixel_frames} pixel frames at {args.fps} fps")
+    print(
+        f"tokens per section: {noisy} noisy + {clean} packed context = {noisy + clean} image tokens (+ <= {image_tokens + MAX_PROMPT_TOKENS} text/image)"
+    )
+    print(f"shift sequence length: {sequence_length(plan.window_pixel_frames, bucket_h, bucket_w)}")
+    _plan_cost(args, height, width)
+    return 0
+
+
+def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
+    """The cost part of ``plan``: FLOPs, memory and time on a device, or a table comparing settings."""
     import torch
 
     from .config import GenerationConfig
@@ -515,15 +553,8 @@ def _plan(args: argparse.Namespace) -> int:
     from .cost.memory import ModelConfigs
     from .cost.profiles import device_profile
     from .device_runtime import runtime
-    from .video import load_image
+    from .video import find_bucket
 
-    if args.image:
-        height, width = load_image(args.image).shape[:2]
-    else:
-        try:
-            height, width = (int(v) for v in args.size.lower().split("x"))
-        except ValueError:
-            raise InputError(f"--size: expected HxW like 480x640, got {args.size!r}") from None
     config = GenerationConfig(
         seconds=float(_setting(args, "seconds", 5.0)),
         fps=args.fps,
@@ -539,25 +570,35 @@ def _plan(args: argparse.Namespace) -> int:
     if args.measure:
         device = torch.device("cuda" if runtime().is_available() else "cpu")
         profile = measure_profile(
-            device_profile("cpu" if device.type == "cpu" else args.device_profile), device,
-            dtype=torch.float32 if device.type == "cpu" else torch.bfloat16, width=models.transformer.inner_dim,
-            heads=models.transformer.num_attention_heads, tokens=4096,
-        )  # fmt: skip
+            device_profile("cpu" if device.type == "cpu" else args.device_profile),
+            device,
+            dtype=torch.float32 if device.type == "cpu" else torch.bfloat16,
+            width=models.transformer.inner_dim,
+            heads=models.transformer.num_attention_heads,
+            tokens=4096,
+            conv_channels=models.vae.block_out_channels[0],
+            frame_size=find_bucket(height, width, config.resolution),
+        )
 
     def run(c: GenerationConfig):  # the same estimate for every row of a comparison
         return estimate(
-            c, profile, models=models, image_size=(height, width), text_tokens=args.text_tokens,
-            vram_budget_gb=args.vram_budget, fp8=args.fp8, from_disk=not args.tiny,
-        )  # fmt: skip
+            c,
+            profile,
+            models=models,
+            image_size=(height, width),
+            text_tokens=args.text_tokens,
+            vram_budget_gb=args.vram_budget,
+            fp8=args.fp8,
+            from_disk=not args.tiny,
+        )
 
     if args.compare:
         rows = compare(config, parse_axes(args.compare), run)
         budget = "" if args.vram_budget is None else f", --vram-budget {args.vram_budget:g}"
         print(f"{models.name} models on {profile.name} ({profile.source} rates{budget}), {config.seconds:g} s video:")
         print(format_table(rows, device_memory=not profile.is_host))
-        return 0
+        return
     print(run(config).describe())
-    return 0
 
 
 def demo_image(size: int) -> np.ndarray:

@@ -11,6 +11,8 @@ cache benchmark (README), and always runs the first block.
 
 from __future__ import annotations
 
+import itertools
+
 from ..cache.base import CachePolicy, NoCache
 from ..cache.first_block import FirstBlockCache
 from ..cache.magcache import MagCache
@@ -42,7 +44,7 @@ def computed_share(spec: CacheSpec, steps: int) -> tuple[float, str]:
 
 
 def _teacache_share(threshold: float) -> float:
-    for (t0, s0), (t1, s1) in zip(TEACACHE_SHARES, TEACACHE_SHARES[1:]):
+    for (t0, s0), (t1, s1) in itertools.pairwise(TEACACHE_SHARES):
         if threshold <= t1:
             return s0 + (s1 - s0) * (threshold - t0) / (t1 - t0)
     (t0, s0), (t1, s1) = TEACACHE_SHARES[-2:]

@@ -100,8 +100,7 @@ class CostEstimate:
         s, m = self.seconds, self.memory
         noisy, clean = self.noisy_tokens, self.shape.clean()
         lines = [
-            self.plan.describe(),
-            f"bucket {self.bucket[0]}x{self.bucket[1]} px; tokens per call: {noisy} noisy + {clean} packed context"
+            f"tokens per call at the {self.bucket[0]}x{self.bucket[1]} bucket: {noisy} noisy + {clean} packed context"
             f" + {self.shape.image_tokens} image + {self.shape.text_tokens} text"
             + (" (text assumed: give --text-tokens or a prompt)" if self.text_assumed else ""),
             f"models: {self.models}; device: {self.profile.name} ({self.profile.source} rates)",
@@ -164,9 +163,9 @@ def _compute_seconds(profile: DeviceProfile, flops: Flops, elementwise_bytes: fl
     )
 
 
-def _traced_seconds(profile: DeviceProfile, cost: Traced) -> float:
+def _traced_seconds(profile: DeviceProfile, cost: Traced, flops_rate: float) -> float:
     return (
-        cost.flops / profile.matmul_flops
+        cost.flops / flops_rate
         + cost.elementwise_bytes / profile.memory_bandwidth
         + (cost.ops * profile.kernel_overhead_s)
     )
@@ -243,8 +242,10 @@ def estimate(
         device=device,
     )
     if profile.memory_bytes is not None and memory.peak_device_bytes > profile.memory_bytes:
-        notes = [f"the plan needs {format_bytes(memory.peak_device_bytes)}, more than the card's "
-                 f"{format_bytes(profile.memory_bytes)}: give --vram-budget"]  # fmt: skip
+        notes = [
+            f"the plan needs {format_bytes(memory.peak_device_bytes)}, more than the card's "
+            f"{format_bytes(profile.memory_bytes)}: give --vram-budget"
+        ]
     else:
         notes = []
 
@@ -283,11 +284,11 @@ def estimate(
             swaps_s = plan.num_sections * (transformer_device + memory.weight_bytes["vae"]) / profile.host_to_device  # type: ignore[operator]
     seconds = Seconds(
         load=load_s,
-        encoders=_traced_seconds(profile, encoders),
+        encoders=_traced_seconds(profile, encoders, profile.matmul_flops),
         step=calls * computed_call,
         sampling=sampling_s,
         prepare=plan.num_sections * _compute_seconds(profile, prepare, 0),
-        decode=_traced_seconds(profile, decode),
+        decode=_traced_seconds(profile, decode, profile.conv_flops),
         swaps=swaps_s,
     )
     step_flops = (around + stack) * calls

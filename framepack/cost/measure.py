@@ -1,9 +1,9 @@
 """Rates timed on the device at hand, at the shapes of the run being planned: ``--measure``.
 
-A few seconds of micro-benchmarks, each timed after a warm-up as the best of a few repeats
-(the machine's least-disturbed rate, as the model's other figures are): one matmul of a
+A few seconds of micro-benchmarks, each timed after a warm-up as the best of repeats over
+about half a second (the machine's least-disturbed rate, as the model's other figures are): one matmul of a
 block's q/k/v projection, one attention over a call's tokens (capped so that the CPU
-finishes in about a second), an element-wise pass, a tiny op (the per-kernel overhead), a
+finishes in about a second), one VAE convolution, an element-wise pass, a tiny op (the per-kernel overhead), a
 page-locked host->device copy, and a read of a fresh file (its pages dropped from the cache
 first where the OS allows).
 """
@@ -22,20 +22,26 @@ from ..device_runtime import runtime
 from .profiles import DeviceProfile
 
 REPEATS = 3
+PROBE_SECONDS = 0.4
 DISK_PROBE_BYTES = 64 << 20
 COPY_PROBE_BYTES = 256 << 20
 MAX_CPU_TOKENS = 4096  # attention and matmul rows on a CPU: the rate, in a second
+MAX_CPU_FRAME = 256  # pixels per side of the convolution probe on a CPU
+BANDWIDTH_PROBE_BYTES = 64 << 20  # larger than the caches: the VAE's and a step's element-wise passes are
 
 
-def _best_seconds(run: Callable[[], object], device: torch.device, repeats: int = REPEATS) -> float:
+def _best_seconds(run: Callable[[], object], device: torch.device) -> float:
+    """The fastest of repeated runs for ``PROBE_SECONDS`` (at least ``REPEATS``): a busy
+    machine's bursts of load slow some repeats, rarely all of them."""
     run()
     _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
+    best, spent, count = float("inf"), 0.0, 0
+    while count < REPEATS or spent < PROBE_SECONDS:
         started = time.perf_counter()
         run()
         _sync(device)
-        best = min(best, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        best, spent, count = min(best, elapsed), spent + elapsed, count + 1
     return max(best, 1e-9)
 
 
@@ -52,10 +58,14 @@ def measure_profile(
     width: int,
     heads: int,
     tokens: int,
+    conv_channels: int = 128,
+    frame_size: tuple[int, int] = (544, 704),
     disk_folder: str | Path | None = None,
 ) -> DeviceProfile:
     """``base`` with its rates replaced by ones timed on ``device`` at a call's shapes:
-    ``tokens`` rows of ``width`` features, ``heads`` attention heads."""
+    ``tokens`` rows of ``width`` features, ``heads`` attention heads, and a 3x3x3 convolution
+    of ``conv_channels`` (the VAE's first width) over 5 frames of ``frame_size`` pixels: the
+    decoder's last block, where most of its FLOPs are."""
     device = torch.device(device)
     if device.type == "cpu":
         tokens = min(tokens, MAX_CPU_TOKENS)
@@ -66,13 +76,19 @@ def measure_profile(
     q = torch.randn(1, heads, tokens, head_dim, device=device, dtype=dtype)
     attention_s = _best_seconds(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q), device)
     attention = 4 * heads * tokens * tokens * head_dim / attention_s
-    big = torch.randn(8 * tokens, width, device=device, dtype=dtype)
+    frame = tuple(min(n, MAX_CPU_FRAME) if device.type == "cpu" else n for n in frame_size)
+    video = torch.randn(1, conv_channels, 5, *frame, device=device, dtype=dtype)  # the VAE's last block
+    kernel = torch.randn(conv_channels, conv_channels, 3, 3, 3, device=device, dtype=dtype)
+    conv_s = _best_seconds(lambda: torch.nn.functional.conv3d(video, kernel, padding=1), device)
+    conv = 2 * video.numel() * conv_channels * 27 / conv_s
+    big = torch.empty(BANDWIDTH_PROBE_BYTES // dtype.itemsize, device=device, dtype=dtype).fill_(1.0)
     bandwidth = 2 * big.numel() * big.element_size() / _best_seconds(lambda: big.mul_(1.0), device)
     small = torch.ones(8, device=device, dtype=dtype)
     overhead = _best_seconds(lambda: [small.add_(0) for _ in range(100)], device) / 100
     rates: dict[str, float] = dict(
         matmul_flops=matmul,
         attention_flops=attention,
+        conv_flops=conv,
         memory_bandwidth=bandwidth,
         kernel_overhead_s=overhead,
         disk_read=disk_read_rate(disk_folder),

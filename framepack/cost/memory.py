@@ -8,8 +8,8 @@ them exactly as on loaded models: the estimate and a run plan the same bytes.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch

@@ -51,6 +51,7 @@ class DeviceProfile:
     name: str
     matmul_flops: float  # per second, in the compute dtype
     attention_flops: float
+    conv_flops: float  # the VAE's 3D convolutions
     memory_bandwidth: float  # bytes per second, for element-wise passes
     host_to_device: float | None  # bytes per second; None: the device is the host (nothing to copy)
     memory_bytes: int | None  # device memory; None: the host's RAM
@@ -82,6 +83,7 @@ def _gpu(
         name=name,
         matmul_flops=peak * MATMUL_EFFICIENCY,
         attention_flops=peak * ATTENTION_EFFICIENCY,
+        conv_flops=peak * MATMUL_EFFICIENCY,  # cuDNN runs them as implicit GEMMs on the tensor cores
         memory_bandwidth=bandwidth_gbps * GB * BANDWIDTH_EFFICIENCY,
         host_to_device=PCIE_X16_GBPS[pcie_gen] * lanes / 16 * GB * COPY_EFFICIENCY,
         memory_bytes=int(memory_gb * GB),
@@ -121,6 +123,7 @@ PROFILES: dict[str, DeviceProfile] = {
         name="cpu",
         matmul_flops=178e9,
         attention_flops=45e9,
+        conv_flops=60e9,
         memory_bandwidth=5 * GB,
         host_to_device=None,
         memory_bytes=None,

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..prompt import HUNYUAN_VIDEO_TEMPLATE, MAX_PROMPT_TOKENS, TEMPLATE_CROP_START
 from ..units import format_bytes
+from ..video.buckets import find_bucket
 from .estimate import CostEstimate, estimate, format_seconds
 from .measure import measure_profile
 from .memory import ModelConfigs
@@ -37,9 +38,15 @@ def predict_run(
     else:
         t = transformer.config
         profile = measure_profile(
-            device_profile("rtx4090"), pipe.device, dtype=transformer.dtype, width=t.inner_dim,
-            heads=t.num_attention_heads, tokens=4096,
-        )  # fmt: skip
+            device_profile("rtx4090"),
+            pipe.device,
+            dtype=transformer.dtype,
+            width=t.inner_dim,
+            heads=t.num_attention_heads,
+            tokens=4096,
+            conv_channels=pipe.components.vae.config.block_out_channels[0],
+            frame_size=find_bucket(*image.shape[:2], config.resolution),
+        )
     models = ModelConfigs.of(pipe.components.modules(), "loaded")
     return estimate(
         config,
