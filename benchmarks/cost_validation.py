@@ -2,11 +2,12 @@
 
     python -m benchmarks.cost_validation [--only NAME ...]
 
-Each run is a fresh subprocess (its own peak RSS): build the pipeline (the tiny models, or
-the tiny encoders and VAE with the "medium" transformer), time the device's rates at the
-run's shapes (``framepack.cost.measure``: a few seconds, just before the run, so a busy
-machine's load is in both), estimate, reset the peak RSS (``/proc/self/clear_refs``), then
-time ``pipe.generate`` (one cold run, as ``framepack generate`` makes it).
+Per run: this process times the machine's rates at the run's shapes
+(``framepack.cost.measure``: a few seconds, just before the run, so that a busy machine's
+load is in both) and estimates; then a fresh subprocess (its own peak RSS) builds the
+pipeline (the tiny models, or the tiny encoders and VAE with the "medium" transformer),
+resets its peak RSS (``/proc/self/clear_refs``) and times one cold ``pipe.stream`` run to
+the end (as ``framepack generate`` makes it; sampling is the sections' own ``seconds``).
 
 Time: predicted ``CostEstimate.seconds.total`` (no load: the models are built in memory)
 vs the wall time of ``generate``; target within +-25 %.
@@ -33,6 +34,7 @@ RUNS = {
     "medium-128-12-teacache": ("medium", 128, 12, 1.0, "teacache"),
 }
 PROMPT = "a cat walks across the garden"
+RATES = ("matmul_flops", "attention_flops", "conv_flops", "memory_bandwidth", "kernel_overhead_s")
 
 
 def _status_kib(field: str) -> int:
@@ -42,55 +44,87 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _run(name: str, queue: multiprocessing.Queue) -> None:
-    import torch
-
-    import framepack.pipeline
-    import framepack.video.mp4
-    import framepack.video.preview_mp4  # noqa: F401
-    from framepack import FramePackPipeline, GenerationConfig
-    from framepack.cli import demo_image
-    from framepack.components import tiny_components, tiny_configs
-    from framepack.cost.estimate import estimate
-    from framepack.cost.measure import measure_profile
+def _models(preset: str | None):
+    """The run's model configs: the tiny ones, or the tiny encoders and VAE with a preset transformer."""
+    from framepack.components import tiny_configs
     from framepack.cost.memory import ModelConfigs
-    from framepack.cost.profiles import device_profile
-    from framepack.cost.report import prompt_tokens
-    from framepack.models.transformer import FramePackTransformer, TransformerConfig
+    from framepack.models.transformer import TransformerConfig
 
-    preset, resolution, steps, seconds, cache = RUNS[name]
-    baseline = _status_kib("VmRSS") * 1024
-    components = tiny_components(seed=0)
-    if preset is not None:
-        t = tiny_configs()["transformer"]
-        config = TransformerConfig.preset(
+    if preset is None:
+        return ModelConfigs.tiny()
+    t = tiny_configs()["transformer"]
+    return ModelConfigs.tiny(
+        TransformerConfig.preset(
             preset,
             text_embed_dim=t.text_embed_dim,
             pooled_projection_dim=t.pooled_projection_dim,
             image_proj_dim=t.image_proj_dim,
         )
+    )
+
+
+def _config(name: str):
+    from framepack import GenerationConfig
+
+    _, resolution, steps, seconds, cache = RUNS[name]
+    return GenerationConfig(seconds=seconds, steps=steps, resolution=resolution, cache=cache, seed=0)
+
+
+def _generate(name: str, queue: multiprocessing.Queue) -> None:
+    """In a fresh process: build the pipeline, time ``generate``; its peak RSS and its baseline."""
+    import torch
+
+    import framepack.pipeline
+    import framepack.video.mp4
+    import framepack.video.preview_mp4  # noqa: F401
+    from framepack import FramePackPipeline
+    from framepack.cli import demo_image
+    from framepack.components import tiny_components
+    from framepack.models.transformer import FramePackTransformer
+
+    config = _config(name)
+    baseline = _status_kib("VmRSS") * 1024
+    components = tiny_components(seed=0)
+    models = _models(RUNS[name][0])
+    if RUNS[name][0] is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            components.transformer = FramePackTransformer(config).eval().requires_grad_(False)
+            components.transformer = FramePackTransformer(models.transformer).eval().requires_grad_(False)
     pipe = FramePackPipeline(components, device="cpu")
-    config = GenerationConfig(seconds=seconds, steps=steps, resolution=resolution, cache=cache, seed=0)
-    image = demo_image(resolution)
-    models = ModelConfigs.of(components.modules(), preset or "tiny")
-    text = prompt_tokens(pipe, PROMPT)
+    image = demo_image(config.resolution)
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    started = time.perf_counter()
+    run = pipe.stream(image, PROMPT, config)
+    sampling = sum(section.seconds for section in run)
+    run.result()
+    queue.put(dict(measured_s=time.perf_counter() - started, measured_sampling_s=sampling,
+                   measured_rss=_status_kib("VmHWM") * 1024, baseline_rss=baseline))  # fmt: skip
+
+
+def _predict(name: str):
+    """The estimate with this machine's rates timed now, at the run's shapes (in this process,
+    so that the probes' memory stays out of the run's)."""
+    import torch
+
+    from framepack.cli import demo_image
+    from framepack.cost.estimate import estimate
+    from framepack.cost.measure import measure_profile
+    from framepack.cost.profiles import device_profile
+    from framepack.prompt import HUNYUAN_VIDEO_TEMPLATE, MAX_PROMPT_TOKENS, TEMPLATE_CROP_START
+    from framepack.tiny import tiny_llama_tokenizer
+
+    config, models = _config(name), _models(RUNS[name][0])
+    image = demo_image(config.resolution)
+    templated = tiny_llama_tokenizer()(
+        HUNYUAN_VIDEO_TEMPLATE.format(PROMPT), max_length=MAX_PROMPT_TOKENS + TEMPLATE_CROP_START
+    )
+    text = int(templated.length) - TEMPLATE_CROP_START
 
     def predict(profile):
-        return estimate(
-            config,
-            profile,
-            models=models,
-            image_size=image.shape[:2],
-            text_tokens=text,
-            dtype=torch.float32,
-            from_disk=False,
-        )
+        return estimate(config, profile, models=models, image_size=image.shape[:2], text_tokens=text,
+                        dtype=torch.float32, from_disk=False)  # fmt: skip
 
-    first = predict(device_profile("cpu"))
-    tokens = first.shape.image_stream(models.transformer) + first.shape.context_stream()
+    table = predict(device_profile("cpu"))
     t = models.transformer
     profile = measure_profile(
         device_profile("cpu"),
@@ -98,36 +132,11 @@ def _run(name: str, queue: multiprocessing.Queue) -> None:
         dtype=torch.float32,
         width=t.inner_dim,
         heads=t.num_attention_heads,
-        tokens=tokens,
+        tokens=table.shape.image_stream(t) + table.shape.context_stream(),
         conv_channels=models.vae.block_out_channels[0],
-        frame_size=first.bucket,
+        frame_size=table.bucket,
     )
-    predicted = predict(profile)
-    weights = sum(predicted.memory.weight_bytes.values())
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    started = time.perf_counter()
-    pipe.generate(image, PROMPT, config)
-    measured = time.perf_counter() - started
-    s = predicted.seconds
-    queue.put(
-        dict(
-            name=name,
-            predicted_s=s.total,
-            measured_s=measured,
-            parts=dict(encoders=s.encoders, sampling=s.sampling, prepare=s.prepare, decode=s.decode),
-            table_s=first.seconds.total,
-            predicted_rss=baseline + weights + predicted.memory.peak_activation_bytes,
-            measured_rss=_status_kib("VmHWM") * 1024,
-            baseline_rss=baseline,
-            rates=dict(
-                matmul=profile.matmul_flops,
-                attention=profile.attention_flops,
-                conv=profile.conv_flops,
-                bandwidth=profile.memory_bandwidth,
-                overhead=profile.kernel_overhead_s,
-            ),
-        )
-    )
+    return table, predict(profile)
 
 
 def main() -> None:
@@ -137,18 +146,30 @@ def main() -> None:
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
     results = []
-    print("| run | predicted s | measured s | ratio | predicted RSS MiB | measured RSS MiB | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | predicted s | measured s | ratio | sampling predicted s | measured s | "
+          "predicted RSS MiB | measured RSS MiB | ratio |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.only or RUNS:
+        table, predicted = _predict(name)
         queue = context.Queue()
-        child = context.Process(target=_run, args=(name, queue))
+        child = context.Process(target=_generate, args=(name, queue))
         child.start()
-        result = queue.get()
+        r = queue.get()
         child.join()
-        results.append(result)
-        r = result
+        s, m = predicted.seconds, predicted.memory
+        r.update(
+            name=name,
+            predicted_s=s.total,
+            predicted_sampling_s=s.sampling,
+            table_s=table.seconds.total,
+            parts=dict(encoders=s.encoders, sampling=s.sampling, prepare=s.prepare, decode=s.decode),
+            predicted_rss=r["baseline_rss"] + sum(m.weight_bytes.values()) + m.peak_activation_bytes,
+            rates={k: getattr(predicted.profile, k) for k in RATES},
+        )
+        results.append(r)
         print(
             f"| {name} | {r['predicted_s']:.1f} | {r['measured_s']:.1f} | {r['measured_s'] / r['predicted_s']:.2f} | "
+            f"{r['predicted_sampling_s']:.1f} | {r['measured_sampling_s']:.1f} | "
             f"{r['predicted_rss'] / 2**20:.0f} | {r['measured_rss'] / 2**20:.0f} | "
             f"{r['measured_rss'] / r['predicted_rss']:.2f} |",
             flush=True,

@@ -1,7 +1,7 @@
 """Rates timed on the device at hand, at the shapes of the run being planned: ``--measure``.
 
-A few seconds of micro-benchmarks, each timed after a warm-up as the best of repeats over
-about half a second (the machine's least-disturbed rate, as the model's other figures are): one matmul of a
+A few seconds of micro-benchmarks, each timed after a warm-up as the median of repeats over
+about a second (on a shared machine, the rate a long run meets): one matmul of a
 block's q/k/v projection, one attention over a call's tokens (capped so that the CPU
 finishes in about a second), one VAE convolution, an element-wise pass, a tiny op (the per-kernel overhead), a
 page-locked host->device copy, and a read of a fresh file (its pages dropped from the cache
@@ -11,6 +11,7 @@ first where the OS allows).
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from ..device_runtime import runtime
 from .profiles import DeviceProfile
 
 REPEATS = 3
-PROBE_SECONDS = 0.4
+PROBE_SECONDS = 1.0
 DISK_PROBE_BYTES = 64 << 20
 COPY_PROBE_BYTES = 256 << 20
 MAX_CPU_TOKENS = 4096  # attention and matmul rows on a CPU: the rate, in a second
@@ -30,19 +31,18 @@ MAX_CPU_FRAME = 256  # pixels per side of the convolution probe on a CPU
 BANDWIDTH_PROBE_BYTES = 64 << 20  # larger than the caches: the VAE's and a step's element-wise passes are
 
 
-def _best_seconds(run: Callable[[], object], device: torch.device) -> float:
-    """The fastest of repeated runs for ``PROBE_SECONDS`` (at least ``REPEATS``): a busy
-    machine's bursts of load slow some repeats, rarely all of them."""
+def _typical_seconds(run: Callable[[], object], device: torch.device) -> float:
+    """The median of repeated runs for ``PROBE_SECONDS`` (at least ``REPEATS``): on a machine
+    others share, the load a whole generation meets is in the rate, not only its quiet moments."""
     run()
     _sync(device)
-    best, spent, count = float("inf"), 0.0, 0
-    while count < REPEATS or spent < PROBE_SECONDS:
+    times: list[float] = []
+    while len(times) < REPEATS or sum(times) < PROBE_SECONDS:
         started = time.perf_counter()
         run()
         _sync(device)
-        elapsed = time.perf_counter() - started
-        best, spent, count = min(best, elapsed), spent + elapsed, count + 1
-    return max(best, 1e-9)
+        times.append(time.perf_counter() - started)
+    return max(statistics.median(times), 1e-9)
 
 
 def _sync(device: torch.device) -> None:
@@ -72,19 +72,19 @@ def measure_profile(
     head_dim = width // heads
     x = torch.randn(tokens, width, device=device, dtype=dtype)
     w = torch.randn(width, 3 * width, device=device, dtype=dtype)
-    matmul = 2 * tokens * width * 3 * width / _best_seconds(lambda: x @ w, device)
+    matmul = 2 * tokens * width * 3 * width / _typical_seconds(lambda: x @ w, device)
     q = torch.randn(1, heads, tokens, head_dim, device=device, dtype=dtype)
-    attention_s = _best_seconds(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q), device)
+    attention_s = _typical_seconds(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q), device)
     attention = 4 * heads * tokens * tokens * head_dim / attention_s
     frame = tuple(min(n, MAX_CPU_FRAME) if device.type == "cpu" else n for n in frame_size)
     video = torch.randn(1, conv_channels, 5, *frame, device=device, dtype=dtype)  # the VAE's last block
     kernel = torch.randn(conv_channels, conv_channels, 3, 3, 3, device=device, dtype=dtype)
-    conv_s = _best_seconds(lambda: torch.nn.functional.conv3d(video, kernel, padding=1), device)
+    conv_s = _typical_seconds(lambda: torch.nn.functional.conv3d(video, kernel, padding=1), device)
     conv = 2 * video.numel() * conv_channels * 27 / conv_s
     big = torch.empty(BANDWIDTH_PROBE_BYTES // dtype.itemsize, device=device, dtype=dtype).fill_(1.0)
-    bandwidth = 2 * big.numel() * big.element_size() / _best_seconds(lambda: big.mul_(1.0), device)
+    bandwidth = 2 * big.numel() * big.element_size() / _typical_seconds(lambda: big.mul_(1.0), device)
     small = torch.ones(8, device=device, dtype=dtype)
-    overhead = _best_seconds(lambda: [small.add_(0) for _ in range(100)], device) / 100
+    overhead = _typical_seconds(lambda: [small.add_(0) for _ in range(100)], device) / 100
     rates: dict[str, float] = dict(
         matmul_flops=matmul,
         attention_flops=attention,
@@ -96,7 +96,7 @@ def measure_profile(
     if device.type != "cpu":
         host = torch.empty(COPY_PROBE_BYTES, dtype=torch.uint8).pin_memory()
         target = torch.empty(COPY_PROBE_BYTES, dtype=torch.uint8, device=device)
-        rates["host_to_device"] = COPY_PROBE_BYTES / _best_seconds(
+        rates["host_to_device"] = COPY_PROBE_BYTES / _typical_seconds(
             lambda: target.copy_(host, non_blocking=True), device
         )
     return base.with_measured(**rates)
