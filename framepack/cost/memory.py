@@ -24,8 +24,6 @@ from ..models.siglip import SiglipImageEncoder, SiglipVisionConfig
 from ..models.transformer import FramePackTransformer, TransformerConfig
 from ..models.vae import HunyuanVideoVAE, VAEConfig
 
-WEIGHT_FORMATS = ("bf16", "fp16", "fp8", "fp32")
-
 
 @dataclass(frozen=True)
 class ModelConfigs:

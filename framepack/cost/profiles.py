@@ -118,7 +118,8 @@ PROFILES: dict[str, DeviceProfile] = {
     "h100": _gpu("h100", tensor_tflops=989, memory_gb=80, bandwidth_gbps=3350, pcie_gen=5),
     # This project's 2-core CPU benchmark machine, float32 (README, kernel_floor/transformer_step):
     # torch.mm 178 GFLOP/s; SDPA's flash kernel is half of a medium step whose matmuls are
-    # ~80 % of it, about 45 GFLOP/s; element-wise passes ~5 GB/s; ~8 us per op in PyTorch.
+    # ~80 % of it, about 45 GFLOP/s. Assumed, not measured here: conv3d at a third of the mm rate,
+    # element-wise passes ~5 GB/s, ~8 us per op in PyTorch (--measure times all of them).
     "cpu": DeviceProfile(
         name="cpu",
         matmul_flops=178e9,
