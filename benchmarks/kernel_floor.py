@@ -30,6 +30,9 @@ _KERNELS = {
     aten.baddbmm.default,
     aten.convolution.default,
     aten._scaled_dot_product_flash_attention_for_cpu.default,
+    aten._scaled_dot_product_flash_attention.default,  # CUDA's SDPA kernels
+    aten._scaled_dot_product_efficient_attention.default,
+    aten._scaled_dot_product_cudnn_attention.default,
 }
 # Replayed into a preallocated output: the floor counts the kernel, not the allocator's page faults.
 _OUT_VARIANTS = {aten.mm.default: aten.mm.out, aten.addmm.default: aten.addmm.out, aten.addmm.out: aten.addmm.out}
@@ -39,6 +42,7 @@ _OUT_VARIANTS = {aten.mm.default: aten.mm.out, aten.addmm.default: aten.addmm.ou
 class TensorSpec:
     shape: torch.Size
     dtype: torch.dtype
+    device: torch.device
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class _Recorder(TorchDispatchMode):
 
 
 def _spec(value: Any) -> Any:
-    return TensorSpec(value.shape, value.dtype) if isinstance(value, torch.Tensor) else value
+    return TensorSpec(value.shape, value.dtype, value.device) if isinstance(value, torch.Tensor) else value
 
 
 def record_kernels(fn: Callable[[], object]) -> list[KernelCall]:
@@ -87,28 +91,33 @@ def _materialise(call: KernelCall, generator: torch.Generator) -> Callable[[], o
         if not isinstance(value, TensorSpec):
             return value
         if value.dtype == torch.bool:  # an attention mask: every key visible
-            return torch.ones(value.shape, dtype=torch.bool)
-        return torch.randn(value.shape, generator=generator).to(value.dtype)
+            return torch.ones(value.shape, dtype=torch.bool, device=value.device)
+        return torch.randn(value.shape, generator=generator).to(device=value.device, dtype=value.dtype)
 
     args = tuple(tensor(a) for a in call.args)
     kwargs = {k: tensor(v) for k, v in call.kwargs.items()}
     out_op = _OUT_VARIANTS.get(call.op)
     if out_op is not None and call.out is not None:
-        out = torch.empty(call.out.shape, dtype=call.out.dtype)
+        out = torch.empty(call.out.shape, dtype=call.out.dtype, device=call.out.device)
         return lambda: out_op(*args, **kwargs, out=out)
     return lambda: call.op(*args, **kwargs)
 
 
 def kernel_floor_seconds(calls: list[KernelCall], repeats: int = 5) -> float:
-    """Median seconds to run ``calls`` back to back (after one warm-up pass)."""
+    """Median seconds to run ``calls`` back to back (after one warm-up pass); on a GPU, until
+    the device has finished them."""
     generator = torch.Generator().manual_seed(0)
     runs = [_materialise(call, generator) for call in calls]
+    cuda = any(isinstance(a, TensorSpec) and a.device.type == "cuda" for c in calls for a in c.args)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = []
     with torch.no_grad():
         for index in range(repeats + 1):
+            sync()
             started = time.perf_counter()
             for run in runs:
                 run()
+            sync()
             if index:
                 times.append(time.perf_counter() - started)
     return statistics.median(times)

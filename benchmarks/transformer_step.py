@@ -1,8 +1,9 @@
-"""One denoising step: FramePackTransformer vs diffusers' HunyuanVideoFramepackTransformer3DModel.
+"""One denoising step: FramePackTransformer, eager and compiled, vs diffusers' HunyuanVideoFramepackTransformer3DModel.
 
-    python -m benchmarks.transformer_step
+    python -m benchmarks.transformer_step                 # CPU, float32
+    python -m benchmarks.transformer_step --device cuda   # bfloat16 on the GPU
 
-CPU, float32, the "medium" config (inner dim 512, 2 double + 4 single blocks) with random
+CPU, float32 (or ``--device cuda``, bfloat16: the same columns), the "medium" config (inner dim 512, 2 double + 4 single blocks) with random
 weights saved by diffusers and loaded by our from_pretrained, a 9-frame window with the
 full packed context (1x, 2x, 4x), 729 image tokens and a 512-token text with 80 valid.
 Both models run on the same inputs, interleaved; medians of the timed repeats. The kernel
@@ -13,6 +14,10 @@ Our step is ``denoise`` on inputs ``prepare`` built once per section (clean-late
 embeddings, RoPE tables, image projection, text projection): that work is outside the
 timed step on purpose, because a sampler pays it once per section and not per step.
 diffusers recomputes it on every call.
+
+The compiled column is the same model after ``FramePackTransformer.compile()`` (one graph per
+block kind, token counts dynamic); ``--static`` adds a column compiled for these shapes only.
+The compile time is the first compiled call's, less a compiled step.
 """
 
 from __future__ import annotations
@@ -25,15 +30,19 @@ from collections.abc import Callable
 import torch
 
 from framepack.conditioning import Conditioning, PackedContext
+from framepack.models.compiled import CompiledBlocks
 from framepack.models.transformer import TransformerConfig
 
 from .kernel_floor import kernel_floor_seconds, record_kernels
 from .reference_pair import medium_pair
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> float:
+    """Seconds ``fn`` takes; ``sync`` waits for the device (a GPU runs asynchronously)."""
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -54,10 +63,17 @@ def step_flops(config: TransformerConfig, n_img: int, n_noisy: int, n_ctx: int, 
     return float(flops)
 
 
-def matmul_rate(size: int = 1024, repeats: int = 5) -> float:
-    a, b = torch.randn(2 * size, size), torch.randn(size, 2 * size)
+def matmul_rate(
+    size: int = 1024,
+    repeats: int = 5,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    sync: Callable[[], None] = lambda: None,
+) -> float:
+    a = torch.randn(2 * size, size, device=device, dtype=dtype)
+    b = torch.randn(size, 2 * size, device=device, dtype=dtype)
     torch.mm(a, b)
-    seconds = statistics.median(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    seconds = statistics.median(timed(lambda: torch.mm(a, b), sync) for _ in range(repeats))
     return 2 * (2 * size) * size * (2 * size) / seconds
 
 
@@ -66,10 +82,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--height", type=int, default=32)
     parser.add_argument("--width", type=int, default=24)
+    parser.add_argument("--device", default="cpu", help="cpu (float32) or cuda (bfloat16)")
+    parser.add_argument("--static", action="store_true", help="also time the blocks compiled for these shapes only")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     torch.manual_seed(0)
     reference, ours, config = medium_pair()
+    if device.type != "cpu":  # bfloat16 on the GPU: the float32 output head too, as diffusers' whole model
+        reference.to(device=device, dtype=dtype)
+        ours.to(device=device, dtype=dtype)
 
     g = torch.Generator().manual_seed(1)
     w, h, wd = 9, args.height, args.width
@@ -79,19 +103,30 @@ def main() -> None:
     text = torch.randn(1, 512, config.text_embed_dim, generator=g) * mask[..., None]
     pooled = torch.randn(1, config.pooled_projection_dim, generator=g)
     image = torch.randn(1, 729, config.image_proj_dim, generator=g)
-    indices = torch.arange(0, 1 + w + 1 + 2 + 16)[None]  # last inverted section: [0 | window | post | 2x | 4x]
+    indices = torch.arange(0, 1 + w + 1 + 2 + 16, device=device)[
+        None
+    ]  # last inverted section: [0 | window | post | 2x | 4x]
     pre, latent, post, two, four = indices.split([1, w, 1, 2, 16], dim=1)
     clean = torch.randn(1, 16, 2, h, wd, generator=g)
     clean_2x = torch.randn(1, 16, 2, h, wd, generator=g)
     clean_4x = torch.randn(1, 16, 16, h, wd, generator=g)
-    timestep = torch.tensor([875.0])
-    cond = Conditioning(text, mask, pooled, torch.tensor([10.0]), image)
+    latents, text, pooled, image, clean, clean_2x, clean_4x, mask = (
+        t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        for t in (latents, text, pooled, image, clean, clean_2x, clean_4x, mask)
+    )
+    timestep = torch.tensor([875.0], device=device)
+    cond = Conditioning(text, mask, pooled, torch.tensor([10.0], device=device), image)
     context = PackedContext(latent, clean, torch.cat([pre, post], 1), clean_2x, two, clean_4x, four)
 
     with torch.no_grad():
         prepared = ours.prepare(cond, context, latents.shape)
+        eager_blocks, compiled_blocks = None, ours.compile()
+        variants = {"compiled": compiled_blocks}
+        if args.static:
+            variants["compiled, static shapes"] = ours.compile(dynamic=False)
 
-        def run_ours() -> torch.Tensor:
+        def run_ours(blocks: CompiledBlocks | None = None) -> torch.Tensor:
+            ours.compiled_blocks = blocks
             return ours.denoise(latents, timestep, prepared)
 
         def run_reference() -> torch.Tensor:
@@ -103,7 +138,7 @@ def main() -> None:
                 pooled_projections=pooled,
                 image_embeds=image,
                 indices_latents=latent[0],
-                guidance=torch.tensor([10000.0]),
+                guidance=torch.tensor([10000.0], device=device),
                 latents_clean=clean,
                 indices_latents_clean=torch.cat([pre, post], 1)[0],
                 latents_history_2x=clean_2x,
@@ -113,41 +148,60 @@ def main() -> None:
                 return_dict=False,
             )[0]
 
-        expected, got = run_reference(), run_ours()  # warm-up, and a parity check on these inputs
-        error = (got - expected).abs().max().item() / max(1.0, expected.abs().max().item())
-        ours_times, reference_times, rates = [], [], []
+        expected, got = run_reference(), run_ours(eager_blocks)  # warm-up, and a parity check on these inputs
+        error = relative_error(got, expected)
+        first_call = {name: timed(lambda b=blocks: run_ours(b), sync) for name, blocks in variants.items()}
+        compiled_error = {name: relative_error(run_ours(blocks), got) for name, blocks in variants.items()}
+        times: dict[str, list[float]] = {name: [] for name in ["diffusers", "ours", *variants]}
+        rates = []
         for _ in range(args.repeats):
-            reference_times.append(timed(run_reference))
-            ours_times.append(timed(run_ours))
-            rates.append(matmul_rate())
-        floor_ours = kernel_floor_seconds(record_kernels(run_ours), args.repeats)
+            times["diffusers"].append(timed(run_reference, sync))
+            times["ours"].append(timed(lambda: run_ours(eager_blocks), sync))
+            for name, blocks in variants.items():
+                times[name].append(timed(lambda b=blocks: run_ours(b), sync))
+            rates.append(matmul_rate(device=device, dtype=dtype, sync=sync))
+        floor_ours = kernel_floor_seconds(record_kernels(lambda: run_ours(eager_blocks)), args.repeats)
         floor_reference = kernel_floor_seconds(record_kernels(run_reference), args.repeats)
 
     n_noisy = prepared.noisy_tokens
     n_img = prepared.rope.shape[1]
     n_ctx = 729 + 80
     flops = step_flops(config, n_img, n_noisy, n_ctx, 80)
-    t_ours, t_ref, mm = statistics.median(ours_times), statistics.median(reference_times), statistics.median(rates)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    t_ours, t_ref, mm = median["ours"], median["diffusers"], statistics.median(rates)
     print(
         f"config medium: inner dim {config.inner_dim}, {config.num_layers} double + {config.num_single_layers} single blocks"
     )
     print(
-        f"tokens: {n_img} image-stream ({n_noisy} noisy) + {n_ctx} context = {n_img + n_ctx}; threads {torch.get_num_threads()}"
+        f"device {device}, {dtype}; tokens: {n_img} image-stream ({n_noisy} noisy) + {n_ctx} context = "
+        f"{n_img + n_ctx}; threads {torch.get_num_threads()}"
     )
     print(f"max relative error ours vs diffusers: {error:.2e}")
-    print(f"diffusers step: {t_ref * 1e3:8.1f} ms (median of {args.repeats})")
-    print(f"ours step:      {t_ours * 1e3:8.1f} ms (median of {args.repeats}; prepare() done once, outside the step)")
-    print(f"ratio ours/diffusers: {t_ours / t_ref:.3f}  ({t_ref / t_ours:.2f}x faster)")
-    print(f"step FLOPs (matmul + attention): {flops / 1e9:.2f} GFLOP; torch.mm float32 rate: {mm / 1e9:.1f} GFLOP/s")
-    print(f"ours reaches {flops / t_ours / mm:.1%} of the matmul rate; diffusers {flops / t_ref / mm:.1%}")
+    for name in variants:
+        print(f"max relative error {name} vs ours eager: {compiled_error[name]:.2e}")
+    print(f"step medians of {args.repeats}, interleaved (ours: prepare() done once, outside the step):")
+    for name, seconds in median.items():
+        print(
+            f"  {name + ':':26s}{seconds * 1e3:8.1f} ms   {seconds / t_ref:.3f} x diffusers   "
+            f"{seconds / floor_ours:.3f} x ours' kernel floor"
+        )
+    print(f"  {'kernel floor (ours):':26s}{floor_ours * 1e3:8.1f} ms   {floor_ours / t_ref:.3f} x diffusers")
+    print(f"  {'kernel floor (diffusers):':26s}{floor_reference * 1e3:8.1f} ms")
+    for name in variants:
+        print(f"compile time, {name}: {first_call[name] - median[name]:.1f} s (first call {first_call[name]:.1f} s)")
+    print(f"step FLOPs (matmul + attention): {flops / 1e9:.2f} GFLOP; torch.mm rate: {mm / 1e9:.1f} GFLOP/s")
     print(
-        f"kernel floor (matmuls, attention, convolutions alone, replayed): ours {floor_ours * 1e3:.1f} ms, "
-        f"diffusers {floor_reference * 1e3:.1f} ms"
+        f"share of the matmul rate: ours {flops / t_ours / mm:.1%}, compiled {flops / median['compiled'] / mm:.1%}, "
+        f"diffusers {flops / t_ref / mm:.1%}"
     )
     print(
-        f"  best ratio reachable with this arithmetic (ours at its floor): {floor_ours / t_ref:.3f}; "
-        f"work around the kernels: ours {(t_ours - floor_ours) * 1e3:.0f} ms, diffusers {(t_ref - floor_reference) * 1e3:.0f} ms"
+        f"work around the kernels: ours {(t_ours - floor_ours) * 1e3:.0f} ms, compiled "
+        f"{(median['compiled'] - floor_ours) * 1e3:.0f} ms, diffusers {(t_ref - floor_reference) * 1e3:.0f} ms"
     )
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return (got.float() - expected.float()).abs().max().item() / max(1.0, expected.float().abs().max().item())
 
 
 if __name__ == "__main__":

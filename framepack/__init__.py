@@ -1,8 +1,9 @@
 """framepack: FramePack image-to-video in pure PyTorch.
 
-The names a user needs: the pipeline, its settings, results and progress, the errors it
-raises, the section loop for research code (``generate_latents``/``stream_latents`` on a
-``Conditioning`` and ``PackedContext``), the cache policies and the checkpoint repos.
+The names a user needs: the pipeline, its settings and prompt schedules, results and
+progress, the errors it raises, the section loop for research code
+(``generate_latents``/``stream_latents`` on a ``Conditioning`` and ``PackedContext``), the
+cache policies and the checkpoint repos.
 Everything else lives in its subpackage, which exports its own names: ``framepack.models``,
 ``framepack.sampling``, ``framepack.cache``, ``framepack.memory``, ``framepack.video``.
 
@@ -16,6 +17,7 @@ from .lazy import lazy_exports
 _EXPORTS = {
     "FramePackPipeline": "framepack.pipeline",
     "GenerationConfig": "framepack.config",
+    "PromptSchedule": "framepack.prompt_schedule",
     "SamplingSettings": "framepack.sampling.settings",
     "VideoResult": "framepack.results",
     "SectionOutput": "framepack.results",

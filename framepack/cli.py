@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import MAX_STEPS, MIN_RESOLUTION
-from .errors import FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
+from .errors import ConfigError, FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
 from .sampling.sections import MAX_LATENT_FRAMES, MAX_WINDOW
 from .video.buckets import MAX_RESOLUTION
 from .video.resize import RESIZE_METHODS
@@ -27,6 +28,8 @@ from .video.resize import RESIZE_METHODS
 if TYPE_CHECKING:
     from .config import GenerationConfig
     from .pipeline import FramePackPipeline
+    from .prompt_schedule import PromptSchedule
+    from .sampling.sections import SectionPlan
 
 TINY_DEFAULTS = {"resolution": 128, "seconds": 1.0, "steps": 8}
 DTYPES = ("bf16", "fp16", "fp32")
@@ -91,7 +94,10 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate a video from an image and a prompt", epilog=EXIT_STATUS)
     gen.add_argument("--image", help="start image (path); omitted with --tiny: a built-in test pattern")
-    gen.add_argument("--prompt", default="", help="what happens in the video")
+    gen.add_argument(
+        "--prompt", default="", help='what happens in the video, or a schedule: "[0s-2s: a man waves] [2s: he dances]"'
+    )
+    _blend_argument(gen)
     gen.add_argument(
         "--out", default="framepack.mp4", help="output .mp4 in an existing, writable folder (default %(default)s)"
     )
@@ -102,6 +108,24 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=31337, help="-2**63 to 2**64 - 1 (default %(default)s)")
     gen.add_argument("--resize", default="crop", choices=RESIZE_METHODS)
     gen.add_argument("--end-image", help="last frame (inverted mode only)")
+    gen.add_argument(
+        "--end-strength",
+        type=float,
+        default=1.0,
+        help="end image's latent x this, 0 to 2 (default 1; lower loosens the pull toward the end frame)",
+    )
+    gen.add_argument(
+        "--start-strength",
+        type=float,
+        default=1.0,
+        help="start-frame context latent (start image or keyframe) x this, 0 to 2 (default 1)",
+    )
+    _keyframe_arguments(gen)
+    gen.add_argument(
+        "--keyframe-embeds",
+        action="store_true",
+        help="a keyframe also replaces the start image's SigLIP embeddings in its sections",
+    )
     gen.add_argument("--cache", default="none", help="none, teacache[:T], magcache[:T], magcache-f1[:T], fbcache[:T]")
     gen.add_argument("--real-cfg", type=float, default=1.0, help="real CFG scale (1 = off, one pass per step)")
     gen.add_argument("--distilled-cfg", type=float, default=10.0, help="distilled guidance scale")
@@ -109,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--crf", type=int, default=16, help="H.264 quality, 0 (best) to 51")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
+    gen.add_argument(
+        "--compile", action="store_true", help="torch.compile the transformer blocks (the first section compiles)"
+    )
     gen.add_argument(
         "--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)"
     )
@@ -168,12 +195,57 @@ def _parser() -> argparse.ArgumentParser:
         help="a table over settings: resolution, steps, cache, "
         "seconds, window, real_cfg (e.g. resolution=640,480 steps=25,15 cache=none,teacache)",
     )
+    _keyframe_arguments(plan)
+    plan.add_argument("--prompt", help="a prompt or a schedule: print which prompt each section gets")
+    _blend_argument(plan)
     plan.set_defaults(run=_plan)
 
     for p in (gen, plan):
         p.add_argument("--verbose", action="store_true", help="log progress details")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _keyframe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keyframe",
+        action="append",
+        default=[],
+        metavar="SECTION=PATH|SECONDSs=PATH",
+        help="image for the start-frame slot of a section (index in the video, e.g. 3=k.png) or of the "
+        "section holding a time (e.g. 2.5s=k.png), and of the sections before it without their own "
+        "(inverted mode only; repeatable)",
+    )
+
+
+def _blend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prompt-blend",
+        type=int,
+        metavar="N",
+        help="with a prompt schedule: blend each prompt change over N sections (default 0: a cut)",
+    )
+
+
+def _prompt_argument(args: argparse.Namespace) -> str | PromptSchedule:
+    """``--prompt`` as a plain prompt or a schedule (with ``--prompt-blend``); ConfigError naming a bad part."""
+    from .prompt_schedule import MAX_BLEND_SECTIONS, looks_like_schedule, parse_prompt_schedule
+
+    _check_text("--prompt", args.prompt)
+    blend = args.prompt_blend
+    if blend is not None and not 0 <= blend <= MAX_BLEND_SECTIONS:
+        raise ConfigError(f"--prompt-blend: expected 0 to {MAX_BLEND_SECTIONS} sections, got {blend}")
+    if not looks_like_schedule(args.prompt):
+        if blend is not None:
+            raise ConfigError(
+                f"--prompt-blend {blend}: only a prompt schedule blends, "
+                'like --prompt "[0s: a man waves] [2s: he dances]"; this prompt is plain'
+            )
+        return args.prompt
+    try:
+        return parse_prompt_schedule(args.prompt, blend_sections=blend or 0)
+    except ConfigError as error:
+        raise ConfigError(f"--prompt: {error}") from None
 
 
 def _file_arguments(parser: argparse.ArgumentParser) -> None:
@@ -230,8 +302,9 @@ def _generate(args: argparse.Namespace) -> int:
     from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
     from .config import GenerationConfig
     from .cost.report import measured_line, predict_run, prediction_line
-    from .pipeline import FramePackPipeline, check_inputs
+    from .pipeline import FramePackPipeline, check_inputs, section_prompts
     from .sampling.loop import Progress
+    from .sampling.sections import plan_sections
     from .video import load_image
 
     config = GenerationConfig(
@@ -249,11 +322,18 @@ def _generate(args: argparse.Namespace) -> int:
         cache=args.cache,
         crf=args.crf,
         vae_tiling=True if args.vae_tiling else None,
+        end_strength=args.end_strength,
+        start_strength=args.start_strength,
+        keyframe_embeds=args.keyframe_embeds,
     )
     # Check the inputs before any model: a bad path fails in a second, not after loading 30 GB.
-    check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt)
-    for flag, text in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
-        _check_text(flag, text)
+    plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
+    keyframe_specs = _keyframe_specs(args.keyframe, plan)
+    keyframe_paths = {section: path for section, (_, path) in keyframe_specs.items()}
+    check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt, keyframes=keyframe_paths)
+    _check_text("--negative-prompt", args.negative_prompt)
+    prompt = _prompt_argument(args)
+    section_prompts(prompt, config)  # a schedule that does not fit the video fails here
     _check_device(args.device)
     if args.vram_budget is not None and not (math.isfinite(args.vram_budget) and args.vram_budget > 0):
         raise InputError(f"--vram-budget: expected a finite number of GB > 0, got {args.vram_budget:g}")
@@ -263,6 +343,7 @@ def _generate(args: argparse.Namespace) -> int:
     image = load_image(args.image) if args.image else None
     if args.end_image:
         load_image(args.end_image)
+    keyframes = {section: _load_keyframe(spec, path) for section, (spec, path) in keyframe_specs.items()}
     if args.tiny:
         pipe = FramePackPipeline.tiny(seed=0, device=args.device or "cpu")
         if args.fp8:  # blocks of 64 do not divide the tiny widths; a block that does keeps it block-scaled
@@ -308,6 +389,8 @@ def _generate(args: argparse.Namespace) -> int:
             window=config.window,
             loras=loras,
         )
+    if args.compile:
+        pipe.compile()
     if pipe.device.type == "cpu":
         _check_host_memory(pipe, config)
 
@@ -323,10 +406,11 @@ def _generate(args: argparse.Namespace) -> int:
     # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
     run = pipe.stream(
         image,
-        args.prompt,
+        prompt,
         config,
         end_image=args.end_image,
         negative_prompt=args.negative_prompt,
+        keyframes=keyframes,
         callback=on_step,
         run_dir=args.run_dir,
         resume=args.resume,
@@ -349,6 +433,41 @@ def _generate(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({run.result().num_frames} frames)")
     print(measured_line(predicted, time.perf_counter() - started))
     return 0
+
+
+# SECTION=PATH or SECONDSs=PATH: the key ends at the first '=', so the path may hold '=' or ':'.
+_KEYFRAME_KEY = re.compile(r"(?P<section>\d+)|(?P<seconds>\d+(?:\.\d*)?|\.\d+)s")
+
+
+def _keyframe_specs(specs: Sequence[str], plan: SectionPlan) -> dict[int, tuple[str, str]]:
+    """Video section -> (the ``--keyframe`` argument, its image path); InputError/ConfigError naming a bad one.
+
+    Seconds become sections here, by ``framepack.keyframes``' rule: section 3 and 3 s are
+    different sections, which one dict keyed by both an int 3 and a float 3.0 could not hold.
+    """
+    from .keyframes import keyframe_sections
+
+    keys, paths = [], []
+    for spec in specs:
+        key, separator, path = spec.partition("=")
+        match = _KEYFRAME_KEY.fullmatch(key.strip())
+        if not separator or not path or match is None:
+            raise InputError(
+                f"--keyframe {spec!r}: expected SECTION=PATH (a section index in the video, e.g. 3=k.png) "
+                "or SECONDSs=PATH (seconds of video, e.g. 2.5s=k.png)"
+            )
+        keys.append(int(match["section"]) if match["section"] else float(match["seconds"]))
+        paths.append((spec, path))
+    return dict(sorted(zip(keyframe_sections(keys, plan), paths)))
+
+
+def _load_keyframe(spec: str, path: str) -> np.ndarray:
+    from .video import load_image
+
+    try:
+        return load_image(path)
+    except InputError as e:
+        raise InputError(f"--keyframe {spec!r}: {e}") from None
 
 
 def _single_files(args: argparse.Namespace, mode: str) -> dict[str, Path] | None:
@@ -475,8 +594,10 @@ def _check_out(args: argparse.Namespace) -> None:
         raise InputError(f"--out: expected a file in an existing folder, but {folder} {problem}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"--out: expected a file in a folder you can write to, but {folder} is not writable")
-    for flag, other in (("--image", args.image), ("--end-image", args.end_image), ("--run-dir", args.run_dir),
-                        ("--resume", args.resume)):  # fmt: skip
+    inputs = [("--image", args.image), ("--end-image", args.end_image), ("--run-dir", args.run_dir),
+              ("--resume", args.resume)]  # fmt: skip
+    inputs += [("--keyframe", spec.partition("=")[2]) for spec in args.keyframe]
+    for flag, other in inputs:
         if other and _same_path(out, Path(other)):
             raise InputError(f"--out: expected a path of its own, but {args.out!r} is also the {flag} {other!r}")
 
@@ -511,9 +632,11 @@ def _check_host_memory(pipe: FramePackPipeline, config: GenerationConfig) -> Non
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from .keyframes import check_keyframes
     from .models.packing import packed_tokens
     from .models.siglip import SiglipVisionConfig
     from .prompt import MAX_PROMPT_TOKENS
+    from .prompt_schedule import describe_section_prompts, resolve_prompt
     from .sampling.schedule import sequence_length
     from .sampling.sections import plan_sections
     from .video import find_bucket, load_image
@@ -528,6 +651,12 @@ def _plan(args: argparse.Namespace) -> int:
     resolution = int(_setting(args, "resolution", 640))
     bucket_h, bucket_w = find_bucket(height, width, resolution)
     plan = plan_sections(float(_setting(args, "seconds", 5.0)), fps=args.fps, window=args.window, mode=args.mode)
+    keyframes = _keyframe_specs(args.keyframe, plan) if args.keyframe else None
+    if keyframes is not None:
+        check_keyframes(keyframes, plan)  # the mode
+    if args.prompt is None and args.prompt_blend is not None:
+        raise ConfigError("--prompt-blend: blends the prompts of a --prompt schedule, but no --prompt was given")
+    prompts = None if args.prompt is None else resolve_prompt(_prompt_argument(args), plan)  # before any output
     h, w = bucket_h // 8, bucket_w // 8
     noisy, clean = packed_tokens(h, w, args.window)
     image_tokens = SiglipVisionConfig.preset("siglip-so400m-patch14-384").num_patches
@@ -538,6 +667,10 @@ def _plan(args: argparse.Namespace) -> int:
         f"tokens per section: {noisy} noisy + {clean} packed context = {noisy + clean} image tokens (+ <= {image_tokens + MAX_PROMPT_TOKENS} text/image)"
     )
     print(f"shift sequence length: {sequence_length(plan.window_pixel_frames, bucket_h, bucket_w)}")
+    if keyframes is not None:
+        _print_keyframes(keyframes, plan)
+    if prompts is not None:
+        print("\n".join(describe_section_prompts(prompts, plan)))
     _plan_cost(args, height, width)
     return 0
 
@@ -599,6 +732,22 @@ def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
         print(format_table(rows, device_memory=not profile.is_host))
         return
     print(run(config).describe())
+
+
+def _print_keyframes(specs: dict[int, tuple[str, str]], plan: SectionPlan) -> None:
+    """Which image stands in each section's start-frame slot, in video order."""
+    from .keyframes import keyframe_coverage, section_span
+
+    sections = list(specs)
+    print("start-frame slot by section, in video order:")
+    for section, keyframe in enumerate(keyframe_coverage(sections, plan.num_sections)):
+        span = "{:g}-{:g} s".format(*section_span(section, plan))
+        if keyframe is None:
+            print(f"  video section {section} ({span}): the start image")
+        else:
+            own = sections[keyframe]
+            whose = "its own keyframe" if own == section else f"the keyframe of section {own}"
+            print(f"  video section {section} ({span}): {specs[own][1]} ({whose})")
 
 
 def demo_image(size: int) -> np.ndarray:

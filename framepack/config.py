@@ -30,12 +30,16 @@ class GenerationConfig(SamplingSettings):
     resolution, resize     bucket resolution (multiple of 16) and how the image is fitted to it
     crf                    x264 quality, 0 (best: High-profile quantizer 1, still widely playable) to 51
     vae_tiling             True/False to force VAE tiling, None to let the pipeline decide
+    keyframe_embeds        with ``keyframes``: a section's keyframe also gives its SigLIP image
+                           embeddings in place of the start image's (False: only its latent, in the
+                           start-frame slot; the embeddings stay the start image's everywhere)
     """
 
     resolution: int = 640
     resize: str = "crop"
     crf: int = 16
     vae_tiling: bool | None = None
+    keyframe_embeds: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,3 +52,5 @@ class GenerationConfig(SamplingSettings):
             raise ConfigError(f"crf: expected an int in [0, {MAX_CRF}] (x264's range), got {self.crf}")
         if self.vae_tiling is not None and not isinstance(self.vae_tiling, bool):
             raise ConfigError(f"vae_tiling: expected True, False or None, got {self.vae_tiling!r}")
+        if not isinstance(self.keyframe_embeds, bool):
+            raise ConfigError(f"keyframe_embeds: expected True or False, got {self.keyframe_embeds!r}")

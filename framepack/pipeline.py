@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +37,20 @@ from .conditioning import Conditioning
 from .config import GenerationConfig
 from .device_runtime import runtime
 from .errors import ConfigError, InputError
+from .keyframes import KeyframeKey, check_keyframes, keyframe_coverage
 from .lora import LoraWeights
 from .memory.placement import Placement, device_budget_gb
 from .memory.planner import MemoryPlan, plan_memory
+from .models.compiled import CompiledBlocks
 from .models.configuration import ModelConfig
 from .models.loading import Storage, Weights
 from .models.vae import VAETiling
-from .prompt import build_conditioning, encode_prompt
+from .prompt import PromptEmbeddings, build_conditioning, encode_prompt
+from .prompt_schedule import PromptSchedule, SectionPrompts, as_prompt, resolve_prompt
 from .results import SectionOutput, VideoResult
 from .rundir import RunDirLock, claim_run_dir
 from .runstate import STATE_FILE, RunState, check_fingerprint, digest, load_run_state, save_run_state
+from .sampling.control import SectionControl, SectionText
 from .sampling.loop import Progress, SectionResult, stream_latents
 from .sampling.sections import plan_sections
 from .video import FrameAssembler, PreviewWriter, find_bucket, load_image, resize_image
@@ -55,6 +59,7 @@ from .video.blending import pixels_to_uint8
 logger = logging.getLogger("framepack")
 
 ImageInput = Any  # a path, PIL image or uint8 array; see framepack.video.load_image
+Keyframes = Mapping[KeyframeKey, ImageInput]  # section index (int) or seconds (float) -> image
 
 __all__ = ["F1_REPO", "I2V_REPO", "EncodedInputs", "FramePackPipeline"]
 
@@ -70,7 +75,9 @@ class EncodedInputs:
     end_image: np.ndarray | None
     end_latent: torch.Tensor | None
     end_image_embeds: torch.Tensor | None
-    dropped_tokens: int
+    dropped_tokens: int  # the most Llama tokens cut from one prompt
+    control: SectionControl | None = None  # what changes per section (prompts, keyframes); None: nothing
+    keyframes: tuple[tuple[int, np.ndarray], ...] = ()  # (video section, resized image), by section
 
 
 class FramePackPipeline:
@@ -266,6 +273,12 @@ class FramePackPipeline:
         logger.info("memory plan: %s", plan)
         return plan
 
+    # --- compiling -----------------------------------------------------------------------
+    def compile(self, mode: str = "default") -> CompiledBlocks:
+        """Compile the transformer's blocks with ``torch.compile`` (``FramePackTransformer.compile``):
+        the first section pays the compilation, every later one reuses it."""
+        return self.components.transformer.compile(mode)
+
     # --- LoRAs --------------------------------------------------------------------------
     def add_lora(
         self, source: str | os.PathLike[str] | LoraWeights, strength: float = 1.0, name: str | None = None
@@ -315,19 +328,26 @@ class FramePackPipeline:
     def encode(
         self,
         image: ImageInput | None,
-        prompt: str,
+        prompt: str | PromptSchedule,
         config: GenerationConfig,
         *,
         end_image: ImageInput | None = None,
         negative_prompt: str = "",
+        keyframes: Keyframes | None = None,
     ) -> EncodedInputs:
         """Bucket and resize the image(s), encode them (VAE and SigLIP) and the prompt(s).
 
         ``image=None`` gives text-to-video: a zero start latent and no image embeddings, at
         the bucket a square image would get. ``end_image`` (inverted mode only) is the last
         frame; ``negative_prompt`` is encoded only for real CFG (``config.real_cfg != 1``).
+        ``keyframes`` (inverted mode only, see ``framepack.keyframes``) are fitted like the end
+        image and encoded once each; SigLIP only with ``config.keyframe_embeds``. A prompt schedule
+        (or a string in its form) encodes each distinct prompt once.
         """
-        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt)
+        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes)
+        plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
+        keyframe_keys = check_keyframes(keyframes, plan)  # video section -> key
+        sections = resolve_prompt(prompt, plan)
         c = self.components
         if image is None:
             height, width = find_bucket(1, 1, config.resolution)
@@ -337,18 +357,31 @@ class FramePackPipeline:
             height, width = find_bucket(source.shape[0], source.shape[1], config.resolution)
             start_image = resize_image(source, height, width, config.resize)
         with self._phase("text"):
-            prompt_embeds = encode_prompt(prompt, c.text_encoder, c.text_encoder_2, c.tokenizer, c.tokenizer_2)
+            encoded = [
+                encode_prompt(text, c.text_encoder, c.text_encoder_2, c.tokenizer, c.tokenizer_2)
+                for text in sections.prompts
+            ]
             negative_embeds = None
             if config.real_cfg != 1.0:
                 negative_embeds = encode_prompt(
                     negative_prompt, c.text_encoder, c.text_encoder_2, c.tokenizer, c.tokenizer_2
                 )
-        if prompt_embeds.dropped_tokens:
-            logger.warning("prompt is too long: %d token(s) were cut", prompt_embeds.dropped_tokens)
+        for text, embeds in zip(sections.prompts, encoded):
+            if embeds.dropped_tokens:
+                logger.warning("prompt %r is too long: %d token(s) were cut", text[:60], embeds.dropped_tokens)
 
         end_latent = end_embeds = None
         if end_image is not None:
             end_image = resize_image(load_image(end_image), height, width, config.resize)
+        if keyframe_keys and config.keyframe_embeds and start_image is None:
+            raise ConfigError(
+                "keyframe_embeds: a keyframe's image embeddings replace the start image's, but text-to-video "
+                "(image=None) has none; give a start image or set keyframe_embeds=False"
+            )
+        keyframe_images = tuple(
+            (section, resize_image(load_image(keyframes[key]), height, width, config.resize))
+            for section, key in sorted(keyframe_keys.items())
+        )
         with self._phase("image"):
             if start_image is None:
                 latent_shape = (1, c.vae.config.latent_channels, 1, height // 8, width // 8)
@@ -360,7 +393,9 @@ class FramePackPipeline:
             if end_image is not None:
                 end_latent = self._encode_latent(end_image, config)
                 end_embeds = self._image_embeds(end_image) if image_embeds is not None else None
-        conditioning = self._conditioning(build_conditioning(prompt_embeds, image_embeds, config.distilled_cfg))
+            keyframe_control = self._keyframe_control(keyframe_images, plan.num_sections, config)
+        # The video's first prompt is the base; a schedule's sections swap in their own (SectionControl).
+        conditioning = self._conditioning(build_conditioning(encoded[0], image_embeds, config.distilled_cfg))
         negative = None
         if negative_embeds is not None:
             negative = self._conditioning(build_conditioning(negative_embeds, image_embeds, config.distilled_cfg))
@@ -372,8 +407,38 @@ class FramePackPipeline:
             end_image=end_image,
             end_latent=end_latent,
             end_image_embeds=end_embeds,
-            dropped_tokens=prompt_embeds.dropped_tokens,
+            dropped_tokens=max(e.dropped_tokens for e in encoded),
+            control=_joined_control(self._prompt_control(sections, encoded, config), keyframe_control),
+            keyframes=keyframe_images,
         )
+
+    def _keyframe_control(
+        self, keyframes: tuple[tuple[int, np.ndarray], ...], num_sections: int, config: GenerationConfig
+    ) -> SectionControl | None:
+        """The keyframes' latents (and embeddings, with ``config.keyframe_embeds``) as section anchors."""
+        if not keyframes:
+            return None
+        dtype = self.components.transformer.dtype  # as the start image's embeds, in ``_conditioning``
+        return SectionControl(
+            anchors=tuple(self._encode_latent(image, config) for _, image in keyframes),
+            anchor_embeds=tuple(self._image_embeds(image).to(self.device, dtype) for _, image in keyframes)
+            if config.keyframe_embeds
+            else (),
+            anchor_of=keyframe_coverage([section for section, _ in keyframes], num_sections),
+        )
+
+    def _prompt_control(
+        self, sections: SectionPrompts, encoded: Sequence[PromptEmbeddings], config: GenerationConfig
+    ) -> SectionControl | None:
+        """The sections' prompts as a SectionControl, each on the device in the transformer's dtype as the
+        base conditioning is; None for one prompt everywhere, which the base conditioning is exactly."""
+        if sections.uniform:
+            return None
+        texts = []
+        for embeds in encoded:
+            text = self._conditioning(build_conditioning(embeds, None, config.distilled_cfg))
+            texts.append(SectionText(text.text_embeds, text.text_mask, text.pooled))
+        return SectionControl(texts=tuple(texts), text_of=sections.blends)
 
     def _encode_latent(self, image: np.ndarray, config: GenerationConfig) -> torch.Tensor:
         pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1.0
@@ -398,19 +463,25 @@ class FramePackPipeline:
     def stream(
         self,
         image: ImageInput | None,
-        prompt: str,
+        prompt: str | PromptSchedule,
         config: GenerationConfig | None = None,
         *,
         end_image: ImageInput | None = None,
         negative_prompt: str = "",
+        keyframes: Keyframes | None = None,
         callback: Callable[[Progress], None] | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         resume: str | os.PathLike[str] | None = None,
     ) -> GenerationRun:
         """Start a generation; iterate the returned run for one ``SectionOutput`` per section.
 
+        prompt           a prompt, or a ``PromptSchedule`` (a string in its form, ``"[0s: …] [2s: …]"``,
+                         is parsed: see ``framepack.prompt_schedule``)
         end_image        the video's last frame (inverted mode only): a path, PIL image or uint8 array
         negative_prompt  the negative pass's prompt, used only with real CFG (``config.real_cfg != 1``)
+        keyframes        {section index in the video (int) or seconds (float): image} (inverted mode
+                         only): each stands in the start-frame context slot of its section and of the
+                         sections before it up to the previous keyframe (``framepack.keyframes``)
         run_dir  where the finished sections, previews and resume state are kept: a new or
                  empty folder, or one of a run that finished no section (default: a new
                  temporary folder, see ``GenerationRun.run_dir`` and ``VideoResult.save``)
@@ -423,7 +494,9 @@ class FramePackPipeline:
         run or resume of it raises InputError.
         """
         config = config or GenerationConfig()
-        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt)
+        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes)
+        prompt = as_prompt(prompt)
+        section_prompts(prompt, config)  # a schedule that does not fit the video fails before any work
         run_dir, resume = _folder_argument("run_dir", run_dir), _folder_argument("resume", resume)
         if callback is not None and not callable(callback):
             raise InputError(f"callback: expected a function taking a Progress, or None; got {type(callback).__name__}")
@@ -436,7 +509,7 @@ class FramePackPipeline:
         lock = claim_run_dir(directory, resume=resume is not None)
         try:
             saved = load_run_state(directory) if resume is not None else None  # a bad state fails here, before any work
-            inputs = RunInputs(image, prompt, end_image, negative_prompt)
+            inputs = RunInputs(image, prompt, end_image, negative_prompt, keyframes)
             return GenerationRun(
                 self, inputs, config, directory, callback=callback, saved=saved, lock=lock, temporary=temporary
             )
@@ -447,11 +520,12 @@ class FramePackPipeline:
     def generate(
         self,
         image: ImageInput | None,
-        prompt: str,
+        prompt: str | PromptSchedule,
         config: GenerationConfig | None = None,
         *,
         end_image: ImageInput | None = None,
         negative_prompt: str = "",
+        keyframes: Keyframes | None = None,
         callback: Callable[[Progress], None] | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         resume: str | os.PathLike[str] | None = None,
@@ -463,6 +537,7 @@ class FramePackPipeline:
             config,
             end_image=end_image,
             negative_prompt=negative_prompt,
+            keyframes=keyframes,
             callback=callback,
             run_dir=run_dir,
             resume=resume,
@@ -472,7 +547,12 @@ class FramePackPipeline:
         return run.result()
 
     def fingerprint(
-        self, inputs: EncodedInputs, prompt: str, config: GenerationConfig, *, negative_prompt: str = ""
+        self,
+        inputs: EncodedInputs,
+        prompt: str | PromptSchedule,
+        config: GenerationConfig,
+        *,
+        negative_prompt: str = "",
     ) -> dict[str, Any]:
         """What must not change between a run and its resumption: the model, the inputs, the
         sampling settings (the cache described by its class and settings) and how the image is fitted."""
@@ -490,9 +570,10 @@ class FramePackPipeline:
             "vae_tiling": self._tiling(config) is not None,
             "image": _image_digest(inputs.image),
             "end_image": None if inputs.end_image is None else _image_digest(inputs.end_image),
-            "prompt": digest(prompt),
+            "prompt": digest(section_prompts(prompt, config).key()),  # a plain prompt: its text, as always
             "negative_prompt": digest(negative_prompt),
             "settings": settings,
+            **_keyframe_fingerprint(inputs, config),
         } | self._lora_fingerprint()
 
     def _lora_fingerprint(self) -> dict[str, Any]:
@@ -508,6 +589,26 @@ _LATER_SETTINGS = {"end_strength": 1.0, "start_strength": 1.0}
 _NO_DEFAULT = object()
 
 
+def _joined_control(prompts: SectionControl | None, keyframes: SectionControl | None) -> SectionControl | None:
+    """One SectionControl of a schedule's prompts and the keyframes; None when neither changes a section."""
+    if prompts is None or keyframes is None:
+        return prompts or keyframes
+    return replace(
+        prompts, anchors=keyframes.anchors, anchor_embeds=keyframes.anchor_embeds, anchor_of=keyframes.anchor_of
+    )
+
+
+def _keyframe_fingerprint(inputs: EncodedInputs, config: GenerationConfig) -> dict[str, Any]:
+    """The keyframes (each fitted image with its section) and whether their embeddings are used,
+    when there are any: a run without keyframes fingerprints as runs made before them."""
+    if not inputs.keyframes:
+        return {}
+    return {
+        "keyframes": digest(*(f"{section}:{_image_digest(image)}" for section, image in inputs.keyframes)),
+        "keyframe_embeds": config.keyframe_embeds,
+    }
+
+
 def _load_target(device: torch.device | str | None, vram_budget_gb: float | None) -> tuple[torch.device, bool]:
     """The device to run on (cuda when available) and whether a memory plan places the weights:
     then they load on the host. On CUDA always: ~40 GiB never fits on a card at once."""
@@ -515,10 +616,25 @@ def _load_target(device: torch.device | str | None, vram_budget_gb: float | None
     return device, vram_budget_gb is not None or device.type == "cuda"
 
 
-def check_inputs(config: GenerationConfig, *, end_image: ImageInput | None = None, negative_prompt: str = "") -> None:
+def section_prompts(prompt: str | PromptSchedule, config: GenerationConfig) -> SectionPrompts:
+    """Each video section's prompt under ``config``'s plan; ConfigError for a schedule that does not fit it."""
+    return resolve_prompt(prompt, plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode))
+
+
+def check_inputs(
+    config: GenerationConfig,
+    *,
+    end_image: ImageInput | None = None,
+    negative_prompt: str = "",
+    keyframes: Keyframes | None = None,
+) -> None:
     """Raise ConfigError if the inputs do not go with ``config`` (before any model runs)."""
     if end_image is not None and config.mode != "inverted":
         raise ConfigError(f"end_image: only the 'inverted' mode can end on a given frame, got mode {config.mode!r}")
+    if keyframes is not None:
+        check_keyframes(
+            keyframes, plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
+        )
     if not isinstance(negative_prompt, str):
         raise ConfigError(f"negative_prompt: expected a str, got {type(negative_prompt).__name__}")
 
@@ -528,9 +644,10 @@ class RunInputs:
     """What one run generates from: the arguments of ``stream``, as given."""
 
     image: ImageInput | None
-    prompt: str
+    prompt: str | PromptSchedule
     end_image: ImageInput | None = None
     negative_prompt: str = ""
+    keyframes: Keyframes | None = None
 
 
 def _folder_argument(name: str, value: object) -> Path | None:
@@ -631,7 +748,12 @@ class GenerationRun:
             frames.restore(saved.tensors.get("held_frames"), int(saved.tensors["frame_count"]), saved.frame_chunks)
         given = self._inputs
         inputs = p.encode(
-            given.image, given.prompt, config, end_image=given.end_image, negative_prompt=given.negative_prompt
+            given.image,
+            given.prompt,
+            config,
+            end_image=given.end_image,
+            negative_prompt=given.negative_prompt,
+            keyframes=given.keyframes,
         )
         fingerprint = p.fingerprint(inputs, given.prompt, config, negative_prompt=given.negative_prompt)
         generator = torch.Generator("cpu").manual_seed(config.seed)
@@ -656,6 +778,7 @@ class GenerationRun:
             negative=inputs.negative,
             end_latent=inputs.end_latent,
             end_image_embeds=inputs.end_image_embeds,
+            control=inputs.control,
             callback=self._callback,
             generator=generator,
             resume_history=history,

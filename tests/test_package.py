@@ -16,10 +16,11 @@ import framepack
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
-# What a user needs: the pipeline, settings, results, progress, errors, the section loop
+# What a user needs: the pipeline, settings, prompt schedules, results, progress, errors, the section loop
 # and its inputs, the cache policies, the checkpoint repos. The rest lives in subpackages.
 PUBLIC = {
-    "FramePackPipeline", "GenerationConfig", "SamplingSettings", "VideoResult", "SectionOutput", "Progress",
+    "FramePackPipeline", "GenerationConfig", "PromptSchedule", "SamplingSettings",
+    "VideoResult", "SectionOutput", "Progress",
     "FramePackError", "CheckpointError", "ConfigError", "InputError", "NumericalError", "OutputError",
     "GenerationCancelled", "GenerationInterrupted",
     "generate_latents", "stream_latents", "Conditioning", "PackedContext",

@@ -34,6 +34,7 @@ from ..conditioning import Conditioning, PackedContext
 from ..errors import ConfigError, InputError
 from ..precision import FiniteGuard
 from . import packing
+from .compiled import CompiledBlocks
 from .configuration import ModelConfig
 from .layers import (
     SINUSOID_DIM,
@@ -232,8 +233,14 @@ class TransformerStack:
     @torch.no_grad()
     def _run(self, start: int, stop: int) -> torch.Tensor:
         n_img = self._image.shape[1]
+        compiled = self._model.compiled_blocks
         for index, block in zip(range(start, stop), self._model._blocks(start, stop)):
-            block(self._joint, n_img, self._temb_act, self._rope, self._mask, self._scratch)
+            if compiled is None:
+                block(self._joint, n_img, self._temb_act, self._rope, self._mask, self._scratch)  # in place
+            else:  # a compiled block returns a new stream
+                self._joint = compiled.run(
+                    block, self._joint, n_img, self._temb_act, self._rope, self._mask, self._scratch
+                )
             if self._guard is not None:
                 self._guard.record(1 + index, self._joint)
         self._next_block = stop
@@ -315,12 +322,14 @@ class FramePackTransformer(LoraMethods, PretrainedModel):
     double and single blocks through one ``LayerStreamer``: one budget, slots shared by
     both kinds, and prefetching crosses from the last double block to the first single one.
     ``add_lora``, ``set_lora_strength``, ``remove_lora``, ``fuse_loras`` and ``loras``
-    (framepack.models.lora_methods) apply LoRA files at run time.
+    (framepack.models.lora_methods) apply LoRA files at run time. ``compile`` runs the
+    blocks through ``torch.compile`` (framepack.models.compiled).
     """
 
     config_class = TransformerConfig
     weights_name = "diffusion_pytorch_model"
     checkpoint_class_name = "HunyuanVideoFramepackTransformer3DModel"
+    compiled_blocks: CompiledBlocks | None = None  # set by ``compile``
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -398,6 +407,17 @@ class FramePackTransformer(LoraMethods, PretrainedModel):
         n_double = len(self.double_blocks)
         for index in range(start, stop):
             yield self.double_blocks[index] if index < n_double else self.single_blocks[index - n_double]
+
+    # --- compiling ----------------------------------------------------------------------------
+    def compile(  # type: ignore[override]  # nn.Module.compile compiles forward whole; ours compiles per block kind
+        self, mode: str = "default", *, backend: str | Any = "inductor", dynamic: bool = True
+    ) -> CompiledBlocks:
+        """Run the double and single blocks through ``torch.compile``: one graph per block kind,
+        shared by every block and a streamer's shells (framepack.models.compiled). Compiles on
+        the first call, not here. Returns the ``CompiledBlocks`` (its ``graphs`` count the
+        compilations, its ``fallback`` says why it runs eager if it does)."""
+        self.compiled_blocks = CompiledBlocks(mode, backend=backend, dynamic=dynamic)
+        return self.compiled_blocks
 
     # --- the API ------------------------------------------------------------------------------
     def forward(
