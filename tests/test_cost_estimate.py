@@ -65,21 +65,18 @@ def test_step_seconds_are_flops_over_rates_and_cfg_doubles_them() -> None:
     f = e.step_flops
     assert e.seconds.step == pytest.approx(f.matmul / 1e12 + f.attention / 2e12, rel=1e-12)
     assert e.seconds.sampling == pytest.approx(4 * e.seconds.step, rel=1e-12)  # 1 section x 4 steps
-    assert e.seconds.decode == pytest.approx(e.decode.flops / 4e12, rel=1e-12)
+    assert e.seconds.decode == pytest.approx(e.decode.total / 4e12, rel=1e-12)
     cfg = _tiny_estimate(real_cfg=3.0)
     assert cfg.calls_per_step == 2
     assert cfg.seconds.step == pytest.approx(2 * e.seconds.step, rel=1e-12)
-    assert cfg.encoders.flops == 2 * e.encoders.flops - _image_side(e)  # the negative prompt is encoded too
+    assert cfg.encoders.total == 2 * e.encoders.total - _image_side(e)  # the negative prompt is encoded too
 
 
 def _image_side(e) -> int:
     """Encoder FLOPs that do not double with a negative prompt: SigLIP and the VAE encode."""
-    from framepack.cost.flops import image_encoder_cost, vae_encode_cost
+    from framepack.cost.vae_flops import image_encoder_flops, vae_encode_flops
 
-    return (
-        image_encoder_cost(TINY.image_encoder, torch.float32).flops
-        + vae_encode_cost(TINY.vae, torch.float32, *e.bucket).flops
-    )
+    return image_encoder_flops(TINY.image_encoder).total + vae_encode_flops(TINY.vae, *e.bucket).total
 
 
 def test_a_cache_skips_only_the_block_stack() -> None:

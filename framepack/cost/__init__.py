@@ -1,7 +1,8 @@
 """Cost model: FLOPs, memory and predicted time of a generation, before running it.
 
-flops.py     FLOPs of the transformer (by hand, checked against recorded kernels) and of
-             the VAE and encoders (traced on the meta device)
+flops.py     FLOPs of the transformer (by hand, checked against recorded kernels)
+vae_flops.py FLOPs of the VAE and the encoders (by hand too, checked the same way)
+meta.py      meta-device models for the memory planner, built without initialisers
 caching.py   the share of steps a cache policy computes
 memory.py    the memory planner's plan for a budget, on meta-device models
 profiles.py  device profiles: published peak rates and stated efficiencies

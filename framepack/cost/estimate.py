@@ -27,19 +27,10 @@ from ..sampling.sections import SectionPlan, plan_sections
 from ..units import format_bytes
 from ..video.buckets import find_bucket
 from .caching import computed_share
-from .flops import (
-    CallShape,
-    Flops,
-    Traced,
-    call_flops,
-    image_encoder_cost,
-    prepare_flops,
-    text_encoders_cost,
-    vae_decode_cost,
-    vae_encode_cost,
-)
+from .flops import CallShape, Flops, call_flops, prepare_flops
 from .memory import MemoryEstimate, ModelConfigs, estimate_memory
 from .profiles import DeviceProfile
+from .vae_flops import image_encoder_flops, text_encoders_flops, vae_decode_flops, vae_encode_flops
 
 # Text tokens assumed when no prompt is given: a two-sentence prompt (the README's examples are 15-40).
 ASSUMED_TEXT_TOKENS = 64
@@ -87,8 +78,8 @@ class CostEstimate:
     step_flops: Flops  # one step, every call computed
     stack_flops: Flops  # the part of one call a cache skips
     prepare_flops: Flops  # per section
-    decode: Traced  # every section's decodes together
-    encoders: Traced  # text (and negative), image, VAE encode
+    decode: Flops  # every section's decodes together
+    encoders: Flops  # text (and negative), image, VAE encode
     video_flops: int  # everything
     memory: MemoryEstimate
     copy_seconds_per_call: float
@@ -110,9 +101,9 @@ class CostEstimate:
             f"block stack {_tflop(self.stack_flops.total * self.calls_per_step)})",
             f"  steps computing the stack: {self.computed_share:.0%} ({self.cache_note})",
             f"  per section: sampling {_tflop(self._section_sampling_flops())}, "
-            f"VAE decode {_tflop(self.decode.flops / self.plan.num_sections)}",
-            f"  per video: {_tflop(self.video_flops)} (encoders {_tflop(self.encoders.flops)}, "
-            f"VAE decode {_tflop(self.decode.flops)})",
+            f"VAE decode {_tflop(self.decode.total / self.plan.num_sections)}",
+            f"  per video: {_tflop(self.video_flops)} (encoders {_tflop(self.encoders.total)}, "
+            f"VAE decode {_tflop(self.decode.total)})",
             "memory:",
             *("  " + line for line in str(m.plan).splitlines()),
             "  weights: " + ", ".join(f"{n} {format_bytes(b)}" for n, b in m.weight_bytes.items()),
@@ -163,12 +154,10 @@ def _compute_seconds(profile: DeviceProfile, flops: Flops, elementwise_bytes: fl
     )
 
 
-def _traced_seconds(profile: DeviceProfile, cost: Traced, flops_rate: float) -> float:
-    return (
-        cost.flops / flops_rate
-        + cost.elementwise_bytes / profile.memory_bandwidth
-        + (cost.ops * profile.kernel_overhead_s)
-    )
+def _decode_seconds(profile: DeviceProfile, flops: Flops) -> float:
+    """The VAE decode at the profile's decode rate: a measured profile's is a real decode's
+    FLOPs per second (its norms, activations and copies included); a table's, its convolutions'."""
+    return flops.total / profile.conv_flops + flops.kernels * profile.kernel_overhead_s
 
 
 def _dtypes(profile: DeviceProfile, dtype: torch.dtype | None) -> tuple[torch.dtype, torch.dtype]:
@@ -261,17 +250,14 @@ def estimate(
     steps = config.steps * plan.num_sections
     sampling_s = steps * calls * (share * computed_call + (1 - share) * skipped_call)
 
-    decode = Traced(0, 0, 0)
+    decode = Flops()
     for frames in decoded_latent_frames(plan):
-        decode = decode + vae_decode_cost(
-            models.vae, other_dtype, frames, shape.height, shape.width, memory.plan.vae_tiling
-        )
+        decode += vae_decode_flops(models.vae, frames, shape.height, shape.width, memory.plan.vae_tiling)
     prompts = 2 if calls == 2 else 1  # real CFG encodes the negative prompt too
     llama_tokens = TEMPLATE_CROP_START + n_text
-    encoders = text_encoders_cost(models.text_encoder, models.text_encoder_2, other_dtype, llama_tokens) * prompts
+    encoders = text_encoders_flops(models.text_encoder, models.text_encoder_2, llama_tokens) * prompts
     if with_image:
-        encoders = encoders + image_encoder_cost(models.image_encoder, other_dtype)
-        encoders = encoders + vae_encode_cost(models.vae, other_dtype, *bucket)
+        encoders += image_encoder_flops(models.image_encoder) + vae_encode_flops(models.vae, *bucket)
     prepare = prepare_flops(t, shape) * calls
 
     weights = sum(memory.weight_bytes.values())
@@ -284,17 +270,17 @@ def estimate(
             swaps_s = plan.num_sections * (transformer_device + memory.weight_bytes["vae"]) / profile.host_to_device  # type: ignore[operator]
     seconds = Seconds(
         load=load_s,
-        encoders=_traced_seconds(profile, encoders, profile.matmul_flops),
+        encoders=_compute_seconds(profile, encoders, 0),
         step=calls * computed_call,
         sampling=sampling_s,
         prepare=plan.num_sections * _compute_seconds(profile, prepare, 0),
-        decode=_traced_seconds(profile, decode, profile.conv_flops),
+        decode=_decode_seconds(profile, decode),
         swaps=swaps_s,
     )
     step_flops = (around + stack) * calls
     stack_total = steps * calls * share * stack.total
     video_flops = int(
-        steps * calls * around.total + stack_total + plan.num_sections * prepare.total + decode.flops + encoders.flops
+        steps * calls * around.total + stack_total + plan.num_sections * prepare.total + decode.total + encoders.total
     )
     result = CostEstimate(
         models=models.name,

@@ -23,6 +23,7 @@ from ..models.llama import LlamaConfig, LlamaTextEncoder
 from ..models.siglip import SiglipImageEncoder, SiglipVisionConfig
 from ..models.transformer import FramePackTransformer, TransformerConfig
 from ..models.vae import HunyuanVideoVAE, VAEConfig
+from .meta import build_on_meta, meta_model
 
 
 @dataclass(frozen=True)
@@ -82,19 +83,19 @@ class ModelConfigs:
 def _meta_modules(
     configs: ModelConfigs, transformer_dtype: torch.dtype, dtype: torch.dtype, fp8: bool
 ) -> dict[str, nn.Module]:
-    with torch.device("meta"):
-        transformer = FramePackTransformer(configs.transformer).to(transformer_dtype)
+    def transformer() -> nn.Module:
+        module = FramePackTransformer(configs.transformer).to(transformer_dtype)
         if fp8:  # 64 input columns per scale, or the largest block dividing a smaller width (as --tiny does)
-            transformer.quantize_fp8(block=math.gcd(64, configs.transformer.inner_dim))
-        modules = dict(
-            transformer=transformer,
-            vae=HunyuanVideoVAE(configs.vae).to(dtype),
-            text_encoder=LlamaTextEncoder(configs.text_encoder).to(dtype),
-            text_encoder_2=CLIPTextEncoder(configs.text_encoder_2).to(dtype),
-            image_encoder=SiglipImageEncoder(configs.image_encoder).to(dtype),
-        )
-    for module in modules.values():
-        module.eval().requires_grad_(False)
+            module.quantize_fp8(block=math.gcd(64, configs.transformer.inner_dim))
+        return module
+
+    modules = dict(
+        transformer=build_on_meta(transformer),
+        vae=meta_model(HunyuanVideoVAE, configs.vae, dtype),
+        text_encoder=meta_model(LlamaTextEncoder, configs.text_encoder, dtype),
+        text_encoder_2=meta_model(CLIPTextEncoder, configs.text_encoder_2, dtype),
+        image_encoder=meta_model(SiglipImageEncoder, configs.image_encoder, dtype),
+    )
     return modules
 
 
