@@ -4,16 +4,20 @@
 
 Per run: this process times the machine's rates at the run's shapes
 (``framepack.cost.measure``: a few seconds, just before the run, so that a busy machine's
-load is in both) and estimates; then a fresh subprocess (its own peak RSS) builds the
+load is in both; among them a real decode by a VAE of the run's config and an mp4 of the
+bucket's frames) and estimates; then a fresh subprocess (its own peak RSS) builds the
 pipeline (the tiny models, or the tiny encoders and VAE with the "medium" transformer),
 resets its peak RSS (``/proc/self/clear_refs``) and times one cold ``pipe.stream`` run to
 the end (as ``framepack generate`` makes it; sampling is the sections' own ``seconds``).
 
-Time: predicted ``CostEstimate.seconds.total`` (no load: the models are built in memory)
-vs the wall time of ``generate``; target within +-25 %.
+Time: predicted ``CostEstimate.seconds.total`` (no load: the models are built in memory;
+the mp4 and previews included) vs the wall time of the run; target within +-25 %. Each row
+gives the 1-minute load average before the probes and after the run: the machine is shared,
+and its load moves the measured time as much as anything the model leaves out.
 Peak RSS: predicted = RSS before the pipeline was built (the interpreter, torch, PyAV and
 every module of ours a run imports: measured, not modelled) + the models' weight bytes + the largest phase's
-activation estimate (``memory.planner.activation_estimates``); measured = VmHWM over the
+activation estimate (``memory.planner.activation_estimates``; for the decode, the larger of that and
+the decode probe's measured peak RSS per output pixel at the run's largest tile); measured = VmHWM over the
 generation; target within +-15 %.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -34,7 +39,15 @@ RUNS = {
     "medium-128-12-teacache": ("medium", 128, 12, 1.0, "teacache"),
 }
 PROMPT = "a cat walks across the garden"
-RATES = ("matmul_flops", "attention_flops", "conv_flops", "memory_bandwidth", "kernel_overhead_s")
+RATES = (
+    "matmul_flops",
+    "attention_flops",
+    "conv_flops",
+    "memory_bandwidth",
+    "kernel_overhead_s",
+    "video_encode_pixels",
+    "decode_bytes_per_pixel",
+)
 
 
 def _status_kib(field: str) -> int:
@@ -133,7 +146,7 @@ def _predict(name: str):
         width=t.inner_dim,
         heads=t.num_attention_heads,
         tokens=table.shape.image_stream(t) + table.shape.context_stream(),
-        conv_channels=models.vae.block_out_channels[0],
+        vae=models.vae,
         frame_size=table.bucket,
     )
     return table, predict(profile)
@@ -147,9 +160,10 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     results = []
     print("| run | predicted s | measured s | ratio | sampling predicted s | measured s | "
-          "predicted RSS MiB | measured RSS MiB | ratio |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "predicted RSS MiB | measured RSS MiB | ratio | load avg before/after |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.only or RUNS:
+        load_before = os.getloadavg()[0]
         table, predicted = _predict(name)
         queue = context.Queue()
         child = context.Process(target=_generate, args=(name, queue))
@@ -162,7 +176,8 @@ def main() -> None:
             predicted_s=s.total,
             predicted_sampling_s=s.sampling,
             table_s=table.seconds.total,
-            parts=dict(encoders=s.encoders, sampling=s.sampling, prepare=s.prepare, decode=s.decode),
+            parts=dict(encoders=s.encoders, sampling=s.sampling, prepare=s.prepare, decode=s.decode, video=s.video),
+            load=(load_before, os.getloadavg()[0]),
             predicted_rss=r["baseline_rss"] + sum(m.weight_bytes.values()) + m.peak_activation_bytes,
             rates={k: getattr(predicted.profile, k) for k in RATES},
         )
@@ -171,7 +186,7 @@ def main() -> None:
             f"| {name} | {r['predicted_s']:.1f} | {r['measured_s']:.1f} | {r['measured_s'] / r['predicted_s']:.2f} | "
             f"{r['predicted_sampling_s']:.1f} | {r['measured_sampling_s']:.1f} | "
             f"{r['predicted_rss'] / 2**20:.0f} | {r['measured_rss'] / 2**20:.0f} | "
-            f"{r['measured_rss'] / r['predicted_rss']:.2f} |",
+            f"{r['measured_rss'] / r['predicted_rss']:.2f} | {r['load'][0]:.1f} / {r['load'][1]:.1f} |",
             flush=True,
         )
     if args.json:

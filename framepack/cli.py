@@ -709,7 +709,7 @@ def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
             width=models.transformer.inner_dim,
             heads=models.transformer.num_attention_heads,
             tokens=4096,
-            conv_channels=models.vae.block_out_channels[0],
+            vae=models.vae,
             frame_size=find_bucket(height, width, config.resolution),
         )
 

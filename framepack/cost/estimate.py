@@ -16,7 +16,7 @@ seconds with a device's rates (``profiles.py`` or ``measure.py``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -30,7 +30,13 @@ from .caching import computed_share
 from .flops import CallShape, Flops, call_flops, prepare_flops
 from .memory import MemoryEstimate, ModelConfigs, estimate_memory
 from .profiles import DeviceProfile
-from .vae_flops import image_encoder_flops, text_encoders_flops, vae_decode_flops, vae_encode_flops
+from .vae_flops import (
+    decode_tile_frames,
+    image_encoder_flops,
+    text_encoders_flops,
+    vae_decode_flops,
+    vae_encode_flops,
+)
 
 # Text tokens assumed when no prompt is given: a two-sentence prompt (the README's examples are 15-40).
 ASSUMED_TEXT_TOKENS = 64
@@ -54,10 +60,11 @@ class Seconds:
     prepare: float  # every section's step-invariant inputs
     decode: float  # every section's VAE decode
     swaps: float  # components copied back to the device between phases, every section
+    video: float  # the mp4, and on a host profile the previews (encoded beside the sampling, on the same cores)
 
     @property
     def total(self) -> float:
-        return self.load + self.encoders + self.sampling + self.prepare + self.decode + self.swaps
+        return self.load + self.encoders + self.sampling + self.prepare + self.decode + self.swaps + self.video
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,8 @@ class CostEstimate:
             "time:",
             f"  load {format_seconds(s.load)}, encoders {format_seconds(s.encoders)}, per step {format_seconds(s.step)}",
             f"  sampling {format_seconds(s.sampling)}, prepare {format_seconds(s.prepare)}, VAE decode {format_seconds(s.decode)}"
-            + (f", swaps {format_seconds(s.swaps)}" if s.swaps else ""),
+            + (f", swaps {format_seconds(s.swaps)}" if s.swaps else "")
+            + f", mp4 and previews {format_seconds(s.video)}",
             f"  predicted total: {format_seconds(s.total)}",
         ]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
@@ -168,6 +176,27 @@ def _dtypes(profile: DeviceProfile, dtype: torch.dtype | None) -> tuple[torch.dt
         default = torch.bfloat16 if profile.bf16_native else torch.float16
     chosen = dtype or default
     return chosen, chosen
+
+
+def encoded_pixel_frames(plan: SectionPlan, host: bool) -> float:
+    """Frames the run's H.264 encoder writes: the video once, and on a host the previews of the
+    video so far after every section but the last (``pipeline`` supersedes that one with the video),
+    taken as an equal share of the frames per section. On a GPU the previews encode on the host's
+    cores while the device samples: no time added."""
+    previews = sum(k / plan.num_sections for k in range(1, plan.num_sections)) if host else 0.0
+    return plan.pixel_frames * (1 + previews)
+
+
+def host_decode_bytes(profile: DeviceProfile, models: ModelConfigs, plan: SectionPlan, bucket: tuple[int, int]) -> int:
+    """Host bytes a CPU decode holds at its peak, from the measured bytes per output pixel of a
+    temporal tile (at the largest tile), plus the float32 pixels of the whole section it returns."""
+    if profile.decode_bytes_per_pixel is None:
+        return 0
+    r, area = models.vae.temporal_compression_ratio, bucket[0] * bucket[1]
+    frames = decoded_latent_frames(plan)
+    tile = max(1 + r * (t - 1) for n in frames for t in decode_tile_frames(models.vae, n))
+    section = max(1 + r * (n - 1) for n in frames)
+    return int(profile.decode_bytes_per_pixel * tile * area + models.vae.out_channels * 4 * section * area)
 
 
 def decoded_latent_frames(plan: SectionPlan) -> list[int]:
@@ -230,6 +259,9 @@ def estimate(
         window=config.window,
         device=device,
     )
+    if profile.is_host:  # a measured CPU decode's working set, where it exceeds the planner's estimate
+        decode_bytes = max(memory.activation_bytes["decode"], host_decode_bytes(profile, models, plan, bucket))
+        memory = replace(memory, activation_bytes={**memory.activation_bytes, "decode": decode_bytes})
     if profile.memory_bytes is not None and memory.peak_device_bytes > profile.memory_bytes:
         notes = [
             f"the plan needs {format_bytes(memory.peak_device_bytes)}, more than the card's "
@@ -276,6 +308,7 @@ def estimate(
         prepare=plan.num_sections * _compute_seconds(profile, prepare, 0),
         decode=_decode_seconds(profile, decode),
         swaps=swaps_s,
+        video=encoded_pixel_frames(plan, profile.is_host) * bucket[0] * bucket[1] / profile.video_encode_pixels,
     )
     step_flops = (around + stack) * calls
     stack_total = steps * calls * share * stack.total

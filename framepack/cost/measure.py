@@ -3,9 +3,15 @@
 A few seconds of micro-benchmarks, each timed after a warm-up as the median of repeats over
 about a second (on a shared machine, the rate a long run meets): one matmul of a
 block's q/k/v projection, one attention over a call's tokens (capped so that the CPU
-finishes in about a second), one VAE convolution, an element-wise pass, a tiny op (the per-kernel overhead), a
+finishes in about a second), an element-wise pass, a tiny op (the per-kernel overhead), a
 page-locked host->device copy, and a read of a fresh file (its pages dropped from the cache
-first where the OS allows).
+first where the OS allows). Two probes run the real thing, as their parts are too many to
+time one by one: a decode by a VAE of the run's config (random weights) of one temporal
+tile as the run decodes them (``PROBE_LATENT_FRAMES``: fewer frames run the CPU's conv3d at
+a third of its rate) at the bucket's latent size (on a CPU at most ``MAX_CPU_LATENT`` a
+side), once and cold as a run's first decode is, whose FLOPs per second stand for the whole
+decode's (its ops work per latent position); and the pipeline's mp4 writer encoding frames
+of the bucket's size.
 """
 
 from __future__ import annotations
@@ -17,17 +23,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..device_runtime import runtime
+from ..models.vae import HunyuanVideoVAE, VAEConfig
+from ..video.mp4 import write_mp4
 from .profiles import DeviceProfile
+from .vae_flops import decode_tile_flops
 
 REPEATS = 3
 PROBE_SECONDS = 1.0
 DISK_PROBE_BYTES = 64 << 20
 COPY_PROBE_BYTES = 256 << 20
 MAX_CPU_TOKENS = 4096  # attention and matmul rows on a CPU: the rate, in a second
-MAX_CPU_FRAME = 256  # pixels per side of the convolution probe on a CPU
+MAX_CPU_LATENT = 16  # latent pixels per side of the decode probe on a CPU (a 128 px frame)
+PROBE_LATENT_FRAMES = 5  # a full temporal tile (VAETiling: 16 pixel frames, plus the one it restarts from)
+VIDEO_PROBE_FRAMES = 16
 BANDWIDTH_PROBE_BYTES = 64 << 20  # larger than the caches: the VAE's and a step's element-wise passes are
 
 
@@ -58,14 +70,13 @@ def measure_profile(
     width: int,
     heads: int,
     tokens: int,
-    conv_channels: int = 128,
+    vae: VAEConfig,
     frame_size: tuple[int, int] = (544, 704),
     disk_folder: str | Path | None = None,
 ) -> DeviceProfile:
     """``base`` with its rates replaced by ones timed on ``device`` at a call's shapes:
-    ``tokens`` rows of ``width`` features, ``heads`` attention heads, and a 3x3x3 convolution
-    of ``conv_channels`` (the VAE's first width) over 5 frames of ``frame_size`` pixels: the
-    decoder's last block, where most of its FLOPs are."""
+    ``tokens`` rows of ``width`` features, ``heads`` attention heads, a decode by a VAE of
+    config ``vae`` and an mp4 of frames of ``frame_size`` pixels (the bucket)."""
     device = torch.device(device)
     if device.type == "cpu":
         tokens = min(tokens, MAX_CPU_TOKENS)
@@ -76,19 +87,17 @@ def measure_profile(
     q = torch.randn(1, heads, tokens, head_dim, device=device, dtype=dtype)
     attention_s = _typical_seconds(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q), device)
     attention = 4 * heads * tokens * tokens * head_dim / attention_s
-    frame = tuple(min(n, MAX_CPU_FRAME) if device.type == "cpu" else n for n in frame_size)
-    video = torch.randn(1, conv_channels, 5, *frame, device=device, dtype=dtype)  # the VAE's last block
-    kernel = torch.randn(conv_channels, conv_channels, 3, 3, 3, device=device, dtype=dtype)
-    conv_s = _typical_seconds(lambda: torch.nn.functional.conv3d(video, kernel, padding=1), device)
-    conv = 2 * video.numel() * conv_channels * 27 / conv_s
     big = torch.empty(BANDWIDTH_PROBE_BYTES // dtype.itemsize, device=device, dtype=dtype).fill_(1.0)
     bandwidth = 2 * big.numel() * big.element_size() / _typical_seconds(lambda: big.mul_(1.0), device)
     small = torch.ones(8, device=device, dtype=dtype)
     overhead = _typical_seconds(lambda: [small.add_(0) for _ in range(100)], device) / 100
-    rates: dict[str, float] = dict(
+    decode_rate, decode_bytes = vae_decode_probe(vae, device, dtype, frame_size)
+    rates: dict[str, float | None] = dict(
         matmul_flops=matmul,
         attention_flops=attention,
-        conv_flops=conv,
+        conv_flops=decode_rate,
+        decode_bytes_per_pixel=decode_bytes,
+        video_encode_pixels=video_encode_rate(frame_size),
         memory_bandwidth=bandwidth,
         kernel_overhead_s=overhead,
         disk_read=disk_read_rate(disk_folder),
@@ -100,6 +109,73 @@ def measure_profile(
             lambda: target.copy_(host, non_blocking=True), device
         )
     return base.with_measured(**rates)
+
+
+def _once_warm(run: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one run after one warm-up run (the first builds the kernels' plans)."""
+    run()
+    _sync(device)
+    started = time.perf_counter()
+    run()
+    _sync(device)
+    return max(time.perf_counter() - started, 1e-9)
+
+
+def _rss_kib(field: str) -> int | None:
+    """``VmRSS`` or ``VmHWM`` of this process (Linux), else None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """VmHWM := VmRSS (Linux); False where the OS does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def vae_decode_probe(
+    vae: VAEConfig, device: torch.device, dtype: torch.dtype, frame_size: tuple[int, int]
+) -> tuple[float, float | None]:
+    """(FLOPs per second, host bytes per output pixel) of a real cold decode by a random-weight
+    VAE of config ``vae``. The bytes (on a CPU, where the OS tells a process's peak) are its
+    peak RSS growth per pixel it outputs."""
+    s = vae.spatial_compression_ratio
+    h, w = (n // s for n in frame_size)
+    if device.type == "cpu":
+        h, w = min(h, MAX_CPU_LATENT), min(w, MAX_CPU_LATENT)
+    with torch.random.fork_rng(devices=[]):
+        model = HunyuanVideoVAE(vae).to(device, dtype).eval()
+        z = torch.randn(1, vae.latent_channels, PROBE_LATENT_FRAMES, h, w, device=device, dtype=dtype)
+    flops = decode_tile_flops(vae, PROBE_LATENT_FRAMES, h, w).total
+    pixels = (1 + vae.temporal_compression_ratio * (PROBE_LATENT_FRAMES - 1)) * h * w * s * s
+    before = _rss_kib("VmRSS")
+    measure_bytes = device.type == "cpu" and before is not None and _reset_peak_rss()
+    with torch.no_grad():
+        _sync(device)
+        started = time.perf_counter()
+        model._decode_tile(z)  # one tile: decode_frames would cut 5 frames into tiles of 5 and 2
+        _sync(device)
+        seconds = max(time.perf_counter() - started, 1e-9)
+    peak = _rss_kib("VmHWM") if measure_bytes else None
+    per_pixel = None if peak is None or before is None else max(peak - before, 0) * 1024 / pixels
+    return flops / seconds, per_pixel
+
+
+def video_encode_rate(frame_size: tuple[int, int]) -> float:
+    """Pixels per second the pipeline's mp4 writer encodes, at the bucket's size (noise frames:
+    the hardest for the encoder, so the rate errs slow)."""
+    frames = np.random.default_rng(0).integers(0, 256, (VIDEO_PROBE_FRAMES, *frame_size, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as folder:
+        seconds = _once_warm(lambda: write_mp4(Path(folder) / "probe.mp4", frames), torch.device("cpu"))
+    return frames[..., 0].size / seconds
 
 
 def disk_read_rate(folder: str | Path | None = None) -> float:

@@ -42,6 +42,9 @@ ATTENTION_EFFICIENCY = 0.6
 COPY_EFFICIENCY = 0.8
 BANDWIDTH_EFFICIENCY = 0.7
 DISK_READ_BYTES_PER_S = 500 * 10**6  # a SATA SSD's sequential read (NVMe: 2-7 GB/s); --measure reads the real one
+# Assumed: libx264 on a few desktop cores encodes 640x480 at crf 16 at ~150 frames per second;
+# --measure encodes frames of the bucket's size with the pipeline's own writer instead.
+VIDEO_ENCODE_PIXELS_PER_S = 150 * 640 * 480
 
 
 @dataclass(frozen=True)
@@ -51,20 +54,25 @@ class DeviceProfile:
     name: str
     matmul_flops: float  # per second, in the compute dtype
     attention_flops: float
-    conv_flops: float  # the VAE's 3D convolutions
+    conv_flops: float  # the VAE decode's FLOPs per second (measured: a real decode's, norms and copies included)
     memory_bandwidth: float  # bytes per second, for element-wise passes
     host_to_device: float | None  # bytes per second; None: the device is the host (nothing to copy)
     memory_bytes: int | None  # device memory; None: the host's RAM
     bf16_native: bool
     kernel_overhead_s: float  # fixed cost of one kernel launch (and the Python around it)
     disk_read: float = DISK_READ_BYTES_PER_S
+    # H.264 encoding on the host (libx264 via PyAV, crf 16), pixels of frames per second
+    video_encode_pixels: float = VIDEO_ENCODE_PIXELS_PER_S
+    # Host bytes a CPU decode holds per output pixel of a temporal tile (measured: the decode
+    # probe's peak RSS growth); None: the planner's activation estimate stands alone.
+    decode_bytes_per_pixel: float | None = None
     source: str = "table"  # "table" or "measured"
 
     @property
     def is_host(self) -> bool:
         return self.host_to_device is None
 
-    def with_measured(self, **rates: float) -> DeviceProfile:
+    def with_measured(self, **rates: float | None) -> DeviceProfile:
         return replace(self, source="measured", **rates)
 
 

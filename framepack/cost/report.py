@@ -44,7 +44,7 @@ def predict_run(
             width=t.inner_dim,
             heads=t.num_attention_heads,
             tokens=4096,
-            conv_channels=pipe.components.vae.config.block_out_channels[0],
+            vae=pipe.components.vae.config,
             frame_size=find_bucket(*image.shape[:2], config.resolution),
         )
     models = ModelConfigs.of(pipe.components.modules(), "loaded")
