@@ -2,7 +2,7 @@
 
     python -m benchmarks.cost_validation [--only NAME ...]
 
-Per run: this process times the machine's rates at the run's shapes
+Per run: a fresh subprocess times the machine's rates at the run's shapes
 (``framepack.cost.measure``: a few seconds, just before the run, so that a busy machine's
 load is in both; among them a real decode by a VAE of the run's config and an mp4 of the
 bucket's frames) and estimates; then a fresh subprocess (its own peak RSS) builds the
@@ -114,9 +114,9 @@ def _generate(name: str, queue: multiprocessing.Queue) -> None:
                    measured_rss=_status_kib("VmHWM") * 1024, baseline_rss=baseline))  # fmt: skip
 
 
-def _predict(name: str):
-    """The estimate with this machine's rates timed now, at the run's shapes (in this process,
-    so that the probes' memory stays out of the run's)."""
+def _predict(name: str, queue: multiprocessing.Queue) -> None:
+    """In a fresh process (its allocator cold, as a run's and ``plan --measure``'s are): the
+    estimate with this machine's rates timed now, at the run's shapes."""
     import torch
 
     from framepack.cli import demo_image
@@ -149,7 +149,25 @@ def _predict(name: str):
         vae=models.vae,
         frame_size=table.bucket,
     )
-    return table, predict(profile)
+    predicted = predict(profile)
+    s, m = predicted.seconds, predicted.memory
+    queue.put(dict(
+        predicted_s=s.total,
+        predicted_sampling_s=s.sampling,
+        table_s=table.seconds.total,
+        parts=dict(encoders=s.encoders, sampling=s.sampling, prepare=s.prepare, decode=s.decode, video=s.video),
+        weights_and_activations=sum(m.weight_bytes.values()) + m.peak_activation_bytes,
+        rates={k: getattr(predicted.profile, k) for k in RATES},
+    ))  # fmt: skip
+
+
+def _in_child(context, target, name: str) -> dict:
+    queue = context.Queue()
+    child = context.Process(target=target, args=(name, queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
 
 
 def main() -> None:
@@ -164,22 +182,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.only or RUNS:
         load_before = os.getloadavg()[0]
-        table, predicted = _predict(name)
-        queue = context.Queue()
-        child = context.Process(target=_generate, args=(name, queue))
-        child.start()
-        r = queue.get()
-        child.join()
-        s, m = predicted.seconds, predicted.memory
+        r = _in_child(context, _predict, name)  # a fresh process, as `plan --measure` is
+        r.update(_in_child(context, _generate, name))
         r.update(
             name=name,
-            predicted_s=s.total,
-            predicted_sampling_s=s.sampling,
-            table_s=table.seconds.total,
-            parts=dict(encoders=s.encoders, sampling=s.sampling, prepare=s.prepare, decode=s.decode, video=s.video),
             load=(load_before, os.getloadavg()[0]),
-            predicted_rss=r["baseline_rss"] + sum(m.weight_bytes.values()) + m.peak_activation_bytes,
-            rates={k: getattr(predicted.profile, k) for k in RATES},
+            predicted_rss=r["baseline_rss"] + r.pop("weights_and_activations"),
         )
         results.append(r)
         print(

@@ -4,6 +4,7 @@ the memory plan of meta-device models, and the ``plan`` command's output."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from framepack.components import tiny_components
 from framepack.config import GenerationConfig
 from framepack.cost.caching import computed_share
 from framepack.cost.compare import parse_axes
-from framepack.cost.estimate import decoded_latent_frames, estimate
+from framepack.cost.estimate import decoded_latent_frames, encoded_pixel_frames, estimate
 from framepack.cost.memory import ModelConfigs
 from framepack.cost.profiles import PROFILES, device_profile
 from framepack.errors import ConfigError
@@ -53,6 +54,70 @@ def test_decoded_latent_frames_follow_the_pipeline() -> None:
     assert decoded_latent_frames(plan_sections(36 / 30, window=9, mode="inverted")) == [10]
     # forward: the first decodes the start latent and its window, later ones the last two windows
     assert decoded_latent_frames(plan_sections(3 * 36 / 30, window=9, mode="forward")) == [10, 18, 18]
+
+
+def test_video_encoding_counts_the_mp4_and_on_a_host_the_previews() -> None:
+    """1 s at 30 fps is one section (no preview before the mp4); the mp4 is 37 frames at 128x128."""
+    e = _tiny_estimate()
+    assert e.plan.pixel_frames == 37
+    assert e.seconds.video == pytest.approx(37 * 128 * 128 / UNIT.video_encode_pixels, rel=1e-12)
+    # 4 sections: previews of 1/4, 2/4 and 3/4 of the video before the mp4 (on a host only)
+    four = plan_sections(4 * 36 / 30, window=9, mode="inverted")
+    assert four.num_sections == 4
+    assert encoded_pixel_frames(four, host=True) == pytest.approx(four.pixel_frames * 2.5)
+    assert encoded_pixel_frames(four, host=False) == four.pixel_frames
+
+
+def test_a_measured_cpu_decode_sets_the_decode_phase_memory() -> None:
+    """One 1 s section decodes 10 latent frames in tiles of 5, 5, 4 and 1: the largest tile
+    outputs 17 pixel frames; the section's float32 RGB output is 37 frames."""
+    per_pixel = 1000.0
+    measured = dataclasses.replace(UNIT, decode_bytes_per_pixel=per_pixel)
+    config = GenerationConfig(seconds=1.0, steps=4, resolution=128)
+    e = estimate(config, measured, models=TINY, image_size=(128, 128), text_tokens=7, from_disk=False)
+    expected = int(per_pixel * 17 * 128 * 128 + 3 * 4 * 37 * 128 * 128)
+    assert e.memory.activation_bytes["decode"] == expected
+    assert _tiny_estimate().memory.activation_bytes["decode"] < expected  # the planner's own estimate
+
+
+def test_meta_fp8_weights_are_the_ones_quantize_fp8_leaves() -> None:
+    """Same names, shapes and dtypes as a real tiny transformer quantized with 32-column blocks."""
+    real = FramePackTransformer(TINY.transformer).eval()
+    real.quantize_fp8(block=32)
+    meta = TINY.meta_modules(torch.float32, torch.float32, fp8=True)["transformer"]
+
+    def tensors(m):
+        return {n: (tuple(t.shape), t.dtype) for n, t in [*m.named_parameters(), *m.named_buffers()]}
+
+    def scales(m):
+        return {
+            n: (tuple(x.weight_scale.shape), x.weight_scale.dtype)
+            for n, x in m.named_modules()
+            if getattr(x, "weight_scale", None) is not None
+        }
+
+    assert math.gcd(64, TINY.transformer.inner_dim) == 32  # the block the estimate uses for this width
+    assert tensors(meta) == tensors(real)
+    assert scales(meta) == scales(real) != {}
+
+
+def test_estimating_the_real_models_builds_nothing_slow() -> None:
+    """The real models' plan runs no meta-tensor kernel: the first one imports torch._dynamo,
+    seconds before any output (the cause of a 20-45 s ``plan``)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from framepack.config import GenerationConfig\n"
+        "from framepack.cost.estimate import estimate\n"
+        "from framepack.cost.profiles import device_profile\n"
+        "e = estimate(GenerationConfig(), device_profile('rtx4060ti-8gb'), vram_budget_gb=6, fp8=True)\n"
+        "assert e.video_flops > 0\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def _tiny_estimate(**changes: object):

@@ -38,6 +38,9 @@ DISK_PROBE_BYTES = 64 << 20
 COPY_PROBE_BYTES = 256 << 20
 MAX_CPU_TOKENS = 4096  # attention and matmul rows on a CPU: the rate, in a second
 MAX_CPU_LATENT = 16  # latent pixels per side of the decode probe on a CPU (a 128 px frame)
+# The decode probe's most FLOPs on a CPU (seconds there): a larger VAE is probed on a smaller
+# tile (the real HunyuanVideo VAE: ~40 MFLOP per output pixel), at a lower rate than its real shapes get.
+MAX_CPU_PROBE_FLOPS = 40e9
 PROBE_LATENT_FRAMES = 5  # a full temporal tile (VAETiling: 16 pixel frames, plus the one it restarts from)
 VIDEO_PROBE_FRAMES = 16
 BANDWIDTH_PROBE_BYTES = 64 << 20  # larger than the caches: the VAE's and a step's element-wise passes are
@@ -149,13 +152,19 @@ def vae_decode_probe(
     peak RSS growth per pixel it outputs."""
     s = vae.spatial_compression_ratio
     h, w = (n // s for n in frame_size)
+    frames = PROBE_LATENT_FRAMES
     if device.type == "cpu":
         h, w = min(h, MAX_CPU_LATENT), min(w, MAX_CPU_LATENT)
+        while decode_tile_flops(vae, frames, h, w).total > MAX_CPU_PROBE_FLOPS and (h > 2 or w > 2 or frames > 2):
+            if h > 2 or w > 2:
+                h, w = max(h // 2, 2), max(w // 2, 2)
+            else:
+                frames -= 1
     with torch.random.fork_rng(devices=[]):
         model = HunyuanVideoVAE(vae).to(device, dtype).eval()
-        z = torch.randn(1, vae.latent_channels, PROBE_LATENT_FRAMES, h, w, device=device, dtype=dtype)
-    flops = decode_tile_flops(vae, PROBE_LATENT_FRAMES, h, w).total
-    pixels = (1 + vae.temporal_compression_ratio * (PROBE_LATENT_FRAMES - 1)) * h * w * s * s
+        z = torch.randn(1, vae.latent_channels, frames, h, w, device=device, dtype=dtype)
+    flops = decode_tile_flops(vae, frames, h, w).total
+    pixels = (1 + vae.temporal_compression_ratio * (frames - 1)) * h * w * s * s
     before = _rss_kib("VmRSS")
     measure_bytes = device.type == "cpu" and before is not None and _reset_peak_rss()
     with torch.no_grad():

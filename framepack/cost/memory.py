@@ -19,6 +19,8 @@ from ..components import tiny_configs
 from ..memory.planner import MemoryPlan, activation_estimates, component_sizes, plan_memory
 from ..memory.residency import ComponentSize
 from ..models.clip import CLIPTextConfig, CLIPTextEncoder
+from ..models.fp8 import FP8
+from ..models.linear import Linear
 from ..models.llama import LlamaConfig, LlamaTextEncoder
 from ..models.siglip import SiglipImageEncoder, SiglipVisionConfig
 from ..models.transformer import FramePackTransformer, TransformerConfig
@@ -86,7 +88,7 @@ def _meta_modules(
     def transformer() -> nn.Module:
         module = FramePackTransformer(configs.transformer).to(transformer_dtype)
         if fp8:  # 64 input columns per scale, or the largest block dividing a smaller width (as --tiny does)
-            module.quantize_fp8(block=math.gcd(64, configs.transformer.inner_dim))
+            _quantized_shapes(module, block=math.gcd(64, configs.transformer.inner_dim))
         return module
 
     modules = dict(
@@ -97,6 +99,19 @@ def _meta_modules(
         image_encoder=meta_model(SiglipImageEncoder, configs.image_encoder, dtype),
     )
     return modules
+
+
+def _quantized_shapes(model: FramePackTransformer, block: int) -> None:
+    """The weights and scales ``quantize_fp8(block)`` leaves, as empty meta tensors: quantizing
+    itself would compute on meta tensors, whose first kernel imports torch._dynamo (seconds)."""
+    for module_name, module in model.named_modules():
+        if isinstance(module, Linear) and model.fp8_quantizable(f"{module_name}.weight"):
+            out_features, in_features = module.weight.shape
+            groups = in_features // block if in_features % block == 0 else 1
+            weight = torch.empty(out_features, in_features, dtype=FP8, device="meta")
+            module.weight = nn.Parameter(weight, requires_grad=False)
+            scale_shape = (out_features, groups, 1) if groups > 1 else (out_features, 1)
+            module.weight_scale = torch.empty(scale_shape, dtype=module.compute_dtype, device="meta")
 
 
 @dataclass(frozen=True)
