@@ -7,31 +7,39 @@ traceback instead) and an exit status that says whose move it is (``EXIT_STATUS`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import MAX_STEPS, MIN_RESOLUTION
+from .config import MAX_STEPS, MIN_RESOLUTION, GenerationConfig
 from .errors import ConfigError, FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
+from .run_arguments import (
+    MODEL_ARGUMENTS,
+    TINY_DEFAULTS,
+    apply_from,
+    config_from_arguments,
+    destinations,
+    typed_destinations,
+)
 from .sampling.sections import MAX_LATENT_FRAMES, MAX_WINDOW
 from .video.buckets import MAX_RESOLUTION
 from .video.resize import RESIZE_METHODS
 
 if TYPE_CHECKING:
-    from .config import GenerationConfig
-    from .pipeline import FramePackPipeline
+    from .pipeline import FramePackPipeline, GenerationRun
     from .prompt_schedule import PromptSchedule
+    from .sampling.loop import Progress, ProgressCallback
     from .sampling.sections import SectionPlan
 
-TINY_DEFAULTS = {"resolution": 128, "seconds": 1.0, "steps": 8}
 DTYPES = ("bf16", "fp16", "fp32")
 EXIT_STATUS = """exit status: 0 done; 2 the input is wrong (a setting, path, image, model folder or checkpoint:
 change it and run again); 1 a fault (the disk, memory, inf/NaN, or a bug: see the message);
@@ -43,7 +51,10 @@ OUT_OF_MEMORY_HINT = "try --vram-budget, --vae-tiling or a lower --resolution"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.command == "generate":  # which flags the user typed: they override --from's record, defaults do not
+        args.typed = typed_destinations(_generate_arguments, argv[1:])
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.run(args)
@@ -81,6 +92,8 @@ def _resume_hint(args: argparse.Namespace, error: BaseException | None = None) -
     run_dir = getattr(args, "run_dir_used", None)
     if run_dir is None or not (Path(run_dir) / STATE_FILE).exists():
         return ""
+    if getattr(args, "queue_dir_used", None) is not None and not isinstance(error, NumericalError):
+        return f" (the queue in {args.queue_dir_used} continues where it stopped: run the same command again)"
     if isinstance(error, NumericalError):  # the same inputs and settings would overflow again on resume
         return f" (finished sections are kept in {run_dir})"
     return f" (finished sections are kept: continue with --resume {run_dir})"
@@ -93,6 +106,50 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate a video from an image and a prompt", epilog=EXIT_STATUS)
+    _generate_arguments(gen)
+    gen.set_defaults(run=_generate)
+
+    plan = sub.add_parser("plan", help="print the section plan and sizes without running a model", epilog=EXIT_STATUS)
+    _settings_arguments(plan)
+    plan.add_argument("--size", default="480x640", help="input image size HxW (default %(default)s)")
+    plan.add_argument("--image", help="take the input size from this image instead of --size")
+    plan.add_argument("--steps", type=int, default=25, help="sampler steps per section (default %(default)s)")
+    plan.add_argument("--cache", default="none", help="none, teacache[:T], magcache[:T], magcache-f1[:T], fbcache[:T]")
+    plan.add_argument("--real-cfg", type=float, default=1.0, help="real CFG scale (not 1: two calls per step)")
+    plan.add_argument(
+        "--device-profile",
+        default="rtx4090",
+        help="card to predict for: rtx3060, rtx3090, rtx4060ti-8gb, "
+        "rtx4070, rtx4090, a100, h100, cpu (default %(default)s)",
+    )
+    plan.add_argument("--measure", action="store_true", help="time this machine's device instead of a profile")
+    plan.add_argument("--vram-budget", type=float, help="GPU memory to stay within, GB (the memory plan's budget)")
+    plan.add_argument("--fp8", action="store_true", help="transformer block weights in fp8")
+    plan.add_argument("--text-tokens", type=int, help="prompt tokens (default: 64, an assumption said so)")
+    plan.add_argument("--tiny", action="store_true", help="model the tiny random models of generate --tiny")
+    plan.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="NAME=V1,V2",
+        help="a table over settings: resolution, steps, cache, "
+        "seconds, window, real_cfg (e.g. resolution=640,480 steps=25,15 cache=none,teacache)",
+    )
+    _keyframe_arguments(plan)
+    plan.add_argument("--prompt", help="a prompt or a schedule: print which prompt each section gets")
+    _blend_argument(plan)
+    plan.set_defaults(run=_plan)
+
+    from .cli_extend import add_extend_command
+
+    extend = add_extend_command(sub)
+
+    for p in (gen, plan, extend):
+        p.add_argument("--verbose", action="store_true", help="log progress details")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--image", help="start image (path); omitted with --tiny: a built-in test pattern")
     gen.add_argument(
         "--prompt", default="", help='what happens in the video, or a schedule: "[0s-2s: a man waves] [2s: he dances]"'
@@ -132,78 +189,72 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--cfg-rescale", type=float, default=0.0)
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--crf", type=int, default=16, help="H.264 quality, 0 (best) to 51")
-    gen.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
-    gen.add_argument(
+    gen.add_argument("--vae-tiling", action="store_true", default=None, help="decode in spatial tiles (less memory)")
+    _model_arguments(gen)
+    gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")
+    gen.add_argument("--resume", help="continue an interrupted run from its run directory")
+    gen.add_argument("--tiny", action="store_true", help="tiny random models: offline demo, the video is noise")
+    _lora_arguments(gen)
+    _queue_arguments(gen)
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the models come from and how they are placed and run (``_load_pipeline`` reads them)."""
+    parser.add_argument(
         "--compile", action="store_true", help="torch.compile the transformer blocks (the first section compiles)"
     )
-    gen.add_argument(
+    parser.add_argument(
         "--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)"
     )
-    gen.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
-    gen.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
-    _file_arguments(gen)
-    gen.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
-    gen.add_argument(
+    parser.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
+    parser.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
+    _file_arguments(parser)
+    parser.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
+    parser.add_argument(
         "--dtype",
         choices=DTYPES,
         default=None,
         help="transformer dtype (default: bf16 on GPUs that compute it natively, else fp16; fp32 on CPU)",
     )
-    gen.add_argument(
+    parser.add_argument(
         "--vram-budget", type=float, help="GPU memory to stay within, GB > 0 (streams blocks, swaps components)"
     )
-    gen.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
-    gen.add_argument(
+    parser.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
+    parser.add_argument(
         "--fp8",
         action="store_true",
         help="transformer block Linear weights in fp8, block-scaled (0.65x the streamed bytes of bf16)",
     )
-    gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")
-    gen.add_argument("--resume", help="continue an interrupted run from its run directory")
-    gen.add_argument("--tiny", action="store_true", help="tiny random models: offline demo, the video is noise")
-    gen.add_argument(
+
+
+def _lora_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--lora",
         action="append",
         default=[],
         metavar="PATH[:STRENGTH]",
         help="LoRA file applied at run time, strength default 1 (repeatable: they stack)",
     )
-    gen.set_defaults(run=_generate)
 
-    plan = sub.add_parser("plan", help="print the section plan and sizes without running a model", epilog=EXIT_STATUS)
-    _settings_arguments(plan)
-    plan.add_argument("--size", default="480x640", help="input image size HxW (default %(default)s)")
-    plan.add_argument("--image", help="take the input size from this image instead of --size")
-    plan.add_argument("--steps", type=int, default=25, help="sampler steps per section (default %(default)s)")
-    plan.add_argument("--cache", default="none", help="none, teacache[:T], magcache[:T], magcache-f1[:T], fbcache[:T]")
-    plan.add_argument("--real-cfg", type=float, default=1.0, help="real CFG scale (not 1: two calls per step)")
-    plan.add_argument(
-        "--device-profile",
-        default="rtx4090",
-        help="card to predict for: rtx3060, rtx3090, rtx4060ti-8gb, "
-        "rtx4070, rtx4090, a100, h100, cpu (default %(default)s)",
-    )
-    plan.add_argument("--measure", action="store_true", help="time this machine's device instead of a profile")
-    plan.add_argument("--vram-budget", type=float, help="GPU memory to stay within, GB (the memory plan's budget)")
-    plan.add_argument("--fp8", action="store_true", help="transformer block weights in fp8")
-    plan.add_argument("--text-tokens", type=int, help="prompt tokens (default: 64, an assumption said so)")
-    plan.add_argument("--tiny", action="store_true", help="model the tiny random models of generate --tiny")
-    plan.add_argument(
-        "--compare",
-        nargs="+",
-        metavar="NAME=V1,V2",
-        help="a table over settings: resolution, steps, cache, "
-        "seconds, window, real_cfg (e.g. resolution=640,480 steps=25,15 cache=none,teacache)",
-    )
-    _keyframe_arguments(plan)
-    plan.add_argument("--prompt", help="a prompt or a schedule: print which prompt each section gets")
-    _blend_argument(plan)
-    plan.set_defaults(run=_plan)
 
-    for p in (gen, plan):
-        p.add_argument("--verbose", action="store_true", help="log progress details")
-        p.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser
+def _queue_arguments(parser: argparse.ArgumentParser) -> None:
+    """Making a video again from its settings, and many videos with one loading of the models."""
+    parser.add_argument(
+        "--from",
+        dest="from_settings",
+        metavar="VIDEO_OR_JSON",
+        help="the settings of a framepack .mp4 or a run's settings.json; flags given too override them",
+    )
+    parser.add_argument("--seeds", metavar="S1,S2,…", help="one video per seed: OUT-seedS.mp4")
+    parser.add_argument("--count", type=int, help="N videos with seeds --seed, --seed+1, …: OUT-seedS.mp4")
+    parser.add_argument(
+        "--jobs",
+        metavar="FILE",
+        help='one video per line of FILE, a JSON object of generate arguments ({"prompt": "…", "seed": 5, "out": "x.mp4"})',
+    )
+    parser.add_argument(
+        "--queue-dir", help="the queue's state and run folders (default: JOBS.queue beside --jobs, else OUT.queue)"
+    )
 
 
 def _keyframe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -296,74 +347,84 @@ def _setting(args: argparse.Namespace, name: str, default: float) -> float:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
+    from .job_queue import is_queue, plan_jobs, run_queue
 
-    from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
-    from .config import GenerationConfig
-    from .cost.report import measured_line, predict_run, prediction_line
-    from .pipeline import FramePackPipeline, check_inputs, section_prompts
-    from .sampling.loop import Progress
-    from .sampling.sections import plan_sections
-    from .video import load_image
+    if args.from_settings is not None:
+        apply_from(args, args.typed, demo_image)
+    # Check everything before any model: a bad path fails in a second, not after loading 30 GB.
+    _check_model_arguments(args)
+    if is_queue(args):
+        allowed = destinations(_generate_arguments) | {f.name for f in dataclasses.fields(GenerationConfig)}
+        jobs = plan_jobs(args, allowed, MODEL_ARGUMENTS)
+        return run_queue(args, jobs, _load_pipeline, _job_config, _run_job, _report, print)
+    config = _job_config(args)
+    pipe = _load_pipeline(args, config)
+    _run_job(pipe, args, config)
+    return 0
 
-    config = GenerationConfig(
-        seconds=float(_setting(args, "seconds", 5.0)),
-        fps=args.fps,
-        window=args.window,
-        steps=int(_setting(args, "steps", 25)),
-        seed=args.seed,
-        mode=args.mode,
-        real_cfg=args.real_cfg,
-        distilled_cfg=args.distilled_cfg,
-        cfg_rescale=args.cfg_rescale,
-        resolution=int(_setting(args, "resolution", 640)),
-        resize=args.resize,
-        cache=args.cache,
-        crf=args.crf,
-        vae_tiling=True if args.vae_tiling else None,
-        end_strength=args.end_strength,
-        start_strength=args.start_strength,
-        keyframe_embeds=args.keyframe_embeds,
-    )
-    # Check the inputs before any model: a bad path fails in a second, not after loading 30 GB.
-    plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
-    keyframe_specs = _keyframe_specs(args.keyframe, plan)
-    keyframe_paths = {section: path for section, (_, path) in keyframe_specs.items()}
-    check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt, keyframes=keyframe_paths)
-    _check_text("--negative-prompt", args.negative_prompt)
-    prompt = _prompt_argument(args)
-    section_prompts(prompt, config)  # a schedule that does not fit the video fails here
+
+def _check_model_arguments(args: argparse.Namespace) -> None:
     _check_device(args.device)
     if args.vram_budget is not None and not (math.isfinite(args.vram_budget) and args.vram_budget > 0):
         raise InputError(f"--vram-budget: expected a finite number of GB > 0, got {args.vram_budget:g}")
+
+
+def _job_config(args: argparse.Namespace) -> GenerationConfig:
+    """The config of one video, its inputs and output checked."""
+    from .pipeline import check_inputs, section_prompts
+    from .video import load_image
+
+    config = config_from_arguments(args)
+    keyframes = _keyframes(args, config)
+    paths = {section: path for section, (_, path) in keyframes.items()}
+    check_inputs(config, end_image=args.end_image, negative_prompt=args.negative_prompt, keyframes=paths)
+    _check_text("--negative-prompt", args.negative_prompt)
+    section_prompts(_prompt_argument(args), config)  # a schedule that does not fit the video fails here
     _check_out(args)
+    for path in (args.image, args.end_image):
+        if path:
+            load_image(path)
+    for spec, path in keyframes.values():
+        _load_keyframe(spec, path)
+    if args.image is None and not args.tiny:
+        raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
+    return config
+
+
+def _keyframes(args: argparse.Namespace, config: GenerationConfig) -> dict[int, tuple[str, str]]:
+    """Video section -> (its ``--keyframe`` argument, image path) for ``config``'s plan."""
+    from .sampling.sections import plan_sections
+
+    plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
+    return _keyframe_specs(args.keyframe, plan)
+
+
+def _load_pipeline(args: argparse.Namespace, config: GenerationConfig) -> FramePackPipeline:
+    import torch
+
+    from .components import F1_REPO, HUNYUAN_REPO, I2V_REPO, REDUX_REPO
+    from .pipeline import FramePackPipeline
+
     files = _single_files(args, config.mode)  # a missing weight file fails here, before any is read
     loras = [_lora_argument(spec) for spec in args.lora]
-    image = load_image(args.image) if args.image else None
-    if args.end_image:
-        load_image(args.end_image)
-    keyframes = {section: _load_keyframe(spec, path) for section, (spec, path) in keyframe_specs.items()}
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
     if args.tiny:
         pipe = FramePackPipeline.tiny(seed=0, device=args.device or "cpu")
         if args.fp8:  # blocks of 64 do not divide the tiny widths; a block that does keeps it block-scaled
             transformer = pipe.components.transformer
             transformer.quantize_fp8(block=math.gcd(64, transformer.config.inner_dim))
+            pipe.sources["weights"] = "fp8"
         for path, strength in loras:
             pipe.add_lora(path, strength)
         if args.vram_budget is not None:
             pipe.set_vram_budget(args.vram_budget, resolution=config.resolution, window=config.window)
-        if image is None:
-            image = demo_image(config.resolution)
     elif files is not None:
-        if image is None:
-            raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
         pipe = FramePackPipeline.from_files(
             **files,
             tokenizers=args.tokenizers or HUNYUAN_REPO,
             mode=config.mode,
             device=args.device,
-            dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype],
+            dtype=dtype,
             storage="mmap" if args.mmap else "copy",
             vram_budget_gb=args.vram_budget,
             resolution=config.resolution,
@@ -372,9 +433,6 @@ def _generate(args: argparse.Namespace) -> int:
             loras=loras,
         )
     else:
-        if image is None:
-            raise InputError("--image: expected an image path (or --tiny for the offline demo), got none")
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
         model = {"i2v": I2V_REPO, "f1": F1_REPO}.get(args.model or "", args.model)
         pipe = FramePackPipeline.from_pretrained(
             model or (F1_REPO if config.mode == "forward" else I2V_REPO),
@@ -393,6 +451,42 @@ def _generate(args: argparse.Namespace) -> int:
         pipe.compile()
     if pipe.device.type == "cpu":
         _check_host_memory(pipe, config)
+    return pipe
+
+
+def _run_job(pipe: FramePackPipeline, args: argparse.Namespace, config: GenerationConfig) -> Path:
+    """Generate one video into ``args.out`` with a progress bar; returns its path."""
+    from .cost.report import measured_line, predict_run, prediction_line
+    from .video import load_image
+
+    image = args.image if args.image else demo_image(config.resolution)  # a path: the settings record it
+    predicted = predict_run(
+        pipe, config, load_image(image) if args.image else image, args.prompt or "", args.vram_budget
+    )
+    print(prediction_line(predicted))
+    started = time.perf_counter()
+    path = _run_with_progress(
+        args,
+        lambda on_step: pipe.stream(
+            image,
+            _prompt_argument(args),
+            config,
+            end_image=args.end_image,
+            negative_prompt=args.negative_prompt,
+            # Paths, not pixels: the settings record each keyframe's path and digest (framepack.run_settings).
+            keyframes={section: path for section, (_, path) in _keyframes(args, config).items()},
+            callback=on_step,
+            run_dir=args.run_dir,
+            resume=args.resume,
+        ),
+    )
+    print(measured_line(predicted, time.perf_counter() - started))
+    return path
+
+
+def _run_with_progress(args: argparse.Namespace, start: Callable[[ProgressCallback], GenerationRun]) -> Path:
+    """Start a run with a progress bar as its callback, iterate it and save the video to ``--out``."""
+    from tqdm import tqdm
 
     def on_step(progress: Progress) -> None:
         bar.set_description(
@@ -400,27 +494,10 @@ def _generate(args: argparse.Namespace) -> int:
         )
         bar.update(1)
 
-    predicted = predict_run(pipe, config, image, args.prompt, args.vram_budget)
-    print(prediction_line(predicted))
-    started = time.perf_counter()
     # The run checks and claims its folder first: a refusal prints no progress bar before its error line.
-    run = pipe.stream(
-        image,
-        prompt,
-        config,
-        end_image=args.end_image,
-        negative_prompt=args.negative_prompt,
-        keyframes=keyframes,
-        callback=on_step,
-        run_dir=args.run_dir,
-        resume=args.resume,
-    )
-    bar = tqdm(
-        total=run.plan.num_sections * config.steps,
-        initial=run.sections_done * config.steps,
-        unit="step",
-        dynamic_ncols=True,
-    )
+    run = start(on_step)
+    steps = run.config.steps
+    bar = tqdm(total=run.plan.num_sections * steps, initial=run.sections_done * steps, unit="step", dynamic_ncols=True)
     args.run_dir_used = run.run_dir
     try:
         for section in run:
@@ -431,8 +508,7 @@ def _generate(args: argparse.Namespace) -> int:
         bar.close()
     path = run.result().save(args.out)  # also deletes the run folder if it was a temporary one
     print(f"wrote {path} ({run.result().num_frames} frames)")
-    print(measured_line(predicted, time.perf_counter() - started))
-    return 0
+    return path
 
 
 # SECTION=PATH or SECONDSs=PATH: the key ends at the first '=', so the path may hold '=' or ':'.
@@ -594,9 +670,10 @@ def _check_out(args: argparse.Namespace) -> None:
         raise InputError(f"--out: expected a file in an existing folder, but {folder} {problem}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"--out: expected a file in a folder you can write to, but {folder} is not writable")
-    inputs = [("--image", args.image), ("--end-image", args.end_image), ("--run-dir", args.run_dir),
-              ("--resume", args.resume)]  # fmt: skip
-    inputs += [("--keyframe", spec.partition("=")[2]) for spec in args.keyframe]
+    # ``framepack extend`` has no end image, keyframes or --from: its own inputs are checked in cli_extend.
+    inputs = [("--image", args.image), ("--end-image", getattr(args, "end_image", None)), ("--run-dir", args.run_dir),
+              ("--resume", args.resume), ("--from", getattr(args, "from_settings", None))]  # fmt: skip
+    inputs += [("--keyframe", spec.partition("=")[2]) for spec in getattr(args, "keyframe", ())]
     for flag, other in inputs:
         if other and _same_path(out, Path(other)):
             raise InputError(f"--out: expected a path of its own, but {args.out!r} is also the {flag} {other!r}")

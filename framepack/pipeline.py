@@ -48,6 +48,7 @@ from .models.vae import VAETiling
 from .prompt import PromptEmbeddings, build_conditioning, encode_prompt
 from .prompt_schedule import PromptSchedule, SectionPrompts, as_prompt, resolve_prompt
 from .results import SectionOutput, VideoResult
+from .run_settings import mp4_metadata, settings_record, write_settings_json
 from .rundir import RunDirLock, claim_run_dir
 from .runstate import STATE_FILE, RunState, check_fingerprint, digest, load_run_state, save_run_state
 from .sampling.control import SectionControl, SectionText
@@ -88,6 +89,8 @@ class FramePackPipeline:
         self.device = torch.device(device)
         self._placement: Placement | None = None
         self._budget_arguments: tuple[float | None, int, int] | None = None  # set_vram_budget's last
+        # Where the weights came from, for the settings every video records (framepack.run_settings).
+        self.sources: dict[str, Any] = {"kind": "components"}
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -128,7 +131,14 @@ class FramePackPipeline:
             weights=weights,
             load_device=torch.device("cpu") if budgeted else None,
         )
-        return cls._assemble(components, device, loras, vram_budget_gb, resolution, window, budgeted=budgeted)
+        pipe = cls._assemble(components, device, loras, vram_budget_gb, resolution, window, budgeted=budgeted)
+        pipe.sources = {
+            "kind": "pretrained",
+            **{name: os.fspath(source) for name, source in (("transformer", transformer), ("hunyuan", hunyuan),
+                                                            ("redux", redux))},
+            "weights": weights,
+        }  # fmt: skip
+        return pipe
 
     @classmethod
     def from_files(
@@ -180,7 +190,11 @@ class FramePackPipeline:
             configs=configs,
             weights=weights,
         )
-        return cls._assemble(components, device, loras, vram_budget_gb, resolution, window, budgeted=budgeted)
+        pipe = cls._assemble(components, device, loras, vram_budget_gb, resolution, window, budgeted=budgeted)
+        files = dict(transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                     image_encoder=image_encoder, vae=vae, tokenizers=tokenizers)  # fmt: skip
+        pipe.sources = {"kind": "files", **{name: os.fspath(path) for name, path in files.items()}, "weights": weights}
+        return pipe
 
     @classmethod
     def from_comfyui(
@@ -251,7 +265,9 @@ class FramePackPipeline:
     @classmethod
     def tiny(cls, seed: int = 0, *, device: torch.device | str = "cpu") -> FramePackPipeline:
         """Every component tiny and random: runs offline in seconds; the videos are noise."""
-        return cls(tiny_components(seed, device=device), device=device)
+        pipe = cls(tiny_components(seed, device=device), device=device)
+        pipe.sources = {"kind": "tiny", "seed": seed}
+        return pipe
 
     # --- memory -----------------------------------------------------------------------
     def set_vram_budget(self, vram_budget_gb: float | None, *, resolution: int = 640, window: int = 9) -> MemoryPlan:
@@ -334,6 +350,7 @@ class FramePackPipeline:
         end_image: ImageInput | None = None,
         negative_prompt: str = "",
         keyframes: Keyframes | None = None,
+        size: tuple[int, int] | None = None,
     ) -> EncodedInputs:
         """Bucket and resize the image(s), encode them (VAE and SigLIP) and the prompt(s).
 
@@ -342,19 +359,23 @@ class FramePackPipeline:
         frame; ``negative_prompt`` is encoded only for real CFG (``config.real_cfg != 1``).
         ``keyframes`` (inverted mode only, see ``framepack.keyframes``) are fitted like the end
         image and encoded once each; SigLIP only with ``config.keyframe_embeds``. A prompt schedule
-        (or a string in its form) encodes each distinct prompt once.
+        (or a string in its form) encodes each distinct prompt once. ``size`` (height, width) fits
+        the images to that size instead of their bucket: the size of a video being continued
+        (``framepack.extension``).
         """
         check_inputs(config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes)
+        if size is not None:
+            check_frame_size(size)
         plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
         keyframe_keys = check_keyframes(keyframes, plan)  # video section -> key
         sections = resolve_prompt(prompt, plan)
         c = self.components
         if image is None:
-            height, width = find_bucket(1, 1, config.resolution)
+            height, width = size or find_bucket(1, 1, config.resolution)
             start_image = None
         else:
             source = load_image(image)
-            height, width = find_bucket(source.shape[0], source.shape[1], config.resolution)
+            height, width = size or find_bucket(source.shape[0], source.shape[1], config.resolution)
             start_image = resize_image(source, height, width, config.resize)
         with self._phase("text"):
             encoded = [
@@ -439,6 +460,13 @@ class FramePackPipeline:
             text = self._conditioning(build_conditioning(embeds, None, config.distilled_cfg))
             texts.append(SectionText(text.text_embeds, text.text_mask, text.pooled))
         return SectionControl(texts=tuple(texts), text_of=sections.blends)
+
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray, config: GenerationConfig) -> torch.Tensor:
+        """VAE-encode uint8 frames (T, H, W, 3), T = 4k - 3, as one clip: scaled latents [1, 16, k, H/8, W/8]."""
+        with self._phase("image"):
+            pixels = torch.from_numpy(frames).to(self.device).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+            return self.components.vae.encode(pixels, tiling=self._tiling(config)).float()
 
     def _encode_latent(self, image: np.ndarray, config: GenerationConfig) -> torch.Tensor:
         pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1.0
@@ -546,6 +574,63 @@ class FramePackPipeline:
             pass
         return run.result()
 
+    def stream_extend(
+        self,
+        source: str | os.PathLike[str],
+        seconds: float,
+        prompt: str,
+        config: GenerationConfig | None = None,
+        *,
+        image: ImageInput | None = None,
+        negative_prompt: str = "",
+        callback: Callable[[Progress], None] | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        resume: str | os.PathLike[str] | None = None,
+    ) -> GenerationRun:
+        """Start continuing a video by ``seconds`` of forward (F1) sections; iterate the run as ``stream``'s.
+
+        source   a finished run directory (its exact latents, generator and frames continue; it is
+                 never changed) or a video file PyAV reads (its last frames are VAE-encoded as history)
+        seconds  length to add: a run of S seconds becomes the run of S + seconds (bit for bit the
+                 longer run, for a forward run with the same prompt and start image); a video gets
+                 ``max(round(seconds·fps / (4·window)), 1)`` sections of 4·window frames
+        config   forward-mode settings (``seconds`` is not read); None: the run's own, or the defaults
+                 with mode "forward" for a video. A run is continued at its window and fps.
+        image    start frame and SigLIP reference (default: the video's first frame; a run's own start latent)
+        run_dir, resume, callback, negative_prompt  as ``stream``; ``resume`` continues an interrupted
+                 extension, given the same source and arguments
+        The result is the whole video: the source's frames as they were (never through the VAE), then the new ones.
+        See ``framepack.extension``.
+        """
+        from .extension import start_extension
+
+        return start_extension(
+            self, source, seconds, prompt, config, image=image, negative_prompt=negative_prompt,
+            callback=callback, run_dir=run_dir, resume=resume,
+        )  # fmt: skip
+
+    def extend(
+        self,
+        source: str | os.PathLike[str],
+        seconds: float,
+        prompt: str,
+        config: GenerationConfig | None = None,
+        *,
+        image: ImageInput | None = None,
+        negative_prompt: str = "",
+        callback: Callable[[Progress], None] | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        resume: str | os.PathLike[str] | None = None,
+    ) -> VideoResult:
+        """Continue a video to the end (arguments as ``stream_extend``)."""
+        run = self.stream_extend(
+            source, seconds, prompt, config, image=image, negative_prompt=negative_prompt,
+            callback=callback, run_dir=run_dir, resume=resume,
+        )  # fmt: skip
+        for _ in run:
+            pass
+        return run.result()
+
     def fingerprint(
         self,
         inputs: EncodedInputs,
@@ -575,6 +660,17 @@ class FramePackPipeline:
             "settings": settings,
             **_keyframe_fingerprint(inputs, config),
         } | self._lora_fingerprint()
+
+    def settings_record(
+        self, inputs: RunInputs, config: GenerationConfig, fingerprint: dict[str, Any], *, video: dict[str, int]
+    ) -> dict[str, Any]:
+        """What the run of ``inputs`` with ``config`` is made of, to make it again (``framepack.run_settings``)."""
+        models = self.sources | {"weights_digest": fingerprint["weights"], "dtype": fingerprint["dtype"]}
+        loras = [
+            {"source": e.source, "digest": e.digest, "strength": e.strength, "fused": e.fused}
+            for e in self.components.transformer.loras()
+        ]
+        return settings_record(config, inputs, models=models, loras=loras, fingerprint=fingerprint, video=video)
 
     def _lora_fingerprint(self) -> dict[str, Any]:
         """The LoRAs on the transformer (content digest and strength), when there are any:
@@ -619,6 +715,17 @@ def _load_target(device: torch.device | str | None, vram_budget_gb: float | None
 def section_prompts(prompt: str | PromptSchedule, config: GenerationConfig) -> SectionPrompts:
     """Each video section's prompt under ``config``'s plan; ConfigError for a schedule that does not fit it."""
     return resolve_prompt(prompt, plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode))
+
+
+def check_frame_size(size: object) -> None:
+    """Raise ConfigError unless ``size`` is (height, width) in pixels, positive multiples of 16
+    (the VAE's 8 times the transformer's 2x2 patches)."""
+    if (
+        not isinstance(size, tuple)
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % 16 == 0 for v in size)
+    ):
+        raise ConfigError(f"size: expected (height, width), positive multiples of 16, got {size!r}")
 
 
 def check_inputs(
@@ -746,16 +853,12 @@ class GenerationRun:
         frames = FrameAssembler(config.mode, 4 * w - 3, spool_dir=self.run_dir / "frames")
         if saved is not None:  # the files first: a state that disagrees with them fails before any work
             frames.restore(saved.tensors.get("held_frames"), int(saved.tensors["frame_count"]), saved.frame_chunks)
+        inputs, fingerprint = self._encoded()
         given = self._inputs
-        inputs = p.encode(
-            given.image,
-            given.prompt,
-            config,
-            end_image=given.end_image,
-            negative_prompt=given.negative_prompt,
-            keyframes=given.keyframes,
-        )
-        fingerprint = p.fingerprint(inputs, given.prompt, config, negative_prompt=given.negative_prompt)
+        height, width = inputs.image.shape[:2]
+        video = {"height": height, "width": width, "frames": self.plan.pixel_frames, "sections": self.plan.num_sections}
+        settings = p.settings_record(given, config, fingerprint, video=video)
+        write_settings_json(self.run_dir, settings)
         generator = torch.Generator("cpu").manual_seed(config.seed)
         done, history = 0, None
         if saved is not None:
@@ -817,10 +920,27 @@ class GenerationRun:
         late = previews.close()
         if late is not None:
             raise late
-        video = frames.write_mp4(self.run_dir / "video.mp4", fps=config.fps, crf=config.crf)
+        video = frames.write_mp4(
+            self.run_dir / "video.mp4", fps=config.fps, crf=config.crf, metadata=mp4_metadata(settings)
+        )
         previews.publish(video)
         logger.info("wrote %s (%d frames)", video, len(frames))
-        self._result = VideoResult(latents, frames, self.run_dir, config.fps, config.crf, temporary=self._temporary)
+        self._result = VideoResult(
+            latents, frames, self.run_dir, config.fps, config.crf, temporary=self._temporary, settings=settings
+        )
+
+    def _encoded(self) -> tuple[EncodedInputs, dict[str, Any]]:
+        """The encoded inputs and the fingerprint a resume must match (an extension gives its own)."""
+        p, given = self.pipeline, self._inputs
+        inputs = p.encode(
+            given.image,
+            given.prompt,
+            self.config,
+            end_image=given.end_image,
+            negative_prompt=given.negative_prompt,
+            keyframes=given.keyframes,
+        )
+        return inputs, p.fingerprint(inputs, given.prompt, self.config, negative_prompt=given.negative_prompt)
 
     def result(self) -> VideoResult:
         if self._result is None:

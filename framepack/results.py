@@ -8,6 +8,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ import torch
 from .atomic import copy_file
 from .cache.base import SectionStats
 from .errors import InputError
+from .run_settings import mp4_metadata
 from .video import FrameAssembler, write_mp4
 
 VIDEO_SUFFIXES = (".mp4",)  # what write_mp4 writes; compared case-insensitively
@@ -56,6 +58,7 @@ class VideoResult:
     (or the interpreter exits) without either: nothing can reach it then, and videos left
     behind would fill the temporary folder. ``save(keep_run_dir=True)``, or a ``save`` that
     fails, hands it to the caller for good. A ``run_dir`` the caller gave is never deleted.
+    Every mp4 saved carries ``settings`` in its metadata (``framepack.run_settings``).
     """
 
     def __init__(
@@ -67,8 +70,10 @@ class VideoResult:
         crf: int,
         *,
         temporary: bool = False,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.latents = latents
+        self.settings = settings  # the run's settings record (framepack.run_settings), carried by every mp4 saved
         self.run_dir = run_dir
         self.fps = fps
         self.crf = crf
@@ -99,7 +104,13 @@ class VideoResult:
             if (crf is None or crf == self.crf) and final.exists():
                 copy_file(final, target)
             else:
-                write_mp4(target, self.frames(), fps=self.fps, crf=self.crf if crf is None else crf)
+                write_mp4(
+                    target,
+                    self.frames(),
+                    fps=self.fps,
+                    crf=self.crf if crf is None else crf,
+                    metadata=self._metadata(crf),
+                )
         except BaseException:
             self._keep_run_dir()  # the video exists only there now (a full disk, an interrupt): never drop it
             raise
@@ -108,6 +119,15 @@ class VideoResult:
         else:
             self.cleanup()
         return target
+
+    def _metadata(self, crf: int | None) -> dict[str, str] | None:
+        """The mp4 tags of ``settings``, with the crf this file is encoded at."""
+        if self.settings is None:
+            return None
+        record = self.settings
+        if crf is not None:
+            record = record | {"config": record["config"] | {"crf": crf}}
+        return mp4_metadata(record)
 
     def _keep_run_dir(self) -> None:
         """The run directory outlives this result: it is the caller's to keep or delete."""

@@ -18,7 +18,7 @@ from framepack.keyframes import check_keyframes, keyframe_coverage, keyframe_sec
 from framepack.models.vae import HunyuanVideoVAE
 from framepack.sampling.loop import Progress
 from framepack.sampling.sections import plan_sections
-from framepack.video import resize_image
+from framepack.video import load_image, resize_image
 
 # window 3 at 30 fps: a section is 12 pixel frames (S = 9/30 = 0.3 s by the snapping rule), so
 # 1.2 s is three sections and 37 frames (1.2333 s); 0.8 s is two. 64 px, 1 step keep it fast.
@@ -244,7 +244,9 @@ def test_keyframe_and_strength_flags_reach_the_run(tmp_path: Path, monkeypatch) 
     assert (config.end_strength, config.start_strength, config.keyframe_embeds) == (0.5, 0.9, True)
     keyframes = given["keyframes"]
     assert sorted(keyframes) == [0, 1]  # 0.1 s is in section 0 (0..0.3 s)
-    assert np.array_equal(keyframes[0], KEY_B) and np.array_equal(keyframes[1], KEY_A)
+    # Paths reach the run (its settings record them with their digests), each the right image.
+    assert (keyframes[0], keyframes[1]) == (str(plain), str(odd))
+    assert np.array_equal(load_image(keyframes[0]), KEY_B) and np.array_equal(load_image(keyframes[1]), KEY_A)
 
 
 @pytest.mark.parametrize(

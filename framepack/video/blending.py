@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -232,9 +232,11 @@ class FrameAssembler:
         # The held head comes first; chunks were finished back to front.
         return itertools.chain(held, self._chunk_frames(chunks[::-1]))
 
-    def write_mp4(self, path: str | Path, fps: float = 30, crf: int = 16) -> Path:
-        """Write the video so far to an mp4 (see Mp4Writer); returns the path."""
-        return write_mp4(path, self.frames(), fps=fps, crf=crf)
+    def write_mp4(
+        self, path: str | Path, fps: float = 30, crf: int = 16, *, metadata: Mapping[str, str] | None = None
+    ) -> Path:
+        """Write the video so far to an mp4 (see Mp4Writer, also for ``metadata``); returns the path."""
+        return write_mp4(path, self.frames(), fps=fps, crf=crf, metadata=metadata)
 
     @staticmethod
     def _chunk_frames(chunks: list[Path]) -> Iterator[np.ndarray]:

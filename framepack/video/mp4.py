@@ -10,7 +10,7 @@ The crf becomes libx264 options in ``x264.py``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from numbers import Real
 from pathlib import Path
@@ -33,14 +33,18 @@ class Mp4Writer:
     The file is opened on the first frame (its size fixes the video size). Width and height
     must be even (yuv420p); buckets always are. ``path`` gets the video only when ``close``
     succeeds; an error (an ``OutputError`` for the file system's) leaves ``path`` untouched.
+    ``metadata`` are container tags (``comment``, ``title``…: the ones an mp4 keeps as they are).
     """
 
-    def __init__(self, path: str | Path, fps: float = 30, crf: int = 16) -> None:
+    def __init__(
+        self, path: str | Path, fps: float = 30, crf: int = 16, *, metadata: Mapping[str, str] | None = None
+    ) -> None:
         if isinstance(fps, bool) or not isinstance(fps, Real) or fps <= 0:
             raise ConfigError(f"fps must be a positive number; got {fps!r}")
         self.path = Path(path)
         self.fps = fps
         self._options = encoder_options(crf)
+        self._metadata = dict(metadata or {})
         self._container: av.container.OutputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
         self._size: tuple[int, int] | None = None
@@ -112,6 +116,7 @@ class Mp4Writer:
 
     def _open(self, height: int, width: int) -> None:
         self._container = av.open(str(self._temp), mode="w")
+        self._container.metadata.update(self._metadata)  # before the header is written with the first packet
         stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
         stream.width = width
         stream.height = height
@@ -121,9 +126,16 @@ class Mp4Writer:
         self._size = (height, width)
 
 
-def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 30, crf: int = 16) -> Path:
+def write_mp4(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float = 30,
+    crf: int = 16,
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
     """Write uint8 (H, W, 3) frames (any iterable, or a (T, H, W, 3) array) to an mp4; returns the path."""
-    with Mp4Writer(path, fps=fps, crf=crf) as writer:
+    with Mp4Writer(path, fps=fps, crf=crf, metadata=metadata) as writer:
         writer.write_all(frames)
     return writer.path
 

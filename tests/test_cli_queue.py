@@ -1,0 +1,144 @@
+"""Batches and queues: --seeds, --count, --jobs FILE; failures reported, the queue goes on and resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from framepack.cli import main
+from framepack.run_settings import read_settings
+from tests.queue_support import ONE_SECTION, run_frames
+
+
+def test_seeds_make_one_video_per_seed_and_spare_an_output_the_queue_did_not_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mine = tmp_path / "a-seed9.mp4"
+    mine.write_bytes(b"the user's own video")
+    out = tmp_path / "a.mp4"
+    assert main(["generate", *ONE_SECTION, "--prompt", "x", "--seeds", "4,9,2", "--out", str(out)]) == 2
+    assert mine.read_bytes() == b"the user's own video"
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: job seed 9: --out {mine} exists and was not made by this queue; move it or give another out"
+    ]
+    assert [read_settings(tmp_path / f"a-seed{s}.mp4")["config"]["seed"] for s in (4, 2)] == [4, 2]
+    assert not out.exists()
+    state = json.loads((tmp_path / "a.queue" / "queue.json").read_text())["jobs"]
+    assert {name: entry["status"] for name, entry in state.items()} == {
+        "seed4": "done",
+        "seed9": "failed",
+        "seed2": "done",
+    }
+
+
+def error_lines(err: str) -> list[str]:
+    """The lines of stderr that are not the progress bar's (which draws with carriage returns)."""
+    return [line for line in err.replace("\r", "\n").splitlines() if "error" in line]
+
+
+def test_count_takes_the_seeds_from_seed_on(tmp_path: Path) -> None:
+    out = tmp_path / "b.mp4"
+    assert (
+        main(
+            [
+                "generate",
+                *ONE_SECTION,
+                "--seed",
+                "20",
+                "--count",
+                "2",
+                "--out",
+                str(out),
+                "--queue-dir",
+                str(tmp_path / "q"),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["b-seed20.mp4", "b-seed21.mp4"]
+    assert read_settings(tmp_path / "b-seed21.mp4")["config"]["seed"] == 21
+    assert (tmp_path / "q" / "queue.json").exists()
+
+
+def write_jobs(path: Path, *lines: object) -> Path:
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_a_failing_job_is_reported_and_the_queue_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"prompt": "first", "seed": 1},
+        {"prompt": "second", "steps": 0},
+        "",
+        {"prompt": "third", "negative-prompt": "blur", "real_cfg": 2.0, "out": str(tmp_path / "third.mp4")},
+    )
+    assert main(["generate", *ONE_SECTION, "--jobs", str(jobs), "--out", str(tmp_path / "v.mp4")]) == 2
+    assert error_lines(capsys.readouterr().err) == [f"error: job {jobs} line 2: steps: expected an int >= 1, got 0"]
+    first, third = read_settings(tmp_path / "v-line1.mp4"), read_settings(tmp_path / "third.mp4")
+    assert (first["inputs"]["prompt"], first["config"]["seed"]) == ("first", 1)
+    assert (third["inputs"]["prompt"], third["inputs"]["negative_prompt"], third["config"]["real_cfg"]) == (
+        "third",
+        "blur",
+        2.0,
+    )
+    assert not (tmp_path / "v-line2.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"prompt": "a"}', '{"prompt": "b",}'], "line 2: not valid JSON"),
+        ([{"prompt": "a", "sead": 4}], "line 1: unknown key 'sead'"),
+        ([{"prompt": "a"}, {"tiny": False}], "line 2: 'tiny' is the queue's"),
+        ([{"prompt": "a"}, {"mode": "forward"}], "line 2: 'mode' is the queue's"),
+        ([{"prompt": 5}], "line 1: 'prompt' expected a string, got 5"),
+        ([[1, 2]], "line 1: expected a JSON object"),
+    ],
+)
+def test_a_bad_jobs_file_is_one_error_before_any_job(
+    lines: list[object], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = write_jobs(tmp_path / "jobs.jsonl", *lines)
+    assert main(["generate", *ONE_SECTION, "--jobs", str(jobs), "--out", str(tmp_path / "v.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --jobs {jobs} {message}") and err.count("\n") == 1
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_a_killed_queue_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """Killed in its second job after a section: run again, job 1 is left alone, job 2 resumes from its section."""
+    arguments = ["--tiny", "--window", "1", "--steps", "2", "--resolution", "32", "--seconds", "0.4"]  # 3 sections
+    command = [*arguments, "--seeds", "1,2", "--out", str(tmp_path / "v.mp4")]
+    process = subprocess.Popen([sys.executable, "-m", "framepack.cli", "generate", *command],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not list((tmp_path / "v.queue" / "runs").glob("seed2-*/state.json")):
+            assert process.poll() is None, "the queue ended before its second job saved a section"
+            assert time.monotonic() < deadline, "the second job saved no section within three minutes"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    first = tmp_path / "v-seed1.mp4"
+    assert first.exists() and not (tmp_path / "v-seed2.mp4").exists()
+    (run_dir,) = (tmp_path / "v.queue" / "runs").glob("seed2-*")
+    before = os.stat(first)
+
+    assert main(["generate", *command]) == 0
+    after = os.stat(first)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # job 1 was not done again
+    assert read_settings(tmp_path / "v-seed2.mp4")["config"]["seed"] == 2
+    # Job 2 resumed in its own folder to the frames of a run never interrupted.
+    whole = tmp_path / "whole"
+    assert main(["generate", *arguments, "--seed", "2", "--out", str(tmp_path / "w.mp4"), "--run-dir", str(whole)]) == 0
+    assert np.array_equal(run_frames(run_dir), run_frames(whole))
