@@ -132,6 +132,23 @@ def test_keyframe_latents_stand_in_the_start_slot_of_the_right_sections(pipe, mo
     assert torch.equal(video.latents[:, :, :1], start)  # the video still opens on the start image
 
 
+def test_a_schedule_and_keyframes_together_reach_every_section(pipe, monkeypatch) -> None:
+    waves, dances = "a man waves", "he starts to dance"
+    config = GenerationConfig(**THREE)
+    pooled = {text: pipe.encode(START, text, config).conditioning.pooled for text in (waves, dances)}
+    assert not torch.equal(pooled[waves], pooled[dances])
+    calls = record_prepare(pipe, monkeypatch)
+    # sections start at 0, 0.43, 0.83 s: 0.7 s snaps to section 2, so video sections 0, 1 wave and
+    # 2 dances; the keyframe of section 1 stands in sections 0 and 1, the start image in 2
+    schedule = f"[0s: {waves}] [0.7s: {dances}]"
+    pipe.generate(START, schedule, config, keyframes={1: KEY_A})
+    start, a = latent_of(pipe, START), latent_of(pipe, KEY_A)
+    assert len(calls) == 3  # one step a section, generation order: video sections 2, 1, 0
+    for (conditioning, context), text, slot in zip(calls, (dances, waves, waves), (start, a, a)):
+        assert torch.equal(conditioning.pooled, pooled[text]), text
+        assert torch.equal(context.clean[:, :, :1], slot)
+
+
 def test_keyframe_embeds_replace_the_start_images_in_the_covered_sections(pipe, monkeypatch) -> None:
     calls = record_prepare(pipe, monkeypatch)
     config = GenerationConfig(keyframe_embeds=True, **THREE)
