@@ -585,7 +585,7 @@ class FramePackPipeline:
         self,
         source: str | os.PathLike[str],
         seconds: float,
-        prompt: str,
+        prompt: str | PromptSchedule,
         config: GenerationConfig | None = None,
         *,
         image: ImageInput | None = None,
@@ -601,6 +601,9 @@ class FramePackPipeline:
         seconds  length to add: a run of S seconds becomes the run of S + seconds (bit for bit the
                  longer run, for a forward run with the same prompt and start image); a video gets
                  ``max(round(seconds·fps / (4·window)), 1)`` sections of 4·window frames
+        prompt   a prompt, or a schedule (as ``stream``'s) for a run source only: its times are
+                 time in the whole video, the run's and the new part (ConfigError for a video file,
+                 whose frames were not made in sections the times could be placed in)
         config   forward-mode settings (``seconds`` is not read); None: the run's own, or the defaults
                  with mode "forward" for a video. A run is continued at its window and fps.
         image    start frame and SigLIP reference (default: the video's first frame; a run's own start latent)
@@ -620,7 +623,7 @@ class FramePackPipeline:
         self,
         source: str | os.PathLike[str],
         seconds: float,
-        prompt: str,
+        prompt: str | PromptSchedule,
         config: GenerationConfig | None = None,
         *,
         image: ImageInput | None = None,
