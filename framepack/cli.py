@@ -842,7 +842,7 @@ def _print_keyframes(specs: dict[int, tuple[str, str]], plan: SectionPlan) -> No
     sections = list(specs)
     print("start-frame slot by section, in video order:")
     for section, keyframe in enumerate(keyframe_coverage(sections, plan.num_sections)):
-        span = "{:g}-{:g} s".format(*section_span(section, plan))
+        span = "{:.2f}-{:.2f} s".format(*section_span(section, plan))
         if keyframe is None:
             print(f"  video section {section} ({span}): the start image")
         else:

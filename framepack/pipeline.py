@@ -363,7 +363,13 @@ class FramePackPipeline:
         the images to that size instead of their bucket: the size of a video being continued
         (``framepack.extension``).
         """
-        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes)
+        check_inputs(
+            config,
+            end_image=end_image,
+            negative_prompt=negative_prompt,
+            keyframes=keyframes,
+            text_to_video=image is None,
+        )
         if size is not None:
             check_frame_size(size)
         plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
@@ -394,11 +400,6 @@ class FramePackPipeline:
         end_latent = end_embeds = None
         if end_image is not None:
             end_image = resize_image(load_image(end_image), height, width, config.resize)
-        if keyframe_keys and config.keyframe_embeds and start_image is None:
-            raise ConfigError(
-                "keyframe_embeds: a keyframe's image embeddings replace the start image's, but text-to-video "
-                "(image=None) has none; give a start image or set keyframe_embeds=False"
-            )
         keyframe_images = tuple(
             (section, resize_image(load_image(keyframes[key]), height, width, config.resize))
             for section, key in sorted(keyframe_keys.items())
@@ -522,7 +523,13 @@ class FramePackPipeline:
         run or resume of it raises InputError.
         """
         config = config or GenerationConfig()
-        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes)
+        check_inputs(
+            config,
+            end_image=end_image,
+            negative_prompt=negative_prompt,
+            keyframes=keyframes,
+            text_to_video=image is None,
+        )
         prompt = as_prompt(prompt)
         section_prompts(prompt, config)  # a schedule that does not fit the video fails before any work
         run_dir, resume = _folder_argument("run_dir", run_dir), _folder_argument("resume", resume)
@@ -578,7 +585,7 @@ class FramePackPipeline:
         self,
         source: str | os.PathLike[str],
         seconds: float,
-        prompt: str,
+        prompt: str | PromptSchedule,
         config: GenerationConfig | None = None,
         *,
         image: ImageInput | None = None,
@@ -594,6 +601,9 @@ class FramePackPipeline:
         seconds  length to add: a run of S seconds becomes the run of S + seconds (bit for bit the
                  longer run, for a forward run with the same prompt and start image); a video gets
                  ``max(round(seconds·fps / (4·window)), 1)`` sections of 4·window frames
+        prompt   a prompt, or a schedule (as ``stream``'s) for a run source only: its times are
+                 time in the whole video, the run's and the new part (ConfigError for a video file,
+                 whose frames were not made in sections the times could be placed in)
         config   forward-mode settings (``seconds`` is not read); None: the run's own, or the defaults
                  with mode "forward" for a video. A run is continued at its window and fps.
         image    start frame and SigLIP reference (default: the video's first frame; a run's own start latent)
@@ -613,7 +623,7 @@ class FramePackPipeline:
         self,
         source: str | os.PathLike[str],
         seconds: float,
-        prompt: str,
+        prompt: str | PromptSchedule,
         config: GenerationConfig | None = None,
         *,
         image: ImageInput | None = None,
@@ -748,14 +758,21 @@ def check_inputs(
     end_image: ImageInput | None = None,
     negative_prompt: str = "",
     keyframes: Keyframes | None = None,
+    text_to_video: bool = False,
 ) -> None:
-    """Raise ConfigError if the inputs do not go with ``config`` (before any model runs)."""
+    """Raise ConfigError if the inputs do not go with ``config`` (before any model runs or a run
+    folder is claimed); ``text_to_video``: no start image was given (``image=None``)."""
     if end_image is not None and config.mode != "inverted":
         raise ConfigError(f"end_image: only the 'inverted' mode can end on a given frame, got mode {config.mode!r}")
     if keyframes is not None:
-        check_keyframes(
+        sections = check_keyframes(
             keyframes, plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
         )
+        if sections and config.keyframe_embeds and text_to_video:
+            raise ConfigError(
+                "keyframe_embeds: a keyframe's image embeddings replace the start image's, but text-to-video "
+                "(image=None) has none; give a start image or set keyframe_embeds=False"
+            )
     if not isinstance(negative_prompt, str):
         raise ConfigError(f"negative_prompt: expected a str, got {type(negative_prompt).__name__}")
 

@@ -30,7 +30,8 @@ import torch
 
 from ..config import GenerationConfig
 from ..errors import ConfigError, InputError
-from ..pipeline import EncodedInputs, GenerationRun, ImageInput, RunInputs, _folder_argument
+from ..pipeline import EncodedInputs, GenerationRun, ImageInput, RunInputs, _folder_argument, section_prompts
+from ..prompt_schedule import PromptSchedule, as_prompt
 from ..rundir import claim_run_dir
 from ..runstate import RunState, load_run_state, save_run_state
 from ..sampling.loop import Progress
@@ -98,7 +99,7 @@ def start_extension(
     pipeline: FramePackPipeline,
     source: str | os.PathLike[str],
     seconds: float,
-    prompt: str,
+    prompt: str | PromptSchedule,
     config: GenerationConfig | None = None,
     *,
     image: ImageInput | None = None,
@@ -117,6 +118,7 @@ def start_extension(
             raise InputError(f"run_dir {run_dir} and resume {resume} name different folders; give one")
         run_dir = resume
     found, config, given = open_source(path, seconds, config)
+    prompt = extension_prompt(found, prompt, config)
     if isinstance(found, SourceRun) and run_dir is not None and run_dir.resolve().is_relative_to(path.resolve()):
         raise InputError(f"run_dir {run_dir} is inside the run being extended, {path}, which is never changed")
 
@@ -164,6 +166,25 @@ def open_source(
     return video, replace(config, seconds=total * 4 * config.window / config.fps), given  # a plan of ``total``
 
 
+def extension_prompt(source: Source, prompt: str | PromptSchedule, config: GenerationConfig) -> str | PromptSchedule:
+    """The extension's prompt, parsed and checked against the whole video (no model runs).
+
+    Extending a run, a schedule's times are time in the whole video, the run's sections and
+    the new ones, as in the longer run (whose plan ``config`` is). A video file has no sections
+    of ours: the plan of an extension counts its last frames as sections of 4·window frames,
+    whatever its real length, so schedule times would not be video time: ConfigError.
+    """
+    prompt = as_prompt(prompt)
+    if isinstance(prompt, PromptSchedule) and isinstance(source, SourceVideo):
+        raise ConfigError(
+            f"prompt schedule: {str(prompt)[:60]!r} gives times in the video, but a video file's frames were "
+            "not made in sections, so an extension of one cannot place them; give a plain prompt, or extend "
+            "the run directory that made the video"
+        )
+    section_prompts(prompt, config)  # a schedule that does not fit the longer video fails here
+    return prompt
+
+
 def _source_path(source: object) -> Path:
     if not isinstance(source, (str, os.PathLike)) or not isinstance(os.fspath(source), str) or not os.fspath(source):
         raise InputError(f"source: expected the path of a video file or a run directory, got {source!r:.60}")
@@ -204,7 +225,7 @@ def _encode(
     pipeline: FramePackPipeline,
     source: Source,
     config: GenerationConfig,
-    prompt: str,
+    prompt: str | PromptSchedule,
     image: ImageInput | None,
     negative_prompt: str,
 ) -> tuple[EncodedInputs, dict[str, Any]]:
