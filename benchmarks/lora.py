@@ -80,7 +80,7 @@ def lora_state_dict(config: TransformerConfig, rank: int, seed: int) -> dict[str
 def per_pair_add_to(pairs: LoraPairs, out: torch.Tensor, x: torch.Tensor) -> None:
     """``LoraPairs.add_to`` one pair at a time, as first written: the comparison for the stacked one."""
     for placement, down, up in pairs.pairs():
-        factor = pairs.strengths[placement.adapter] * placement.scale
+        factor = pairs.strengths[placement.adapter]  # up holds the pair's scale
         if factor:
             out[..., placement.rows].add_(F.linear(F.linear(x, down), up), alpha=factor)
 

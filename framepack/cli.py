@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,6 @@ import numpy as np
 from .config import MAX_STEPS, MIN_RESOLUTION, GenerationConfig
 from .errors import ConfigError, FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
 from .run_arguments import (
-    MODEL_ARGUMENTS,
     TINY_DEFAULTS,
     apply_from,
     config_from_arguments,
@@ -113,6 +113,27 @@ def _parser() -> argparse.ArgumentParser:
     _settings_arguments(plan)
     plan.add_argument("--size", default="480x640", help="input image size HxW (default %(default)s)")
     plan.add_argument("--image", help="take the input size from this image instead of --size")
+    plan.add_argument("--steps", type=int, default=25, help="sampler steps per section (default %(default)s)")
+    plan.add_argument("--cache", default="none", help="none, teacache[:T], magcache[:T], magcache-f1[:T], fbcache[:T]")
+    plan.add_argument("--real-cfg", type=float, default=1.0, help="real CFG scale (not 1: two calls per step)")
+    plan.add_argument(
+        "--device-profile",
+        default="rtx4090",
+        help="card to predict for: rtx3060, rtx3090, rtx4060ti-8gb, "
+        "rtx4070, rtx4090, a100, h100, cpu (default %(default)s)",
+    )
+    plan.add_argument("--measure", action="store_true", help="time this machine's device instead of a profile")
+    plan.add_argument("--vram-budget", type=float, help="GPU memory to stay within, GB (the memory plan's budget)")
+    plan.add_argument("--fp8", action="store_true", help="transformer block weights in fp8")
+    plan.add_argument("--text-tokens", type=int, help="prompt tokens (default: 64, an assumption said so)")
+    plan.add_argument("--tiny", action="store_true", help="model the tiny random models of generate --tiny")
+    plan.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="NAME=V1,V2",
+        help="a table over settings: resolution, steps, cache, "
+        "seconds, window, real_cfg (e.g. resolution=640,480 steps=25,15 cache=none,teacache)",
+    )
     _keyframe_arguments(plan)
     plan.add_argument("--prompt", help="a prompt or a schedule: print which prompt each section gets")
     _blend_argument(plan)
@@ -179,16 +200,18 @@ def _generate_arguments(gen: argparse.ArgumentParser) -> None:
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the models come from and how they are placed and run (``_load_pipeline`` reads them)."""
-    parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the transformer blocks (the first section compiles)"
-    )
+    _model_choice_arguments(parser)
+    _placement_arguments(parser)
+
+
+def _model_choice_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which weights, in which precision: ``--from`` takes them from its record as a group."""
     parser.add_argument(
         "--model", default=None, help="transformer: i2v, f1 or a folder (default: i2v, or f1 in forward mode)"
     )
     parser.add_argument("--hunyuan", default=None, help="HunyuanVideo repo or folder (text encoders, tokenizers, VAE)")
     parser.add_argument("--redux", default=None, help="flux_redux_bfl repo or folder (SigLIP image encoder)")
     _file_arguments(parser)
-    parser.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
     parser.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -196,14 +219,31 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
         help="transformer dtype (default: bf16 on GPUs that compute it natively, else fp16; fp32 on CPU)",
     )
     parser.add_argument(
-        "--vram-budget", type=float, help="GPU memory to stay within, GB > 0 (streams blocks, swaps components)"
-    )
-    parser.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
-    parser.add_argument(
         "--fp8",
         action="store_true",
         help="transformer block Linear weights in fp8, block-scaled (0.65x the streamed bytes of bf16)",
     )
+
+
+def _placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where and how the weights run: ``--from`` takes each from its record unless typed."""
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the transformer blocks (the first section compiles)"
+    )
+    parser.add_argument("--device", default=None, help="cuda, cpu, mps, … (default: cuda when available)")
+    parser.add_argument(
+        "--vram-budget", type=float, help="GPU memory to stay within, GB > 0 (streams blocks, swaps components)"
+    )
+    parser.add_argument("--mmap", action="store_true", help="keep weights memory-mapped (host RAM below model size)")
+
+
+def model_choice_arguments() -> frozenset[str]:
+    """The flags that choose the models (``--tiny`` is among generate's own)."""
+    return frozenset({"tiny"} | destinations(_model_choice_arguments) | destinations(_lora_arguments))
+
+
+def placement_arguments() -> frozenset[str]:
+    return frozenset(destinations(_placement_arguments))
 
 
 def _lora_arguments(parser: argparse.ArgumentParser) -> None:
@@ -335,13 +375,13 @@ def _generate(args: argparse.Namespace) -> int:
     from .job_queue import default_queue_dir, is_queue, plan_jobs, run_queue
 
     if args.from_settings is not None:
-        apply_from(args, args.typed, demo_image)
+        apply_from(args, args.typed, demo_image, model_choice=model_choice_arguments())
     # Check everything before any model: a bad path fails in a second, not after loading 30 GB.
     _check_model_arguments(args)
     parallel = _join_parallel(args)
     if is_queue(args):
         allowed = destinations(_generate_arguments) | {f.name for f in dataclasses.fields(GenerationConfig)}
-        jobs = plan_jobs(args, allowed, MODEL_ARGUMENTS)
+        jobs = plan_jobs(args, allowed, model_choice_arguments() | placement_arguments())
         if parallel is not None:  # jobs: each rank runs every world_size-th job, with its own queue folder
             jobs = jobs[parallel.rank :: parallel.world_size]
             args.queue_dir = str(Path(args.queue_dir or default_queue_dir(args)) / f"rank-{parallel.rank}")
@@ -465,6 +505,12 @@ def _load_pipeline(args: argparse.Namespace, config: GenerationConfig) -> FrameP
             window=config.window,
             loras=loras,
         )
+    recorded = getattr(args, "from_weights_digest", None)  # set by --from when the record chose the models
+    if recorded is not None and pipe.components.weights_digest() != recorded:
+        raise InputError(
+            f"--from {args.from_settings}: the weights loaded (digest {pipe.components.weights_digest()}) are not "
+            f"those that made the video ({recorded}): they changed since; type the model flags to use them anyway"
+        )
     if args.compile:
         pipe.compile()
     if pipe.device.type == "cpu":
@@ -474,8 +520,16 @@ def _load_pipeline(args: argparse.Namespace, config: GenerationConfig) -> FrameP
 
 def _run_job(pipe: FramePackPipeline, args: argparse.Namespace, config: GenerationConfig) -> Path:
     """Generate one video into ``args.out`` with a progress bar; returns its path."""
+    from .cost.report import measured_line, predict_run, prediction_line
+    from .video import load_image
+
     image = args.image if args.image else demo_image(config.resolution)  # a path: the settings record it
-    return _run_with_progress(
+    predicted = predict_run(
+        pipe, config, load_image(image) if args.image else image, args.prompt or "", args.vram_budget
+    )
+    print(prediction_line(predicted))
+    started = time.perf_counter()
+    path = _run_with_progress(
         args,
         lambda on_step: pipe.stream(
             image,
@@ -490,6 +544,8 @@ def _run_job(pipe: FramePackPipeline, args: argparse.Namespace, config: Generati
             resume=args.resume,
         ),
     )
+    print(measured_line(predicted, time.perf_counter() - started))
+    return path
 
 
 def _run_with_progress(args: argparse.Namespace, start: Callable[[ProgressCallback], GenerationRun]) -> Path:
@@ -756,7 +812,67 @@ def _plan(args: argparse.Namespace) -> int:
         _print_keyframes(keyframes, plan)
     if prompts is not None:
         print("\n".join(describe_section_prompts(prompts, plan)))
+    _plan_cost(args, height, width)
     return 0
+
+
+def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
+    """The cost part of ``plan``: FLOPs, memory and time on a device, or a table comparing settings."""
+    import torch
+
+    from .config import GenerationConfig
+    from .cost.compare import compare, format_table, parse_axes
+    from .cost.estimate import estimate
+    from .cost.measure import measure_profile
+    from .cost.memory import ModelConfigs
+    from .cost.profiles import device_profile
+    from .device_runtime import runtime
+    from .video import find_bucket
+
+    config = GenerationConfig(
+        seconds=float(_setting(args, "seconds", 5.0)),
+        fps=args.fps,
+        window=args.window,
+        steps=args.steps,
+        mode=args.mode,
+        real_cfg=args.real_cfg,
+        resolution=int(_setting(args, "resolution", 640)),
+        cache=args.cache,
+    )
+    models = ModelConfigs.tiny() if args.tiny else ModelConfigs.real()
+    profile = device_profile(args.device_profile)
+    if args.measure:
+        device = torch.device("cuda" if runtime().is_available() else "cpu")
+        profile = measure_profile(
+            device_profile("cpu" if device.type == "cpu" else args.device_profile),
+            device,
+            dtype=torch.float32 if device.type == "cpu" else torch.bfloat16,
+            width=models.transformer.inner_dim,
+            heads=models.transformer.num_attention_heads,
+            tokens=4096,
+            vae=models.vae,
+            frame_size=find_bucket(height, width, config.resolution),
+        )
+
+    def run(c: GenerationConfig):  # the same estimate for every row of a comparison
+        return estimate(
+            c,
+            profile,
+            models=models,
+            image_size=(height, width),
+            text_tokens=args.text_tokens,
+            vram_budget_gb=args.vram_budget,
+            fp8=args.fp8,
+            from_disk=not args.tiny,
+        )
+
+    if args.compare:
+        rows = compare(config, parse_axes(args.compare), run)
+        budget = "" if args.vram_budget is None else f", --vram-budget {args.vram_budget:g}"
+        print(f"{models.name} models on {profile.name} ({profile.source} rates{budget}), {config.seconds:g} s video:")
+        print(format_table(rows, device_memory=not profile.is_host))
+        return
+    print(run(config).describe())
 
 
 def _print_keyframes(specs: dict[int, tuple[str, str]], plan: SectionPlan) -> None:
@@ -766,7 +882,7 @@ def _print_keyframes(specs: dict[int, tuple[str, str]], plan: SectionPlan) -> No
     sections = list(specs)
     print("start-frame slot by section, in video order:")
     for section, keyframe in enumerate(keyframe_coverage(sections, plan.num_sections)):
-        span = "{:g}-{:g} s".format(*section_span(section, plan))
+        span = "{:.2f}-{:.2f} s".format(*section_span(section, plan))
         if keyframe is None:
             print(f"  video section {section} ({span}): the start image")
         else:

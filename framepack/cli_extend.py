@@ -1,8 +1,9 @@
 """``framepack extend INPUT --seconds N``: continue a finished run directory or a video file.
 
-The sampling flags default to the run's own settings when INPUT is a run directory (so
-``framepack extend RUN --seconds 2 --prompt "…" --image start.png`` continues it as a longer
-run would have), and to ``generate``'s defaults in forward mode for a video file. The model
+The sampling flags and ``--prompt`` default to the run's own settings when INPUT is a run
+directory (so ``framepack extend RUN --seconds 2 --image start.png`` continues it as a longer
+run would have; a schedule's times are whole-video time), and to ``generate``'s defaults in
+forward mode for a video file (which takes no prompt schedule). The model
 flags are ``generate``'s; without ``--model`` the F1 (forward) transformer is loaded.
 """
 
@@ -15,15 +16,18 @@ from typing import Any
 
 from .cli import (
     EXIT_STATUS,
+    _blend_argument,
     _check_model_arguments,
     _check_out,
     _check_text,
     _load_pipeline,
     _lora_arguments,
     _model_arguments,
+    _prompt_argument,
     _run_with_progress,
 )
-from .errors import InputError
+from .errors import ConfigError, InputError
+from .prompt_schedule import PromptSchedule
 from .video.resize import RESIZE_METHODS
 
 # flag destination -> GenerationConfig field, for the sampling flags given on the command line
@@ -54,7 +58,12 @@ def add_extend_command(sub: Any) -> argparse.ArgumentParser:
     )
     ext.add_argument("input", help="a finished run directory (--run-dir of generate) or a video file")
     ext.add_argument("--seconds", type=float, required=True, help="seconds to add")
-    ext.add_argument("--prompt", default="", help="what happens in the new part")
+    ext.add_argument(
+        "--prompt",
+        help="what happens in the new part, or a schedule in whole-video time (a run directory only); "
+        "default: the run's own prompt, empty for a video file",
+    )
+    _blend_argument(ext)
     ext.add_argument("--image", help="start frame and image reference (default: the input's first frame)")
     ext.add_argument("--out", default="extended.mp4", help="output .mp4, the whole video (default %(default)s)")
     ext.add_argument("--negative-prompt", default="")
@@ -82,7 +91,7 @@ def add_extend_command(sub: Any) -> argparse.ArgumentParser:
 def _extend(args: argparse.Namespace) -> int:
     from .config import GenerationConfig
     from .extension import source_config
-    from .extension.run import open_source
+    from .extension.run import extension_prompt, open_source
     from .video import load_image
 
     given = {field: getattr(args, flag) for flag, field in _SETTINGS.items() if getattr(args, flag) is not None}
@@ -94,9 +103,9 @@ def _extend(args: argparse.Namespace) -> int:
         base = GenerationConfig(mode="forward", **defaults)
     config = replace(base, mode="forward", **given)
     # Everything is checked before any model loads: a bad input fails in a second, not after 30 GB.
-    open_source(args.input, args.seconds, config)
-    for flag, text in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
-        _check_text(flag, text)
+    found, extended, _ = open_source(args.input, args.seconds, config)
+    prompt = extension_prompt(found, _extend_prompt(args), extended)
+    _check_text("--negative-prompt", args.negative_prompt)
     _check_model_arguments(args)
     _check_out(args)
     _check_out_is_no_input(args)
@@ -107,7 +116,7 @@ def _extend(args: argparse.Namespace) -> int:
         lambda on_step: pipe.stream_extend(
             args.input,
             args.seconds,
-            args.prompt,
+            prompt,
             config,
             image=image,
             negative_prompt=args.negative_prompt,
@@ -117,6 +126,27 @@ def _extend(args: argparse.Namespace) -> int:
         ),
     )
     return 0
+
+
+def _extend_prompt(args: argparse.Namespace) -> str | PromptSchedule:
+    """``--prompt`` as ``generate`` reads it; without it, the prompt the run was made with, or
+    an empty one for a video file."""
+    from .extension.run_source import recorded_prompt
+
+    if args.prompt is not None:
+        return _prompt_argument(args)
+    if args.prompt_blend is not None:
+        raise ConfigError("--prompt-blend: blends the prompts of a --prompt schedule, but no --prompt was given")
+    source = Path(args.input)
+    if not source.is_dir():
+        return ""
+    recorded = recorded_prompt(source)
+    if recorded is None:
+        raise ConfigError(
+            f"--prompt: the run in {args.input} does not record its prompt (no settings.json: it was made "
+            "before framepack wrote them, and its state keeps only the prompt's digest); give --prompt"
+        )
+    return recorded
 
 
 def _check_out_is_no_input(args: argparse.Namespace) -> None:

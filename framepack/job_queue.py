@@ -42,6 +42,8 @@ QUEUE_ARGUMENTS = (
 )  # fmt: skip
 # What the command keeps beside the arguments (argparse's subcommand and function, main's notes).
 _BOOKKEEPING = ("command", "run", "typed", "run_dir_used", "queue_dir_used")
+# Placement that leaves the video's bits as they are (another device type or compiled blocks do not).
+SAME_VIDEO_ARGUMENTS = ("vram_budget", "mmap")
 MODEL_SETTINGS = ("mode",)  # picks the transformer (i2v or f1), so it is the queue's too
 LIST_ARGUMENTS = ("keyframe",)  # repeatable flags: a list, as argparse gives them
 TEXT_ARGUMENTS = ("prompt", "negative_prompt", "image", "end_image", "out", "cache")
@@ -157,11 +159,13 @@ def default_queue_dir(args: argparse.Namespace) -> Path:
 
 
 class QueueState:
-    """``queue.json``: for each job its arguments' digest, status and output; saved on every change."""
+    """``queue.json``: for each job its arguments' digest, status and output, and every output
+    the queue ever wrote (``outputs``, which only grows); saved on every change."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / QUEUE_FILE
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.outputs: list[str] = []
         if self.path.exists():
             try:
                 record = json.loads(self.path.read_text(encoding="utf-8"))
@@ -173,15 +177,31 @@ class QueueState:
                 or not isinstance(record.get("jobs"), dict)
             ):
                 raise InputError(f"{self.path}: expected a framepack queue state of format {_FORMAT}")
+            for name, entry in record["jobs"].items():
+                if not isinstance(entry, dict) or not isinstance(entry.get("out", ""), str):
+                    raise InputError(
+                        f'{self.path}: expected job {name!r} as an object with an "out" path, got {entry!r:.60}'
+                    )
+            outputs = record.get("outputs", [])  # queues saved before the list: their finished jobs' outputs
+            if not isinstance(outputs, list) or not all(isinstance(out, str) for out in outputs):
+                raise InputError(f'{self.path}: expected "outputs" as a list of paths, got {outputs!r:.60}')
             self.jobs = record["jobs"]
+            done = [e["out"] for e in self.jobs.values() if e.get("status") == "done" and "out" in e]
+            self.outputs = list(dict.fromkeys([*outputs, *done]))
 
-    def set(self, name: str, **entry: Any) -> None:
+    def set(self, name: str, *, writing: bool = False, **entry: Any) -> None:
+        """Note job ``name``'s entry. ``writing``: the job is about to write its ``out``, which joins
+        the outputs in the same write: a queue killed between writing it and noting the job done
+        still knows the output as its own."""
         self.jobs[name] = entry
-        write_bytes(self.path, json.dumps({"format": _FORMAT, "jobs": self.jobs}, indent=1).encode("utf-8"))
+        if writing and entry["out"] not in self.outputs:
+            self.outputs.append(entry["out"])
+        record = {"format": _FORMAT, "jobs": self.jobs, "outputs": self.outputs}
+        write_bytes(self.path, json.dumps(record, indent=1).encode("utf-8"))
 
     def made(self, out: Path) -> bool:
-        """Whether the queue wrote ``out`` (so a job of it may write it again)."""
-        return any(e.get("status") == "done" and e.get("out") == str(out.absolute()) for e in self.jobs.values())
+        """Whether the queue (may have) wrote ``out``, so that a job of it may write it again."""
+        return str(out.absolute()) in self.outputs
 
 
 def job_arguments(args: argparse.Namespace, job: Job) -> argparse.Namespace:
@@ -189,8 +209,10 @@ def job_arguments(args: argparse.Namespace, job: Job) -> argparse.Namespace:
 
 
 def arguments_digest(args: argparse.Namespace) -> str:
-    """What the job makes: every argument but the queue's own and the command's bookkeeping."""
-    kept = {k: v for k, v in vars(args).items() if k not in QUEUE_ARGUMENTS + _BOOKKEEPING}
+    """What the job makes: every argument but the queue's own, the command's bookkeeping and
+    those that change how, not what, it runs."""
+    left_out = QUEUE_ARGUMENTS + _BOOKKEEPING + SAME_VIDEO_ARGUMENTS
+    kept = {k: v for k, v in vars(args).items() if k not in left_out}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:12]
 
 
@@ -238,7 +260,7 @@ def run_queue(
                 continue
             if pipe is None:  # for the first job that runs; a failure ends the queue: every job needs the models
                 pipe = load(args, config)  # its resolution and window size a memory plan
-            state.set(job.name, digest=digest, status="running", out=str(out))
+            state.set(job.name, writing=True, digest=digest, status="running", out=str(out))
             args.run_dir_used = run_dir  # where an interrupt's message points
             log(f"job {job.where}: {'resuming ' if resume else ''}{out}")
             try:

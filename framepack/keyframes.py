@@ -1,10 +1,12 @@
 """Keyframes: images that stand in the inverted loop's start-frame context slot, section by section.
 
 A keyframe is named by a key: an ``int`` is a section index in *video* order (0 = the video's
-first section), a ``float`` is seconds of video time, held by section ``floor(t / S)`` with
-``S = plan.section_seconds`` (the community tools' section length, the one prompt times snap to);
-the last section holds the rest of the video, up to its last frame or the length asked for,
-whichever is later (as prompt schedules accept times).
+first section), a ``float`` is seconds of video time, held by the section whose frames are
+shown then: section k holds ``[plan.section_start_seconds(k), plan.section_start_seconds(k + 1))``
+(0 s, then (4·k·window + 1) / fps: 1.23 s, 2.43 s, ... at window 9 and 30 fps). Prompt schedules
+differ: their times snap to the nearest section start. The last section holds the rest of the
+video, up to its last frame or the length asked for, whichever is later (``plan.latest_time``,
+as prompt schedules accept times).
 
 Which keyframe a section sees follows FramePack-eichi: a section with a keyframe of its own gets
 it; a section without one gets the nearest keyframe later in the video; the sections after the
@@ -14,6 +16,7 @@ section is pulled toward the next image the video is heading to.
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -24,9 +27,9 @@ from .sampling.sections import SectionPlan
 
 KeyframeKey = int | float
 
-# Seconds that land on a section boundary up to float error (3.3 / 1.1 = 2.9999999999999996)
+# Seconds that land on a section's start up to float error (37 / 30 written as 1.2333333333)
 # belong to the section that starts there.
-_BOUNDARY_DIGITS = 9
+_BOUNDARY_TOLERANCE = 1e-9
 
 
 def describe_key(key: object) -> str:
@@ -36,16 +39,10 @@ def describe_key(key: object) -> str:
     return repr(key)
 
 
-def video_seconds(plan: SectionPlan) -> float:
-    """How long the video is for keyframe times: its pixel frames at its frame rate, or the
-    length asked for if that is longer (5 s makes 145 frames, 4.83 s, at window 9)."""
-    return max(plan.seconds, plan.pixel_frames / plan.fps)
-
-
 def section_span(section: int, plan: SectionPlan) -> tuple[float, float]:
     """The seconds of video time that ``section`` (in video order) holds, as keys in seconds map."""
-    end = video_seconds(plan) if section == plan.num_sections - 1 else (section + 1) * plan.section_seconds
-    return section * plan.section_seconds, end
+    end = plan.latest_time if section == plan.num_sections - 1 else plan.section_start_seconds(section + 1)
+    return plan.section_start_seconds(section), end
 
 
 def keyframe_section(key: object, plan: SectionPlan) -> int:
@@ -63,12 +60,13 @@ def keyframe_section(key: object, plan: SectionPlan) -> int:
             )
         return int(key)
     seconds = float(key)
-    length = video_seconds(plan)
+    length = plan.latest_time
     if not (math.isfinite(seconds) and 0.0 <= seconds < length):
         raise ConfigError(
             f"keyframes: {describe_key(key)} is not in the video: times are from 0 s up to its length, {length:g} s"
         )
-    return min(math.floor(round(seconds / plan.section_seconds, _BOUNDARY_DIGITS)), count - 1)
+    starts = [plan.section_start_seconds(k) for k in range(count)]
+    return bisect.bisect_right(starts, seconds + _BOUNDARY_TOLERANCE) - 1
 
 
 def keyframe_sections(keys: Sequence[object], plan: SectionPlan) -> list[int]:
@@ -80,7 +78,7 @@ def keyframe_sections(keys: Sequence[object], plan: SectionPlan) -> list[int]:
             start, end = section_span(section, plan)
             raise ConfigError(
                 f"keyframes: {describe_key(keys[earlier])} and {describe_key(keys[later])} both name "
-                f"section {section} ({start:g} s to {end:g} s); give one image per section"
+                f"section {section} ({start:.2f} s to {end:.2f} s); give one image per section"
             )
     return sections
 

@@ -412,7 +412,13 @@ class FramePackPipeline:
         the images to that size instead of their bucket: the size of a video being continued
         (``framepack.extension``).
         """
-        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes)
+        check_inputs(
+            config,
+            end_image=end_image,
+            negative_prompt=negative_prompt,
+            keyframes=keyframes,
+            text_to_video=image is None,
+        )
         if size is not None:
             check_frame_size(size)
         plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
@@ -443,11 +449,6 @@ class FramePackPipeline:
         end_latent = end_embeds = None
         if end_image is not None:
             end_image = resize_image(load_image(end_image), height, width, config.resize)
-        if keyframe_keys and config.keyframe_embeds and start_image is None:
-            raise ConfigError(
-                "keyframe_embeds: a keyframe's image embeddings replace the start image's, but text-to-video "
-                "(image=None) has none; give a start image or set keyframe_embeds=False"
-            )
         keyframe_images = tuple(
             (section, resize_image(load_image(keyframes[key]), height, width, config.resize))
             for section, key in sorted(keyframe_keys.items())
@@ -571,7 +572,13 @@ class FramePackPipeline:
         run or resume of it raises InputError.
         """
         config = config or GenerationConfig()
-        check_inputs(config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes)
+        check_inputs(
+            config,
+            end_image=end_image,
+            negative_prompt=negative_prompt,
+            keyframes=keyframes,
+            text_to_video=image is None,
+        )
         prompt = as_prompt(prompt)
         section_prompts(prompt, config)  # a schedule that does not fit the video fails before any work
         run_dir, resume = _folder_argument("run_dir", run_dir), _folder_argument("resume", resume)
@@ -641,7 +648,7 @@ class FramePackPipeline:
         self,
         source: str | os.PathLike[str],
         seconds: float,
-        prompt: str,
+        prompt: str | PromptSchedule,
         config: GenerationConfig | None = None,
         *,
         image: ImageInput | None = None,
@@ -657,6 +664,9 @@ class FramePackPipeline:
         seconds  length to add: a run of S seconds becomes the run of S + seconds (bit for bit the
                  longer run, for a forward run with the same prompt and start image); a video gets
                  ``max(round(seconds·fps / (4·window)), 1)`` sections of 4·window frames
+        prompt   a prompt, or a schedule (as ``stream``'s) for a run source only: its times are
+                 time in the whole video, the run's and the new part (ConfigError for a video file,
+                 whose frames were not made in sections the times could be placed in)
         config   forward-mode settings (``seconds`` is not read); None: the run's own, or the defaults
                  with mode "forward" for a video. A run is continued at its window and fps.
         image    start frame and SigLIP reference (default: the video's first frame; a run's own start latent)
@@ -676,7 +686,7 @@ class FramePackPipeline:
         self,
         source: str | os.PathLike[str],
         seconds: float,
-        prompt: str,
+        prompt: str | PromptSchedule,
         config: GenerationConfig | None = None,
         *,
         image: ImageInput | None = None,
@@ -711,29 +721,43 @@ class FramePackPipeline:
             if _LATER_SETTINGS.get(f.name, _NO_DEFAULT) != getattr(sampling, f.name)
         }
         settings.update(cache=describe_policy(sampling.cache), resolution=config.resolution, resize=config.resize)
-        return {
-            "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
-            "weights": self.components.weights_digest(),  # another checkpoint of the same model differs here
-            "dtype": str(self.components.transformer.dtype),
-            "vae_tiling": self._tiling(config) is not None,
-            "image": _image_digest(inputs.image),
-            "end_image": None if inputs.end_image is None else _image_digest(inputs.end_image),
-            "prompt": digest(section_prompts(prompt, config).key()),  # a plain prompt: its text, as always
-            "negative_prompt": digest(negative_prompt),
-            "settings": settings,
-            **_keyframe_fingerprint(inputs, config),
-        } | self._lora_fingerprint()
+        return (
+            {
+                "model": digest(str(sorted(asdict(self.components.transformer.config).items()))),
+                "weights": self.components.weights_digest(),  # another checkpoint of the same model differs here
+                "dtype": str(self.components.transformer.dtype),
+                "vae_tiling": self._tiling(config) is not None,
+                "image": _image_digest(inputs.image),
+                "end_image": None if inputs.end_image is None else _image_digest(inputs.end_image),
+                "prompt": digest(section_prompts(prompt, config).key()),  # a plain prompt: its text, as always
+                "negative_prompt": digest(negative_prompt),
+                "settings": settings,
+                **_keyframe_fingerprint(inputs, config),
+            }
+            | self._lora_fingerprint()
+            | self._compile_fingerprint()
+        )
 
     def settings_record(
         self, inputs: RunInputs, config: GenerationConfig, fingerprint: dict[str, Any], *, video: dict[str, int]
     ) -> dict[str, Any]:
         """What the run of ``inputs`` with ``config`` is made of, to make it again (``framepack.run_settings``)."""
-        models = self.sources | {"weights_digest": fingerprint["weights"], "dtype": fingerprint["dtype"]}
+        models = self.sources | {
+            "weights_digest": fingerprint["weights"],
+            "dtype": fingerprint["dtype"],
+            "device": self.device.type,  # the index is the machine's; the type decides the arithmetic
+            "compile": self.components.transformer.compiled_blocks is not None,
+        }
         loras = [
             {"source": e.source, "digest": e.digest, "strength": e.strength, "fused": e.fused}
             for e in self.components.transformer.loras()
         ]
         return settings_record(config, inputs, models=models, loras=loras, fingerprint=fingerprint, video=video)
+
+    def _compile_fingerprint(self) -> dict[str, Any]:
+        """Compiled blocks round differently from eager ones; named only when on, so that runs
+        made before compiling existed resume as they did."""
+        return {"compile": True} if self.components.transformer.compiled_blocks is not None else {}
 
     def _lora_fingerprint(self) -> dict[str, Any]:
         """The LoRAs on the transformer (content digest and strength), when there are any:
@@ -797,14 +821,21 @@ def check_inputs(
     end_image: ImageInput | None = None,
     negative_prompt: str = "",
     keyframes: Keyframes | None = None,
+    text_to_video: bool = False,
 ) -> None:
-    """Raise ConfigError if the inputs do not go with ``config`` (before any model runs)."""
+    """Raise ConfigError if the inputs do not go with ``config`` (before any model runs or a run
+    folder is claimed); ``text_to_video``: no start image was given (``image=None``)."""
     if end_image is not None and config.mode != "inverted":
         raise ConfigError(f"end_image: only the 'inverted' mode can end on a given frame, got mode {config.mode!r}")
     if keyframes is not None:
-        check_keyframes(
+        sections = check_keyframes(
             keyframes, plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
         )
+        if sections and config.keyframe_embeds and text_to_video:
+            raise ConfigError(
+                "keyframe_embeds: a keyframe's image embeddings replace the start image's, but text-to-video "
+                "(image=None) has none; give a start image or set keyframe_embeds=False"
+            )
     if not isinstance(negative_prompt, str):
         raise ConfigError(f"negative_prompt: expected a str, got {type(negative_prompt).__name__}")
 
@@ -919,9 +950,8 @@ class GenerationRun:
         inputs, fingerprint = self._encoded()
         given = self._inputs
         height, width = inputs.image.shape[:2]
-        video = {"height": height, "width": width, "frames": self.plan.pixel_frames, "sections": self.plan.num_sections}
-        settings = p.settings_record(given, config, fingerprint, video=video)
-        write_settings_json(self.run_dir, settings)
+        video = {"height": height, "width": width, "frames": self.plan.pixel_frames, "sections": self._new_sections()}
+        settings = p.settings_record(given, config, fingerprint, video=video) | self._record_extras()
         generator = torch.Generator("cpu").manual_seed(config.seed)
         done, history = 0, None
         if saved is not None:
@@ -935,6 +965,8 @@ class GenerationRun:
             history = saved.tensors["history"].to(p.device)
             done = saved.sections_done
             logger.info("resuming %s after %d of %d sections", self.run_dir, done, self.plan.num_sections)
+        # Only once the run is known to be this one: a refused resume leaves the folder's settings as they were.
+        write_settings_json(self.run_dir, settings)
         started = time.perf_counter()
         sections = stream_latents(
             p.components.transformer,
@@ -984,6 +1016,9 @@ class GenerationRun:
         late = previews.close()
         if late is not None:
             raise late
+        if len(frames) != settings["video"]["frames"]:  # an extension's plan counts the input as sections
+            settings["video"]["frames"] = len(frames)
+            write_settings_json(self.run_dir, settings)
         video = frames.write_mp4(
             self.run_dir / "video.mp4", fps=config.fps, crf=config.crf, metadata=mp4_metadata(settings)
         )
@@ -992,6 +1027,14 @@ class GenerationRun:
         self._result = VideoResult(
             latents, frames, self.run_dir, config.fps, config.crf, temporary=self._temporary, settings=settings
         )
+
+    def _new_sections(self) -> int:
+        """The sections this run generates (an extension's plan also counts the input's)."""
+        return self.plan.num_sections
+
+    def _record_extras(self) -> dict[str, Any]:
+        """Entries of the settings record beyond ``settings_record``'s (an extension names its input)."""
+        return {}
 
     def _encoded(self) -> tuple[EncodedInputs, dict[str, Any]]:
         """The encoded inputs and the fingerprint a resume must match (an extension gives its own)."""

@@ -10,8 +10,11 @@ separated by white space, and anything else is a ConfigError naming the part. An
 string (``"[cinematic] a man walks"``) is a plain prompt, used as given.
 
 Mapping onto a ``SectionPlan`` (``resolve_prompt``): video section k starts at
-``k · plan.section_seconds`` (in the finished video, whatever the generation order), and
-every time snaps to the nearest section start (half a section rounds up). A section gets the
+``plan.section_start_seconds(k)``, the time of its first frame in the finished video whatever
+the generation order (0 s, then (4·k·window + 1) / fps: 1.23 s, 2.43 s, ... at window 9 and
+30 fps), and every time snaps to the nearest section start (half way rounds up; the video's
+end counts as a start for entry ends). Keyframes differ: a keyframe time goes to the section
+that holds it (``keyframes.py``). A section gets the
 entry whose snapped ``[start, end)`` holds its start; an entry without an end lasts until the
 next one (the last one to the video's end). Every section must get exactly one entry: a
 schedule that does not start at 0 s, that leaves a gap, whose entries overlap or snap onto one
@@ -25,6 +28,7 @@ entry starts.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import math
@@ -40,7 +44,7 @@ from .sampling.sections import SectionPlan
 _SCHEDULE_START = re.compile(r"\s*\[\s*\d+(?:\.\d+)?s(?![A-Za-z])")
 _HEAD = re.compile(r"\s*(\d+(?:\.\d+)?)s\s*(?:-\s*(\d+(?:\.\d+)?)s\s*)?")
 MAX_BLEND_SECTIONS = 1000
-_SNAP_TOLERANCE = 1e-9  # 2.2 / 1.1 is 2.0000000000000004: a time on a boundary stays on it
+_SNAP_TOLERANCE = 1e-9  # a time written on a half-way point (up to float error) rounds up
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,10 @@ class PromptSchedule:
     def _spans(self, plan: SectionPlan) -> list[tuple[int, int]]:
         """Each entry's video sections [start, end), snapped; ConfigError unless they cover every
         section once and name no time past the video's end."""
-        n, step = plan.num_sections, plan.section_seconds
-        length = max(plan.seconds, plan.pixel_frames / plan.fps)
-        starts = [_snap(e.start, step) for e in self.entries]
+        n = plan.num_sections
+        at = plan.section_start_seconds
+        length = plan.latest_time
+        starts = [_snap(e.start, plan) for e in self.entries]
         for entry, start in zip(self.entries, starts):
             for time in (entry.start, entry.end):
                 if time is not None and time > length + _SNAP_TOLERANCE:
@@ -146,38 +151,38 @@ class PromptSchedule:
                     )
             if start >= n:
                 raise ConfigError(
-                    f"prompt schedule: {entry.short()} starts at {_seconds(entry.start)}, which snaps to "
-                    f"{start * step:.2f} s, after the video's last section (it starts at {(n - 1) * step:.2f} s)"
+                    f"prompt schedule: {entry.short()} starts at {_seconds(entry.start)}, nearer the video's end "
+                    f"({at(n):.2f} s) than its last section's start ({at(n - 1):.2f} s)"
                 )
         for (before, s0), (after, s1) in itertools.pairwise(zip(self.entries, starts)):
             if s0 == s1:
                 raise ConfigError(
                     f"prompt schedule: {before.short()} and {after.short()} both snap to section {s0} "
-                    f"({s0 * step:.2f} s); a section has one prompt: start them at least "
-                    f"{step:.2f} s apart (one section)"
+                    f"({at(s0):.2f} s); a section has one prompt: start them a section apart "
+                    f"(the next section starts at {at(s0 + 1):.2f} s)"
                 )
         ends = []
         for i, entry in enumerate(self.entries):
             if entry.end is not None:
-                end = _snap(entry.end, step)
+                end = _snap(entry.end, plan)
             else:  # until the next entry, the last one to the video's end
                 end = starts[i + 1] if i + 1 < len(starts) else n
             ends.append(min(max(end, starts[i] + 1), n))  # an entry keeps at least its first section
         if starts[0] > 0:
             raise ConfigError(
                 f"prompt schedule: the first entry {self.entries[0].short()} starts at section {starts[0]} "
-                f"({starts[0] * step:.2f} s), so the sections before it have no prompt; begin with [0s: ...]"
+                f"({at(starts[0]):.2f} s), so the sections before it have no prompt; begin with [0s: ...]"
             )
         for i, (end, following) in enumerate(zip(ends, starts[1:])):
             if end < following:
                 raise ConfigError(
-                    f"prompt schedule: no prompt for {end * step:.2f} s to {following * step:.2f} s, between "
+                    f"prompt schedule: no prompt for {at(end):.2f} s to {at(following):.2f} s, between "
                     f"{self.entries[i].short()} and {self.entries[i + 1].short()}"
                 )
         if ends[-1] < n:
             raise ConfigError(
-                f"prompt schedule: no prompt after {ends[-1] * step:.2f} s: the last entry "
-                f"{self.entries[-1].short()} ends before the video's last section ({(n - 1) * step:.2f} s); "
+                f"prompt schedule: no prompt after {at(ends[-1]):.2f} s: the last entry "
+                f"{self.entries[-1].short()} ends before the video's last section ({at(n - 1):.2f} s); "
                 "leave its end out to last to the end"
             )
         return list(zip(starts, ends))
@@ -214,13 +219,12 @@ class SectionPrompts:
 
 def describe_section_prompts(sections: SectionPrompts, plan: SectionPlan) -> list[str]:
     """One line per section, in video order, with its time, its place in the generation order and its prompt."""
-    step = plan.section_seconds
     order = "last to first" if plan.mode == "inverted" else "first to last"
     lines = [f"prompts by video section (generated {order}):"]
     for layout in plan.in_video_order():
         k = layout.video_index
         lines.append(
-            f"  video section {k} ({k * step:.2f} s, generated {layout.index + 1} of {plan.num_sections}): "
+            f"  video section {k} ({plan.section_start_seconds(k):.2f} s, generated {layout.index + 1} of {plan.num_sections}): "
             f"{sections.describe(sections.blends[k])}"
         )
     return lines
@@ -315,9 +319,12 @@ def _entry(value: object, where: str | None = None) -> ScheduleEntry:
     return ScheduleEntry(float(start), text, None if end is None else float(end))
 
 
-def _snap(seconds: float, step: float) -> int:
-    """The section whose start is nearest ``seconds`` (half a section rounds up)."""
-    return math.floor(seconds / step + 0.5 + _SNAP_TOLERANCE)
+def _snap(seconds: float, plan: SectionPlan) -> int:
+    """The section whose start is nearest ``seconds``, half way rounding up; ``num_sections``
+    when the video's end is nearer than the last section's start."""
+    starts = [plan.section_start_seconds(k) for k in range(plan.num_sections + 1)]
+    halfway = [(a + b) / 2 for a, b in itertools.pairwise(starts)]
+    return bisect.bisect_right(halfway, seconds + _SNAP_TOLERANCE)
 
 
 def _seconds(value: float) -> str:

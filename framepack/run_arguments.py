@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,6 @@ from .errors import InputError
 from .run_settings import config_from_record, file_digest, pixels_digest, read_settings
 
 TINY_DEFAULTS = {"resolution": 128, "seconds": 1.0, "steps": 8}
-# Flags that choose or load the models: a queue loads them once, so they are the queue's, and
-# ``--from`` takes them from the record only when the user typed none of them.
-MODEL_ARGUMENTS = (
-    "tiny", "model", "hunyuan", "redux", "comfyui", "transformer_file", "text_encoder_file", "clip_file",
-    "image_encoder_file", "vae_file", "tokenizers", "device", "dtype", "vram_budget", "mmap", "fp8", "lora",
-    "compile",
-)  # fmt: skip
 DTYPE_FLAGS = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
 # single-file source name in the record -> its flag's dest
 FILE_ARGUMENTS = {
@@ -68,14 +62,28 @@ def _without_defaults(add_arguments: Callable[[argparse.ArgumentParser], None]) 
     return parser
 
 
-def apply_from(args: argparse.Namespace, typed: set[str], demo_image: Callable[[int], np.ndarray]) -> None:
+def apply_from(
+    args: argparse.Namespace,
+    typed: set[str],
+    demo_image: Callable[[int], np.ndarray],
+    *,
+    model_choice: Collection[str],
+) -> None:
     """Fill ``args`` from the settings record ``args.from_settings`` names, where the user typed nothing.
 
+    The flags in ``model_choice`` (which weights, precision, LoRAs) come from the record as a
+    group, only when none is typed: one typed model flag says the record's models are not wanted.
+    ``--compile`` and ``--device`` (its type) come from the record one by one, unless typed.
     Raises InputError when the record cannot be used as it is: an input image or LoRA file that
     is missing or changed since the video was made (pass the flag), models built in Python.
     """
     source = str(args.from_settings)
     record = read_settings(args.from_settings)
+    if "extends" in (record.get("fingerprint") or {}):  # its inputs hold no source: it cannot be made as a generate
+        raise InputError(
+            f"--from {source}: the video was made by framepack extend from {record.get('extends', 'another video')}; "
+            "run framepack extend again"
+        )
     values: dict[str, Any] = dict(config_from_record(record["config"], source))
     inputs = record["inputs"]
     for name in ("prompt", "negative_prompt"):
@@ -84,23 +92,44 @@ def apply_from(args: argparse.Namespace, typed: set[str], demo_image: Callable[[
     schedule = inputs.get("prompt")
     if isinstance(schedule, dict) and isinstance(schedule.get("schedule"), str):  # a PromptSchedule's record
         values["prompt"] = schedule["schedule"]
-        values["prompt_blend"] = schedule.get("blend_sections") or None
-    if not typed & set(MODEL_ARGUMENTS):
+        if "prompt" not in typed:  # a typed prompt brings its own blend, or none
+            values["prompt_blend"] = schedule.get("blend_sections") or None
+    if not typed & set(model_choice):
         values |= _model_arguments(record, source, mode_typed="mode" in typed)
+        args.from_weights_digest = record["models"].get("weights_digest")  # checked once loaded (cli)
+    values |= _placement(record["models"])
     for name, value in values.items():
         if name not in typed:
             setattr(args, name, value)
     tiny = bool(getattr(args, "tiny", False))
-    demo = demo_image(values["resolution"])  # --tiny's image when none is given, at the recorded resolution
+    demo = demo_image(config_from_arguments(args).resolution)  # --tiny's image when none is given, as it ran
     for name, flag in (("image", "--image"), ("end_image", "--end-image")):
         if name not in typed:
             setattr(args, name, _recorded_image(inputs.get(name), flag, source, tiny and name == "image", demo))
     keyframes = inputs.get("keyframes")
-    if "keyframe" not in typed and isinstance(keyframes, dict):  # recorded by video section: SECTION=PATH
+    if "keyframe" not in typed and keyframes is not None:
+        if not isinstance(keyframes, dict):
+            raise InputError(
+                f"--from {source}: expected the keyframes as {{key: {{path, digest}}}}, got {keyframes!r:.60}"
+            )
         args.keyframe = [
-            f"{int(section)}={_recorded_image(entry, '--keyframe', source, False, demo)}"
-            for section, entry in keyframes.items()
+            f"{_keyframe_key(key, source)}={_recorded_image(entry, '--keyframe', source, False, demo)}"
+            for key, entry in keyframes.items()
         ]
+
+
+def _keyframe_key(key: str, source: str) -> str:
+    """A recorded keyframe key as ``--keyframe`` takes it: an int is a video section ("3" -> 3=),
+    a float seconds of video ("2.5" or "3.0" -> 2.5s=, 3s=), as ``str`` of the API's key wrote it."""
+    if key.isdigit():
+        return key
+    try:
+        seconds = float(key)
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InputError(f"--from {source}: expected a keyframe key as a section (3) or seconds (2.5), got {key!r}")
+    return np.format_float_positional(seconds, trim="-") + "s"
 
 
 def _model_arguments(record: dict[str, Any], source: str, *, mode_typed: bool) -> dict[str, Any]:
@@ -124,6 +153,15 @@ def _model_arguments(record: dict[str, Any], source: str, *, mode_typed: bool) -
         values["dtype"] = DTYPE_FLAGS[models["dtype"]]
     values["lora"] = [_recorded_lora(entry, source) for entry in record["loras"]]
     return values
+
+
+def _placement(models: dict[str, Any]) -> dict[str, Any]:
+    """How the record's models ran, where that changes the video's bits: compiled blocks round
+    differently from eager ones, and another device type computes differently."""
+    placement: dict[str, Any] = {"compile": models.get("compile") is True}  # records before it: not compiled
+    if isinstance(models.get("device"), str):
+        placement["device"] = models["device"]
+    return placement
 
 
 def _recorded_lora(entry: Any, source: str) -> str:

@@ -96,11 +96,27 @@ def config_from_record(record: Mapping[str, Any], source: str) -> dict[str, Any]
             f"{source}: the run used a cache policy object ({cache.get('custom')}), which a record cannot "
             "rebuild; give --cache"
         )
+    for f in dataclasses.fields(GenerationConfig):
+        if f.name in values and not _same_kind(values[f.name], f.default):
+            raise InputError(
+                f"{source}: expected config {f.name!r} to be {type(f.default).__name__}, got {values[f.name]!r:.60}"
+            )
     try:
         GenerationConfig(**values)
-    except ConfigError as error:
-        raise InputError(f"{source}: {error}") from None
+    except (ConfigError, TypeError, ValueError) as error:  # a hand-edited record: a value of another kind
+        raise InputError(f"{source}: config: {error}") from None
     return values
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether a recorded value is of its field's kind, judged by the default (None or a
+    cache object: any; the config checks those)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float, str)):
+        kinds = (int, float) if isinstance(default, float) else (type(default),)
+        return isinstance(value, kinds) and not isinstance(value, bool)
+    return True
 
 
 def _input_record(name: str, value: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from framepack.cli import main
 from framepack.run_settings import read_settings
+from framepack.runstate import load_run_state
 from tests.queue_support import ONE_SECTION, run_frames
 
 
@@ -114,7 +116,7 @@ def test_a_bad_jobs_file_is_one_error_before_any_job(
     assert not list(tmp_path.glob("*.mp4"))
 
 
-def test_a_killed_queue_resumes_where_it_stopped(tmp_path: Path) -> None:
+def test_a_killed_queue_resumes_where_it_stopped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Killed in its second job after a section: run again, job 1 is left alone, job 2 resumes from its section."""
     arguments = ["--tiny", "--window", "1", "--steps", "2", "--resolution", "32", "--seconds", "0.4"]  # 3 sections
     command = [*arguments, "--seeds", "1,2", "--out", str(tmp_path / "v.mp4")]
@@ -133,8 +135,13 @@ def test_a_killed_queue_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert first.exists() and not (tmp_path / "v-seed2.mp4").exists()
     (run_dir,) = (tmp_path / "v.queue" / "runs").glob("seed2-*")
     before = os.stat(first)
+    done = load_run_state(run_dir).sections_done
+    assert 1 <= done < 3
 
+    caplog.set_level(logging.INFO, logger="framepack")
     assert main(["generate", *command]) == 0
+    # Equal frames alone would not tell a resume from a restart: the run said it skipped its finished sections.
+    assert f"resuming {run_dir} after {done} of 3 sections" in caplog.messages
     after = os.stat(first)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # job 1 was not done again
     assert read_settings(tmp_path / "v-seed2.mp4")["config"]["seed"] == 2
@@ -142,3 +149,39 @@ def test_a_killed_queue_resumes_where_it_stopped(tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     assert main(["generate", *arguments, "--seed", "2", "--out", str(tmp_path / "w.mp4"), "--run-dir", str(whole)]) == 0
     assert np.array_equal(run_frames(run_dir), run_frames(whole))
+
+
+def test_an_output_written_before_a_kill_is_still_the_queues(tmp_path: Path) -> None:
+    """Killed after a job wrote its video but before queue.json said done (the entry still
+    "running", as a rerun with other arguments also leaves it): the queue makes it again."""
+    out, queue = tmp_path / "k.mp4", tmp_path / "k.queue" / "queue.json"
+    command = ["generate", *ONE_SECTION, "--prompt", "x", "--seeds", "4", "--out", str(out)]
+    assert main(command) == 0
+    state = json.loads(queue.read_text())
+    state["jobs"]["seed4"]["status"] = "running"
+    queue.write_text(json.dumps(state))
+    made = tmp_path / "k-seed4.mp4"
+    before = os.stat(made)
+    assert main(command) == 0  # redone, not refused as another's file
+    assert os.stat(made).st_mtime_ns != before.st_mtime_ns
+    assert json.loads(queue.read_text())["jobs"]["seed4"]["status"] == "done"
+
+
+def test_placement_flags_that_leave_the_video_as_it_is_redo_no_job(tmp_path: Path) -> None:
+    command = ["generate", *ONE_SECTION, "--prompt", "x", "--seeds", "4", "--out", str(tmp_path / "p.mp4")]
+    assert main(command) == 0
+    before = os.stat(tmp_path / "p-seed4.mp4")
+    assert main([*command, "--mmap"]) == 0
+    after = os.stat(tmp_path / "p-seed4.mp4")
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_a_hand_edited_queue_state_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    queue = tmp_path / "e.queue" / "queue.json"
+    queue.parent.mkdir()
+    queue.write_text(json.dumps({"format": 1, "jobs": {"seed4": "done"}}))
+    command = ["generate", *ONE_SECTION, "--prompt", "x", "--seeds", "4", "--out", str(tmp_path / "e.mp4")]
+    assert main(command) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: {queue}: expected job 'seed4' as an object with an \"out\" path, got 'done'"
+    ]

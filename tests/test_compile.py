@@ -21,8 +21,9 @@ from framepack.cli import demo_image, main
 from framepack.errors import ConfigError
 from framepack.memory.streamer import block_nbytes, minimum_budget
 from framepack.models.compiled import CompiledBlocks, _inductor_unavailable
+from framepack.models.linear import Linear
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
-from tests.lora_support import write_lora
+from tests.lora_support import CONFIG, ORIGINAL_DOUBLE, ORIGINAL_SINGLE, layer_shape
 from tests.transformer_support import conditioning_and_context, make_inputs, randomise_
 
 NO_COMPILER = _inductor_unavailable(torch.device("cpu"))
@@ -136,23 +137,49 @@ def test_compile_refuses_an_unknown_mode(tiny_transformer: FramePackTransformer)
     assert tiny_transformer.compiled_blocks is None
 
 
+def lora_on_every_block(seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A kohya-format LoRA on every Linear of every block of the tiny model, each with its own
+    random alpha: the pairs' factors (strength x alpha / rank) differ between blocks."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for kind, count, table in (
+        ("double_blocks", CONFIG.num_layers, ORIGINAL_DOUBLE),
+        ("single_blocks", CONFIG.num_single_layers, ORIGINAL_SINGLE),
+    ):
+        for index in range(count):
+            for layer in table:
+                name = f"{kind}.{index}.{layer}"
+                fan_in, rows = layer_shape(name)
+                key = "lora_unet_" + name.replace(".", "_")
+                tensors[key + ".lora_down.weight"] = torch.randn(rank, fan_in, generator=g) / fan_in**0.5
+                tensors[key + ".lora_up.weight"] = torch.randn(rows, rank, generator=g) * 0.3
+                tensors[key + ".alpha"] = torch.tensor(float(torch.randint(1, 4 * rank, (), generator=g)))
+    return tensors
+
+
 @needs_compiler
-def test_compiled_blocks_with_a_runtime_lora_equal_eager_before_and_after_a_strength_change() -> None:
-    model = FramePackTransformer(TransformerConfig.preset("tiny")).eval()
+@pytest.mark.parametrize("storage", ["float32", "fp8"])
+def test_runtime_loras_compile_each_block_kind_once_across_factors_and_strength_changes(storage: str) -> None:
+    model = FramePackTransformer(CONFIG).eval()
     randomise_(model, 5)
-    tensors, _ = write_lora("musubi-framepack", seed=2)
-    name = model.add_lora(tensors, strength=0.5)
+    if storage == "fp8":
+        model.quantize_fp8(block=16)  # float8 weights, float32 compute: the LoRA pairs are float32
+    a = model.add_lora(lora_on_every_block(seed=2), strength=0.5, name="a")
+    model.add_lora(lora_on_every_block(seed=3, rank=2), strength=-1.2, name="b")
+    scales = {p.scale for m in model.modules() if isinstance(m, Linear) and m.lora for p in m.lora.placements}
+    assert len(scales) > 4  # factors differ between layers, blocks and LoRAs: none may be a graph constant
     expected = one_call(model)
     blocks = model.compile()
     got = one_call(model)
     assert relative_error(got, expected) < 1e-5 and not torch.equal(got, expected)
 
-    model.set_lora_strength(name, -1.5)  # a constant of the graphs: they compile again (module docstring)
+    model.set_lora_strength(a, -1.5)
     got = one_call(model)
     model.compiled_blocks = None
-    expected = one_call(model)
-    assert relative_error(got, expected) < 1e-5 and not torch.equal(got, expected)
-    assert blocks.fallback is None and blocks.graphs["double"] > 1
+    changed = one_call(model)
+    assert relative_error(changed, expected) > 1e-2  # the strength moved the output...
+    assert relative_error(got, changed) < 1e-5 and not torch.equal(got, changed)  # ...and the graphs followed it
+    assert dict(blocks.graphs) == {"double": 1, "single": 1} and blocks.fallback is None
 
 
 def test_the_command_compiles_with_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

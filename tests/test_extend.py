@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import shutil
 from pathlib import Path
 
 import av
@@ -14,6 +16,7 @@ from PIL import Image
 from framepack import FramePackPipeline, GenerationConfig
 from framepack.cli import demo_image, main
 from framepack.errors import ConfigError, GenerationCancelled, InputError
+from framepack.run_settings import read_settings
 from framepack.runstate import load_run_state
 from framepack.video import write_mp4
 
@@ -220,3 +223,82 @@ def test_the_command_extends_a_run_with_its_own_settings_and_a_video(runs, image
     assert main(["extend", str(tmp_path / "nope.mp4"), *video_flags]) == 2
     assert capsys.readouterr().err.startswith("error: source")
     assert hashlib.sha256(source.read_bytes()).hexdigest() == before
+
+
+def test_an_extensions_settings_count_its_real_frames_and_from_refuses_it(pipe, tmp_path: Path, capsys) -> None:
+    source = input_video(tmp_path / "in.mp4", 21)
+    out = pipe.extend(source, 0.4, PROMPT, FORWARD, run_dir=tmp_path / "ext").save(tmp_path / "out.mp4")
+    record = read_settings(out)
+    assert (record["video"]["frames"], record["video"]["sections"]) == (21 + 4 * 3, 1)  # the input and one new section
+    assert read_settings(tmp_path / "ext" / "settings.json")["video"] == record["video"]
+    assert record["extends"] == str(source.absolute())
+
+    assert main(["generate", "--from", str(out), "--out", str(tmp_path / "again.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: --from {out}: the video was made by framepack extend from {source.absolute()}; "
+        "run framepack extend again\n"
+    )
+    assert not (tmp_path / "again.mp4").exists()
+
+
+# --- prompts: schedules in whole-video time, the run's own prompt by default -----------------
+
+# The short run (one section) extended by 0.8 s is three sections starting at pixel frames 0, 13,
+# 25 (0, 0.43, 0.83 s). 0.4 s is nearest section 1's start: in whole-video time the bow starts in
+# video section 1, the first new one (timed from the extension's start it would be section 2).
+BOWS = "he bows"
+SCHEDULE = f"[0s: {PROMPT}] [0.4s: {BOWS}]"
+
+
+def test_a_schedule_extending_a_run_is_in_whole_video_time(pipe, image, runs, tmp_path: Path) -> None:
+    extended = pipe.extend(runs["short"].run_dir, 0.8, SCHEDULE, image=image, run_dir=tmp_path / "ext")
+    longer = pipe.generate(image, SCHEDULE, GenerationConfig(mode="forward", seconds=1.2, **FAST))
+    assert torch.equal(extended.latents, longer.latents)  # the longer run with the same schedule
+    assert not torch.equal(extended.latents, runs["long"].latents)  # which the bow changed
+    bow_from_section_2 = pipe.generate(
+        image, f"[0s: {PROMPT}] [0.8s: {BOWS}]", GenerationConfig(mode="forward", seconds=1.2, **FAST)
+    )
+    assert not torch.equal(extended.latents, bow_from_section_2.latents)
+
+
+def test_a_schedule_for_a_video_file_is_refused_before_any_work(pipe, tmp_path: Path) -> None:
+    source = input_video(tmp_path / "in.mp4", 21)
+    with pytest.raises(ConfigError, match="prompt schedule: .* a video file's frames were not made in sections"):
+        pipe.extend(source, 0.4, SCHEDULE, FORWARD, run_dir=tmp_path / "ext")
+    assert not (tmp_path / "ext").exists()
+
+
+def test_the_command_continues_a_run_with_its_own_prompt(runs, image, tmp_path: Path) -> None:
+    start = tmp_path / "start.png"
+    Image.fromarray(image).save(start)
+    run_dir = tmp_path / "ext-run"
+    arguments = ["extend", str(runs["short"].run_dir), "--tiny", "--seconds", "0.8", "--image", str(start)]
+    assert main([*arguments, "--out", str(tmp_path / "a.mp4"), "--run-dir", str(run_dir)]) == 0
+    # no --prompt: the short run's own, PROMPT, continued it into the longer run made with PROMPT
+    assert torch.equal(load_run_state(run_dir).tensors["history"], runs["long"].latents)
+
+
+def test_extend_prompt_errors_are_one_line_before_any_model_loads(runs, tmp_path: Path, monkeypatch, capsys) -> None:
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(FramePackPipeline, "tiny", no_model)
+    unrecorded = tmp_path / "old-run"
+    shutil.copytree(runs["short"].run_dir, unrecorded)
+    (unrecorded / "settings.json").unlink()  # as a run made before settings were written
+    video = input_video(tmp_path / "in.mp4", 21)
+    video_flags = ["--window", "3", "--steps", "2", "--resolution", "32"]
+    cases = [
+        ([str(unrecorded)], "error: --prompt: the run in .* does not record its prompt"),
+        ([str(runs["short"].run_dir), "--prompt", "[0s: a] [x: b]"], r"error: --prompt: prompt schedule: '\[x: b\]'"),
+        ([str(runs["short"].run_dir), "--prompt", "[0s: a] [5s: b]"], r"error: prompt schedule: \[5s: b\] names 5s"),
+        ([str(runs["short"].run_dir), "--prompt-blend", "1"], "error: --prompt-blend: .* no --prompt was given"),
+        ([str(video), *video_flags, "--prompt", SCHEDULE], "error: prompt schedule: .* a video file's frames"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "o.mp4"
+        assert main(["extend", *extra, "--tiny", "--seconds", "0.8", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(message, err[0]), err
+        assert not out.exists()

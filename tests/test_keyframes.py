@@ -4,6 +4,7 @@ start-frame slot gets which image, checked against independent encodes of the fi
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,10 @@ from framepack.sampling.loop import Progress
 from framepack.sampling.sections import plan_sections
 from framepack.video import load_image, resize_image
 
-# window 3 at 30 fps: a section is 12 pixel frames (S = 9/30 = 0.3 s by the snapping rule), so
-# 1.2 s is three sections and 37 frames (1.2333 s); 0.8 s is two. 64 px, 1 step keep it fast.
+# window 3 at 30 fps, 1.2 s: three sections and 37 pixel frames (1.2333 s). Section 0 is frames
+# 0-12 (the start frame and 4·3 = 12 more), each later one 12 frames: sections start at frames
+# 0, 13, 25, i.e. 0, 0.4333, 0.8333 s. 0.8 s is two sections, 25 frames (0.8333 s). 64 px, 1 step
+# keep it fast.
 THREE = dict(window=3, steps=1, resolution=64, seconds=1.2)
 TWO = dict(THREE, seconds=0.8)
 START = demo_image(96)  # fitted to 64x64
@@ -86,15 +89,18 @@ def start_slots(calls: list) -> list[torch.Tensor]:
 # --- which section a key names, and which sections a keyframe covers -------------------
 
 
-def test_int_keys_are_video_sections_and_seconds_fall_in_sections_of_section_seconds() -> None:
-    plan = plan_sections(5.0, mode="inverted")  # 4 sections; S = 33/30 = 1.1 s; 145 frames = 4.8333 s < 5 s
-    cases = [(0, 0), (3, 3), (0.0, 0), (1.0, 0), (1.1, 1), (2.5, 2), (3.3, 3), (4.4, 3), (4.99, 3)]  # last: the rest
+def test_int_keys_are_video_sections_and_seconds_fall_in_the_section_shown_then() -> None:
+    # 5 s at window 9: 4 sections; section 0 is pixel frames 0-36, each later one 36 frames, so they
+    # start at frames 0, 37, 73, 109 (0, 1.2333, 2.4333, 3.6333 s); 145 frames = 4.8333 s < 5 s.
+    plan = plan_sections(5.0, mode="inverted")
+    # 1.2 s shows frame 36, still section 0's; 3.3 s is in section 2 (at 1.1 s a section, it was 3)
+    cases = [(0, 0), (3, 3), (0.0, 0), (1.2, 0), (1.24, 1), (2.43, 1), (2.44, 2), (3.3, 2), (3.64, 3), (4.99, 3)]
     assert [(key, keyframe_section(key, plan)) for key, _ in cases] == cases
     assert [type(key) for key, _ in cases[:3]] == [int, int, float]
     for bad in (4, -1, 5.0, -0.1, math.nan, math.inf, True, "1", None):
         with pytest.raises(ConfigError, match="keyframes"):
             keyframe_section(bad, plan)
-    with pytest.raises(ConfigError, match=r"1 and 1.5s both name section 1 \(1.1 s to 2.2 s\)"):
+    with pytest.raises(ConfigError, match=r"1 and 1.5s both name section 1 \(1.23 s to 2.43 s\)"):
         check_keyframes({1: "a.png", 1.5: "b.png"}, plan)
     with pytest.raises(ConfigError, match="only the 'inverted' mode"):
         check_keyframes({1: "a.png"}, plan_sections(5.0, mode="forward"))
@@ -115,8 +121,8 @@ def test_a_keyframe_covers_its_section_and_the_earlier_ones_back_to_the_previous
 
 def test_keyframe_latents_stand_in_the_start_slot_of_the_right_sections(pipe, monkeypatch) -> None:
     calls = record_prepare(pipe, monkeypatch)
-    # video sections: 0 <- A (its own), 1 <- B (0.35 s is in 0.3..0.6 s), 2 <- the start image
-    video = pipe.generate(START, "a dancer", GenerationConfig(**THREE), keyframes={0.35: KEY_B, 0: KEY_A})
+    # video sections: 0 <- A (its own), 1 <- B (0.5 s is in 0.4333..0.8333 s), 2 <- the start image
+    video = pipe.generate(START, "a dancer", GenerationConfig(**THREE), keyframes={0.5: KEY_B, 0: KEY_A})
     start, a, b = latent_of(pipe, START), latent_of(pipe, KEY_A), latent_of(pipe, KEY_B)
     assert not torch.equal(a, b) and not torch.equal(a, start)
     slots = start_slots(calls)  # generation order: video sections 2, 1, 0
@@ -124,6 +130,23 @@ def test_keyframe_latents_stand_in_the_start_slot_of_the_right_sections(pipe, mo
     start_embeds = embeds_of(pipe, START)
     assert all(torch.equal(conditioning.image_embeds, start_embeds) for conditioning, _ in calls)
     assert torch.equal(video.latents[:, :, :1], start)  # the video still opens on the start image
+
+
+def test_a_schedule_and_keyframes_together_reach_every_section(pipe, monkeypatch) -> None:
+    waves, dances = "a man waves", "he starts to dance"
+    config = GenerationConfig(**THREE)
+    pooled = {text: pipe.encode(START, text, config).conditioning.pooled for text in (waves, dances)}
+    assert not torch.equal(pooled[waves], pooled[dances])
+    calls = record_prepare(pipe, monkeypatch)
+    # sections start at 0, 0.43, 0.83 s: 0.7 s snaps to section 2, so video sections 0, 1 wave and
+    # 2 dances; the keyframe of section 1 stands in sections 0 and 1, the start image in 2
+    schedule = f"[0s: {waves}] [0.7s: {dances}]"
+    pipe.generate(START, schedule, config, keyframes={1: KEY_A})
+    start, a = latent_of(pipe, START), latent_of(pipe, KEY_A)
+    assert len(calls) == 3  # one step a section, generation order: video sections 2, 1, 0
+    for (conditioning, context), text, slot in zip(calls, (dances, waves, waves), (start, a, a)):
+        assert torch.equal(conditioning.pooled, pooled[text]), text
+        assert torch.equal(context.clean[:, :, :1], slot)
 
 
 def test_keyframe_embeds_replace_the_start_images_in_the_covered_sections(pipe, monkeypatch) -> None:
@@ -157,10 +180,12 @@ def test_refused_keyframes_fail_before_the_run_folder_is_claimed(pipe, tmp_path:
         (GenerationConfig(**THREE), {1.24: KEY_A}, "1.24s is not in the video: .* up to its length, 1.23333 s"),
         (GenerationConfig(**THREE), {"1": KEY_A}, "expected keys that are a section index"),
         (GenerationConfig(**THREE), [KEY_A], "expected a dict"),
+        (GenerationConfig(keyframe_embeds=True, **THREE), {0: KEY_A}, "text-to-video .* has none"),
     ]
     for config, keyframes, message in cases:
+        image = None if config.keyframe_embeds else START  # keyframe embeddings without a start image
         with pytest.raises(ConfigError, match=message):
-            pipe.stream(START, "a dancer", config, keyframes=keyframes, run_dir=tmp_path / "run")
+            pipe.stream(image, "a dancer", config, keyframes=keyframes, run_dir=tmp_path / "run")
         assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="keyframe_embeds: .* text-to-video"):
         pipe.generate(None, "a dancer", GenerationConfig(keyframe_embeds=True, **THREE), keyframes={0: KEY_A})
@@ -243,7 +268,7 @@ def test_keyframe_and_strength_flags_reach_the_run(tmp_path: Path, monkeypatch) 
     config = given["config"]
     assert (config.end_strength, config.start_strength, config.keyframe_embeds) == (0.5, 0.9, True)
     keyframes = given["keyframes"]
-    assert sorted(keyframes) == [0, 1]  # 0.1 s is in section 0 (0..0.3 s)
+    assert sorted(keyframes) == [0, 1]  # 0.1 s is in section 0 (0..0.4333 s)
     # Paths reach the run (its settings record them with their digests), each the right image.
     assert (keyframes[0], keyframes[1]) == (str(plain), str(odd))
     assert np.array_equal(load_image(keyframes[0]), KEY_B) and np.array_equal(load_image(keyframes[1]), KEY_A)
@@ -256,7 +281,7 @@ def test_keyframe_and_strength_flags_reach_the_run(tmp_path: Path, monkeypatch) 
         (["--keyframe", "{missing}"], "--keyframe .*: expected SECTION=PATH"),
         (["--keyframe", "1.5={png}"], "--keyframe .*: expected SECTION=PATH"),
         (["--keyframe", "2={png}"], r"section 2 is not in the video: its 2 section\(s\) are 0 to 1"),
-        (["--keyframe", "1={png}", "--keyframe", "0.35s={png}"], "1 and 0.35s both name section 1"),
+        (["--keyframe", "1={png}", "--keyframe", "0.5s={png}"], "1 and 0.5s both name section 1"),
         (["--keyframe", "0={png}", "--mode", "forward"], "only the 'inverted' mode takes keyframes"),
         (["--end-strength", "2.5"], r"end_strength: expected a number in \[0, 2\]"),
         (["--start-strength", "-1"], r"start_strength: expected a number in \[0, 2\]"),
@@ -274,16 +299,17 @@ def test_bad_keyframes_fail_in_one_line_before_any_model_loads(
     assert main(["generate", *FAST, "--out", str(tmp_path / "o.mp4"), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
-    assert __import__("re").search(message, err[0]), err[0]
+    assert re.search(message, err[0]), err[0]
 
 
 def test_plan_shows_the_keyframe_of_each_section(capsys) -> None:
-    assert main(["plan", "--seconds", "5", "--keyframe", "1=a.png", "--keyframe", "3.4s=b=c.png"]) == 0
+    # 5 s at window 9: sections start at 0, 1.23, 2.43, 3.63 s (frames 0, 37, 73, 109); 3.7 s is in section 3
+    assert main(["plan", "--seconds", "5", "--keyframe", "1=a.png", "--keyframe", "3.7s=b=c.png"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-5:] == [
         "start-frame slot by section, in video order:",
-        "  video section 0 (0-1.1 s): a.png (the keyframe of section 1)",
-        "  video section 1 (1.1-2.2 s): a.png (its own keyframe)",
-        "  video section 2 (2.2-3.3 s): b=c.png (the keyframe of section 3)",
-        "  video section 3 (3.3-5 s): b=c.png (its own keyframe)",
+        "  video section 0 (0.00-1.23 s): a.png (the keyframe of section 1)",
+        "  video section 1 (1.23-2.43 s): a.png (its own keyframe)",
+        "  video section 2 (2.43-3.63 s): b=c.png (the keyframe of section 3)",
+        "  video section 3 (3.63-5.00 s): b=c.png (its own keyframe)",
     ]

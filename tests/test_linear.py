@@ -46,7 +46,9 @@ def test_lora_pairs_add_their_rows_and_follow_the_shared_strength() -> None:
     weight = reference.weight.detach().clone()
     weight[4:12] += 0.5 * 2.0 * up @ down
     torch.testing.assert_close(ours(x), x @ weight.t() + reference.bias.detach(), rtol=1e-5, atol=1e-5)
+    strength = strengths.tensor("style")  # what a compiled graph reads: changed in place, never replaced
     strengths["style"] = 0.0
+    assert strengths.tensor("style") is strength and strength.item() == 0.0
     assert torch.equal(ours(x), reference(x))
     ours.lora.remove("style")
     assert len(ours.lora) == 0 and not list(ours.lora.buffers())

@@ -23,7 +23,9 @@ from framepack.sampling.control import TextBlend
 from framepack.sampling.loop import generate_latents
 from framepack.sampling.sections import plan_sections
 
-# window 3 at 30 fps: a section is 9 pixel frames = 0.3 s of video; 1.2 s is three sections, 0.8 s two.
+# window 3 at 30 fps, 1.2 s: three sections; section 0 is pixel frames 0-12, each later one adds
+# 4·3 = 12 frames, so they start at frames 0, 13, 25 (0, 0.43, 0.83 s) and the video ends at 37
+# (1.23 s). 0.8 s makes two sections.
 FAST = dict(window=3, steps=1, resolution=64, seconds=1.2)
 IMAGE = demo_image(64)
 WAVES, DANCES = "a man waves", "he starts to dance"
@@ -99,20 +101,46 @@ def parse_prompt(text: str, blend: int) -> PromptSchedule:
 
 
 def test_each_video_section_gets_the_entry_holding_its_start_snapped_to_the_nearest_boundary() -> None:
-    # 5 s at window 9: 4 sections of 33 frames = 1.1 s, starting at 0, 1.1, 2.2, 3.3 s.
-    # 1 s snaps to 1.1 s (section 1); 3.4 s to 3.3 s (section 3); 2.7 s to 3.3 s (2.7/1.1 = 2.45 -> 2).
+    # 5 s at window 9: 4 sections. Section 0 is pixel frames 0-36 (the start frame and 4·9 more),
+    # each later one adds 36 frames: they start at frames 0, 37, 73, 109, i.e. 0, 1.233, 2.433,
+    # 3.633 s, and the video ends at frame 145 (4.833 s). Half way between starts: 0.617, 1.833,
+    # 3.033, 4.233 s.
+    # 1 s snaps to section 1 (1.233 s), 3.4 s to section 3 (3.633 s), 2.7 s to section 2 (2.433 s)
     assert blends("[0s: a] [1s: b] [3.4s: c]") == [(0, 0, 0.0), (1, 0, 0.0), (1, 0, 0.0), (2, 0, 0.0)]
     assert blends("[0s: a] [2.7s: b]") == [(0, 0, 0.0), (0, 0, 0.0), (1, 0, 0.0), (1, 0, 0.0)]
-    assert blends("[0s-2.9s: a] [2.9s: b]") == [(0, 0, 0.0), (0, 0, 0.0), (0, 0, 0.0), (1, 0, 0.0)]
-    # half a section rounds up: 0.55 s is half of 1.1 s
-    assert blends("[0s: a] [0.55s: b]") == [(0, 0, 0.0), (1, 0, 0.0), (1, 0, 0.0), (1, 0, 0.0)]
+    # 2.9 s and 3 s are nearer 2.433 s than 3.633 s: section 2 (at 1.1 s a section, they went to 3)
+    assert blends("[0s-2.9s: a] [2.9s: b]") == [(0, 0, 0.0), (0, 0, 0.0), (1, 0, 0.0), (1, 0, 0.0)]
+    assert blends("[0s: a] [3s: b]") == [(0, 0, 0.0), (0, 0, 0.0), (1, 0, 0.0), (1, 0, 0.0)]
+    # 0.62 s is just past half way to section 1 (0.617 s), 0.61 s just before it
+    assert blends("[0s: a] [0.62s: b]") == [(0, 0, 0.0), (1, 0, 0.0), (1, 0, 0.0), (1, 0, 0.0)]
+    with pytest.raises(ConfigError, match="both snap to section 0"):
+        blends("[0s: a] [0.61s: b]")
     # one text twice is one prompt
-    assert blends("[0s: a] [1.1s: b] [2.2s: a]") == [(0, 0, 0.0), (1, 0, 0.0), (0, 0, 0.0), (0, 0, 0.0)]
+    assert blends("[0s: a] [1.2s: b] [2.4s: a]") == [(0, 0, 0.0), (1, 0, 0.0), (0, 0, 0.0), (0, 0, 0.0)]
+
+
+def test_times_map_to_real_section_starts_deep_into_a_long_video() -> None:
+    # 60 s at window 9: round(60·30 / 36) = 50 sections; section k >= 1 starts at pixel frame
+    # 36·k + 1: section 25 at 901 / 30 = 30.033 s, section 24 at 28.833 s, the last (49) at
+    # 1765 / 30 = 58.833 s, and the video ends at frame 1801 (60.033 s).
+    thirty = blends("[0s: a] [30s: b]", seconds=60)
+    assert thirty == [(0, 0, 0.0)] * 25 + [(1, 0, 0.0)] * 25
+    last = blends("[0s: a] [58.5s: b]", seconds=60)  # half way from 57.633 s to 58.833 s is 58.233 s
+    assert last == [(0, 0, 0.0)] * 49 + [(1, 0, 0.0)]
+
+
+def test_a_time_exactly_half_way_between_two_section_starts_rounds_up() -> None:
+    # window 1 at 2 fps, 5 s: round(2.5) = 2 sections; section 0 is pixel frames 0-4, section 1
+    # starts at frame 5 (2.5 s), the video ends at frame 9 (4.5 s); half way to section 1 is 1.25 s
+    plan = plan_sections(5.0, fps=2, window=1, mode="forward")
+    assert [plan.section_start_seconds(k) for k in range(3)] == [0.0, 2.5, 4.5]
+    assert [b.first for b in resolve_prompt(parse_prompt("[0s: a] [1.25s: b]", 0), plan).blends] == [0, 1]
 
 
 def test_blends_step_from_the_old_prompt_to_the_new_one_and_stop_at_the_next_entry() -> None:
-    # 7.5 s at window 9: 6 sections of 1.1 s; b from section 1, c from section 4
-    assert blends("[0s: a] [1.1s: b] [4.4s: c]", seconds=7.5, blend=2) == [
+    # 7.5 s at window 9: 6 sections starting at 0, 1.233, 2.433, 3.633, 4.833, 6.033 s;
+    # b from section 1, c from section 4
+    assert blends("[0s: a] [1.2s: b] [4.8s: c]", seconds=7.5, blend=2) == [
         (0, 0, 0.0),
         (0, 1, 1 / 3),
         (0, 1, 2 / 3),
@@ -120,7 +148,7 @@ def test_blends_step_from_the_old_prompt_to_the_new_one_and_stop_at_the_next_ent
         (1, 2, 1 / 3),
         (1, 2, 2 / 3),
     ]
-    assert blends("[0s: a] [1.1s: b] [4.4s: c]", seconds=7.5, blend=3) == [
+    assert blends("[0s: a] [1.2s: b] [4.8s: c]", seconds=7.5, blend=3) == [
         (0, 0, 0.0),
         (0, 1, 0.25),
         (0, 1, 0.5),
@@ -128,19 +156,23 @@ def test_blends_step_from_the_old_prompt_to_the_new_one_and_stop_at_the_next_ent
         (1, 2, 0.25),
         (1, 2, 0.5),
     ]
-    assert blends("[0s: a] [2.2s: a]", blend=2) == [(0, 0, 0.0)] * 4  # the same prompt: nothing to blend
+    assert blends("[0s: a] [2.4s: a]", blend=2) == [(0, 0, 0.0)] * 4  # the same prompt: nothing to blend
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[1.1s: a]", "the first entry [1.1s: a] starts at section 1 (1.10 s), so the sections before it"),
+        # 5 s at window 9, as above: sections start at 0, 1.233, 2.433, 3.633 s, the video ends at 4.833 s
+        ("[1.2s: a]", "the first entry [1.2s: a] starts at section 1 (1.23 s), so the sections before it"),
         ("[0s: a] [6s: b]", "[6s: b] names 6s, past the end of the 5.00 s video"),
         ("[0s-6s: a]", "[0s-6s: a] names 6s, past the end"),
-        ("[0s: a] [4.5s: b]", "[4.5s: b] starts at 4.5s, which snaps to 4.40 s, after the video's last section"),
+        (
+            "[0s: a] [4.5s: b]",
+            "[4.5s: b] starts at 4.5s, nearer the video's end (4.83 s) than its last section's start (3.63 s)",
+        ),
         ("[0s: a] [0.3s: b]", "[0s: a] and [0.3s: b] both snap to section 0 (0.00 s)"),
-        ("[0s-1s: a] [3s: b]", "no prompt for 1.10 s to 3.30 s, between [0s-1s: a] and [3s: b]"),
-        ("[0s-2s: a]", "no prompt after 2.20 s: the last entry [0s-2s: a] ends before the video's last section"),
+        ("[0s-1s: a] [3s: b]", "no prompt for 1.23 s to 2.43 s, between [0s-1s: a] and [3s: b]"),
+        ("[0s-2s: a]", "no prompt after 2.43 s: the last entry [0s-2s: a] ends before the video's last section"),
     ],
 )
 def test_a_schedule_that_does_not_fit_the_video_names_the_entry(text: str, message: str) -> None:
@@ -167,8 +199,9 @@ def test_the_tiny_pipeline_conditions_each_section_on_its_scheduled_prompt(pipe,
     config = GenerationConfig(mode=mode, **FAST)
     pooled = {text: pipe.encode(IMAGE, text, config).conditioning.pooled for text in (WAVES, DANCES)}
     assert not torch.equal(pooled[WAVES], pooled[DANCES])
-    # 0.5 s snaps to 0.6 s (0.5 / 0.3 = 1.67 -> 2): video sections 0, 1 wave, section 2 dances
-    inputs = pipe.encode(IMAGE, "[0s: a man waves] [0.5s: he starts to dance]", config)
+    # 0.7 s is nearer section 2's start (0.83 s) than section 1's (0.43 s): video sections 0, 1 wave,
+    # section 2 dances
+    inputs = pipe.encode(IMAGE, "[0s: a man waves] [0.7s: he starts to dance]", config)
     seen = recorded_pooled(pipe, monkeypatch)
     # the section loop as GenerationRun runs it (without the VAE decode the pipeline tests cover)
     generate_latents(
@@ -205,7 +238,7 @@ def test_every_distinct_prompt_is_encoded_once(pipe, monkeypatch) -> None:
 
         monkeypatch.setattr(encoder, "forward", counting)
     inputs = pipe.encode(
-        IMAGE, "[0s: a man waves] [0.3s: he starts to dance] [0.6s: a man waves]", GenerationConfig(**FAST)
+        IMAGE, "[0s: a man waves] [0.4s: he starts to dance] [0.8s: a man waves]", GenerationConfig(**FAST)
     )
     assert calls == {"text_encoder": 2, "text_encoder_2": 2}  # three sections, two prompts
     assert inputs.control is not None and len(inputs.control.texts) == 2
@@ -248,15 +281,16 @@ def test_plan_prints_each_video_sections_prompt_and_generation_order(mode: str, 
     schedule = "[0s-2s: a man waves] [2s: he starts to dance]"
     assert main(["plan", "--seconds", "5", "--mode", mode, "--prompt", schedule, "--prompt-blend", "1"]) == 0
     out = capsys.readouterr().out
-    # 4 sections of 1.1 s; 2 s snaps to 2.2 s (section 2), which blends half and half
+    # 4 sections starting at frames 0, 37, 73, 109 (0, 1.23, 2.43, 3.63 s); 2 s snaps to section 2
+    # (half way from 1.23 s to 2.43 s is 1.83 s), which blends half and half
     generated = [4, 3, 2, 1] if mode == "inverted" else [1, 2, 3, 4]
     order = "last to first" if mode == "inverted" else "first to last"
     expected = [
         f"prompts by video section (generated {order}):",
         f"  video section 0 (0.00 s, generated {generated[0]} of 4): 'a man waves'",
-        f"  video section 1 (1.10 s, generated {generated[1]} of 4): 'a man waves'",
-        f"  video section 2 (2.20 s, generated {generated[2]} of 4): 50% 'a man waves' + 50% 'he starts to dance'",
-        f"  video section 3 (3.30 s, generated {generated[3]} of 4): 'he starts to dance'",
+        f"  video section 1 (1.23 s, generated {generated[1]} of 4): 'a man waves'",
+        f"  video section 2 (2.43 s, generated {generated[2]} of 4): 50% 'a man waves' + 50% 'he starts to dance'",
+        f"  video section 3 (3.63 s, generated {generated[3]} of 4): 'he starts to dance'",
     ]
     assert out.splitlines()[-5:] == expected
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from framepack import FramePackPipeline, GenerationConfig
-from framepack.errors import InputError
+from framepack.errors import GenerationCancelled, InputError
 from framepack.run_settings import SETTINGS_FILE, file_digest, read_settings
 from framepack.video import write_mp4
 
@@ -88,3 +88,20 @@ def test_a_video_without_settings_is_one_clear_error(tmp_path: Path) -> None:
     other.write_text('{"seed": 5}')
     with pytest.raises(InputError, match="expected framepack's settings"):
         read_settings(other)
+
+
+def test_a_refused_resume_leaves_the_runs_settings_json_as_it_was(tmp_path: Path) -> None:
+    pipe = FramePackPipeline.tiny()
+    image = (np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3)
+    config = GenerationConfig(seconds=0.2, window=1, steps=1, resolution=32, seed=5)  # two sections
+
+    def stop_in_second_section(progress: object) -> None:
+        if progress.section == 1:  # type: ignore[attr-defined]
+            raise GenerationCancelled("stop")
+
+    with pytest.raises(GenerationCancelled):
+        pipe.generate(image, "a dancer", config, run_dir=tmp_path / "cut", callback=stop_in_second_section)
+    written = (tmp_path / "cut" / SETTINGS_FILE).read_bytes()
+    with pytest.raises(InputError, match="prompt"):
+        pipe.generate(image, "a cat", config, resume=tmp_path / "cut")
+    assert (tmp_path / "cut" / SETTINGS_FILE).read_bytes() == written

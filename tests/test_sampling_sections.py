@@ -179,3 +179,21 @@ def test_the_longest_plan_is_refused_or_built_at_once() -> None:
     with pytest.raises(ConfigError, match="at most 27000 latent frames"):
         plan_sections(3600.0, mode="inverted")
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("mode", ["inverted", "forward"])
+def test_section_starts_are_the_times_of_their_first_pixel_frames(mode: str) -> None:
+    # 5 s at window 9, 30 fps: 4 sections. Section 0 is the start frame and 4·9 = 36 more (pixel
+    # frames 0-36); every later section adds 36: they start at frames 0, 37, 73, 109 and the video
+    # (145 frames) ends at frame 145.
+    plan = plan_sections(5.0, fps=30, window=9, mode=mode)
+    assert [plan.section_start_seconds(k) for k in range(5)] == [0.0, 37 / 30, 73 / 30, 109 / 30, 145 / 30]
+    assert plan.video_seconds == 145 / 30
+    assert plan.latest_time == 5.0  # the length asked for is later than the last frame
+    # 60 s: 50 sections; the last starts at frame 36·49 + 1 = 1765 (58.83 s), not 49·1.1 = 53.9 s
+    long = plan_sections(60.0, fps=30, window=9, mode=mode)
+    assert long.section_start_seconds(49) == 1765 / 30
+    assert long.latest_time == long.video_seconds == 1801 / 30
+    for bad in (-1, 51):
+        with pytest.raises(ValueError, match="video_index"):
+            long.section_start_seconds(bad)

@@ -111,7 +111,7 @@ def test_end_and_start_strengths_scale_their_slots() -> None:
     assert per_frame(result)[0] == 5.0
 
 
-def test_default_strengths_and_empty_control_are_bit_identical_to_none() -> None:
+def test_an_empty_section_control_is_bit_identical_to_none() -> None:
     def run(**kwargs: object) -> torch.Tensor:
         torch.manual_seed(0)
         start, end = torch.randn(1, 16, 1, H, W), torch.randn(1, 16, 1, H, W)

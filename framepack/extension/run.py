@@ -30,7 +30,8 @@ import torch
 
 from ..config import GenerationConfig
 from ..errors import ConfigError, InputError
-from ..pipeline import EncodedInputs, GenerationRun, ImageInput, RunInputs, _folder_argument
+from ..pipeline import EncodedInputs, GenerationRun, ImageInput, RunInputs, _folder_argument, section_prompts
+from ..prompt_schedule import PromptSchedule, as_prompt
 from ..rundir import claim_run_dir
 from ..runstate import RunState, load_run_state, save_run_state
 from ..sampling.loop import Progress
@@ -51,14 +52,27 @@ class ExtensionRun(GenerationRun):
     """A forward run that continues ``source``; iterate it for the new sections, then ``result()``."""
 
     def __init__(
-        self, *args: Any, source: Source, encoded: tuple[EncodedInputs, dict[str, Any]], **kwargs: Any
+        self,
+        *args: Any,
+        source: Source,
+        encoded: tuple[EncodedInputs, dict[str, Any]],
+        given: int,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.source = source
         self._ready = encoded
+        self._given = given
 
     def _encoded(self) -> tuple[EncodedInputs, dict[str, Any]]:
         return self._ready
+
+    def _new_sections(self) -> int:
+        return self.plan.num_sections - self._given
+
+    def _record_extras(self) -> dict[str, Any]:
+        # ``--from`` cannot make an extension again (its inputs hold no source): it names the source instead.
+        return {"extends": str(self.source.path.absolute())}
 
 
 def source_config(source: str | os.PathLike[str], *, with_cache: bool = True) -> GenerationConfig | None:
@@ -85,7 +99,7 @@ def start_extension(
     pipeline: FramePackPipeline,
     source: str | os.PathLike[str],
     seconds: float,
-    prompt: str,
+    prompt: str | PromptSchedule,
     config: GenerationConfig | None = None,
     *,
     image: ImageInput | None = None,
@@ -104,6 +118,7 @@ def start_extension(
             raise InputError(f"run_dir {run_dir} and resume {resume} name different folders; give one")
         run_dir = resume
     found, config, given = open_source(path, seconds, config)
+    prompt = extension_prompt(found, prompt, config)
     if isinstance(found, SourceRun) and run_dir is not None and run_dir.resolve().is_relative_to(path.resolve()):
         raise InputError(f"run_dir {run_dir} is inside the run being extended, {path}, which is never changed")
 
@@ -121,7 +136,7 @@ def start_extension(
         inputs = RunInputs(image, prompt, None, negative_prompt)
         return ExtensionRun(
             pipeline, inputs, config, directory, callback=callback, saved=saved, lock=lock, temporary=temporary,
-            source=found, encoded=encoded,
+            source=found, encoded=encoded, given=given,
         )  # fmt: skip
     except BaseException:
         lock.release()
@@ -149,6 +164,25 @@ def open_source(
     given = given_sections(config.window)
     total = given + section_count(seconds, config.fps, config.window)
     return video, replace(config, seconds=total * 4 * config.window / config.fps), given  # a plan of ``total``
+
+
+def extension_prompt(source: Source, prompt: str | PromptSchedule, config: GenerationConfig) -> str | PromptSchedule:
+    """The extension's prompt, parsed and checked against the whole video (no model runs).
+
+    Extending a run, a schedule's times are time in the whole video, the run's sections and
+    the new ones, as in the longer run (whose plan ``config`` is). A video file has no sections
+    of ours: the plan of an extension counts its last frames as sections of 4·window frames,
+    whatever its real length, so schedule times would not be video time: ConfigError.
+    """
+    prompt = as_prompt(prompt)
+    if isinstance(prompt, PromptSchedule) and isinstance(source, SourceVideo):
+        raise ConfigError(
+            f"prompt schedule: {str(prompt)[:60]!r} gives times in the video, but a video file's frames were "
+            "not made in sections, so an extension of one cannot place them; give a plain prompt, or extend "
+            "the run directory that made the video"
+        )
+    section_prompts(prompt, config)  # a schedule that does not fit the longer video fails here
+    return prompt
 
 
 def _source_path(source: object) -> Path:
@@ -191,7 +225,7 @@ def _encode(
     pipeline: FramePackPipeline,
     source: Source,
     config: GenerationConfig,
-    prompt: str,
+    prompt: str | PromptSchedule,
     image: ImageInput | None,
     negative_prompt: str,
 ) -> tuple[EncodedInputs, dict[str, Any]]:

@@ -23,6 +23,8 @@ from ..cache.base import CachePolicy
 from ..cache.spec import describe_policy
 from ..config import GenerationConfig
 from ..errors import ConfigError, InputError
+from ..prompt_schedule import PromptSchedule, parse_prompt_schedule
+from ..run_settings import SETTINGS_FILE, read_settings
 from ..rundir import MARKER_FILE, is_marked
 from ..runstate import STATE_FILE, RunState, digest, load_run_state
 from ..sampling.sections import SectionPlan, plan_sections
@@ -150,6 +152,23 @@ def _rebuild_cache(description: object) -> CachePolicy | None:
     if policy is None or isinstance(policy, NoCache) or describe_policy(policy) != description:
         return None
     return policy
+
+
+def recorded_prompt(path: Path) -> str | PromptSchedule | None:
+    """The prompt (or schedule) a run directory's ``settings.json`` records; None when it has none
+    (a run made before framepack wrote them: its fingerprint keeps only the prompt's digest)."""
+    file = path / SETTINGS_FILE
+    if not file.is_file():
+        return None
+    try:
+        prompt = read_settings(file)["inputs"].get("prompt")
+    except InputError as error:
+        raise InputError(f"cannot read the prompt the run in {path} was made with: {error}") from None
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, dict) and isinstance(prompt.get("schedule"), str):
+        return parse_prompt_schedule(prompt["schedule"], blend_sections=prompt.get("blend_sections", 0))
+    raise InputError(f"cannot read the prompt the run in {path} was made with: its {SETTINGS_FILE} has {prompt!r:.60}")
 
 
 def sections_added(source: SourceRun, seconds: float) -> int:

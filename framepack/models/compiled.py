@@ -7,10 +7,11 @@ tensors point into its slots) runs the same graph on its own weights. What a gra
 guards on, and so what compiles again:
 
 * the blocks' structure and dtypes: fp8 storage, another dtype or device, run-time LoRAs
-  added or removed. A LoRA's factor (strength x alpha / rank, a Python float in
-  ``LoraPairs.add_to``) is a constant of the graph: blocks whose factors differ, and
-  every strength change, compile again, up to dynamo's recompile limit (8 per kind),
-  past which dynamo runs those blocks eager;
+  added or removed, and blocks whose LoRA pairs differ (a LoRA on some blocks only, or of
+  another rank there), each such set once, up to dynamo's recompile limit (8 per kind),
+  past which dynamo runs those blocks eager. Not a LoRA's strength nor its alpha / rank:
+  the strengths are 0-dim tensors the graph reads (``LoraStrengths.tensor``), updated in
+  place by ``set_lora_strength``, and alpha / rank is folded into each pair's up matrix;
 * a batch size change (once: the batch dimension then becomes dynamic too), a text mask
   appearing or going (prompts of different lengths in one batch);
 * not the token counts: those of the joint stream and of its image part are marked

@@ -11,8 +11,10 @@ It is ``nn.Linear`` with two additions, both off by default (then it computes ex
 * **Run-time LoRA pairs** (``lora``, a ``LoraPairs``): ``y = x W^T + b + sum_i s_i (x A_i^T) B_i^T``
   over the pairs, each on a range of output rows (a pair may cover one part of a fused
   weight: q of a fused qkv). The pairs are buffers, so they travel with a streamed block;
-  their strengths live in one ``LoraStrengths`` shared by every layer of a model (and by a
-  streamer's copies of its blocks), so changing one needs no copy of any tensor.
+  each up matrix holds its pair's alpha / rank. The strengths live in one ``LoraStrengths``
+  shared by every layer of a model (and by a streamer's copies of its blocks), each also as
+  a 0-dim tensor that a strength change overwrites in place: a compiled block reads it as
+  an input, so neither a strength nor a LoRA's alpha / rank is a constant of its graph.
 """
 
 from __future__ import annotations
@@ -29,10 +31,49 @@ from .fp8 import dequantize
 
 
 class LoraStrengths(dict[str, float]):
-    """Adapter name -> strength, one per model. Copies of a block (a streamer's shells) share it."""
+    """Adapter name -> strength, one per model. Copies of a block (a streamer's shells) share it.
+
+    Each strength is also a float32 0-dim tensor (``tensor``) on ``device``, where the layers
+    compute: setting a strength overwrites it in place (one scalar write), so the layers, and
+    the compiled graphs that read it, follow without any other tensor changing.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.device = torch.device("cpu")
+        self._tensors: dict[str, torch.Tensor] = {}
+        for adapter, strength in dict(*args, **kwargs).items():
+            self[adapter] = strength
 
     def __deepcopy__(self, memo: dict[int, Any]) -> LoraStrengths:
         return self
+
+    def __setitem__(self, adapter: str, strength: float) -> None:
+        super().__setitem__(adapter, strength)
+        if adapter in self._tensors:
+            self._tensors[adapter].fill_(strength)
+        else:
+            self._tensors[adapter] = torch.tensor(strength, dtype=torch.float32, device=self.device)
+
+    def __delitem__(self, adapter: str) -> None:
+        super().__delitem__(adapter)
+        del self._tensors[adapter]
+
+    def pop(self, adapter: str) -> float:  # type: ignore[override]
+        strength = self[adapter]
+        del self[adapter]
+        return strength
+
+    def tensor(self, adapter: str) -> torch.Tensor:
+        """``adapter``'s strength as a float32 0-dim tensor on ``device``."""
+        return self._tensors[adapter]
+
+    def place(self, device: torch.device) -> None:
+        """Keep the strength tensors on ``device`` (a no-op when they are there)."""
+        device = torch.device(device)
+        if device != self.device:
+            self.device = device
+            self._tensors = {adapter: t.to(device) for adapter, t in self._tensors.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +87,7 @@ class PairPlacement:
 
 class LoraPairs(nn.Module):
     """The run-time LoRA pairs of one ``Linear``: buffers ``down`` [sum of ranks, in], every pair's
-    down matrix stacked in pair order, and ``up_i`` [rows, r].
+    down matrix stacked in pair order, and ``up_i`` [rows, r] times the pair's scale (alpha / rank).
 
     The pairs all read the layer's input, so their downs are stacked once, when a pair is
     added: a call makes one down-projection matmul for all of them, then each pair's up
@@ -70,7 +111,8 @@ class LoraPairs(nn.Module):
             start += up.shape[1]
 
     def append(self, placement: PairPlacement, down: torch.Tensor, up: torch.Tensor) -> None:
-        self._set([*self.pairs(), (placement, down, up)])
+        """Add a pair; ``up`` is scaled by ``placement.scale`` here (in float32), once."""
+        self._set([*self.pairs(), (placement, down, (up.float() * placement.scale).to(up.dtype))])
 
     def remove(self, adapter: str) -> None:
         """Drop every pair of ``adapter``; the others keep their order."""
@@ -87,22 +129,24 @@ class LoraPairs(nn.Module):
         self.placements = [p for p, _, _ in pairs]
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
-        """out[..., rows] += strength * scale * (x A^T) B^T for every pair, in place (``out`` contiguous)."""
+        """out[..., rows] += strength * (x A^T) (scale B)^T for every pair, in place (``out`` contiguous).
+
+        The strength is a tensor (``LoraStrengths.tensor``), not a Python float given to
+        ``addmm_``: it scales the pair's r columns of the down projection instead."""
         down = self._buffers["down"]
         projected = F.linear(x, down).view(-1, down.shape[0])  # x A_i^T of every pair, side by side
         rows_of = out.view(-1, out.shape[-1])
         start = 0
         for i, placement in enumerate(self.placements):
             up = self._buffers[f"up_{i}"]
-            factor = self.strengths[placement.adapter] * placement.scale
-            if factor:
-                rows_of[:, placement.rows].addmm_(projected[:, start : start + up.shape[1]], up.t(), alpha=factor)
+            strength = self.strengths.tensor(placement.adapter)
+            rows_of[:, placement.rows].addmm_(projected[:, start : start + up.shape[1]] * strength, up.t())
             start += up.shape[1]
 
     def delta(self, adapter: str | None = None) -> list[tuple[slice, torch.Tensor]]:
         """Each pair's weight update (strength * scale * B A) with its rows, in float32."""
         return [
-            (p.rows, self.strengths[p.adapter] * p.scale * (up.float() @ down.float()))
+            (p.rows, self.strengths[p.adapter] * (up.float() @ down.float()))  # up holds the scale
             for p, down, up in self.pairs()
             if adapter is None or p.adapter == adapter
         ]

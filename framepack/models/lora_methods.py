@@ -2,7 +2,8 @@
 
 ``add_lora`` puts each pair of a LoRA on its layer as buffers (``Linear.lora``), converted
 to the layer's compute dtype (never into a float8 weight); strengths live in one
-``LoraStrengths`` shared by every layer, so ``set_lora_strength`` changes no tensor, and
+``LoraStrengths`` shared by every layer, so ``set_lora_strength`` changes no block tensor
+(only the strength's own 0-dim tensor, in place: compiled blocks do not compile again), and
 streamed blocks (whose shells share it) follow it too. Adding or removing pairs changes
 the blocks' tensors, so a streaming set-up is made again around it (``streaming_paused``).
 ``fuse_loras`` merges the pairs into the weights for speed.
@@ -97,7 +98,7 @@ class LoraMethods(StreamableModel):
         return name
 
     def set_lora_strength(self, name: str, strength: float) -> None:
-        """Change a run-time LoRA's strength (0 turns it off); no tensor is copied."""
+        """Change a run-time LoRA's strength (0 turns it off); no block tensor changes or moves."""
         if self._require_lora(name).fused:
             raise ConfigError(f"LoRA {name!r} is fused into the weights: its strength can no longer change")
         self.lora_strengths[name] = _strength(strength)

@@ -478,6 +478,7 @@ class FramePackTransformer(LoraMethods, PretrainedModel):
     ) -> PreparedInputs:
         """The step-invariant part of a call: run once per section, reuse for every step."""
         config, dtype, device = self.config, self.dtype, self.device
+        self.lora_strengths.place(device)  # run-time LoRAs' factors, where the blocks compute
         latents_shape = tuple(int(s) for s in latents_shape)
         batch, _, frames, height, width = _check_shape(latents_shape, config)
         _check_conditioning(conditioning, batch, config, has_image_proj=self.image_projection is not None)

@@ -342,7 +342,8 @@ def _section_conditioning(
 
 
 def _end_slot(end_latent: torch.Tensor | None, layout: SectionLayout, config: SamplingSettings) -> torch.Tensor | None:
-    """The end frame's latent × ``end_strength`` in the 1x slot of the first generated section."""
+    """The end frame's latent × ``end_strength`` in the 1x slot of the first generated section
+    (at strength 1 the latent itself, without a copy)."""
     if end_latent is None or layout.index != 0:
         return None
     return end_latent if config.end_strength == 1.0 else end_latent * config.end_strength
@@ -352,7 +353,8 @@ def _start_slot(
     start_latent: torch.Tensor, control: SectionControl | None, layout: SectionLayout, config: SamplingSettings
 ) -> torch.Tensor | None:
     """The start-frame slot's latent: the section's keyframe or the start latent, × ``start_strength``;
-    None keeps the start latent. No arithmetic at strength 1: a default run is bit-identical."""
+    None keeps the start latent. At strength 1 nothing is multiplied, which saves a copy (x · 1.0
+    would be exact too)."""
     keyframe = None if control is None else control.start_slot(layout.video_index)
     if config.start_strength == 1.0:
         return keyframe

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -146,10 +147,35 @@ class SectionPlan:
         return 4 * self.latent_frames - 3
 
     @property
-    def section_seconds(self) -> float:
-        """How long one section is in video time, as the community tools snap prompt times:
-        ``(4·window − 3) / fps`` (a section's pixel window; blending overlaps the rest)."""
-        return self.window_pixel_frames / self.fps
+    def video_seconds(self) -> float:
+        """How long the finished video is: its pixel frames at its frame rate (5 s asks for
+        145 frames at window 9, 4.83 s; 60 s for 1801 frames, 60.03 s)."""
+        return self.pixel_frames / self.fps
+
+    @property
+    def latest_time(self) -> float:
+        """The latest time a prompt schedule or keyframe may name: the video's end, or the length
+        asked for if that is later (an entry ending at 5 s in a 5 s video is not refused)."""
+        return max(self.seconds, self.video_seconds)
+
+    def section_start_seconds(self, video_index: int) -> float:
+        """When video section ``video_index`` (0 = the video's first) starts in the finished video:
+        the time of its first pixel frame. Section 0 starts with the start frame at 0 s; every
+        section adds 4·window pixel frames (its latents after the first), so section k ≥ 1 starts
+        at pixel frame 4·k·window + 1: 37 / 30 = 1.23 s for k = 1 at window 9 and 30 fps.
+        ``video_index == num_sections`` is where a next section would start (the video's end)."""
+        if not 0 <= video_index <= self.num_sections:
+            raise ValueError(f"video_index: expected 0 to {self.num_sections}, got {video_index}")
+        return self._section_starts[video_index]
+
+    @cached_property
+    def _section_starts(self) -> tuple[float, ...]:
+        """Every section's start from its layout's first latent frame, and the video's end after them."""
+        # Section 0 holds the start frame (pixel frame 0) in both modes, whichever layout joins it.
+        first_latents = [layout.video_frames[0] for layout in self.in_video_order()[1:]]
+        first_latents.append(self.latent_frames)  # where a next section would begin
+        # latent j >= 1 decodes to pixel frames 4j-3 .. 4j
+        return (0.0, *((4 * j - 3) / self.fps for j in first_latents))
 
     def in_video_order(self) -> tuple[SectionLayout, ...]:
         """The sections from the video's first to its last."""

@@ -1,0 +1,206 @@
+"""Rates timed on the device at hand, at the shapes of the run being planned: ``--measure``.
+
+A few seconds of micro-benchmarks, each timed after a warm-up as the median of repeats over
+about a second (on a shared machine, the rate a long run meets): one matmul of a
+block's q/k/v projection, one attention over a call's tokens (capped so that the CPU
+finishes in about a second), an element-wise pass, a tiny op (the per-kernel overhead), a
+page-locked host->device copy, and a read of a fresh file (its pages dropped from the cache
+first where the OS allows). Two probes run the real thing, as their parts are too many to
+time one by one: a decode by a VAE of the run's config (random weights) of one temporal
+tile as the run decodes them (``PROBE_LATENT_FRAMES``: fewer frames run the CPU's conv3d at
+a third of its rate) at the bucket's latent size (on a CPU at most ``MAX_CPU_LATENT`` a
+side), once and cold as a run's first decode is, whose FLOPs per second stand for the whole
+decode's (its ops work per latent position); and the pipeline's mp4 writer encoding frames
+of the bucket's size.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..device_runtime import runtime
+from ..models.vae import HunyuanVideoVAE, VAEConfig
+from ..video.mp4 import write_mp4
+from .profiles import DeviceProfile
+from .vae_flops import decode_tile_flops
+
+REPEATS = 3
+PROBE_SECONDS = 1.0
+DISK_PROBE_BYTES = 64 << 20
+COPY_PROBE_BYTES = 256 << 20
+MAX_CPU_TOKENS = 4096  # attention and matmul rows on a CPU: the rate, in a second
+MAX_CPU_LATENT = 16  # latent pixels per side of the decode probe on a CPU (a 128 px frame)
+# The decode probe's most FLOPs on a CPU (seconds there): a larger VAE is probed on a smaller
+# tile (the real HunyuanVideo VAE: ~40 MFLOP per output pixel), at a lower rate than its real shapes get.
+MAX_CPU_PROBE_FLOPS = 40e9
+PROBE_LATENT_FRAMES = 5  # a full temporal tile (VAETiling: 16 pixel frames, plus the one it restarts from)
+VIDEO_PROBE_FRAMES = 16
+BANDWIDTH_PROBE_BYTES = 64 << 20  # larger than the caches: the VAE's and a step's element-wise passes are
+
+
+def _typical_seconds(run: Callable[[], object], device: torch.device) -> float:
+    """The median of repeated runs for ``PROBE_SECONDS`` (at least ``REPEATS``): on a machine
+    others share, the load a whole generation meets is in the rate, not only its quiet moments."""
+    run()
+    _sync(device)
+    times: list[float] = []
+    while len(times) < REPEATS or sum(times) < PROBE_SECONDS:
+        started = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return max(statistics.median(times), 1e-9)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        runtime().synchronize(device)
+
+
+def measure_profile(
+    base: DeviceProfile,
+    device: torch.device | str,
+    *,
+    dtype: torch.dtype,
+    width: int,
+    heads: int,
+    tokens: int,
+    vae: VAEConfig,
+    frame_size: tuple[int, int] = (544, 704),
+    disk_folder: str | Path | None = None,
+) -> DeviceProfile:
+    """``base`` with its rates replaced by ones timed on ``device`` at a call's shapes:
+    ``tokens`` rows of ``width`` features, ``heads`` attention heads, a decode by a VAE of
+    config ``vae`` and an mp4 of frames of ``frame_size`` pixels (the bucket)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        tokens = min(tokens, MAX_CPU_TOKENS)
+    head_dim = width // heads
+    x = torch.randn(tokens, width, device=device, dtype=dtype)
+    w = torch.randn(width, 3 * width, device=device, dtype=dtype)
+    matmul = 2 * tokens * width * 3 * width / _typical_seconds(lambda: x @ w, device)
+    q = torch.randn(1, heads, tokens, head_dim, device=device, dtype=dtype)
+    attention_s = _typical_seconds(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q), device)
+    attention = 4 * heads * tokens * tokens * head_dim / attention_s
+    big = torch.empty(BANDWIDTH_PROBE_BYTES // dtype.itemsize, device=device, dtype=dtype).fill_(1.0)
+    bandwidth = 2 * big.numel() * big.element_size() / _typical_seconds(lambda: big.mul_(1.0), device)
+    small = torch.ones(8, device=device, dtype=dtype)
+    overhead = _typical_seconds(lambda: [small.add_(0) for _ in range(100)], device) / 100
+    decode_rate, decode_bytes = vae_decode_probe(vae, device, dtype, frame_size)
+    rates: dict[str, float | None] = dict(
+        matmul_flops=matmul,
+        attention_flops=attention,
+        conv_flops=decode_rate,
+        decode_bytes_per_pixel=decode_bytes,
+        video_encode_pixels=video_encode_rate(frame_size),
+        memory_bandwidth=bandwidth,
+        kernel_overhead_s=overhead,
+        disk_read=disk_read_rate(disk_folder),
+    )
+    if device.type != "cpu":
+        host = torch.empty(COPY_PROBE_BYTES, dtype=torch.uint8).pin_memory()
+        target = torch.empty(COPY_PROBE_BYTES, dtype=torch.uint8, device=device)
+        rates["host_to_device"] = COPY_PROBE_BYTES / _typical_seconds(
+            lambda: target.copy_(host, non_blocking=True), device
+        )
+    return base.with_measured(**rates)
+
+
+def _once_warm(run: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one run after one warm-up run (the first builds the kernels' plans)."""
+    run()
+    _sync(device)
+    started = time.perf_counter()
+    run()
+    _sync(device)
+    return max(time.perf_counter() - started, 1e-9)
+
+
+def _rss_kib(field: str) -> int | None:
+    """``VmRSS`` or ``VmHWM`` of this process (Linux), else None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """VmHWM := VmRSS (Linux); False where the OS does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def vae_decode_probe(
+    vae: VAEConfig, device: torch.device, dtype: torch.dtype, frame_size: tuple[int, int]
+) -> tuple[float, float | None]:
+    """(FLOPs per second, host bytes per output pixel) of a real cold decode by a random-weight
+    VAE of config ``vae``. The bytes (on a CPU, where the OS tells a process's peak) are its
+    peak RSS growth per pixel it outputs."""
+    s = vae.spatial_compression_ratio
+    h, w = (n // s for n in frame_size)
+    frames = PROBE_LATENT_FRAMES
+    if device.type == "cpu":
+        h, w = min(h, MAX_CPU_LATENT), min(w, MAX_CPU_LATENT)
+        while decode_tile_flops(vae, frames, h, w).total > MAX_CPU_PROBE_FLOPS and (h > 2 or w > 2 or frames > 2):
+            if h > 2 or w > 2:
+                h, w = max(h // 2, 2), max(w // 2, 2)
+            else:
+                frames -= 1
+    with torch.random.fork_rng(devices=[]):
+        model = HunyuanVideoVAE(vae).to(device, dtype).eval()
+        z = torch.randn(1, vae.latent_channels, frames, h, w, device=device, dtype=dtype)
+    flops = decode_tile_flops(vae, frames, h, w).total
+    pixels = (1 + vae.temporal_compression_ratio * (frames - 1)) * h * w * s * s
+    before = _rss_kib("VmRSS")
+    measure_bytes = device.type == "cpu" and before is not None and _reset_peak_rss()
+    with torch.no_grad():
+        _sync(device)
+        started = time.perf_counter()
+        model._decode_tile(z)  # one tile: decode_frames would cut 5 frames into tiles of 5 and 2
+        _sync(device)
+        seconds = max(time.perf_counter() - started, 1e-9)
+    peak = _rss_kib("VmHWM") if measure_bytes else None
+    per_pixel = None if peak is None or before is None else max(peak - before, 0) * 1024 / pixels
+    return flops / seconds, per_pixel
+
+
+def video_encode_rate(frame_size: tuple[int, int]) -> float:
+    """Pixels per second the pipeline's mp4 writer encodes, at the bucket's size (noise frames:
+    the hardest for the encoder, so the rate errs slow)."""
+    frames = np.random.default_rng(0).integers(0, 256, (VIDEO_PROBE_FRAMES, *frame_size, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as folder:
+        seconds = _once_warm(lambda: write_mp4(Path(folder) / "probe.mp4", frames), torch.device("cpu"))
+    return frames[..., 0].size / seconds
+
+
+def disk_read_rate(folder: str | Path | None = None) -> float:
+    """Bytes per second reading a fresh ``DISK_PROBE_BYTES`` file in ``folder`` (default: the temp folder).
+
+    The file's pages are dropped from the cache before the read where the OS allows
+    (``posix_fadvise``); elsewhere the figure is the page cache's, an upper bound.
+    """
+    with tempfile.NamedTemporaryFile(dir=folder) as handle:
+        handle.write(os.urandom(1 << 20) * (DISK_PROBE_BYTES >> 20))
+        handle.flush()
+        os.fsync(handle.fileno())
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        started = time.perf_counter()
+        with open(handle.name, "rb", buffering=0) as reader:
+            while reader.read(8 << 20):
+                pass
+        return DISK_PROBE_BYTES / max(time.perf_counter() - started, 1e-9)

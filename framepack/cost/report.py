@@ -1,0 +1,78 @@
+"""The two lines ``framepack generate`` prints: the prediction before the run, the measurement after."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..prompt import HUNYUAN_VIDEO_TEMPLATE, MAX_PROMPT_TOKENS, TEMPLATE_CROP_START
+from ..units import format_bytes
+from ..video.buckets import find_bucket
+from .estimate import CostEstimate, estimate, format_seconds
+from .measure import measure_profile
+from .memory import ModelConfigs
+from .profiles import device_profile
+
+if TYPE_CHECKING:
+    from ..config import GenerationConfig
+    from ..pipeline import FramePackPipeline
+
+
+def prompt_tokens(pipe: FramePackPipeline, prompt: str) -> int:
+    """The prompt's tokens the transformer sees: the templated prompt after the template's head, at most the maximum."""
+    tokens = pipe.components.tokenizer(
+        HUNYUAN_VIDEO_TEMPLATE.format(prompt), max_length=MAX_PROMPT_TOKENS + TEMPLATE_CROP_START
+    )
+    return max(int(tokens.length) - TEMPLATE_CROP_START, 1)
+
+
+def predict_run(
+    pipe: FramePackPipeline, config: GenerationConfig, image: np.ndarray, prompt: str, vram_budget_gb: float | None
+) -> CostEstimate:
+    """The estimate for this loaded pipeline (weights already loaded: no load time): the CPU's
+    table rates on the CPU, rates measured on the device (a few seconds) elsewhere."""
+    transformer = pipe.components.transformer
+    if pipe.device.type == "cpu":
+        profile = device_profile("cpu")
+    else:
+        t = transformer.config
+        profile = measure_profile(
+            device_profile("rtx4090"),
+            pipe.device,
+            dtype=transformer.dtype,
+            width=t.inner_dim,
+            heads=t.num_attention_heads,
+            tokens=4096,
+            vae=pipe.components.vae.config,
+            frame_size=find_bucket(*image.shape[:2], config.resolution),
+        )
+    models = ModelConfigs.of(pipe.components.modules(), "loaded")
+    return estimate(
+        config,
+        profile,
+        models=models,
+        image_size=image.shape[:2],
+        text_tokens=prompt_tokens(pipe, prompt),
+        vram_budget_gb=None if pipe.device.type == "cpu" else vram_budget_gb,
+        dtype=transformer.dtype,
+        from_disk=False,
+    )
+
+
+def prediction_line(predicted: CostEstimate) -> str:
+    s = predicted.seconds
+    peak = predicted.memory.peak_activation_bytes if predicted.profile.is_host else predicted.memory.peak_device_bytes
+    return (
+        f"predicted: {format_seconds(s.total)} ({predicted.profile.name}, {predicted.profile.source} rates: "
+        f"encoders {format_seconds(s.encoders)}, sampling {format_seconds(s.sampling)}, "
+        f"VAE decode {format_seconds(s.decode)}), peak {'activations' if predicted.profile.is_host else 'device'} "
+        f"{format_bytes(peak)}"
+    )
+
+
+def measured_line(predicted: CostEstimate, seconds: float) -> str:
+    return (
+        f"measured:  {format_seconds(seconds)} (predicted {format_seconds(predicted.seconds.total)}, "
+        f"measured/predicted {seconds / predicted.seconds.total:.2f})"
+    )
