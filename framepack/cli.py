@@ -808,11 +808,11 @@ def _plan(args: argparse.Namespace) -> int:
         f"tokens per section: {noisy} noisy + {clean} packed context = {noisy + clean} image tokens (+ <= {image_tokens + MAX_PROMPT_TOKENS} text/image)"
     )
     print(f"shift sequence length: {sequence_length(plan.window_pixel_frames, bucket_h, bucket_w)}")
+    _plan_cost(args, height, width)
     if keyframes is not None:
         _print_keyframes(keyframes, plan)
     if prompts is not None:
         print("\n".join(describe_section_prompts(prompts, plan)))
-    _plan_cost(args, height, width)
     return 0
 
 

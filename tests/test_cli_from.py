@@ -153,7 +153,7 @@ def test_from_makes_a_video_with_keyframes_again(original: Path, tmp_path: Path)
         "--image",
         str(original / "start.png"),
         "--keyframe",
-        f"0.1s={key}",
+        f"0.18s={key}",  # window 1 at 30 fps: video section 1 starts on frame 5, at 0.167 s
         "--end-strength",
         "0.5",
     ]
@@ -168,7 +168,7 @@ def test_from_makes_a_video_with_keyframes_again(original: Path, tmp_path: Path)
 
 
 def test_from_makes_a_video_with_a_blended_prompt_schedule_again(tmp_path: Path) -> None:
-    schedule = "[0s: a dancer] [0.03s: a cat]"  # video sections 0 and 1 at window 1
+    schedule = "[0s: a dancer] [0.17s: a cat]"  # video sections 0 and 1 at window 1 (section 1 starts at 0.167 s)
     first = tmp_path / "first.mp4"
     arguments = [*TWO_SECTIONS, "--prompt", schedule, "--prompt-blend", "1"]
     assert main(["generate", *arguments, "--out", str(first), "--run-dir", str(tmp_path / "r1")]) == 0

@@ -33,6 +33,13 @@ needs_compiler = pytest.mark.skipif(NO_COMPILER is not None, reason=f"CPU induct
 FAST = dict(window=3, steps=3, resolution=64, seconds=1.2)
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo() -> None:
+    """Each test starts from dynamo's empty caches: graphs other tests compiled on the same
+    code objects count toward its recompile limit, past which it would run them eager."""
+    torch._dynamo.reset()
+
+
 def streamed_tiny_pipeline() -> FramePackPipeline:
     pipe = FramePackPipeline.tiny(seed=0)
     transformer = pipe.components.transformer
