@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
 
 
+def _print_error(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def _report(error: Exception) -> tuple[str, int]:
     """The one line a user reads for ``error`` (what it says, folded onto one line) and the exit status."""
     import torch
@@ -385,7 +389,7 @@ def _generate(args: argparse.Namespace) -> int:
         if parallel is not None:  # jobs: each rank runs every world_size-th job, with its own queue folder
             jobs = jobs[parallel.rank :: parallel.world_size]
             args.queue_dir = str(Path(args.queue_dir or default_queue_dir(args)) / f"rank-{parallel.rank}")
-        return run_queue(args, jobs, _load_pipeline, _job_config, _run_job, _report, print)
+        return run_queue(args, jobs, _load_pipeline, _job_config, _run_job, _report, print, _print_error)
     config = _job_config(args)
     pipe = _load_pipeline(args, config)
     pipe.use_parallel(parallel)

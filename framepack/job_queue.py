@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,12 +223,13 @@ def run_queue(
     run_job: Callable[[Any, argparse.Namespace, GenerationConfig], Path],
     report: Callable[[BaseException], tuple[str, int]],
     log: Callable[[str], None],
+    log_error: Callable[[str], None],
 ) -> int:
     """Run ``jobs`` in order; returns 0 when all are done, else the worst failure's exit status.
 
     ``load`` makes the pipeline (once, for the first job that runs), ``config_of`` checks a job's
     arguments into its config, ``run_job`` runs one into its output, ``report`` turns an error into
-    its one line and exit status, ``log`` prints a line for the user.
+    its one line and exit status, ``log`` prints a line for the user and ``log_error`` a job's error line.
     """
     folder = Path(args.queue_dir) if args.queue_dir is not None else default_queue_dir(args)
     try:
@@ -256,7 +256,7 @@ def run_queue(
                     raise InputError(f"--out {out} exists and was not made by this queue; move it or give another out")
                 config = config_of(job_args)
             except Exception as error:
-                failures.append(_failed(state, job, digest, out, error, report))
+                failures.append(_failed(state, job, digest, out, report(error), log_error))
                 continue
             if pipe is None:  # for the first job that runs; a failure ends the queue: every job needs the models
                 pipe = load(args, config)  # its resolution and window size a memory plan
@@ -266,7 +266,7 @@ def run_queue(
             try:
                 run_job(pipe, job_args, config)
             except Exception as error:  # this job's fault; an interrupt ends the queue (run it again to resume)
-                failures.append(_failed(state, job, digest, out, error, report))
+                failures.append(_failed(state, job, digest, out, report(error), log_error))
                 continue
             state.set(job.name, digest=digest, status="done", out=str(out))
         done = len(jobs) - len(failures)
@@ -281,11 +281,12 @@ def _failed(
     job: Job,
     digest: str,
     out: Path,
-    error: Exception,
-    report: Callable[[BaseException], tuple[str, int]],
+    reported: tuple[str, int],
+    log_error: Callable[[str], None],
 ) -> int:
-    """Report a failed job in one line and note it; returns its exit status."""
-    message, status = report(error)
-    print(f"error: job {job.where}: {message}", file=sys.stderr)
+    """Report a failed job in one line (``reported``: its message and exit status) and note it;
+    returns its exit status."""
+    message, status = reported
+    log_error(f"error: job {job.where}: {message}")
     state.set(job.name, digest=digest, status="failed", out=str(out), error=message)
     return status
