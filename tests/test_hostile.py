@@ -12,11 +12,7 @@ import json
 import math
 import os
 import struct
-import subprocess
-import sys
-import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +25,7 @@ from framepack.cli import main
 from framepack.errors import ConfigError, NumericalError, OutputError
 from framepack.models.llama import LlamaConfig
 from framepack.models.transformer import TransformerConfig
+from tests.forked_command import CommandServer, Finished
 from tests.transformer_support import TINY
 
 # --- model config.json: every field its annotated JSON type ------------------------------------
@@ -84,7 +81,6 @@ def test_model_config_mapping_fields_are_checked() -> None:
 
 # --- the command, as a user runs it -------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["generate", "--tiny", "--seconds", "0.5", "--window", "2", "--steps", "1", "--resolution", "32"]
 NO_ROOT = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes to read-only folders")
 
@@ -357,9 +353,10 @@ CASES: list[tuple[str, list[str | bytes], int, str]] = [
 ]
 
 
-# These run also as a user runs them, in a subprocess through ``python -m framepack.cli``: bytes
-# argv, the module's __main__, the real exit status and stderr, an offline hub. Each costs a
-# Python and torch start-up (~4 s of CPU), so one or more of every kind, not all.
+# These run also as a user runs them, in processes of their own through ``python -m framepack.cli``:
+# bytes argv, the module's __main__, the real exit status and stderr, an offline hub. Each
+# process is forked from one warm Python (tests/forked_command.py), so a case costs the
+# command, not a Python and torch start-up; still one or more of every kind, not all.
 SUBPROCESS_CASES = (
     "image-missing", "image-garbage", "image-truncated", "image-zero-bytes", "image-directory", "image-bomb",
     "end-image-forward", "out-folder", "out-is-image", "out-same-file", "out-link-to-image", "out-avi",
@@ -407,33 +404,31 @@ def test_hostile_input_is_one_line_and_touches_no_file(
 
 
 @pytest.fixture(scope="module")
-def subprocess_outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict, int, str, float]]:
-    """The SUBPROCESS_CASES run two at a time: id -> (folder, snapshot before, status, stderr, seconds)."""
+def subprocess_outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict, Finished]]:
+    """The SUBPROCESS_CASES run two at a time: id -> (folder, snapshot before, how the command ended)."""
     base = tmp_path_factory.mktemp("hostile")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     cases = {case[0]: case[1] for case in CASES}
-
-    def one(name: str) -> tuple[str, tuple[Path, dict, int, str, float]]:
-        folder = base / name
-        folder.mkdir()
-        before = prepare(folder)
-        start = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "framepack.cli", *cases[name]], cwd=folder, env=env,
-                              capture_output=True, timeout=120)  # fmt: skip
-        seconds = time.monotonic() - start
-        return name, (folder, before, done.returncode, done.stderr.decode("utf-8", "backslashreplace"), seconds)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, SUBPROCESS_CASES))
+    commands, folders, befores = [], [], []
+    for name in SUBPROCESS_CASES:
+        folders.append(base / name)
+        folders[-1].mkdir()
+        befores.append(prepare(folders[-1]))
+        commands.append((["-m", "framepack.cli", *cases[name]], folders[-1]))
+    server = CommandServer({**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        ended = server.run(commands, workers=2, timeout=120)
+    finally:
+        server.close()
+    return {name: outcome for name, *outcome in zip(SUBPROCESS_CASES, folders, befores, ended)}
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_CASES)
 def test_hostile_input_through_the_command(subprocess_outcomes: dict, name: str) -> None:
     _, _, status, message = next(case for case in CASES if case[0] == name)
-    folder, before, got, err, seconds = subprocess_outcomes[name]
-    check(folder, before, got, err, status, message)
-    # Python and torch start-up alone take seconds on a loaded machine; the refusal itself is instant.
-    assert seconds < 60, "a refusal must come before any model or long computation"
+    folder, before, ended = subprocess_outcomes[name]
+    check(folder, before, ended.returncode, ended.stderr, status, message)
+    # The seconds count from the fork, after Python and torch started: the refusal itself is instant.
+    assert ended.seconds < 60, "a refusal must come before any model or long computation"
 
 
 # --- faults: exit status 1, one line, a hint where there is one ---------------------------------

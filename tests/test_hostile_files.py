@@ -1,9 +1,9 @@
 """The framepack command against hostile files and folders (issue 13), run as a user runs it.
 
-Each case runs ``python -m framepack.cli generate`` in a subprocess next to files of the
-user's. Every one must end with exit code 2, one ``error:`` line on stderr and no traceback,
-and leave every file the user had byte for byte as it was. The cases start together (a few
-at a time) because starting Python with torch is most of each one's time.
+Each case runs ``python -m framepack.cli generate`` in a process of its own next to files of
+the user's. Every one must end with exit code 2, one ``error:`` line on stderr and no traceback,
+and leave every file the user had byte for byte as it was. The processes are forked from one
+warm Python (tests/forked_command.py): starting Python with torch would be most of each one's time.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,13 @@ import pytest
 from framepack import atomic
 from framepack.cli import main
 from framepack.rundir import MARKER_FILE, RunDirLock
+from tests.forked_command import ROOT, CommandServer, Finished
 
 # One section of the tiny model: only two cases get as far as generating.
 FAST = ["--tiny", "--seconds", "0.4", "--window", "3", "--steps", "2", "--resolution", "64"]
-GENERATE = [sys.executable, "-m", "framepack.cli", "generate", *FAST]
+GENERATE = ["-m", "framepack.cli", "generate", *FAST]
 # An honest full disk: files may not grow past 64 KiB, writes past it fail with EFBIG.
-FULL_DISK = [sys.executable, "-c", textwrap.dedent("""
+FULL_DISK = ["-c", textwrap.dedent("""
     import resource, signal, sys
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
@@ -112,14 +112,10 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[dict, dict, subprocess.CompletedProcess, str]]:
+def runs(tmp_path_factory) -> dict[str, tuple[dict, dict, Finished, str]]:
     """Every case run once: its files before and after, how the command ended, the error expected."""
     base = tmp_path_factory.mktemp("hostile")
-    env = {
-        **os.environ,
-        "TQDM_DISABLE": "1",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-    }  # the bar is not under test
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}  # the bar is not under test
     jobs: dict[str, tuple[Path, list[str], str]] = {}
     for name in CASES:
         root = base / name
@@ -135,21 +131,18 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict, subprocess.CompletedPr
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(locked)], stdout=subprocess.PIPE, env=env, text=True
     )
+    server = CommandServer(env)
     try:
         assert holder.stdout.readline() == "locked\n"
         jobs["locked"] = (base / "locked", [*GENERATE, "--out", str(base / "locked" / "out.mp4"), "--run-dir", str(locked)],
                           f"run directory {locked} is in use by another framepack run (pid {holder.pid})")  # fmt: skip
         before = {name: snapshot(root) for name, (root, _, _) in jobs.items()}
 
-        def run(name: str) -> subprocess.CompletedProcess:
-            return subprocess.run(
-                jobs[name][1], capture_output=True, text=True, timeout=300, env=env, cwd=jobs[name][0]
-            )
-
-        with ThreadPoolExecutor(3) as pool:
-            done = dict(zip(jobs, pool.map(run, jobs)))
+        ended = server.run([(command, root) for root, command, _ in jobs.values()], workers=3, timeout=300)
+        done = dict(zip(jobs, ended))
         after = {name: snapshot(root) for name, (root, _, _) in jobs.items()}  # before the lock check below writes
     finally:
+        server.close()
         holder.kill()  # SIGKILL: the OS drops its lock
         holder.wait()
     RunDirLock(locked).release()  # no stale lock survives the killed holder
