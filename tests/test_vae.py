@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import weakref
@@ -17,7 +18,8 @@ from framepack.models import vae as vae_module
 from framepack.models.vae import HunyuanVideoVAE, VAEConfig, VAETiling
 from framepack.models.vae_preview import decode_preview
 
-diffusers = pytest.importorskip("diffusers")
+# Checked, not imported: importing diffusers takes seconds, which only the reference fixtures need.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="the reference needs diffusers")
 
 TINY = dict(
     block_out_channels=[8, 8, 16, 16],
@@ -47,8 +49,10 @@ DEFAULT_TILES = dict(
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from diffusers import AutoencoderKLHunyuanVideo
+
     torch.manual_seed(0)
-    reference = diffusers.AutoencoderKLHunyuanVideo(**TINY)
+    reference = AutoencoderKLHunyuanVideo(**TINY)
     with torch.no_grad():
         for p in reference.parameters():  # no default init left (GroupNorm ones / zeros included)
             p.copy_(torch.randn_like(p) * (0.3 if p.ndim > 1 else 0.5))
@@ -59,7 +63,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(checkpoint: Path) -> torch.nn.Module:
-    return diffusers.AutoencoderKLHunyuanVideo.from_pretrained(checkpoint).eval()
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    return AutoencoderKLHunyuanVideo.from_pretrained(checkpoint).eval()
 
 
 @pytest.fixture(scope="module")
