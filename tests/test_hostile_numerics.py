@@ -1,15 +1,15 @@
 """The command line on settings that overflow: one error line, a failing exit code, no video.
 
-Each case runs ``python -m framepack.cli`` in its own process, as a user would; the three
-run side by side, one thread each.
+Each case runs ``python -m framepack.cli`` in its own process, as a user would (forked from one
+warm Python, tests/forked_command.py); the three run side by side, one thread each.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.forked_command import CommandServer
 
 FAST = ["--tiny", "--seconds", "0.8", "--window", "3", "--steps", "2", "--resolution", "64", "--prompt", "a dancer"]
 CASES = {
@@ -26,28 +26,18 @@ CASES = {
 def test_overflowing_settings_fail_with_one_line_and_leave_the_output_alone(tmp_path: Path) -> None:
     existing = tmp_path / "real_cfg.mp4"
     existing.write_bytes(b"an earlier video")  # must survive a failed run
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    processes = {
-        name: subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "framepack.cli",
-                "generate",
-                *FAST,
-                *arguments,
-                "--out",
-                str(tmp_path / f"{name}.mp4"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        for name, arguments in CASES.items()
-    }
-    for name, process in processes.items():
-        err = process.communicate(timeout=300)[1].decode()  # bytes: text mode would turn the bar's \r into \n
-        assert process.returncode == 1, (name, process.returncode, err)  # a fault, not bad input (2)
+    server = CommandServer({**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        commands = [
+            (["-m", "framepack.cli", "generate", *FAST, *arguments, "--out", str(tmp_path / f"{name}.mp4")], tmp_path)
+            for name, arguments in CASES.items()
+        ]
+        ended = dict(zip(CASES, server.run(commands, workers=3, timeout=300)))
+    finally:
+        server.close()
+    for name, done in ended.items():
+        err = done.stderr  # decoded from bytes: text mode would turn the bar's \r into \n
+        assert done.returncode == 1, (name, done.returncode, err)  # a fault, not bad input (2)
         assert "Traceback" not in err, name
         # stderr: the progress bar's one line (redrawn with carriage returns), then the error
         lines = err.rstrip("\n").split("\n")
