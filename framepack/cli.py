@@ -162,6 +162,7 @@ def _generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--out", default="framepack.mp4", help="output .mp4 in an existing, writable folder (default %(default)s)"
     )
+    overwrite_argument(gen)
     _settings_arguments(gen)
     gen.add_argument(
         "--steps", type=int, help=f"sampler steps per section, 1 to {MAX_STEPS} (default 25; 8 with --tiny)"
@@ -725,8 +726,14 @@ def _devices() -> str:
     return f"available: {', '.join(found)}"
 
 
+def overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out (default: refuse, so no video is lost)"
+    )
+
+
 def _check_out(args: argparse.Namespace) -> None:
-    """Raise InputError unless ``--out`` is a new or replaceable .mp4 in a writable folder that is no input."""
+    """Raise InputError unless ``--out`` is a new .mp4 (or one ``--overwrite`` lets go) in a writable folder that is no input."""
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise InputError(f"--out: expected a path ending in .mp4, got {args.out!r}")
@@ -745,6 +752,8 @@ def _check_out(args: argparse.Namespace) -> None:
     for flag, other in inputs:
         if other and _same_path(out, Path(other)):
             raise InputError(f"--out: expected a path of its own, but {args.out!r} is also the {flag} {other!r}")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"--out: expected a new file, but {args.out!r} exists (give another --out, or --overwrite)")
 
 
 def _same_path(a: Path, b: Path) -> bool:

@@ -38,6 +38,7 @@ def test_overflowing_settings_fail_with_one_line_and_leave_the_output_alone(tmp_
                 *arguments,
                 "--out",
                 str(tmp_path / f"{name}.mp4"),
+                "--overwrite",  # the user lets the earlier video go: a failed run must still keep it
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
