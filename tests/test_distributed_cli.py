@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -13,11 +14,18 @@ import numpy as np
 FAST = ["--tiny", "--steps", "2", "--seconds", "0.8", "--window", "3", "--resolution", "64"]
 
 
-def framepack(folder: Path, *arguments: str, ranks: int = 0) -> subprocess.CompletedProcess:
+def framepack(
+    folder: Path, *arguments: str, ranks: int = 0, program: tuple[str, ...] = ("-m", "framepack.cli")
+) -> subprocess.CompletedProcess:
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] if ranks else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    command = [sys.executable, *launcher, "-m", "framepack.cli", "generate", *FAST, *arguments]
+    command = [sys.executable, *launcher, *program, "generate", *FAST, *arguments]
     return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """The ``error:`` lines of every rank and of torchrun itself."""
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
 
 
 def frames(path: Path) -> np.ndarray:
@@ -46,7 +54,21 @@ def test_ulysses_through_torchrun_rank_0_writes_the_video(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.mp4", "s.mp4"]
 
 
-def test_parallel_jobs_without_a_queue_is_refused(tmp_path: Path) -> None:
-    result = framepack(tmp_path, "--parallel", "jobs", "--out", "p.mp4")
-    assert result.returncode == 2
-    assert "error: --parallel jobs spreads a queue" in result.stderr
+def test_a_failing_rank_ends_the_run_with_one_error_line(tmp_path: Path) -> None:
+    # rank 1 raises in its first transformer call while rank 0 waits for it in an all-to-all
+    started = time.monotonic()
+    failing = str(Path(__file__).with_name("distributed_failing_cli.py"))
+    result = framepack(tmp_path, "--parallel", "ulysses", "--out", "p.mp4", ranks=2, program=(failing,))
+    assert result.returncode != 0
+    assert error_lines(result) == [
+        "error: internal error: RuntimeError: rank 1 broke on purpose (run with --debug for the traceback)"
+    ], result.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # rank 0 wrote nothing
+    assert time.monotonic() - started < 120  # nobody waited for a collective's timeout
+
+
+def test_every_rank_refusing_the_arguments_prints_one_error_line(tmp_path: Path) -> None:
+    result = framepack(tmp_path, "--parallel", "jobs", "--out", "p.mp4", ranks=2)
+    assert result.returncode != 0
+    assert len(error_lines(result)) == 1, result.stderr[-3000:]
+    assert error_lines(result)[0].startswith("error: --parallel jobs spreads a queue")

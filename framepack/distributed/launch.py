@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -23,6 +24,7 @@ from .sequence import sequence_parallel
 
 MODES = ("ulysses", "cfg", "jobs")
 DEFAULT_TIMEOUT_S = 600.0
+FIRST_FAILURE_KEY = "framepack/first_failure"
 
 
 @dataclasses.dataclass
@@ -102,3 +104,20 @@ def plan(mode: str) -> Parallel:
         sequence_size=half,
         branches=CfgParallel(branch_groups[rank % half]),
     )
+
+
+def reports_failure() -> bool:
+    """Whether this rank prints its error: a failed parallel run prints one error, not one per rank.
+
+    In a process group the first rank to fail claims the report in the group's store (torchrun
+    keeps it in its own process, so it outlives any rank): the rank that raised claims it before
+    it exits, and the others, whose collectives then fail for want of it, find it taken. Before
+    the group is joined every rank meets the same arguments, so only torchrun's rank 0 reports.
+    """
+    if not dist.is_initialized():
+        return os.environ.get("RANK", "0") == "0"
+    rank = str(dist.get_rank()).encode()
+    try:
+        return dist.distributed_c10d._get_default_store().compare_set(FIRST_FAILURE_KEY, "", rank) == rank
+    except Exception:  # the store is gone with the rank that held it: a second line rather than none
+        return True
