@@ -128,14 +128,16 @@ def test_pipeline_cfg_times_ulysses_streaming_only_rank_0_writes(four_ranks: Fou
     assert not any((four_ranks.folder / f"pipeline_{rank}").exists() for rank in (1, 2, 3))
 
 
-def test_a_failing_rank_ends_every_rank(four_ranks: FourRanks) -> None:
-    # the last case: rank 3 raises while ranks 0-2 wait for it in an all-to-all
-    assert all(code not in (0, None) for code in four_ranks.codes), four_ranks.codes  # nobody hangs or succeeds
-    assert "rank 3 broke on purpose" in (four_ranks.folder / "error_3.txt").read_text()
-    for rank in range(3):  # their collective failed instead of waiting
-        assert "broke on purpose" not in (four_ranks.folder / f"error_{rank}.txt").read_text()
-    failing_from = float((four_ranks.folder / "failing_from.txt").read_text())
-    assert four_ranks.finished_at is not None and four_ranks.finished_at - failing_from < 30
+def test_a_hung_rank_ends_the_others_after_the_timeout(four_ranks: FourRanks) -> None:
+    # the last case: rank 3 sleeps HANG_S instead of sampling in a 2x2 layout whose groups time out
+    # after HANG_TIMEOUT_S; ranks 0-2 wait for it in an all-to-all or the branch exchange
+    codes = four_ranks.codes
+    assert codes[3] == 0 and all(code not in (0, None) for code in codes[:3]), codes
+    hang_from = float((four_ranks.folder / "hang_from.txt").read_text())
+    errors = [four_ranks.folder / f"error_{rank}.txt" for rank in range(3)]
+    assert any("Timed out" in error.read_text() for error in errors)  # the others may see its partners end
+    for error in errors:  # each gave up within the timeout (and a margin for a loaded machine), not at rank 3's end
+        assert error.stat().st_mtime - hang_from < support.HANG_TIMEOUT_S + 12 < support.HANG_S
 
 
 def test_heads_must_divide_over_the_ranks() -> None:

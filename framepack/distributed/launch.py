@@ -80,8 +80,12 @@ def join(
     )
 
 
-def plan(mode: str) -> Parallel:
-    """Lay the ranks of the joined group out for ``mode``; every rank must call it (groups are collective)."""
+def plan(mode: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Parallel:
+    """Lay the ranks of the joined group out for ``mode``; every rank must call it (groups are collective).
+
+    Each collective of the groups made here fails after ``timeout_s`` (torch gives new groups its
+    own default, 30 minutes, not the joined group's timeout).
+    """
     if mode not in MODES:
         raise ConfigError(f"parallel: mode must be one of {list(MODES)}, got {mode!r}")
     if not dist.is_initialized():
@@ -94,8 +98,9 @@ def plan(mode: str) -> Parallel:
     if world % 2:
         raise ConfigError(f"parallel 'cfg': needs 2·N ranks (positive and negative halves), got {world}")
     half = world // 2
-    sequence_groups = [dist.new_group(list(range(b * half, (b + 1) * half))) for b in range(2)]
-    branch_groups = [dist.new_group([j, half + j]) for j in range(half)]
+    timeout = datetime.timedelta(seconds=timeout_s)
+    sequence_groups = [dist.new_group(list(range(b * half, (b + 1) * half)), timeout=timeout) for b in range(2)]
+    branch_groups = [dist.new_group([j, half + j], timeout=timeout) for j in range(half)]
     return Parallel(
         mode,
         rank,
