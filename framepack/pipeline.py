@@ -570,7 +570,15 @@ class FramePackPipeline:
 
         A folder is used by one run at a time: from this call until the run ends, another
         run or resume of it raises InputError.
+
+        Under ``use_parallel`` (not ``jobs``) only rank 0 streams (it writes the run); the other
+        ranks call ``generate``, which samples in step with it and writes nothing.
         """
+        if self._samples_for_rank_0():
+            raise ConfigError(
+                f"stream: rank {self.parallel.rank} of a parallel run writes nothing; only rank 0 streams, "
+                "the other ranks call generate with the same arguments"
+            )
         config = config or GenerationConfig()
         check_inputs(
             config,
@@ -674,8 +682,15 @@ class FramePackPipeline:
                  extension, given the same source and arguments
         The result is the whole video: the source's frames as they were (never through the VAE), then the new ones.
         See ``framepack.extension``.
+        Not under ``use_parallel`` (except ``jobs``): an extension runs in one process.
         """
         from .extension import start_extension
+
+        if self.parallel is not None and self.parallel.mode != "jobs":
+            raise ConfigError(
+                f"extend: an extension runs in one process, not under --parallel {self.parallel.mode}; "
+                "call use_parallel(None) first"
+            )
 
         return start_extension(
             self, source, seconds, prompt, config, image=image, negative_prompt=negative_prompt,

@@ -147,3 +147,20 @@ def test_heads_must_divide_over_the_ranks() -> None:
     parallel.size = 5
     with pytest.raises(ConfigError, match=r"24 attention heads .* 5 ranks.*\[1, 2, 3, 4, 6, 8, 12, 24\]"):
         parallel.check_heads(24)
+
+
+def test_only_rank_0_streams_and_no_rank_extends(tmp_path: Path) -> None:
+    from framepack import FramePackPipeline
+    from framepack.cli import demo_image
+    from framepack.distributed.launch import Parallel
+
+    pipe = FramePackPipeline.tiny()
+    image = demo_image(64)
+    pipe.use_parallel(Parallel("cfg", rank=1, world_size=2))  # no group: the refusals come before any collective
+    with pytest.raises(ConfigError, match="rank 1 of a parallel run writes nothing; only rank 0 streams"):
+        pipe.stream(image, "a dancer", support.PIPELINE_CONFIG, run_dir=tmp_path / "run")
+    for rank in (0, 1):
+        pipe.use_parallel(Parallel("ulysses", rank=rank, world_size=2))
+        with pytest.raises(ConfigError, match="extension runs in one process, not under --parallel ulysses"):
+            pipe.stream_extend(tmp_path / "source", 1.0, "a dancer", run_dir=tmp_path / "extended")
+    assert list(tmp_path.iterdir()) == []  # nothing written
