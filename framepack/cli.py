@@ -406,6 +406,10 @@ def _generate(args: argparse.Namespace) -> int:
             args.queue_dir = str(Path(args.queue_dir or default_queue_dir(args)) / f"rank-{parallel.rank}")
         return run_queue(args, jobs, _load_pipeline, _job_config, _run_job, _report, print, _print_error)
     config = _job_config(args)
+    if parallel is not None:  # before any model is loaded
+        from .distributed.launch import check_guidance
+
+        check_guidance(parallel.mode, config.real_cfg)
     pipe = _load_pipeline(args, config)
     pipe.use_parallel(parallel)
     if pipe._samples_for_rank_0():  # rank 0 shows progress and writes --out

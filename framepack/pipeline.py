@@ -36,7 +36,7 @@ from .components import (
 from .conditioning import Conditioning
 from .config import GenerationConfig
 from .device_runtime import runtime
-from .distributed.launch import Parallel
+from .distributed.launch import Parallel, check_guidance
 from .distributed.ulysses import UlyssesParallel
 from .errors import ConfigError, InputError
 from .keyframes import KeyframeKey, check_keyframes, keyframe_coverage
@@ -315,6 +315,10 @@ class FramePackPipeline:
         """True on the ranks that sample in step with rank 0 and write nothing."""
         return self.parallel is not None and self.parallel.mode != "jobs" and not self.parallel.is_writer
 
+    def _check_parallel_guidance(self, config: GenerationConfig) -> None:
+        if self.parallel is not None:
+            check_guidance(self.parallel.mode, config.real_cfg)
+
     def _follow(
         self, image: ImageInput | None, prompt: str | PromptSchedule, config: GenerationConfig, **given: Any
     ) -> None:
@@ -580,6 +584,7 @@ class FramePackPipeline:
                 "the other ranks call generate with the same arguments"
             )
         config = config or GenerationConfig()
+        self._check_parallel_guidance(config)
         check_inputs(
             config,
             end_image=end_image,
@@ -630,6 +635,7 @@ class FramePackPipeline:
             if resume is not None:
                 raise ConfigError("resume: a parallel run cannot be resumed; run the resume in one process")
             config = config or GenerationConfig()
+            self._check_parallel_guidance(config)
             check_inputs(config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes)
             self._follow(
                 image, prompt, config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes

@@ -149,7 +149,7 @@ def test_heads_must_divide_over_the_ranks() -> None:
         parallel.check_heads(24)
 
 
-def test_only_rank_0_streams_and_no_rank_extends(tmp_path: Path) -> None:
+def test_only_rank_0_streams_no_rank_extends_and_cfg_needs_real_cfg(tmp_path: Path) -> None:
     from framepack import FramePackPipeline
     from framepack.cli import demo_image
     from framepack.distributed.launch import Parallel
@@ -163,4 +163,9 @@ def test_only_rank_0_streams_and_no_rank_extends(tmp_path: Path) -> None:
         pipe.use_parallel(Parallel("ulysses", rank=rank, world_size=2))
         with pytest.raises(ConfigError, match="extension runs in one process, not under --parallel ulysses"):
             pipe.stream_extend(tmp_path / "source", 1.0, "a dancer", run_dir=tmp_path / "extended")
+    for rank in (0, 1):  # CFG parallelism without real CFG: half the ranks would idle
+        pipe.use_parallel(Parallel("cfg", rank=rank, world_size=2))
+        with pytest.raises(ConfigError, match="parallel 'cfg' puts the two real-CFG branches .* real_cfg is 1"):
+            pipe.generate(image, "a dancer", dataclasses.replace(support.PIPELINE_CONFIG, real_cfg=1.0),
+                          run_dir=tmp_path / "run")  # fmt: skip
     assert list(tmp_path.iterdir()) == []  # nothing written

@@ -80,6 +80,15 @@ def join(
     )
 
 
+def check_guidance(mode: str, real_cfg: float) -> None:
+    """Refuse CFG parallelism without real CFG: with one branch, half the ranks would repeat the other half's work."""
+    if mode == "cfg" and real_cfg == 1.0:
+        raise ConfigError(
+            "parallel 'cfg' puts the two real-CFG branches on different ranks, but real_cfg is 1 "
+            "(one branch); set real_cfg > 1 (--real-cfg) or use --parallel ulysses"
+        )
+
+
 def plan(mode: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Parallel:
     """Lay the ranks of the joined group out for ``mode``; every rank must call it (groups are collective).
 
