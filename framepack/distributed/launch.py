@@ -2,8 +2,10 @@
 
 ``torchrun --nproc-per-node N`` starts N processes and describes the group in their
 environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); ``join`` reads it. Collectives
-time out (``timeout_s``), so a rank that dies makes the others fail instead of waiting
-forever; torchrun also ends the other ranks as soon as one exits with an error.
+time out (``timeout_s``, in the joined group and in every group ``plan`` makes), so a rank
+that dies or hangs makes the others fail instead of waiting forever; torchrun also ends the
+other ranks as soon as one exits with an error. Of all the ranks' errors, one is printed
+(``reports_failure``).
 """
 
 from __future__ import annotations
