@@ -35,7 +35,7 @@ Worker = Callable[[int, Path], None]
 WORLD = 4
 GROUP_TIMEOUT_S = 120.0  # rank 0 decodes a section while the others wait for it (in a loaded CI: long)
 HANG_TIMEOUT_S = 3.0  # the groups of the last case, where rank 3 hangs
-HANG_S = 25.0
+HANG_S = 15.0
 
 
 class Spawned:
