@@ -40,10 +40,13 @@ if TYPE_CHECKING:
     from .sampling.loop import Progress, ProgressCallback
     from .sampling.sections import SectionPlan
 
+logger = logging.getLogger("framepack")
+
 DTYPES = ("bf16", "fp16", "fp32")
 EXIT_STATUS = """exit status: 0 done; 2 the input is wrong (a setting, path, image, model folder or checkpoint:
 change it and run again); 1 a fault (the disk, memory, inf/NaN, or a bug: see the message);
-130 interrupted"""
+130 interrupted; 3 under torchrun, another rank failed first and printed the error"""
+ANOTHER_RANK_FAILED = 3
 # Errors that are not the input's fault: running again with the same input may succeed.
 FAULTS = (OutputError, NumericalError, GenerationInterrupted)
 OUT_OF_MEMORY_HINT = "try --vram-budget, --vae-tiling or a lower --resolution"
@@ -67,8 +70,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message, status = _report(e)
+        if not _reports_failure(args):
+            logger.info("another rank failed first and printed the error; this rank's: %s", message)
+            return ANOTHER_RANK_FAILED
         print(f"error: {message}{_resume_hint(args, e)}", file=sys.stderr)
         return status
+
+
+def _reports_failure(args: argparse.Namespace) -> bool:
+    """False on the ranks of a parallel run that leave its one error line to another rank."""
+    if getattr(args, "parallel", None) is None:
+        return True
+    from .distributed.launch import reports_failure
+
+    return reports_failure()
 
 
 def _print_error(line: str) -> None:
@@ -392,6 +407,10 @@ def _generate(args: argparse.Namespace) -> int:
             args.queue_dir = str(Path(args.queue_dir or default_queue_dir(args)) / f"rank-{parallel.rank}")
         return run_queue(args, jobs, _load_pipeline, _job_config, _run_job, _report, print, _print_error)
     config = _job_config(args)
+    if parallel is not None:  # before any model is loaded
+        from .distributed.launch import check_guidance
+
+        check_guidance(parallel.mode, config.real_cfg)
     pipe = _load_pipeline(args, config)
     pipe.use_parallel(parallel)
     if pipe._samples_for_rank_0():  # rank 0 shows progress and writes --out
