@@ -22,12 +22,13 @@ import torch
 
 from ..config import GenerationConfig
 from ..errors import ConfigError
+from ..models.transformer import TransformerConfig
 from ..prompt import MAX_PROMPT_TOKENS, TEMPLATE_CROP_START
 from ..sampling.sections import SectionPlan, plan_sections
 from ..units import format_bytes
 from ..video.buckets import find_bucket
 from .caching import computed_share
-from .flops import CallShape, Flops, call_flops, prepare_flops
+from .flops import CallShape, Flops, block_flops, call_flops, prepare_flops
 from .memory import MemoryEstimate, ModelConfigs, estimate_memory
 from .profiles import DeviceProfile
 from .vae_flops import (
@@ -162,6 +163,26 @@ def _compute_seconds(profile: DeviceProfile, flops: Flops, elementwise_bytes: fl
     )
 
 
+def _call_seconds(
+    profile: DeviceProfile, t: TransformerConfig, shape: CallShape, dtype: torch.dtype
+) -> tuple[float, float]:
+    """(the block stack's seconds, the rest of the call's) of one transformer call: from the timed
+    blocks of a measured profile (``call_probe.py``), else from the FLOP and byte rates."""
+    around, stack = call_flops(t, shape)
+    timing = profile.call_timing
+    if timing is not None:
+        blocks = block_flops(t, shape)
+        double = sum(timing.double.seconds(f.total) for f in blocks[: t.num_layers])
+        single = sum(timing.single.seconds(f.total) for f in blocks[t.num_layers :])
+        return double + single, timing.around.seconds(around.total)
+    stream_bytes = dtype.itemsize if dtype != torch.float16 else 4  # float16 weights keep a float32 stream
+    tokens = shape.image_stream(t) + shape.context_stream()
+    passes = DOUBLE_BLOCK_PASSES * t.num_layers + SINGLE_BLOCK_PASSES * t.num_single_layers
+    return _compute_seconds(profile, stack, tokens * t.inner_dim * stream_bytes * passes), _compute_seconds(
+        profile, around, 0
+    )
+
+
 def _decode_seconds(profile: DeviceProfile, flops: Flops) -> float:
     """The VAE decode at the profile's decode rate: a measured profile's is a real decode's
     FLOPs per second (its norms, activations and copies included); a table's, its convolutions'."""
@@ -212,6 +233,21 @@ def decoded_latent_frames(plan: SectionPlan) -> list[int]:
     return frames
 
 
+def call_shape(
+    config: GenerationConfig,
+    models: ModelConfigs,
+    image_size: tuple[int, int],
+    text_tokens: int | None = None,
+    with_image: bool = True,
+) -> CallShape:
+    """The token counts of one of the run's transformer calls (``text_tokens`` None: ``ASSUMED_TEXT_TOKENS``)."""
+    bucket = find_bucket(*image_size, config.resolution)
+    t = models.transformer
+    n_text = ASSUMED_TEXT_TOKENS if text_tokens is None else text_tokens
+    n_image = models.image_encoder.num_patches if with_image and t.has_image_proj else 0
+    return CallShape(config.window, bucket[0] // 8, bucket[1] // 8, n_text, n_image)
+
+
 def estimate(
     config: GenerationConfig,
     profile: DeviceProfile,
@@ -241,9 +277,8 @@ def estimate(
     plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
     bucket = find_bucket(*image_size, config.resolution)
     t = models.transformer
-    n_text = ASSUMED_TEXT_TOKENS if text_tokens is None else text_tokens
-    n_image = models.image_encoder.num_patches if with_image and t.has_image_proj else 0
-    shape = CallShape(config.window, bucket[0] // 8, bucket[1] // 8, n_text, n_image)
+    shape = call_shape(config, models, image_size, text_tokens, with_image)
+    n_text = shape.text_tokens
     around, stack = call_flops(t, shape)
     calls = 2 if config.real_cfg != 1.0 else 1
     share, cache_note = computed_share(config.cache, config.steps)
@@ -270,17 +305,13 @@ def estimate(
     else:
         notes = []
 
-    stream_bytes = transformer_dtype.itemsize if transformer_dtype != torch.float16 else 4
-    width = t.inner_dim * stream_bytes
-    tokens = shape.image_stream(t) + shape.context_stream()
-    stack_bytes = tokens * width * (DOUBLE_BLOCK_PASSES * t.num_layers + SINGLE_BLOCK_PASSES * t.num_single_layers)
-    stack_s = _compute_seconds(profile, stack, stack_bytes)
-    around_s = _compute_seconds(profile, around, 0)
+    stack_s, around_s = _call_seconds(profile, t, shape, transformer_dtype)
     copy_s = 0.0 if profile.is_host else memory.streamed_bytes_per_call / profile.host_to_device  # type: ignore[operator]
     computed_call = max(stack_s, copy_s) + around_s
     skipped_call = around_s
     steps = config.steps * plan.num_sections
-    sampling_s = steps * calls * (share * computed_call + (1 - share) * skipped_call)
+    sampler_s = 0.0 if profile.call_timing is None else profile.call_timing.sampler_step_s
+    sampling_s = steps * (calls * (share * computed_call + (1 - share) * skipped_call) + sampler_s)
 
     decode = Flops()
     for frames in decoded_latent_frames(plan):

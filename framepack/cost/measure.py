@@ -27,8 +27,11 @@ import numpy as np
 import torch
 
 from ..device_runtime import runtime
+from ..models.transformer import TransformerConfig
 from ..models.vae import HunyuanVideoVAE, VAEConfig
 from ..video.mp4 import write_mp4
+from .call_probe import probe_call
+from .flops import CallShape
 from .profiles import DeviceProfile
 from .vae_flops import decode_tile_flops
 
@@ -70,17 +73,18 @@ def measure_profile(
     device: torch.device | str,
     *,
     dtype: torch.dtype,
-    width: int,
-    heads: int,
-    tokens: int,
+    transformer: TransformerConfig,
+    shape: CallShape,
     vae: VAEConfig,
     frame_size: tuple[int, int] = (544, 704),
     disk_folder: str | Path | None = None,
 ) -> DeviceProfile:
-    """``base`` with its rates replaced by ones timed on ``device`` at a call's shapes:
-    ``tokens`` rows of ``width`` features, ``heads`` attention heads, a decode by a VAE of
-    config ``vae`` and an mp4 of frames of ``frame_size`` pixels (the bucket)."""
+    """``base`` with its rates replaced by ones timed on ``device`` at a call's shapes: the
+    blocks and the rest of a call of ``transformer`` at ``shape`` (``call_probe.py``), a
+    decode by a VAE of config ``vae`` and an mp4 of frames of ``frame_size`` pixels (the bucket)."""
     device = torch.device(device)
+    width, heads = transformer.inner_dim, transformer.num_attention_heads
+    tokens = shape.image_stream(transformer) + shape.context_stream()
     if device.type == "cpu":
         tokens = min(tokens, MAX_CPU_TOKENS)
     head_dim = width // heads
@@ -105,13 +109,14 @@ def measure_profile(
         kernel_overhead_s=overhead,
         disk_read=disk_read_rate(disk_folder),
     )
+    call_timing = probe_call(transformer, shape, device, dtype)
     if device.type != "cpu":
         host = torch.empty(COPY_PROBE_BYTES, dtype=torch.uint8).pin_memory()
         target = torch.empty(COPY_PROBE_BYTES, dtype=torch.uint8, device=device)
         rates["host_to_device"] = COPY_PROBE_BYTES / _typical_seconds(
             lambda: target.copy_(host, non_blocking=True), device
         )
-    return base.with_measured(**rates)
+    return base.with_measured(**rates, call_timing=call_timing)
 
 
 def _once_warm(run: Callable[[], object], device: torch.device) -> float:
