@@ -3,22 +3,25 @@
     python -m benchmarks.cost_validation [--only NAME ...]
 
 Per run: a fresh subprocess times the machine's rates at the run's shapes
-(``framepack.cost.measure``: a few seconds, just before the run, so that a busy machine's
-load is in both; among them a real decode by a VAE of the run's config and an mp4 of the
-bucket's frames) and estimates; then a fresh subprocess (its own peak RSS) builds the
-pipeline (the tiny models, or the tiny encoders and VAE with the "medium" transformer),
-resets its peak RSS (``/proc/self/clear_refs``) and times one cold ``pipe.stream`` run to
-the end (as ``framepack generate`` makes it; sampling is the sections' own ``seconds``).
+(``framepack.cost.measure``: seconds, just before the run, so that a busy machine's load is
+in both; among them one real double and one single block of the run's transformer and the
+rest of its call at the run's token counts, a UniPC step, a real encode and decode by a VAE of
+the run's config and an mp4 of the bucket's frames) and estimates; then a fresh subprocess
+(its own peak RSS) builds the pipeline (the tiny models, or the tiny encoders and VAE with the
+"medium" transformer), resets its peak RSS (``/proc/self/clear_refs``) and times one cold
+``pipe.stream`` run to the end (as ``framepack generate`` makes it; sampling is the sections'
+own ``seconds``, decode the sum of the VAE's ``decode`` calls).
 
 Time: predicted ``CostEstimate.seconds.total`` (no load: the models are built in memory;
 the mp4 and previews included) vs the wall time of the run; target within +-25 %. Each row
 gives the 1-minute load average before the probes and after the run: the machine is shared,
 and its load moves the measured time as much as anything the model leaves out.
 Peak RSS: predicted = RSS before the pipeline was built (the interpreter, torch, PyAV and
-every module of ours a run imports: measured, not modelled) + the models' weight bytes + the largest phase's
-activation estimate (``memory.planner.activation_estimates``; for the decode, the larger of that and
-the decode probe's measured peak RSS per output pixel at the run's largest tile); measured = VmHWM over the
-generation; target within +-15 %.
+every module of ours a run imports: measured, not modelled) + the models' weight bytes +
+``MemoryEstimate.host_activation_bytes``: every phase's working set together (text, image,
+sampling, decode: the allocator keeps what a phase freed), the image and decode phases from
+the probes' measured peak RSS growth per pixel where larger than the planner's estimates;
+measured = VmHWM over the generation; target within +-15 %.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ RATES = (
     "kernel_overhead_s",
     "video_encode_pixels",
     "decode_bytes_per_pixel",
+    "encode_bytes_per_pixel",
 )
 
 
@@ -173,7 +177,7 @@ def _predict(name: str, queue: multiprocessing.Queue) -> None:
         predicted_decode_s=s.decode,
         table_s=table.seconds.total,
         parts=dict(encoders=s.encoders, sampling=s.sampling, prepare=s.prepare, decode=s.decode, video=s.video),
-        weights_and_activations=sum(m.weight_bytes.values()) + m.peak_activation_bytes,
+        weights_and_activations=sum(m.weight_bytes.values()) + m.host_activation_bytes,
         rates={k: getattr(predicted.profile, k) for k in RATES},
     ))  # fmt: skip
 

@@ -5,10 +5,13 @@
 seconds with a device's rates (``profiles.py`` or ``measure.py``):
 
 * a step (per denoising call) costs ``max(compute, copy)``: the streamer copies the next
-  blocks while the current ones compute, so the slower of the two sets the pace. Compute is
-  matmul FLOPs / matmul rate + attention FLOPs / attention rate + element-wise bytes /
-  bandwidth + kernels x launch overhead; copy is the streamed block bytes / host->device rate.
-  A step a cache skips runs everything but the block stack and copies nothing.
+  blocks while the current ones compute, so the slower of the two sets the pace. With a
+  measured profile compute is each block's timed fixed cost + its FLOPs at its timed rate,
+  and the same for the rest of the call (``timing.py``), plus a timed UniPC step; with a
+  table profile it is matmul FLOPs / matmul rate + attention FLOPs / attention rate +
+  element-wise bytes / bandwidth + kernels x launch overhead. Copy is the streamed block
+  bytes / host->device rate. A step a cache skips runs everything but the block stack and
+  copies nothing.
 * a section adds its step-invariant inputs (``prepare``), the VAE decode of its latents and,
   when components swap per phase, copying the transformer and the VAE back to the device.
 * a run adds reading the weights from disk, copying them to the device, and the encoders.
@@ -126,7 +129,11 @@ class CostEstimate:
             )
             lines.append(f"  peak device memory: {format_bytes(m.peak_device_bytes)}")
         else:
-            lines.append(f"  peak activations: {format_bytes(m.peak_activation_bytes)} (beside the weights in RAM)")
+            lines.append(
+                f"  host RAM beside the weights at the peak: {format_bytes(m.host_activation_bytes)} "
+                f"(every phase's working set: the allocator keeps what each frees; the largest alone "
+                f"{format_bytes(m.peak_activation_bytes)})"
+            )
         lines += [
             "time:",
             f"  load {format_seconds(s.load)}, encoders {format_seconds(s.encoders)}, per step {format_seconds(s.step)}",
@@ -294,9 +301,14 @@ def estimate(
         window=config.window,
         device=device,
     )
-    if profile.is_host:  # a measured CPU decode's working set, where it exceeds the planner's estimate
+    if profile.is_host:  # a measured CPU encode's and decode's working sets, where they exceed the planner's
         decode_bytes = max(memory.activation_bytes["decode"], host_decode_bytes(profile, models, plan, bucket))
-        memory = replace(memory, activation_bytes={**memory.activation_bytes, "decode": decode_bytes})
+        image_bytes = memory.activation_bytes["image"]
+        if with_image and profile.encode_bytes_per_pixel is not None:
+            image_bytes = max(image_bytes, int(profile.encode_bytes_per_pixel * bucket[0] * bucket[1]))
+        memory = replace(
+            memory, activation_bytes={**memory.activation_bytes, "decode": decode_bytes, "image": image_bytes}
+        )
     if profile.memory_bytes is not None and memory.peak_device_bytes > profile.memory_bytes:
         notes = [
             f"the plan needs {format_bytes(memory.peak_device_bytes)}, more than the card's "

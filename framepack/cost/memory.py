@@ -132,6 +132,14 @@ class MemoryEstimate:
     def peak_activation_bytes(self) -> int:
         return max(self.activation_bytes.values())
 
+    @property
+    def host_activation_bytes(self) -> int:
+        """What a run on the host holds beside the weights at its peak: every phase's working set
+        together, as the allocator keeps what a phase freed and the next phase's tensors, of
+        other sizes, do not fit in it (measured on this project's CPU: the text, image, sampling
+        and decode phases' growths of peak RSS add up, ``benchmarks/cost_validation.py``)."""
+        return sum(self.activation_bytes.values())
+
 
 def estimate_memory(
     models: ModelConfigs,

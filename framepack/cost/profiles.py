@@ -67,6 +67,8 @@ class DeviceProfile:
     # Host bytes a CPU decode holds per output pixel of a temporal tile (measured: the decode
     # probe's peak RSS growth); None: the planner's activation estimate stands alone.
     decode_bytes_per_pixel: float | None = None
+    # The same for the encode of the start image, per input pixel (the encode probe's).
+    encode_bytes_per_pixel: float | None = None
     # A transformer call's parts and the sampler's step as timed on the device (``call_probe.py``);
     # None: the call's time is its FLOPs and bytes at the rates above.
     call_timing: CallTiming | None = None

@@ -61,11 +61,11 @@ def predict_run(
 
 def prediction_line(predicted: CostEstimate) -> str:
     s = predicted.seconds
-    peak = predicted.memory.peak_activation_bytes if predicted.profile.is_host else predicted.memory.peak_device_bytes
+    peak = predicted.memory.host_activation_bytes if predicted.profile.is_host else predicted.memory.peak_device_bytes
     return (
         f"predicted: {format_seconds(s.total)} ({predicted.profile.name}, {predicted.profile.source} rates: "
         f"encoders {format_seconds(s.encoders)}, sampling {format_seconds(s.sampling)}, "
-        f"VAE decode {format_seconds(s.decode)}), peak {'activations' if predicted.profile.is_host else 'device'} "
+        f"VAE decode {format_seconds(s.decode)}), peak {'host RAM beside the weights' if predicted.profile.is_host else 'device'} "
         f"{format_bytes(peak)}"
     )
 
