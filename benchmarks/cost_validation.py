@@ -14,10 +14,13 @@ own ``seconds``, decode the sum of the VAE's ``decode`` calls).
 
 Time: predicted ``CostEstimate.seconds.total`` (no load: the models are built in memory;
 the mp4 and previews included) vs the wall time of the run; target within +-25 %. Each row
-gives the 1-minute load average before the probes and after the run: the machine is shared,
-and its load moves the measured time as much as anything the model leaves out.
+gives the 1-minute load average before the probes and after the run, and the prediction the
+same probes give just after the run over the one before it (not used as the prediction: it
+shows how far the machine's speed moved while the run ran): the machine is shared, and its
+load moves the measured time as much as anything the model leaves out.
 Peak RSS: predicted = RSS before the pipeline was built (the interpreter, torch, PyAV and
-every module of ours a run imports: measured, not modelled) + the models' weight bytes +
+every module of ours a run imports: measured, not modelled) + every weight's bytes
+(``MemoryEstimate.host_bytes``, Llama's host-side embedding table included) +
 ``MemoryEstimate.host_activation_bytes``: every phase's working set together (text, image,
 sampling, decode: the allocator keeps what a phase freed), the image and decode phases from
 the probes' measured peak RSS growth per pixel where larger than the planner's estimates;
@@ -113,9 +116,12 @@ def _generate(name: str, queue: multiprocessing.Queue) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     started = time.perf_counter()
     run = pipe.stream(image, PROMPT, config)
-    sampling = sum(section.seconds for section in run)
+    sections = list(run)
+    sampling = sum(section.seconds for section in sections)
+    computed = sum(s.cache_stats.computed_count for s in sections if s.cache_stats is not None)
     run.result()
     queue.put(dict(measured_s=time.perf_counter() - started, measured_sampling_s=sampling, measured_decode_s=sum(decode_s),
+                   measured_computed_steps=computed,
                    measured_rss=_status_kib("VmHWM") * 1024, baseline_rss=baseline))  # fmt: skip
 
 
@@ -175,9 +181,10 @@ def _predict(name: str, queue: multiprocessing.Queue) -> None:
         predicted_s=s.total,
         predicted_sampling_s=s.sampling,
         predicted_decode_s=s.decode,
+        predicted_computed_steps=predicted.computed_share * predicted.steps * predicted.plan.num_sections,
         table_s=table.seconds.total,
         parts=dict(encoders=s.encoders, sampling=s.sampling, prepare=s.prepare, decode=s.decode, video=s.video),
-        weights_and_activations=sum(m.weight_bytes.values()) + m.host_activation_bytes,
+        weights_and_activations=m.host_bytes + m.host_activation_bytes,
         rates={k: getattr(predicted.profile, k) for k in RATES},
     ))  # fmt: skip
 
@@ -199,12 +206,15 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     results = []
     print("| run | predicted s | measured s | ratio | sampling predicted / measured s | decode predicted / measured s | "
-          "predicted RSS MiB | measured RSS MiB | ratio | load avg before/after |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "probes after / before the run | predicted RSS MiB | measured RSS MiB | ratio | load avg before/after |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.only or RUNS:
         load_before = os.getloadavg()[0]
         r = _in_child(context, _predict, name)  # a fresh process, as `plan --measure` is
         r.update(_in_child(context, _generate, name))
+        # Not the prediction: the same probes again just after the run, to show how far the
+        # machine's speed moved while it ran (others' load), beside the ratio.
+        r["repredicted_s"] = _in_child(context, _predict, name)["predicted_s"]
         r.update(
             name=name,
             load=(load_before, os.getloadavg()[0]),
@@ -215,6 +225,7 @@ def main() -> None:
             f"| {name} | {r['predicted_s']:.1f} | {r['measured_s']:.1f} | {r['measured_s'] / r['predicted_s']:.2f} | "
             f"{r['predicted_sampling_s']:.1f} / {r['measured_sampling_s']:.1f} | "
             f"{r['predicted_decode_s']:.1f} / {r['measured_decode_s']:.1f} | "
+            f"{r['repredicted_s'] / r['predicted_s']:.2f} | "
             f"{r['predicted_rss'] / 2**20:.0f} | {r['measured_rss'] / 2**20:.0f} | "
             f"{r['measured_rss'] / r['predicted_rss']:.2f} | {r['load'][0]:.1f} / {r['load'][1]:.1f} |",
             flush=True,

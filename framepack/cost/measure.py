@@ -43,7 +43,7 @@ PROBE_SECONDS = 1.0
 DISK_PROBE_BYTES = 64 << 20
 COPY_PROBE_BYTES = 256 << 20
 MAX_CPU_TOKENS = 4096  # attention and matmul rows on a CPU: the rate, in a second
-MAX_CPU_LATENT = 16  # latent pixels per side of the decode probe on a CPU (a 128 px frame)
+MAX_CPU_LATENT = 32  # latent pixels per side of the encode and decode probes on a CPU (a 256 px frame)
 # The decode probe's most FLOPs on a CPU (seconds there): a larger VAE is probed on a smaller
 # tile (the real HunyuanVideo VAE: ~40 MFLOP per output pixel), at a lower rate than its real shapes get.
 MAX_CPU_PROBE_FLOPS = 40e9
