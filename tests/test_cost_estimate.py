@@ -233,6 +233,11 @@ def test_meta_models_plan_the_bytes_the_loaded_models_plan() -> None:
     )
     assert e.memory.plan == loaded
     assert e.memory.weight_bytes["transformer"] == sum(p.nbytes for p in components.transformer.parameters())
+    # host RAM counts every tensor, Llama's embedding table (left on the host, outside the plan's sizes) too
+    held = sum(t.nbytes for m in components.modules().values() for t in (*m.parameters(), *m.buffers()))
+    assert e.memory.host_bytes == held
+    embedding = components.text_encoder.embed_tokens.weight.nbytes
+    assert e.memory.host_bytes - sum(e.memory.weight_bytes.values()) >= embedding
 
 
 def test_settings_that_cannot_be_estimated_are_refused() -> None:
