@@ -134,6 +134,6 @@ def test_plan_measure_times_the_call_on_this_machine(capsys) -> None:
 
 
 def test_a_proxy_probe_is_said_in_the_estimate() -> None:
-    proxy = dataclasses.replace(TIMING, proxy="timed a proxy: 3 of 24 heads")
+    proxy = dataclasses.replace(TIMING, proxy="a proxy: 3 of 24 heads")
     assert any("3 of 24 heads" in note for note in _estimate(_measured(proxy)).notes)
     assert not any("proxy" in note for note in _estimate(_measured(TIMING)).notes)

@@ -109,7 +109,7 @@ def probe_config(
         s = _smaller(s)
     if (probed, s) == (config, shape):
         return probed, s, None
-    note = f"timed a proxy: {probed.num_attention_heads} of {config.num_attention_heads} heads"
+    note = f"a proxy: {probed.num_attention_heads} of {config.num_attention_heads} heads"
     if s != shape:
         note += f", latents {s.height}x{s.width} for {shape.height}x{shape.width}"
     return probed, s, note

@@ -317,7 +317,9 @@ def estimate(
     else:
         notes = []
     if profile.call_timing is not None and profile.call_timing.proxy is not None:
-        notes.append(f"the transformer call was {profile.call_timing.proxy}: its rates stand for the real block's")
+        notes.append(
+            f"the transformer call was timed on {profile.call_timing.proxy}; its rates stand for the real ones"
+        )
 
     stack_s, around_s = _call_seconds(profile, t, shape, transformer_dtype)
     copy_s = 0.0 if profile.is_host else memory.streamed_bytes_per_call / profile.host_to_device  # type: ignore[operator]
