@@ -854,7 +854,7 @@ def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
 
     from .config import GenerationConfig
     from .cost.compare import compare, format_table, parse_axes
-    from .cost.estimate import estimate
+    from .cost.estimate import call_shape, estimate
     from .cost.measure import measure_profile
     from .cost.memory import ModelConfigs
     from .cost.profiles import device_profile
@@ -879,9 +879,8 @@ def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
             device_profile("cpu" if device.type == "cpu" else args.device_profile),
             device,
             dtype=torch.float32 if device.type == "cpu" else torch.bfloat16,
-            width=models.transformer.inner_dim,
-            heads=models.transformer.num_attention_heads,
-            tokens=4096,
+            transformer=models.transformer,
+            shape=call_shape(config, models, (height, width), args.text_tokens),
             vae=models.vae,
             frame_size=find_bucket(height, width, config.resolution),
         )
