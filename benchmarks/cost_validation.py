@@ -3,22 +3,28 @@
     python -m benchmarks.cost_validation [--only NAME ...]
 
 Per run: a fresh subprocess times the machine's rates at the run's shapes
-(``framepack.cost.measure``: a few seconds, just before the run, so that a busy machine's
-load is in both; among them a real decode by a VAE of the run's config and an mp4 of the
-bucket's frames) and estimates; then a fresh subprocess (its own peak RSS) builds the
-pipeline (the tiny models, or the tiny encoders and VAE with the "medium" transformer),
-resets its peak RSS (``/proc/self/clear_refs``) and times one cold ``pipe.stream`` run to
-the end (as ``framepack generate`` makes it; sampling is the sections' own ``seconds``).
+(``framepack.cost.measure``: seconds, just before the run, so that a busy machine's load is
+in both; among them one real double and one single block of the run's transformer and the
+rest of its call at the run's token counts, a UniPC step, a real encode and decode by a VAE of
+the run's config and an mp4 of the bucket's frames) and estimates; then a fresh subprocess
+(its own peak RSS) builds the pipeline (the tiny models, or the tiny encoders and VAE with the
+"medium" transformer), resets its peak RSS (``/proc/self/clear_refs``) and times one cold
+``pipe.stream`` run to the end (as ``framepack generate`` makes it; sampling is the sections'
+own ``seconds``, decode the sum of the VAE's ``decode`` calls).
 
 Time: predicted ``CostEstimate.seconds.total`` (no load: the models are built in memory;
 the mp4 and previews included) vs the wall time of the run; target within +-25 %. Each row
-gives the 1-minute load average before the probes and after the run: the machine is shared,
-and its load moves the measured time as much as anything the model leaves out.
+gives the 1-minute load average before the probes and after the run, and the prediction the
+same probes give just after the run over the one before it (not used as the prediction: it
+shows how far the machine's speed moved while the run ran): the machine is shared, and its
+load moves the measured time as much as anything the model leaves out.
 Peak RSS: predicted = RSS before the pipeline was built (the interpreter, torch, PyAV and
-every module of ours a run imports: measured, not modelled) + the models' weight bytes + the largest phase's
-activation estimate (``memory.planner.activation_estimates``; for the decode, the larger of that and
-the decode probe's measured peak RSS per output pixel at the run's largest tile); measured = VmHWM over the
-generation; target within +-15 %.
+every module of ours a run imports: measured, not modelled) + every weight's bytes
+(``MemoryEstimate.host_bytes``, Llama's host-side embedding table included) +
+``MemoryEstimate.host_activation_bytes``: every phase's working set together (text, image,
+sampling, decode: the allocator keeps what a phase freed), the image and decode phases from
+the probes' measured peak RSS growth per pixel where larger than the planner's estimates;
+measured = VmHWM over the generation; target within +-15 %.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ RATES = (
     "kernel_overhead_s",
     "video_encode_pixels",
     "decode_bytes_per_pixel",
+    "encode_bytes_per_pixel",
 )
 
 
@@ -105,13 +112,33 @@ def _generate(name: str, queue: multiprocessing.Queue) -> None:
             components.transformer = FramePackTransformer(models.transformer).eval().requires_grad_(False)
     pipe = FramePackPipeline(components, device="cpu")
     image = demo_image(config.resolution)
+    decode_s = _timed(pipe.components.vae, "decode")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     started = time.perf_counter()
     run = pipe.stream(image, PROMPT, config)
-    sampling = sum(section.seconds for section in run)
+    sections = list(run)
+    sampling = sum(section.seconds for section in sections)
+    computed = sum(s.cache_stats.computed_count for s in sections if s.cache_stats is not None)
     run.result()
-    queue.put(dict(measured_s=time.perf_counter() - started, measured_sampling_s=sampling,
+    queue.put(dict(measured_s=time.perf_counter() - started, measured_sampling_s=sampling, measured_decode_s=sum(decode_s),
+                   measured_computed_steps=computed,
                    measured_rss=_status_kib("VmHWM") * 1024, baseline_rss=baseline))  # fmt: skip
+
+
+def _timed(owner: object, method: str) -> list[float]:
+    """Wrap ``owner.method`` so that each call's seconds are appended to the returned list."""
+    seconds: list[float] = []
+    inner = getattr(owner, method)
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - started)
+
+    setattr(owner, method, timed)
+    return seconds
 
 
 def _predict(name: str, queue: multiprocessing.Queue) -> None:
@@ -143,9 +170,8 @@ def _predict(name: str, queue: multiprocessing.Queue) -> None:
         device_profile("cpu"),
         "cpu",
         dtype=torch.float32,
-        width=t.inner_dim,
-        heads=t.num_attention_heads,
-        tokens=table.shape.image_stream(t) + table.shape.context_stream(),
+        transformer=t,
+        shape=table.shape,
         vae=models.vae,
         frame_size=table.bucket,
     )
@@ -154,9 +180,11 @@ def _predict(name: str, queue: multiprocessing.Queue) -> None:
     queue.put(dict(
         predicted_s=s.total,
         predicted_sampling_s=s.sampling,
+        predicted_decode_s=s.decode,
+        predicted_computed_steps=predicted.computed_share * predicted.steps * predicted.plan.num_sections,
         table_s=table.seconds.total,
         parts=dict(encoders=s.encoders, sampling=s.sampling, prepare=s.prepare, decode=s.decode, video=s.video),
-        weights_and_activations=sum(m.weight_bytes.values()) + m.peak_activation_bytes,
+        weights_and_activations=m.host_bytes + m.host_activation_bytes,
         rates={k: getattr(predicted.profile, k) for k in RATES},
     ))  # fmt: skip
 
@@ -177,13 +205,16 @@ def main() -> None:
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
     results = []
-    print("| run | predicted s | measured s | ratio | sampling predicted s | measured s | "
-          "predicted RSS MiB | measured RSS MiB | ratio | load avg before/after |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | predicted s | measured s | ratio | sampling predicted / measured s | decode predicted / measured s | "
+          "probes after / before the run | predicted RSS MiB | measured RSS MiB | ratio | load avg before/after |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.only or RUNS:
         load_before = os.getloadavg()[0]
         r = _in_child(context, _predict, name)  # a fresh process, as `plan --measure` is
         r.update(_in_child(context, _generate, name))
+        # Not the prediction: the same probes again just after the run, to show how far the
+        # machine's speed moved while it ran (others' load), beside the ratio.
+        r["repredicted_s"] = _in_child(context, _predict, name)["predicted_s"]
         r.update(
             name=name,
             load=(load_before, os.getloadavg()[0]),
@@ -192,7 +223,9 @@ def main() -> None:
         results.append(r)
         print(
             f"| {name} | {r['predicted_s']:.1f} | {r['measured_s']:.1f} | {r['measured_s'] / r['predicted_s']:.2f} | "
-            f"{r['predicted_sampling_s']:.1f} | {r['measured_sampling_s']:.1f} | "
+            f"{r['predicted_sampling_s']:.1f} / {r['measured_sampling_s']:.1f} | "
+            f"{r['predicted_decode_s']:.1f} / {r['measured_decode_s']:.1f} | "
+            f"{r['repredicted_s'] / r['predicted_s']:.2f} | "
             f"{r['predicted_rss'] / 2**20:.0f} | {r['measured_rss'] / 2**20:.0f} | "
             f"{r['measured_rss'] / r['predicted_rss']:.2f} | {r['load'][0]:.1f} / {r['load'][1]:.1f} |",
             flush=True,

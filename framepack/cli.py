@@ -40,10 +40,13 @@ if TYPE_CHECKING:
     from .sampling.loop import Progress, ProgressCallback
     from .sampling.sections import SectionPlan
 
+logger = logging.getLogger("framepack")
+
 DTYPES = ("bf16", "fp16", "fp32")
 EXIT_STATUS = """exit status: 0 done; 2 the input is wrong (a setting, path, image, model folder or checkpoint:
 change it and run again); 1 a fault (the disk, memory, inf/NaN, or a bug: see the message);
-130 interrupted"""
+130 interrupted; 3 under torchrun, another rank failed first and printed the error"""
+ANOTHER_RANK_FAILED = 3
 # Errors that are not the input's fault: running again with the same input may succeed.
 FAULTS = (OutputError, NumericalError, GenerationInterrupted)
 OUT_OF_MEMORY_HINT = "try --vram-budget, --vae-tiling or a lower --resolution"
@@ -67,8 +70,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message, status = _report(e)
+        if not _reports_failure(args):
+            logger.info("another rank failed first and printed the error; this rank's: %s", message)
+            return ANOTHER_RANK_FAILED
         print(f"error: {message}{_resume_hint(args, e)}", file=sys.stderr)
         return status
+
+
+def _reports_failure(args: argparse.Namespace) -> bool:
+    """False on the ranks of a parallel run that leave its one error line to another rank."""
+    if getattr(args, "parallel", None) is None:
+        return True
+    from .distributed.launch import reports_failure
+
+    return reports_failure()
 
 
 def _print_error(line: str) -> None:
@@ -162,6 +177,7 @@ def _generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--out", default="framepack.mp4", help="output .mp4 in an existing, writable folder (default %(default)s)"
     )
+    overwrite_argument(gen)
     _settings_arguments(gen)
     gen.add_argument(
         "--steps", type=int, help=f"sampler steps per section, 1 to {MAX_STEPS} (default 25; 8 with --tiny)"
@@ -391,6 +407,10 @@ def _generate(args: argparse.Namespace) -> int:
             args.queue_dir = str(Path(args.queue_dir or default_queue_dir(args)) / f"rank-{parallel.rank}")
         return run_queue(args, jobs, _load_pipeline, _job_config, _run_job, _report, print, _print_error)
     config = _job_config(args)
+    if parallel is not None:  # before any model is loaded
+        from .distributed.launch import check_guidance
+
+        check_guidance(parallel.mode, config.real_cfg)
     pipe = _load_pipeline(args, config)
     pipe.use_parallel(parallel)
     if pipe._samples_for_rank_0():  # rank 0 shows progress and writes --out
@@ -725,8 +745,14 @@ def _devices() -> str:
     return f"available: {', '.join(found)}"
 
 
+def overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out (default: refuse, so no video is lost)"
+    )
+
+
 def _check_out(args: argparse.Namespace) -> None:
-    """Raise InputError unless ``--out`` is a new or replaceable .mp4 in a writable folder that is no input."""
+    """Raise InputError unless ``--out`` is a new .mp4 (or one ``--overwrite`` lets go) in a writable folder that is no input."""
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise InputError(f"--out: expected a path ending in .mp4, got {args.out!r}")
@@ -745,6 +771,8 @@ def _check_out(args: argparse.Namespace) -> None:
     for flag, other in inputs:
         if other and _same_path(out, Path(other)):
             raise InputError(f"--out: expected a path of its own, but {args.out!r} is also the {flag} {other!r}")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"--out: expected a new file, but {args.out!r} exists (give another --out, or --overwrite)")
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -826,7 +854,7 @@ def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
 
     from .config import GenerationConfig
     from .cost.compare import compare, format_table, parse_axes
-    from .cost.estimate import estimate
+    from .cost.estimate import call_shape, estimate
     from .cost.measure import measure_profile
     from .cost.memory import ModelConfigs
     from .cost.profiles import device_profile
@@ -851,9 +879,8 @@ def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
             device_profile("cpu" if device.type == "cpu" else args.device_profile),
             device,
             dtype=torch.float32 if device.type == "cpu" else torch.bfloat16,
-            width=models.transformer.inner_dim,
-            heads=models.transformer.num_attention_heads,
-            tokens=4096,
+            transformer=models.transformer,
+            shape=call_shape(config, models, (height, width), args.text_tokens),
             vae=models.vae,
             frame_size=find_bucket(height, width, config.resolution),
         )

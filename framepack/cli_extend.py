@@ -25,6 +25,7 @@ from .cli import (
     _model_arguments,
     _prompt_argument,
     _run_with_progress,
+    overwrite_argument,
 )
 from .errors import ConfigError, InputError
 from .prompt_schedule import PromptSchedule
@@ -66,6 +67,7 @@ def add_extend_command(sub: Any) -> argparse.ArgumentParser:
     _blend_argument(ext)
     ext.add_argument("--image", help="start frame and image reference (default: the input's first frame)")
     ext.add_argument("--out", default="extended.mp4", help="output .mp4, the whole video (default %(default)s)")
+    overwrite_argument(ext)
     ext.add_argument("--negative-prompt", default="")
     ext.add_argument("--steps", type=int, help="sampler steps per section (default: the run's; 25, 8 with --tiny)")
     ext.add_argument("--seed", type=int, help="noise seed for a video input (a run continues its own noise)")
@@ -107,8 +109,8 @@ def _extend(args: argparse.Namespace) -> int:
     prompt = extension_prompt(found, _extend_prompt(args), extended)
     _check_text("--negative-prompt", args.negative_prompt)
     _check_model_arguments(args)
+    _check_out_is_no_input(args)  # first: the more telling refusal where --out is the existing input
     _check_out(args)
-    _check_out_is_no_input(args)
     image = load_image(args.image) if args.image else None
     pipe = _load_pipeline(args, config)
     _run_with_progress(

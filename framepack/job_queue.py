@@ -41,8 +41,9 @@ QUEUE_ARGUMENTS = (
 )  # fmt: skip
 # What the command keeps beside the arguments (argparse's subcommand and function, main's notes).
 _BOOKKEEPING = ("command", "run", "typed", "run_dir_used", "queue_dir_used")
-# Placement that leaves the video's bits as they are (another device type or compiled blocks do not).
-SAME_VIDEO_ARGUMENTS = ("vram_budget", "mmap")
+# What leaves the video's bits as they are: placement (another device type or compiled blocks do
+# not) and whether an existing output may be replaced.
+SAME_VIDEO_ARGUMENTS = ("vram_budget", "mmap", "overwrite")
 MODEL_SETTINGS = ("mode",)  # picks the transformer (i2v or f1), so it is the queue's too
 LIST_ARGUMENTS = ("keyframe",)  # repeatable flags: a list, as argparse gives them
 TEXT_ARGUMENTS = ("prompt", "negative_prompt", "image", "end_image", "out", "cache")
@@ -252,8 +253,11 @@ def run_queue(
             resume = (run_dir / STATE_FILE).exists()
             job_args.run_dir, job_args.resume = (None, run_dir) if resume else (run_dir, None)
             try:
-                if out.exists() and not state.made(out):
-                    raise InputError(f"--out {out} exists and was not made by this queue; move it or give another out")
+                if out.exists() and not (state.made(out) or job_args.overwrite):
+                    raise InputError(
+                        f"--out {out} exists and was not made by this queue; move it, give another out or --overwrite"
+                    )
+                job_args.overwrite = True  # the queue's own output (or one --overwrite lets go): replaced
                 config = config_of(job_args)
             except Exception as error:
                 failures.append(_failed(state, job, digest, out, report(error), log_error))

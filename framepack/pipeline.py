@@ -36,7 +36,7 @@ from .components import (
 from .conditioning import Conditioning
 from .config import GenerationConfig
 from .device_runtime import runtime
-from .distributed.launch import Parallel
+from .distributed.launch import Parallel, check_guidance
 from .distributed.ulysses import UlyssesParallel
 from .errors import ConfigError, InputError
 from .keyframes import KeyframeKey, check_keyframes, keyframe_coverage
@@ -315,6 +315,10 @@ class FramePackPipeline:
         """True on the ranks that sample in step with rank 0 and write nothing."""
         return self.parallel is not None and self.parallel.mode != "jobs" and not self.parallel.is_writer
 
+    def _check_parallel_guidance(self, config: GenerationConfig) -> None:
+        if self.parallel is not None:
+            check_guidance(self.parallel.mode, config.real_cfg)
+
     def _follow(
         self, image: ImageInput | None, prompt: str | PromptSchedule, config: GenerationConfig, **given: Any
     ) -> None:
@@ -570,8 +574,17 @@ class FramePackPipeline:
 
         A folder is used by one run at a time: from this call until the run ends, another
         run or resume of it raises InputError.
+
+        Under ``use_parallel`` (not ``jobs``) only rank 0 streams (it writes the run); the other
+        ranks call ``generate``, which samples in step with it and writes nothing.
         """
+        if self._samples_for_rank_0():
+            raise ConfigError(
+                f"stream: rank {self.parallel.rank} of a parallel run writes nothing; only rank 0 streams, "
+                "the other ranks call generate with the same arguments"
+            )
         config = config or GenerationConfig()
+        self._check_parallel_guidance(config)
         check_inputs(
             config,
             end_image=end_image,
@@ -622,6 +635,7 @@ class FramePackPipeline:
             if resume is not None:
                 raise ConfigError("resume: a parallel run cannot be resumed; run the resume in one process")
             config = config or GenerationConfig()
+            self._check_parallel_guidance(config)
             check_inputs(config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes)
             self._follow(
                 image, prompt, config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes
@@ -674,8 +688,15 @@ class FramePackPipeline:
                  extension, given the same source and arguments
         The result is the whole video: the source's frames as they were (never through the VAE), then the new ones.
         See ``framepack.extension``.
+        Not under ``use_parallel`` (except ``jobs``): an extension runs in one process.
         """
         from .extension import start_extension
+
+        if self.parallel is not None and self.parallel.mode != "jobs":
+            raise ConfigError(
+                f"extend: an extension runs in one process, not under --parallel {self.parallel.mode}; "
+                "call use_parallel(None) first"
+            )
 
         return start_extension(
             self, source, seconds, prompt, config, image=image, negative_prompt=negative_prompt,

@@ -74,6 +74,9 @@ class FakeStack:
         self.ran.append("all")
         return self.call.output
 
+    def agree(self, compute: bool) -> bool:
+        return compute
+
 
 def scripted_calls(steps: int, seed: int, dtype: torch.dtype = torch.float32, shape=(1, 6, 8)) -> list[Call]:
     """Inputs whose step-to-step change varies (small, medium, large) so policies both skip and compute."""

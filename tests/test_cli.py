@@ -24,14 +24,25 @@ def frame_count(path: Path) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
-def test_generate_tiny_writes_a_video_and_resume_of_a_finished_run_rewrites_it(tmp_path: Path, capsys) -> None:
+def test_generate_tiny_writes_a_video_and_resume_of_a_finished_run_writes_it_where_overwrite_allows(
+    tmp_path: Path, capsys
+) -> None:
     out, run_dir = tmp_path / "out.mp4", tmp_path / "run"
     assert main(["generate", *FAST, "--prompt", "a dancer", "--out", str(out), "--run-dir", str(run_dir)]) == 0
     assert frame_count(out) == 4 * (2 * 3 + 1) - 3
     assert "section 2/2 done" in capsys.readouterr().out
 
     again = tmp_path / "again.mp4"
-    assert main(["generate", *FAST, "--prompt", "a dancer", "--out", str(again), "--resume", str(run_dir)]) == 0
+    again.write_bytes(b"the user's own video")
+    resume = ["generate", *FAST, "--prompt", "a dancer", "--out", str(again), "--resume", str(run_dir)]
+    capsys.readouterr()
+    assert main(resume) == 2  # an existing output is never replaced unasked
+    assert (
+        capsys.readouterr().err
+        == f"error: --out: expected a new file, but {str(again)!r} exists (give another --out, or --overwrite)\n"
+    )
+    assert again.read_bytes() == b"the user's own video"
+    assert main([*resume, "--overwrite"]) == 0
     assert frame_count(again) == frame_count(out)
 
 

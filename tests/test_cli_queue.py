@@ -29,7 +29,7 @@ def test_seeds_make_one_video_per_seed_and_spare_an_output_the_queue_did_not_mak
     assert main(["generate", *ONE_SECTION, "--prompt", "x", "--seeds", "4,9,2", "--out", str(out)]) == 2
     assert mine.read_bytes() == b"the user's own video"
     assert error_lines(capsys.readouterr().err) == [
-        f"error: job seed 9: --out {mine} exists and was not made by this queue; move it or give another out"
+        f"error: job seed 9: --out {mine} exists and was not made by this queue; move it, give another out or --overwrite"
     ]
     assert [read_settings(tmp_path / f"a-seed{s}.mp4")["config"]["seed"] for s in (4, 2)] == [4, 2]
     assert not out.exists()
@@ -39,6 +39,11 @@ def test_seeds_make_one_video_per_seed_and_spare_an_output_the_queue_did_not_mak
         "seed9": "failed",
         "seed2": "done",
     }
+
+    # --overwrite lets the user's file go: the failed job runs, the finished ones are not run again.
+    assert main(["generate", *ONE_SECTION, "--prompt", "x", "--seeds", "4,9,2", "--out", str(out), "--overwrite"]) == 0
+    assert read_settings(mine)["config"]["seed"] == 9
+    assert f"queue {tmp_path / 'a.queue'}: 3 of 3 jobs done (2 before this run), 0 failed" in capsys.readouterr().out
 
 
 def error_lines(err: str) -> list[str]:

@@ -80,6 +80,24 @@ def test_a_measured_cpu_decode_sets_the_decode_phase_memory() -> None:
     assert _tiny_estimate().memory.activation_bytes["decode"] < expected  # the planner's own estimate
 
 
+def test_host_ram_holds_every_phase_and_a_measured_encode_sets_the_image_phase() -> None:
+    """On a host the phases' working sets add up (the allocator keeps what each freed); a
+    measured encode of the start image sets the image phase at its bytes per input pixel."""
+    plain = _tiny_estimate()
+    phases = plain.memory.activation_bytes
+    assert set(phases) == {"text", "image", "sampling", "decode"}
+    assert plain.memory.host_activation_bytes == sum(phases.values()) > plain.memory.peak_activation_bytes
+    measured = dataclasses.replace(UNIT, encode_bytes_per_pixel=4000.0)
+    config = GenerationConfig(seconds=1.0, steps=4, resolution=128)
+    e = estimate(config, measured, models=TINY, image_size=(128, 128), text_tokens=7, from_disk=False)
+    assert e.memory.activation_bytes["image"] == 4000 * 128 * 128 > phases["image"]
+    assert e.memory.host_activation_bytes == plain.memory.host_activation_bytes - phases["image"] + 4000 * 128 * 128
+    no_image = estimate(
+        config, measured, models=TINY, image_size=(128, 128), text_tokens=7, from_disk=False, with_image=False
+    )
+    assert no_image.memory.activation_bytes["image"] == phases["image"]  # nothing encoded: the planner's figure
+
+
 def test_meta_fp8_weights_are_the_ones_quantize_fp8_leaves() -> None:
     """Same names, shapes and dtypes as a real tiny transformer quantized with 32-column blocks."""
     real = FramePackTransformer(TINY.transformer).eval()
@@ -215,6 +233,11 @@ def test_meta_models_plan_the_bytes_the_loaded_models_plan() -> None:
     )
     assert e.memory.plan == loaded
     assert e.memory.weight_bytes["transformer"] == sum(p.nbytes for p in components.transformer.parameters())
+    # host RAM counts every tensor, Llama's embedding table (left on the host, outside the plan's sizes) too
+    held = sum(t.nbytes for m in components.modules().values() for t in (*m.parameters(), *m.buffers()))
+    assert e.memory.host_bytes == held
+    embedding = components.text_encoder.embed_tokens.weight.nbytes
+    assert e.memory.host_bytes - sum(e.memory.weight_bytes.values()) >= embedding
 
 
 def test_settings_that_cannot_be_estimated_are_refused() -> None:

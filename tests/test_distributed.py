@@ -1,9 +1,15 @@
-"""Sequence (Ulysses) and CFG parallelism on gloo ranks give the single-process result."""
+"""Sequence (Ulysses) and CFG parallelism on gloo ranks give the single-process result.
+
+Four ranks are spawned once for the whole module (``distributed_support.four_rank_cases``); each
+case's result on every rank is compared with the same case run here, in this one process, by the
+unchanged single-process path.
+"""
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,50 +18,131 @@ from framepack.errors import ConfigError
 from tests import distributed_support as support
 
 
-def results(folder: Path, world: int) -> list[dict]:
-    return [torch.load(folder / f"rank_{rank}.pt", weights_only=False) for rank in range(world)]
+@dataclasses.dataclass
+class FourRanks:
+    folder: Path
+    codes: list[int | None]
+    finished_at: float | None  # when the last rank ended
+    references: dict[str, Any]
+
+    def results(self, case: str, ranks: range | list[int]) -> list[Any]:
+        missing = [rank for rank in ranks if not (self.folder / f"{case}_{rank}.pt").exists()]
+        errors = {p.name: p.read_text()[-2000:] for p in self.folder.glob("error_*.txt")}
+        assert not missing, f"{case}: no result from ranks {missing}; exit codes {self.codes}; {errors}"
+        return [support.saved(self.folder, case, rank) for rank in ranks]
+
+
+def single_process_references(folder: Path) -> dict[str, Any]:
+    references: dict[str, Any] = {
+        name: support.sample(support.tiny_model(case.heads), case.settings) for name, case in support.CASES.items()
+    }
+    for heads in (2, 4):
+        model, inputs, prepared = support.uneven_batch(heads)
+        references[f"uneven{heads}"] = model.denoise(inputs["latents"], inputs["timestep"], prepared)
+        references["uneven_image_tokens"] = prepared.clean_tokens.shape[1] + prepared.noisy_tokens
+    references["pipeline"] = support.pipeline_generate(folder / "alone")["latents"]
+    return references
+
+
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory: pytest.TempPathFactory) -> FourRanks:
+    folder = tmp_path_factory.mktemp("four_ranks")
+    ranks = support.Spawned(support.four_rank_cases, support.WORLD, folder)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # while the ranks run, each on one thread: more would only contend for the cores
+    try:
+        references = single_process_references(folder)
+    finally:
+        torch.set_num_threads(threads)
+    codes = ranks.wait(timeout_s=600)
+    return FourRanks(folder, codes, ranks.finished_at, references)
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def run_ok(worker: support.Worker, world: int, folder: Path, timeout_s: float = 60.0) -> list[dict]:
-    codes = support.spawn(worker, world, folder, timeout_s=timeout_s)
-    errors = {p.name: p.read_text() for p in folder.glob("error_*.txt")}
-    assert codes == [0] * world, errors
-    return results(folder, world)
-
-
-def test_ulysses_two_ranks_with_teacache_matches_one_process(tmp_path: Path) -> None:
-    ranks = run_ok(support.sampling_worker("ulysses", cache="teacache:0.3"), 2, tmp_path)
-    reference = ranks[0]["reference"]
+def test_ulysses_two_ranks_with_teacache(four_ranks: FourRanks) -> None:
+    reference = four_ranks.references["ulysses2"]
     assert reference["skipped"] > 0  # the cache skipped calls, so its decisions are compared too
+    for rank in four_ranks.results("ulysses2", [0, 1]):
+        assert rank["skipped"] == reference["skipped"]
+        assert close(rank["latents"], reference["latents"]) < 1e-5
+
+
+def test_ulysses_four_ranks_with_teacache(four_ranks: FourRanks) -> None:
+    reference = four_ranks.references["ulysses4"]
+    assert reference["skipped"] > 0
+    for rank in four_ranks.results("ulysses4", range(4)):
+        assert rank["skipped"] == reference["skipped"]
+        assert close(rank["latents"], reference["latents"]) < 1e-5
+
+
+def test_ulysses_four_ranks_each_streaming_its_blocks(four_ranks: FourRanks) -> None:
+    reference = four_ranks.references["ulysses4"]
+    for rank in four_ranks.results("streamed4", range(4)):
+        assert rank["streamed_bytes"] > 0  # the blocks came through each rank's own streamer
+        assert rank["skipped"] == reference["skipped"]
+        assert close(rank["latents"], reference["latents"]) < 1e-5
+
+
+def test_cfg_two_ranks_with_teacache(four_ranks: FourRanks) -> None:
+    reference = four_ranks.references["cfg2"]
+    positive, negative = four_ranks.results("cfg2", [2, 3])
+    assert reference["skipped"] > 0
+    # each rank runs one branch's calls: the single process's skips are the two ranks' together
+    assert positive["skipped"] + negative["skipped"] == reference["skipped"]
+    for rank in (positive, negative):
+        assert close(rank["latents"], reference["latents"]) < 1e-5
+
+
+def test_cfg_times_ulysses_on_four_ranks(four_ranks: FourRanks) -> None:
+    reference = four_ranks.references["cfg2x2"]
+    ranks = four_ranks.results("cfg2x2", range(4))
+    assert reference["skipped"] > 0
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] and ranks[2]["skipped"] == ranks[3]["skipped"]
+    assert ranks[0]["skipped"] + ranks[2]["skipped"] == reference["skipped"]  # {0, 1} positive, {2, 3} negative
     for rank in ranks:
-        assert rank["parallel"]["skipped"] == reference["skipped"]
-        assert close(rank["parallel"]["latents"], reference["latents"]) < 1e-5
+        assert close(rank["latents"], reference["latents"]) < 1e-5
 
 
-def test_ulysses_uneven_prompts_and_token_counts(tmp_path: Path) -> None:
-    # 203 image tokens and 5 + 9 context tokens: padding on every stream, a text mask on top
-    ranks = run_ok(support.uneven_batch_worker, 2, tmp_path)
-    for rank in ranks:
-        assert close(rank["parallel"], rank["reference"]) < 1e-5
+def test_token_counts_that_do_not_divide_and_uneven_prompts(four_ranks: FourRanks) -> None:
+    # a batch of 5- and 9-token prompts (a text mask on top of the padding) over 2 and over 4 ranks
+    image_tokens = four_ranks.references["uneven_image_tokens"]
+    assert image_tokens % 2 and image_tokens % 4
+    for heads, ranks in ((2, [0, 1]), (4, range(4))):
+        for output in four_ranks.results(f"uneven{heads}", ranks):
+            assert close(output, four_ranks.references[f"uneven{heads}"]) < 1e-5
 
 
-def test_cfg_two_ranks_matches_one_process(tmp_path: Path) -> None:
-    ranks = run_ok(support.sampling_worker("cfg", real_cfg=3.0, distilled_cfg=1.0, cache="teacache:0.3"), 2, tmp_path)
-    for rank in ranks:
-        assert close(rank["parallel"]["latents"], rank["reference"]["latents"]) < 1e-5
+def test_every_rank_takes_group_rank_0s_cache_decision(four_ranks: FourRanks) -> None:
+    # rank 2 (group rank 0 of the pair) would skip every other call, rank 3 would skip none
+    reference = four_ranks.references["agree2"]
+    assert reference["skipped"] > 0
+    for rank in four_ranks.results("agree2", [2, 3]):
+        assert rank["skipped"] == reference["skipped"]
+        assert close(rank["latents"], reference["latents"]) < 1e-5
 
 
-def test_a_failing_rank_ends_every_rank(tmp_path: Path) -> None:
-    started = time.monotonic()
-    codes = support.spawn(support.failing_worker, 2, tmp_path)
-    assert codes[0] not in (0, None) and codes[1] not in (0, None)  # nobody hangs, nobody succeeds
-    assert "rank 1 broke on purpose" in (tmp_path / "error_1.txt").read_text()
-    assert (tmp_path / "error_0.txt").exists()  # rank 0's collective failed instead of waiting
-    assert time.monotonic() - started < 60
+def test_pipeline_cfg_times_ulysses_streaming_only_rank_0_writes(four_ranks: FourRanks) -> None:
+    ranks = four_ranks.results("pipeline", range(4))
+    assert close(ranks[0]["latents"], four_ranks.references["pipeline"]) < 1e-5
+    assert [rank["latents"] for rank in ranks[1:]] == [None, None, None]
+    assert all(rank["streamed_bytes"] > 0 for rank in ranks)
+    assert (four_ranks.folder / "pipeline_0" / "video.mp4").exists()
+    assert not any((four_ranks.folder / f"pipeline_{rank}").exists() for rank in (1, 2, 3))
+
+
+def test_a_hung_rank_ends_the_others_after_the_timeout(four_ranks: FourRanks) -> None:
+    # the last case: rank 3 sleeps HANG_S instead of sampling in a 2x2 layout whose groups time out
+    # after HANG_TIMEOUT_S; ranks 0-2 wait for it in an all-to-all or the branch exchange
+    codes = four_ranks.codes
+    assert codes[3] == 0 and all(code not in (0, None) for code in codes[:3]), codes
+    hang_from = float((four_ranks.folder / "hang_from.txt").read_text())
+    errors = [four_ranks.folder / f"error_{rank}.txt" for rank in range(3)]
+    assert any("Timed out" in error.read_text() for error in errors)  # the others may see its partners end
+    for error in errors:  # each gave up within the timeout (and a margin for a loaded machine), not at rank 3's end
+        assert error.stat().st_mtime - hang_from < support.HANG_TIMEOUT_S + 9 < support.HANG_S
 
 
 def test_heads_must_divide_over_the_ranks() -> None:
@@ -67,9 +154,23 @@ def test_heads_must_divide_over_the_ranks() -> None:
         parallel.check_heads(24)
 
 
-def test_pipeline_cfg_parallel_only_rank_0_writes(tmp_path: Path) -> None:
-    ranks = run_ok(support.pipeline_worker, 2, tmp_path, timeout_s=180)
-    assert close(ranks[0]["together"], ranks[0]["alone"]) < 1e-5
-    assert ranks[1]["together"] is None
-    assert (tmp_path / "together_0" / "video.mp4").exists()
-    assert not (tmp_path / "together_1").exists()
+def test_only_rank_0_streams_no_rank_extends_and_cfg_needs_real_cfg(tmp_path: Path) -> None:
+    from framepack import FramePackPipeline
+    from framepack.cli import demo_image
+    from framepack.distributed.launch import Parallel
+
+    pipe = FramePackPipeline.tiny()
+    image = demo_image(64)
+    pipe.use_parallel(Parallel("cfg", rank=1, world_size=2))  # no group: the refusals come before any collective
+    with pytest.raises(ConfigError, match="rank 1 of a parallel run writes nothing; only rank 0 streams"):
+        pipe.stream(image, "a dancer", support.PIPELINE_CONFIG, run_dir=tmp_path / "run")
+    for rank in (0, 1):
+        pipe.use_parallel(Parallel("ulysses", rank=rank, world_size=2))
+        with pytest.raises(ConfigError, match="extension runs in one process, not under --parallel ulysses"):
+            pipe.stream_extend(tmp_path / "source", 1.0, "a dancer", run_dir=tmp_path / "extended")
+    for rank in (0, 1):  # CFG parallelism without real CFG: half the ranks would idle
+        pipe.use_parallel(Parallel("cfg", rank=rank, world_size=2))
+        with pytest.raises(ConfigError, match="parallel 'cfg' puts the two real-CFG branches .* real_cfg is 1"):
+            pipe.generate(image, "a dancer", dataclasses.replace(support.PIPELINE_CONFIG, real_cfg=1.0),
+                          run_dir=tmp_path / "run")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # nothing written

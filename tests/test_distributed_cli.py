@@ -5,19 +5,30 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
 import numpy as np
+import pytest
+
+from framepack import cli
 
 FAST = ["--tiny", "--steps", "2", "--seconds", "0.8", "--window", "3", "--resolution", "64"]
 
 
-def framepack(folder: Path, *arguments: str, ranks: int = 0) -> subprocess.CompletedProcess:
+def framepack(
+    folder: Path, *arguments: str, ranks: int = 0, program: tuple[str, ...] = ("-m", "framepack.cli")
+) -> subprocess.CompletedProcess:
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] if ranks else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    command = [sys.executable, *launcher, "-m", "framepack.cli", "generate", *FAST, *arguments]
+    command = [sys.executable, *launcher, *program, "generate", *FAST, *arguments]
     return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """The ``error:`` lines of every rank and of torchrun itself."""
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
 
 
 def frames(path: Path) -> np.ndarray:
@@ -25,28 +36,54 @@ def frames(path: Path) -> np.ndarray:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
-def test_jobs_parallel_writes_the_files_of_a_sequential_queue(tmp_path: Path) -> None:
-    together = framepack(tmp_path, "--seeds", "1,2", "--parallel", "jobs", "--out", "p.mp4", ranks=2)
-    assert together.returncode == 0, together.stderr[-3000:]
-    alone = framepack(tmp_path, "--seeds", "1,2", "--out", "s.mp4")
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A queue of seeds 1 and 2 in one process, without torchrun: s-seed1.mp4, s-seed2.mp4."""
+    folder = tmp_path_factory.mktemp("sequential")
+    alone = framepack(folder, "--seeds", "1,2", "--crf", "0", "--out", "s.mp4")
     assert alone.returncode == 0, alone.stderr[-3000:]
+    return folder
+
+
+def test_jobs_parallel_writes_the_files_of_a_sequential_queue(tmp_path: Path, sequential: Path) -> None:
+    together = framepack(tmp_path, "--seeds", "1,2", "--crf", "0", "--parallel", "jobs", "--out", "p.mp4", ranks=2)
+    assert together.returncode == 0, together.stderr[-3000:]
     for seed in (1, 2):
-        assert (tmp_path / f"p-seed{seed}.mp4").read_bytes() == (tmp_path / f"s-seed{seed}.mp4").read_bytes()
+        assert (tmp_path / f"p-seed{seed}.mp4").read_bytes() == (sequential / f"s-seed{seed}.mp4").read_bytes()
 
 
-def test_ulysses_through_torchrun_rank_0_writes_the_video(tmp_path: Path) -> None:
-    together = framepack(tmp_path, "--seed", "3", "--crf", "0", "--parallel", "ulysses", "--out", "p.mp4", ranks=2)
+def test_ulysses_through_torchrun_rank_0_writes_the_video(tmp_path: Path, sequential: Path) -> None:
+    together = framepack(tmp_path, "--seed", "1", "--crf", "0", "--parallel", "ulysses", "--out", "p.mp4", ranks=2)
     assert together.returncode == 0, together.stderr[-3000:]
     assert together.stdout.count("wrote ") == 1  # one rank writes
-    alone = framepack(tmp_path, "--seed", "3", "--crf", "0", "--out", "s.mp4")
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    a, b = frames(tmp_path / "p.mp4").astype(int), frames(tmp_path / "s.mp4").astype(int)
+    a, b = frames(tmp_path / "p.mp4").astype(int), frames(sequential / "s-seed1.mp4").astype(int)
     # float rounding may move a chroma sample by a step, a few RGB levels (a wrong split moves them all, far)
     assert a.shape == b.shape and np.abs(a - b).max() <= 6 and np.abs(a - b).mean() < 0.01
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.mp4", "s.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.mp4"]
 
 
-def test_parallel_jobs_without_a_queue_is_refused(tmp_path: Path) -> None:
-    result = framepack(tmp_path, "--parallel", "jobs", "--out", "p.mp4")
-    assert result.returncode == 2
-    assert "error: --parallel jobs spreads a queue" in result.stderr
+def test_a_failing_rank_ends_the_run_with_one_error_line(tmp_path: Path) -> None:
+    # rank 1 raises in its first transformer call while rank 0 waits for it in an all-to-all
+    started = time.monotonic()
+    failing = str(Path(__file__).with_name("distributed_failing_cli.py"))
+    result = framepack(tmp_path, "--parallel", "ulysses", "--out", "p.mp4", ranks=2, program=(failing,))
+    assert result.returncode != 0
+    assert error_lines(result) == [
+        "error: internal error: RuntimeError: rank 1 broke on purpose (run with --debug for the traceback)"
+    ], result.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # rank 0 wrote nothing
+    assert time.monotonic() - started < 120  # nobody waited for a collective's timeout
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_arguments_every_rank_refuses_are_printed_by_rank_0_only(
+    rank: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # before the process group exists, every rank of torchrun (RANK in its environment) meets the same arguments
+    monkeypatch.setenv("RANK", rank)
+    status = cli.main(["generate", *FAST, "--parallel", "jobs", "--out", "p.mp4"])
+    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    if rank == "0":
+        assert status == 2 and len(printed) == 1 and printed[0].startswith("error: --parallel jobs spreads a queue")
+    else:
+        assert status == cli.ANOTHER_RANK_FAILED and printed == []

@@ -232,6 +232,12 @@ CASES: list[tuple[str, list[str | bytes], int, str]] = [
         2,
         "error: --out: expected a file in a folder you can write to",
     ),
+    (
+        "out-exists",
+        [*TINY_RUN, "--out", "still.mp4"],
+        2,
+        "error: --out: expected a new file, but 'still.mp4' exists (give another --out, or --overwrite)",
+    ),
     ("plan-size-word", ["plan", "--size", "big"], 2, "error: --size: expected HxW like 480x640, got 'big'"),
     ("plan-size-zero", ["plan", "--size", "0x640"], 2, "error: image size must be two positive ints"),
     ("plan-size-three", ["plan", "--size", "1x2x3"], 2, "error: --size: expected HxW like 480x640, got '1x2x3'"),

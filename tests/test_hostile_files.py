@@ -64,7 +64,7 @@ def our_run(folder: Path, **state: object) -> Path:
 
 def case_args(name: str, root: Path) -> tuple[list[str], str]:
     """Set up case ``name`` under ``root``; return its command line and the start of its error."""
-    out = ["--out", str(root / "out.mp4")]
+    out = ["--out", str(root / "out.mp4"), "--overwrite"]  # the user lets the old video go: the fault must not
     if name == "run-dir-of-the-users":
         user_files(root / "mine")
         return [*GENERATE, *out, "--run-dir", str(root / "mine")], "is not empty and holds no framepack run"
@@ -134,7 +134,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict, Finished, str]]:
     server = CommandServer(env)
     try:
         assert holder.stdout.readline() == "locked\n"
-        jobs["locked"] = (base / "locked", [*GENERATE, "--out", str(base / "locked" / "out.mp4"), "--run-dir", str(locked)],
+        jobs["locked"] = (base / "locked", [*GENERATE, "--out", str(base / "locked" / "out.mp4"), "--overwrite", "--run-dir", str(locked)],
                           f"run directory {locked} is in use by another framepack run (pid {holder.pid})")  # fmt: skip
         before = {name: snapshot(root) for name, (root, _, _) in jobs.items()}
 
@@ -180,7 +180,7 @@ def test_a_finished_run_whose_video_could_not_be_saved_says_where_it_is(
         copyfile(source, target)
 
     monkeypatch.setattr(atomic.shutil, "copyfile", full_disk)
-    assert main(["generate", *FAST, "--out", str(out)]) == 1
+    assert main(["generate", *FAST, "--out", str(out), "--overwrite"]) == 1
     err = capsys.readouterr().err.splitlines()[-1]  # below the progress bar
     assert err.startswith(f"error: could not write {out}: No space left on device"), err
     kept = err.partition("continue with --resume ")[2].rstrip(")")

@@ -28,10 +28,12 @@ def test_overflowing_settings_fail_with_one_line_and_leave_the_output_alone(tmp_
     existing.write_bytes(b"an earlier video")  # must survive a failed run
     server = CommandServer({**os.environ, "OMP_NUM_THREADS": "1"})
     try:
+        # --overwrite: the user lets the earlier video go: a failed run must still keep it
         commands = [
-            (["-m", "framepack.cli", "generate", *FAST, *arguments, "--out", str(tmp_path / f"{name}.mp4")], tmp_path)
+            (["-m", "framepack.cli", "generate", *FAST, *arguments, "--out", str(tmp_path / f"{name}.mp4"), "--overwrite"],
+             tmp_path)
             for name, arguments in CASES.items()
-        ]
+        ]  # fmt: skip
         ended = dict(zip(CASES, server.run(commands, workers=3, timeout=300)))
     finally:
         server.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.kernel_floor import kernel_floor_seconds, record_kernels
+from benchmarks.kernel_floor import kernel_floor_seconds, kernel_seconds_in_place, record_kernels
 
 aten = torch.ops.aten
 
@@ -36,3 +38,21 @@ def test_records_matmuls_and_attention_in_order_and_skips_element_wise_work() ->
 def test_refuses_inference_mode_where_composite_ops_hide_their_kernels() -> None:
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         record_kernels(_call)
+
+
+def test_in_place_kernel_time_counts_the_kernels_and_not_the_work_around_them() -> None:
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+
+    def call() -> None:
+        time.sleep(0.3)  # work around the kernels: not counted
+        torch.mm(a, b)
+
+    assert 0 < kernel_seconds_in_place(call, repeats=1) < 0.15
+
+    def only_kernels() -> None:
+        for _ in range(50):
+            torch.mm(a, b)
+
+    started = time.perf_counter()
+    in_place = kernel_seconds_in_place(only_kernels, repeats=1)
+    assert 0 < in_place <= time.perf_counter() - started

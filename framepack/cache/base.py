@@ -42,6 +42,10 @@ class BlockStack(Protocol):
     def run_all(self) -> torch.Tensor:
         """Run every block; returns the final image stream."""
 
+    def agree(self, compute: bool) -> bool:
+        """The decision this call takes: ``compute`` itself in one process; under sequence
+        parallelism the first rank's, so that every rank of the group runs the same blocks."""
+
 
 @dataclass
 class CacheStep:
@@ -167,7 +171,9 @@ class CachePolicy:
         if self.decides_after_first_block:
             base = stack.run_first()
             step.first_block_residual = base - step.stack_input
-        compute = self.should_compute(step, record.state) or record.residual is None
+        # One decision for every rank sharing the call: a rank whose float rounding decided otherwise
+        # would run collectives the others skip.
+        compute = stack.agree(self.should_compute(step, record.state) or record.residual is None)
         section = self.stats[-1]
         if not compute:
             if record.residual.shape != base.shape:

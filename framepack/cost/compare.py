@@ -58,12 +58,12 @@ def compare(
 def format_table(rows: list[tuple[dict[str, object], CostEstimate]], *, device_memory: bool) -> str:
     """A markdown table: the varied settings, then time, time per video second, FLOPs and peak memory."""
     names = list(rows[0][0]) if rows else []
-    memory = "peak device memory" if device_memory else "peak activations (+ weights in RAM)"
+    memory = "peak device memory" if device_memory else "peak host RAM beside the weights"
     head = [*names, "predicted time", "per video second", "PFLOP", memory]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for settings, e in rows:
         m = e.memory
-        peak = m.peak_device_bytes if device_memory else m.peak_activation_bytes
+        peak = m.peak_device_bytes if device_memory else m.host_activation_bytes
         cells = [str(settings[n]) for n in names] + [
             format_seconds(e.seconds.total),
             format_seconds(e.seconds.total / e.plan.seconds),

@@ -5,10 +5,13 @@
 seconds with a device's rates (``profiles.py`` or ``measure.py``):
 
 * a step (per denoising call) costs ``max(compute, copy)``: the streamer copies the next
-  blocks while the current ones compute, so the slower of the two sets the pace. Compute is
-  matmul FLOPs / matmul rate + attention FLOPs / attention rate + element-wise bytes /
-  bandwidth + kernels x launch overhead; copy is the streamed block bytes / host->device rate.
-  A step a cache skips runs everything but the block stack and copies nothing.
+  blocks while the current ones compute, so the slower of the two sets the pace. With a
+  measured profile compute is each block's timed fixed cost + its FLOPs at its timed rate,
+  and the same for the rest of the call (``timing.py``), plus a timed UniPC step; with a
+  table profile it is matmul FLOPs / matmul rate + attention FLOPs / attention rate +
+  element-wise bytes / bandwidth + kernels x launch overhead. Copy is the streamed block
+  bytes / host->device rate. A step a cache skips runs everything but the block stack and
+  copies nothing.
 * a section adds its step-invariant inputs (``prepare``), the VAE decode of its latents and,
   when components swap per phase, copying the transformer and the VAE back to the device.
 * a run adds reading the weights from disk, copying them to the device, and the encoders.
@@ -22,12 +25,13 @@ import torch
 
 from ..config import GenerationConfig
 from ..errors import ConfigError
+from ..models.transformer import TransformerConfig
 from ..prompt import MAX_PROMPT_TOKENS, TEMPLATE_CROP_START
 from ..sampling.sections import SectionPlan, plan_sections
 from ..units import format_bytes
 from ..video.buckets import find_bucket
 from .caching import computed_share
-from .flops import CallShape, Flops, call_flops, prepare_flops
+from .flops import CallShape, Flops, block_flops, call_flops, prepare_flops
 from .memory import MemoryEstimate, ModelConfigs, estimate_memory
 from .profiles import DeviceProfile
 from .vae_flops import (
@@ -125,7 +129,11 @@ class CostEstimate:
             )
             lines.append(f"  peak device memory: {format_bytes(m.peak_device_bytes)}")
         else:
-            lines.append(f"  peak activations: {format_bytes(m.peak_activation_bytes)} (beside the weights in RAM)")
+            lines.append(
+                f"  host RAM beside the weights at the peak: {format_bytes(m.host_activation_bytes)} "
+                f"(every phase's working set: the allocator keeps what each frees; the largest alone "
+                f"{format_bytes(m.peak_activation_bytes)})"
+            )
         lines += [
             "time:",
             f"  load {format_seconds(s.load)}, encoders {format_seconds(s.encoders)}, per step {format_seconds(s.step)}",
@@ -159,6 +167,26 @@ def _compute_seconds(profile: DeviceProfile, flops: Flops, elementwise_bytes: fl
         + flops.attention / profile.attention_flops
         + elementwise_bytes / profile.memory_bandwidth
         + flops.kernels * profile.kernel_overhead_s
+    )
+
+
+def _call_seconds(
+    profile: DeviceProfile, t: TransformerConfig, shape: CallShape, dtype: torch.dtype
+) -> tuple[float, float]:
+    """(the block stack's seconds, the rest of the call's) of one transformer call: from the timed
+    blocks of a measured profile (``call_probe.py``), else from the FLOP and byte rates."""
+    around, stack = call_flops(t, shape)
+    timing = profile.call_timing
+    if timing is not None:
+        blocks = block_flops(t, shape)
+        double = sum(timing.double.seconds(f.total) for f in blocks[: t.num_layers])
+        single = sum(timing.single.seconds(f.total) for f in blocks[t.num_layers :])
+        return double + single, timing.around.seconds(around.total)
+    stream_bytes = dtype.itemsize if dtype != torch.float16 else 4  # float16 weights keep a float32 stream
+    tokens = shape.image_stream(t) + shape.context_stream()
+    passes = DOUBLE_BLOCK_PASSES * t.num_layers + SINGLE_BLOCK_PASSES * t.num_single_layers
+    return _compute_seconds(profile, stack, tokens * t.inner_dim * stream_bytes * passes), _compute_seconds(
+        profile, around, 0
     )
 
 
@@ -212,6 +240,21 @@ def decoded_latent_frames(plan: SectionPlan) -> list[int]:
     return frames
 
 
+def call_shape(
+    config: GenerationConfig,
+    models: ModelConfigs,
+    image_size: tuple[int, int],
+    text_tokens: int | None = None,
+    with_image: bool = True,
+) -> CallShape:
+    """The token counts of one of the run's transformer calls (``text_tokens`` None: ``ASSUMED_TEXT_TOKENS``)."""
+    bucket = find_bucket(*image_size, config.resolution)
+    t = models.transformer
+    n_text = ASSUMED_TEXT_TOKENS if text_tokens is None else text_tokens
+    n_image = models.image_encoder.num_patches if with_image and t.has_image_proj else 0
+    return CallShape(config.window, bucket[0] // 8, bucket[1] // 8, n_text, n_image)
+
+
 def estimate(
     config: GenerationConfig,
     profile: DeviceProfile,
@@ -241,9 +284,8 @@ def estimate(
     plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
     bucket = find_bucket(*image_size, config.resolution)
     t = models.transformer
-    n_text = ASSUMED_TEXT_TOKENS if text_tokens is None else text_tokens
-    n_image = models.image_encoder.num_patches if with_image and t.has_image_proj else 0
-    shape = CallShape(config.window, bucket[0] // 8, bucket[1] // 8, n_text, n_image)
+    shape = call_shape(config, models, image_size, text_tokens, with_image)
+    n_text = shape.text_tokens
     around, stack = call_flops(t, shape)
     calls = 2 if config.real_cfg != 1.0 else 1
     share, cache_note = computed_share(config.cache, config.steps)
@@ -259,9 +301,14 @@ def estimate(
         window=config.window,
         device=device,
     )
-    if profile.is_host:  # a measured CPU decode's working set, where it exceeds the planner's estimate
+    if profile.is_host:  # a measured CPU encode's and decode's working sets, where they exceed the planner's
         decode_bytes = max(memory.activation_bytes["decode"], host_decode_bytes(profile, models, plan, bucket))
-        memory = replace(memory, activation_bytes={**memory.activation_bytes, "decode": decode_bytes})
+        image_bytes = memory.activation_bytes["image"]
+        if with_image and profile.encode_bytes_per_pixel is not None:
+            image_bytes = max(image_bytes, int(profile.encode_bytes_per_pixel * bucket[0] * bucket[1]))
+        memory = replace(
+            memory, activation_bytes={**memory.activation_bytes, "decode": decode_bytes, "image": image_bytes}
+        )
     if profile.memory_bytes is not None and memory.peak_device_bytes > profile.memory_bytes:
         notes = [
             f"the plan needs {format_bytes(memory.peak_device_bytes)}, more than the card's "
@@ -269,18 +316,18 @@ def estimate(
         ]
     else:
         notes = []
+    if profile.call_timing is not None and profile.call_timing.proxy is not None:
+        notes.append(
+            f"the transformer call was timed on {profile.call_timing.proxy}; its rates stand for the real ones"
+        )
 
-    stream_bytes = transformer_dtype.itemsize if transformer_dtype != torch.float16 else 4
-    width = t.inner_dim * stream_bytes
-    tokens = shape.image_stream(t) + shape.context_stream()
-    stack_bytes = tokens * width * (DOUBLE_BLOCK_PASSES * t.num_layers + SINGLE_BLOCK_PASSES * t.num_single_layers)
-    stack_s = _compute_seconds(profile, stack, stack_bytes)
-    around_s = _compute_seconds(profile, around, 0)
+    stack_s, around_s = _call_seconds(profile, t, shape, transformer_dtype)
     copy_s = 0.0 if profile.is_host else memory.streamed_bytes_per_call / profile.host_to_device  # type: ignore[operator]
     computed_call = max(stack_s, copy_s) + around_s
     skipped_call = around_s
     steps = config.steps * plan.num_sections
-    sampling_s = steps * calls * (share * computed_call + (1 - share) * skipped_call)
+    sampler_s = 0.0 if profile.call_timing is None else profile.call_timing.sampler_step_s
+    sampling_s = steps * (calls * (share * computed_call + (1 - share) * skipped_call) + sampler_s)
 
     decode = Flops()
     for frames in decoded_latent_frames(plan):

@@ -1,17 +1,20 @@
 """Rates timed on the device at hand, at the shapes of the run being planned: ``--measure``.
 
-A few seconds of micro-benchmarks, each timed after a warm-up as the median of repeats over
-about a second (on a shared machine, the rate a long run meets): one matmul of a
-block's q/k/v projection, one attention over a call's tokens (capped so that the CPU
-finishes in about a second), an element-wise pass, a tiny op (the per-kernel overhead), a
-page-locked host->device copy, and a read of a fresh file (its pages dropped from the cache
-first where the OS allows). Two probes run the real thing, as their parts are too many to
-time one by one: a decode by a VAE of the run's config (random weights) of one temporal
-tile as the run decodes them (``PROBE_LATENT_FRAMES``: fewer frames run the CPU's conv3d at
-a third of its rate) at the bucket's latent size (on a CPU at most ``MAX_CPU_LATENT`` a
-side), once and cold as a run's first decode is, whose FLOPs per second stand for the whole
-decode's (its ops work per latent position); and the pipeline's mp4 writer encoding frames
-of the bucket's size.
+Three probes run the real thing, in a run's order, as their parts are too many to time one
+by one: an encode of one start image by a VAE of the run's config (random weights), the
+transformer call's parts at the run's token counts (``call_probe.py``: one double and one
+single block, the rest of the call, a UniPC step; these set the sampling time), and a decode
+of one temporal tile as the run decodes them (``PROBE_LATENT_FRAMES``: fewer frames run the
+CPU's conv3d at a third of its rate) at the bucket's latent size (on a CPU at most
+``MAX_CPU_LATENT`` a side), whose FLOPs per second stand for the whole decode's (its ops work
+per latent position). On a CPU the encode and the decode also give their peak RSS growth per
+pixel: the host memory of those phases. Then micro-benchmarks, each timed after a warm-up as
+the median of repeats over about a second, for the work no probe runs (encoders, prepare):
+one matmul of a block's q/k/v projection, one attention over a call's tokens (capped so that
+the CPU finishes in about a second), an element-wise pass, a tiny op (the per-kernel
+overhead), a page-locked host->device copy, a read of a fresh file (its pages dropped from
+the cache first where the OS allows), and the pipeline's mp4 writer encoding frames of the
+bucket's size.
 """
 
 from __future__ import annotations
@@ -27,17 +30,20 @@ import numpy as np
 import torch
 
 from ..device_runtime import runtime
+from ..models.transformer import TransformerConfig
 from ..models.vae import HunyuanVideoVAE, VAEConfig
 from ..video.mp4 import write_mp4
+from .call_probe import probe_call
+from .flops import CallShape
 from .profiles import DeviceProfile
-from .vae_flops import decode_tile_flops
+from .vae_flops import decode_tile_flops, vae_encode_flops
 
 REPEATS = 3
 PROBE_SECONDS = 1.0
 DISK_PROBE_BYTES = 64 << 20
 COPY_PROBE_BYTES = 256 << 20
 MAX_CPU_TOKENS = 4096  # attention and matmul rows on a CPU: the rate, in a second
-MAX_CPU_LATENT = 16  # latent pixels per side of the decode probe on a CPU (a 128 px frame)
+MAX_CPU_LATENT = 32  # latent pixels per side of the encode and decode probes on a CPU (a 256 px frame)
 # The decode probe's most FLOPs on a CPU (seconds there): a larger VAE is probed on a smaller
 # tile (the real HunyuanVideo VAE: ~40 MFLOP per output pixel), at a lower rate than its real shapes get.
 MAX_CPU_PROBE_FLOPS = 40e9
@@ -70,17 +76,27 @@ def measure_profile(
     device: torch.device | str,
     *,
     dtype: torch.dtype,
-    width: int,
-    heads: int,
-    tokens: int,
+    transformer: TransformerConfig,
+    shape: CallShape,
     vae: VAEConfig,
     frame_size: tuple[int, int] = (544, 704),
     disk_folder: str | Path | None = None,
 ) -> DeviceProfile:
-    """``base`` with its rates replaced by ones timed on ``device`` at a call's shapes:
-    ``tokens`` rows of ``width`` features, ``heads`` attention heads, a decode by a VAE of
-    config ``vae`` and an mp4 of frames of ``frame_size`` pixels (the bucket)."""
+    """``base`` with its rates replaced by ones timed on ``device`` at a call's shapes: the
+    blocks and the rest of a call of ``transformer`` at ``shape`` (``call_probe.py``), a
+    decode by a VAE of config ``vae`` and an mp4 of frames of ``frame_size`` pixels (the bucket)."""
     device = torch.device(device)
+    # The real parts first, in a run's order (encode, sample, decode): on a CPU the process's
+    # peak RSS grows by what the allocator cannot serve from memory freed before, so the probes
+    # of a phase's memory meet the leftovers a run's phase meets, not the micro-probes'.
+    with torch.random.fork_rng(devices=[]):
+        model = HunyuanVideoVAE(vae).to(device, dtype).eval()
+    encode_bytes = vae_encode_probe(model, device, dtype, frame_size)
+    call_timing = probe_call(transformer, shape, device, dtype)
+    decode_rate, decode_bytes = vae_decode_probe(model, device, dtype, frame_size)
+    del model
+    width, heads = transformer.inner_dim, transformer.num_attention_heads
+    tokens = shape.image_stream(transformer) + shape.context_stream()
     if device.type == "cpu":
         tokens = min(tokens, MAX_CPU_TOKENS)
     head_dim = width // heads
@@ -94,12 +110,12 @@ def measure_profile(
     bandwidth = 2 * big.numel() * big.element_size() / _typical_seconds(lambda: big.mul_(1.0), device)
     small = torch.ones(8, device=device, dtype=dtype)
     overhead = _typical_seconds(lambda: [small.add_(0) for _ in range(100)], device) / 100
-    decode_rate, decode_bytes = vae_decode_probe(vae, device, dtype, frame_size)
     rates: dict[str, float | None] = dict(
         matmul_flops=matmul,
         attention_flops=attention,
         conv_flops=decode_rate,
         decode_bytes_per_pixel=decode_bytes,
+        encode_bytes_per_pixel=encode_bytes,
         video_encode_pixels=video_encode_rate(frame_size),
         memory_bandwidth=bandwidth,
         kernel_overhead_s=overhead,
@@ -111,7 +127,7 @@ def measure_profile(
         rates["host_to_device"] = COPY_PROBE_BYTES / _typical_seconds(
             lambda: target.copy_(host, non_blocking=True), device
         )
-    return base.with_measured(**rates)
+    return base.with_measured(**rates, call_timing=call_timing)
 
 
 def _once_warm(run: Callable[[], object], device: torch.device) -> float:
@@ -144,12 +160,44 @@ def _reset_peak_rss() -> bool:
     return True
 
 
+def _peak_growth(run: Callable[[], object], device: torch.device) -> tuple[float, int | None]:
+    """(seconds, bytes the process's peak RSS grew by) of one ``run``; the bytes only on a CPU
+    under an OS that tells a process's peak (Linux), else None."""
+    before = _rss_kib("VmRSS")
+    measure_bytes = device.type == "cpu" and before is not None and _reset_peak_rss()
+    with torch.no_grad():
+        _sync(device)
+        started = time.perf_counter()
+        run()
+        _sync(device)
+        seconds = max(time.perf_counter() - started, 1e-9)
+    peak = _rss_kib("VmHWM") if measure_bytes else None
+    return seconds, None if peak is None or before is None else max(peak - before, 0) * 1024
+
+
+def vae_encode_probe(
+    model: HunyuanVideoVAE, device: torch.device, dtype: torch.dtype, frame_size: tuple[int, int]
+) -> float | None:
+    """Host bytes per input pixel of a real encode of one image (the start image's) by ``model``:
+    its peak RSS growth, on a CPU at most ``MAX_CPU_LATENT`` latent pixels a side (None elsewhere)."""
+    if device.type != "cpu":
+        return None
+    s = model.config.spatial_compression_ratio
+    h, w = (min(n // s, MAX_CPU_LATENT) * s for n in frame_size)
+    while vae_encode_flops(model.config, h, w).total > MAX_CPU_PROBE_FLOPS and max(h, w) > 2 * s:
+        h, w = max(h // 2 // s * s, s), max(w // 2 // s * s, s)
+    pixels = torch.rand(1, model.config.in_channels, 1, h, w, generator=torch.Generator().manual_seed(0))
+    _, grown = _peak_growth(lambda: model.encode(pixels.to(device, dtype)), device)
+    return None if grown is None else grown / (h * w)
+
+
 def vae_decode_probe(
-    vae: VAEConfig, device: torch.device, dtype: torch.dtype, frame_size: tuple[int, int]
+    model: HunyuanVideoVAE, device: torch.device, dtype: torch.dtype, frame_size: tuple[int, int]
 ) -> tuple[float, float | None]:
-    """(FLOPs per second, host bytes per output pixel) of a real cold decode by a random-weight
-    VAE of config ``vae``. The bytes (on a CPU, where the OS tells a process's peak) are its
-    peak RSS growth per pixel it outputs."""
+    """(FLOPs per second, host bytes per output pixel) of real decodes of one temporal tile by
+    ``model`` (a random-weight VAE of the run's config), a first one and a second. The bytes (on a
+    CPU, where the OS tells a process's peak) are the first one's peak RSS growth per pixel it outputs."""
+    vae = model.config
     s = vae.spatial_compression_ratio
     h, w = (n // s for n in frame_size)
     frames = PROBE_LATENT_FRAMES
@@ -160,22 +208,14 @@ def vae_decode_probe(
                 h, w = max(h // 2, 2), max(w // 2, 2)
             else:
                 frames -= 1
-    with torch.random.fork_rng(devices=[]):
-        model = HunyuanVideoVAE(vae).to(device, dtype).eval()
-        z = torch.randn(1, vae.latent_channels, frames, h, w, device=device, dtype=dtype)
+    z = torch.randn(1, vae.latent_channels, frames, h, w, generator=torch.Generator().manual_seed(0))
+    z = z.to(device, dtype)
     flops = decode_tile_flops(vae, frames, h, w).total
     pixels = (1 + vae.temporal_compression_ratio * (frames - 1)) * h * w * s * s
-    before = _rss_kib("VmRSS")
-    measure_bytes = device.type == "cpu" and before is not None and _reset_peak_rss()
-    with torch.no_grad():
-        _sync(device)
-        started = time.perf_counter()
-        model._decode_tile(z)  # one tile: decode_frames would cut 5 frames into tiles of 5 and 2
-        _sync(device)
-        seconds = max(time.perf_counter() - started, 1e-9)
-    peak = _rss_kib("VmHWM") if measure_bytes else None
-    per_pixel = None if peak is None or before is None else max(peak - before, 0) * 1024 / pixels
-    return flops / seconds, per_pixel
+    # one tile: decode_frames would cut 5 frames into tiles of 5 and 2
+    cold, grown = _peak_growth(lambda: model._decode_tile(z), device)
+    warm, _ = _peak_growth(lambda: model._decode_tile(z), device)  # a run's later tiles: the mean of both stands
+    return 2 * flops / (cold + warm), None if grown is None else grown / pixels
 
 
 def video_encode_rate(frame_size: tuple[int, int]) -> float:

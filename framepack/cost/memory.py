@@ -122,7 +122,7 @@ class MemoryEstimate:
     weight_bytes: dict[str, int]  # every model's bytes in its run dtype
     activation_bytes: dict[str, int]  # per phase, as planned (tiled VAE phases when the plan tiles)
     streamed_bytes_per_call: int  # transformer bytes copied to the device by one pass over its blocks
-    host_bytes: int  # host RAM the weights take with copy storage (mmap: page cache instead)
+    host_bytes: int  # host RAM every weight takes with copy storage (mmap: page cache instead)
 
     @property
     def peak_device_bytes(self) -> int:
@@ -131,6 +131,14 @@ class MemoryEstimate:
     @property
     def peak_activation_bytes(self) -> int:
         return max(self.activation_bytes.values())
+
+    @property
+    def host_activation_bytes(self) -> int:
+        """What a run on the host holds beside the weights at its peak: every phase's working set
+        together, as the allocator keeps what a phase freed and the next phase's tensors, of
+        other sizes, do not fit in it (measured on this project's CPU: the text, image, sampling
+        and decode phases' growths of peak RSS add up, ``benchmarks/cost_validation.py``)."""
+        return sum(self.activation_bytes.values())
 
 
 def estimate_memory(
@@ -153,4 +161,6 @@ def estimate_memory(
     activations = {p: tiled[p] if plan.vae_tiling and p in tiled else n for p, n in untiled.items()}
     streaming = plan.streaming.get("transformer")
     streamed = streaming.streamed_bytes if streaming is not None else 0
-    return MemoryEstimate(plan, weight_bytes, activations, streamed, sum(weight_bytes.values()))
+    # Every tensor, where the plan's sizes leave out what stays on the host (Llama's embedding table).
+    host = sum(t.nbytes for m in modules.values() for t in (*m.parameters(), *m.buffers()))
+    return MemoryEstimate(plan, weight_bytes, activations, streamed, host)

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import ConfigError
+from .timing import CallTiming
 
 GB = 10**9  # the vendors' unit for memory bandwidth and size
 TFLOPS = 10**12
@@ -66,13 +67,18 @@ class DeviceProfile:
     # Host bytes a CPU decode holds per output pixel of a temporal tile (measured: the decode
     # probe's peak RSS growth); None: the planner's activation estimate stands alone.
     decode_bytes_per_pixel: float | None = None
+    # The same for the encode of the start image, per input pixel (the encode probe's).
+    encode_bytes_per_pixel: float | None = None
+    # A transformer call's parts and the sampler's step as timed on the device (``call_probe.py``);
+    # None: the call's time is its FLOPs and bytes at the rates above.
+    call_timing: CallTiming | None = None
     source: str = "table"  # "table" or "measured"
 
     @property
     def is_host(self) -> bool:
         return self.host_to_device is None
 
-    def with_measured(self, **rates: float | None) -> DeviceProfile:
+    def with_measured(self, **rates: float | CallTiming | None) -> DeviceProfile:
         return replace(self, source="measured", **rates)
 
 

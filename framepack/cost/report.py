@@ -9,7 +9,7 @@ import numpy as np
 from ..prompt import HUNYUAN_VIDEO_TEMPLATE, MAX_PROMPT_TOKENS, TEMPLATE_CROP_START
 from ..units import format_bytes
 from ..video.buckets import find_bucket
-from .estimate import CostEstimate, estimate, format_seconds
+from .estimate import CostEstimate, call_shape, estimate, format_seconds
 from .measure import measure_profile
 from .memory import ModelConfigs
 from .profiles import device_profile
@@ -33,27 +33,26 @@ def predict_run(
     """The estimate for this loaded pipeline (weights already loaded: no load time): the CPU's
     table rates on the CPU, rates measured on the device (a few seconds) elsewhere."""
     transformer = pipe.components.transformer
+    models = ModelConfigs.of(pipe.components.modules(), "loaded")
+    text_tokens = prompt_tokens(pipe, prompt)
     if pipe.device.type == "cpu":
         profile = device_profile("cpu")
     else:
-        t = transformer.config
         profile = measure_profile(
             device_profile("rtx4090"),
             pipe.device,
             dtype=transformer.dtype,
-            width=t.inner_dim,
-            heads=t.num_attention_heads,
-            tokens=4096,
+            transformer=transformer.config,
+            shape=call_shape(config, models, image.shape[:2], text_tokens),
             vae=pipe.components.vae.config,
             frame_size=find_bucket(*image.shape[:2], config.resolution),
         )
-    models = ModelConfigs.of(pipe.components.modules(), "loaded")
     return estimate(
         config,
         profile,
         models=models,
         image_size=image.shape[:2],
-        text_tokens=prompt_tokens(pipe, prompt),
+        text_tokens=text_tokens,
         vram_budget_gb=None if pipe.device.type == "cpu" else vram_budget_gb,
         dtype=transformer.dtype,
         from_disk=False,
@@ -62,11 +61,11 @@ def predict_run(
 
 def prediction_line(predicted: CostEstimate) -> str:
     s = predicted.seconds
-    peak = predicted.memory.peak_activation_bytes if predicted.profile.is_host else predicted.memory.peak_device_bytes
+    peak = predicted.memory.host_activation_bytes if predicted.profile.is_host else predicted.memory.peak_device_bytes
     return (
         f"predicted: {format_seconds(s.total)} ({predicted.profile.name}, {predicted.profile.source} rates: "
         f"encoders {format_seconds(s.encoders)}, sampling {format_seconds(s.sampling)}, "
-        f"VAE decode {format_seconds(s.decode)}), peak {'activations' if predicted.profile.is_host else 'device'} "
+        f"VAE decode {format_seconds(s.decode)}), peak {'host RAM beside the weights' if predicted.profile.is_host else 'device'} "
         f"{format_bytes(peak)}"
     )
 

@@ -2,14 +2,17 @@
 
 ``torchrun --nproc-per-node N`` starts N processes and describes the group in their
 environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); ``join`` reads it. Collectives
-time out (``timeout_s``), so a rank that dies makes the others fail instead of waiting
-forever; torchrun also ends the other ranks as soon as one exits with an error.
+time out (``timeout_s``, in the joined group and in every group ``plan`` makes), so a rank
+that dies or hangs makes the others fail instead of waiting forever; torchrun also ends the
+other ranks as soon as one exits with an error. Of all the ranks' errors, one is printed
+(``reports_failure``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -23,6 +26,7 @@ from .sequence import sequence_parallel
 
 MODES = ("ulysses", "cfg", "jobs")
 DEFAULT_TIMEOUT_S = 600.0
+FIRST_FAILURE_KEY = "framepack/first_failure"
 
 
 @dataclasses.dataclass
@@ -78,8 +82,21 @@ def join(
     )
 
 
-def plan(mode: str) -> Parallel:
-    """Lay the ranks of the joined group out for ``mode``; every rank must call it (groups are collective)."""
+def check_guidance(mode: str, real_cfg: float) -> None:
+    """Refuse CFG parallelism without real CFG: with one branch, half the ranks would repeat the other half's work."""
+    if mode == "cfg" and real_cfg == 1.0:
+        raise ConfigError(
+            "parallel 'cfg' puts the two real-CFG branches on different ranks, but real_cfg is 1 "
+            "(one branch); set real_cfg > 1 (--real-cfg) or use --parallel ulysses"
+        )
+
+
+def plan(mode: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Parallel:
+    """Lay the ranks of the joined group out for ``mode``; every rank must call it (groups are collective).
+
+    Each collective of the groups made here fails after ``timeout_s`` (torch gives new groups its
+    own default, 30 minutes, not the joined group's timeout).
+    """
     if mode not in MODES:
         raise ConfigError(f"parallel: mode must be one of {list(MODES)}, got {mode!r}")
     if not dist.is_initialized():
@@ -92,8 +109,9 @@ def plan(mode: str) -> Parallel:
     if world % 2:
         raise ConfigError(f"parallel 'cfg': needs 2·N ranks (positive and negative halves), got {world}")
     half = world // 2
-    sequence_groups = [dist.new_group(list(range(b * half, (b + 1) * half))) for b in range(2)]
-    branch_groups = [dist.new_group([j, half + j]) for j in range(half)]
+    timeout = datetime.timedelta(seconds=timeout_s)
+    sequence_groups = [dist.new_group(list(range(b * half, (b + 1) * half)), timeout=timeout) for b in range(2)]
+    branch_groups = [dist.new_group([j, half + j], timeout=timeout) for j in range(half)]
     return Parallel(
         mode,
         rank,
@@ -102,3 +120,20 @@ def plan(mode: str) -> Parallel:
         sequence_size=half,
         branches=CfgParallel(branch_groups[rank % half]),
     )
+
+
+def reports_failure() -> bool:
+    """Whether this rank prints its error: a failed parallel run prints one error, not one per rank.
+
+    In a process group the first rank to fail claims the report in the group's store (torchrun
+    keeps it in its own process, so it outlives any rank): the rank that raised claims it before
+    it exits, and the others, whose collectives then fail for want of it, find it taken. Before
+    the group is joined every rank meets the same arguments, so only torchrun's rank 0 reports.
+    """
+    if not dist.is_initialized():
+        return os.environ.get("RANK", "0") == "0"
+    rank = str(dist.get_rank()).encode()
+    try:
+        return dist.distributed_c10d._get_default_store().compare_set(FIRST_FAILURE_KEY, "", rank) == rank
+    except Exception:  # the store is gone with the rank that held it: a second line rather than none
+        return True

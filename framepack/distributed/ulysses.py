@@ -92,6 +92,12 @@ class UlyssesParallel:
         self.bytes_exchanged += chunks.numel() * chunks.element_size() * (self.size - 1) // self.size
         return received
 
+    def broadcast_flag(self, flag: bool, device: torch.device) -> bool:
+        """Group rank 0's ``flag`` on every rank of the group."""
+        value = torch.tensor([int(flag)], device=device)
+        dist.broadcast(value, group=self.group, group_src=0)
+        return bool(value.item())
+
     def all_gather(self, local: torch.Tensor) -> torch.Tensor:
         """Every rank's ``local`` [B, l, ...] concatenated on dim 1, in rank order."""
         parts = [torch.empty_like(local) for _ in range(self.size)]
@@ -121,6 +127,13 @@ class UlyssesSplit:
     def gather_image(self, local_image: torch.Tensor) -> torch.Tensor:
         """The whole image stream [B, n_img, D] from every rank's image tokens."""
         return self.parallel.all_gather(local_image)[:, : self.n_img]
+
+    def agree(self, compute: bool) -> bool:
+        """A cache policy's decision for this call, the same on every rank: group rank 0's. Each rank
+        decides from its own copy of the whole image stream; copies equal to the last bit make the
+        decisions equal, but one rounding apart they could differ and the ranks' collectives would
+        no longer pair up."""
+        return self.parallel.broadcast_flag(compute, self.rope.device)
 
 
 def _slice_padded(tokens: torch.Tensor, rank: int, length: int) -> torch.Tensor:

@@ -180,7 +180,8 @@ class SequenceParallel(Protocol):
     """Splits one call's tokens over a group of ranks (framepack.distributed.UlyssesParallel)."""
 
     def split(self, n_img: int, n_ctx: int, rope: torch.Tensor, mask: torch.Tensor | None, batch: int) -> Any:
-        """This rank's share: ``.img_local`` tokens, ``.rope``, ``.key_mask``, ``.local_joint``, ``.gather_image``."""
+        """This rank's share: ``.img_local`` tokens, ``.rope``, ``.key_mask``, ``.local_joint``, ``.gather_image``,
+        ``.agree`` (the group's one cache decision)."""
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Attention of this rank's tokens over every rank's tokens."""
@@ -195,7 +196,7 @@ class TransformerStack:
     Under sequence parallelism (``parallel``) the joint buffer holds only this rank's share of
     the tokens and the blocks attend through ``parallel.attend``; the image stream going in
     and coming out is whole on every rank, so a cache policy decides from the same values
-    on every rank.
+    on every rank, and ``agree`` makes group rank 0's decision the one every rank takes.
     """
 
     def __init__(
@@ -229,6 +230,9 @@ class TransformerStack:
     @property
     def stack_input(self) -> torch.Tensor:
         return self._image
+
+    def agree(self, compute: bool) -> bool:
+        return compute if self._split is None else self._split.agree(compute)
 
     @torch.no_grad()
     def modulated_input(self) -> torch.Tensor:

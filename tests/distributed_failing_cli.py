@@ -1,0 +1,21 @@
+"""``framepack`` as torchrun starts it, except that rank 1's transformer raises in its first call:
+a rank failing mid-run through the real command-line path (tests/test_distributed_cli.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from framepack import cli
+from framepack.models.transformer import FramePackTransformer
+
+
+def _broken(*_: Any, **__: Any) -> None:
+    raise RuntimeError("rank 1 broke on purpose")
+
+
+if __name__ == "__main__":
+    if os.environ["RANK"] == "1":
+        FramePackTransformer.denoise = _broken  # type: ignore[method-assign]
+    sys.exit(cli.main())

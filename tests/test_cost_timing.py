@@ -1,0 +1,139 @@
+"""The measured call model: fixed cost + FLOPs at a rate per part, fitted from two timed sizes
+(``cost/timing.py``), how ``call_probe`` pairs each part's time with its FLOPs, its proxy for
+a block too large to time, and how ``estimate`` turns a measured call into seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from framepack.cli import main
+from framepack.config import GenerationConfig
+from framepack.cost import call_probe
+from framepack.cost.estimate import estimate
+from framepack.cost.flops import CallShape, block_flops, call_flops
+from framepack.cost.memory import ModelConfigs
+from framepack.cost.profiles import PROFILES
+from framepack.cost.timing import CallTiming, PartTiming, fit
+from framepack.models.transformer import TransformerConfig
+
+TINY = ModelConfigs.tiny()
+
+
+def test_fit_is_the_line_through_both_sizes() -> None:
+    part = fit((1e9, 0.3), (3e9, 0.7))  # 0.2 s per GFLOP, 0.1 s fixed
+    assert part.fixed_s == pytest.approx(0.1, rel=1e-12)
+    assert part.flops_per_s == pytest.approx(5e9, rel=1e-12)  # 3 GFLOP in the 0.6 s beside the fixed part
+    assert part.seconds(3e9) == pytest.approx(0.7, rel=1e-12)  # the run's size: as timed
+    assert part.seconds(5e9) == pytest.approx(1.1, rel=1e-12)
+
+
+def test_fit_keeps_the_large_size_as_timed_when_the_points_are_noisy() -> None:
+    slower_small = fit((1e9, 0.5), (3e9, 0.4))  # noise: all of it is fixed cost
+    assert (slower_small.fixed_s, slower_small.flops_per_s) == (0.4, math.inf)
+    negative_intercept = fit((1e9, 0.1), (3e9, 0.5))  # the line passes below 0 s at 0 FLOPs
+    assert negative_intercept.fixed_s == 0.0
+    assert negative_intercept.flops_per_s == pytest.approx(3e9 / 0.5, rel=1e-12)
+    with pytest.raises(ValueError, match="more FLOPs"):
+        fit((3e9, 0.1), (1e9, 0.5))
+
+
+def test_probe_pairs_each_part_with_its_own_flops_at_each_size(monkeypatch) -> None:
+    """With part times made of known fixed costs and rates, the probe recovers exactly those:
+    a part paired with another's FLOPs, or the two sizes swapped, gives other numbers."""
+    fixed = {"double": 0.01, "single": 0.02, "around": 0.03}
+    rate = {"double": 1e9, "single": 2e9, "around": 4e9}
+    config = TINY.transformer
+
+    def fake_parts(model, shape, device):
+        around, _ = call_flops(model.config, shape)
+        blocks = block_flops(model.config, shape)
+        flops = {"double": blocks[0].total, "single": blocks[model.config.num_layers].total, "around": around.total}
+        return {part: fixed[part] + flops[part] / rate[part] for part in flops}
+
+    monkeypatch.setattr(call_probe, "_time_parts", fake_parts)
+    shape = CallShape(9, 16, 16, 7, 729)
+    timing = call_probe.probe_call(config, shape, "cpu", torch.float32)
+    assert timing.proxy is None
+    for part in fixed:
+        got = getattr(timing, part)
+        assert got.fixed_s == pytest.approx(fixed[part], rel=1e-9, abs=1e-12), part
+        assert got.flops_per_s == pytest.approx(rate[part], rel=1e-9), part
+    assert timing.sampler_step_s > 0  # timed for real: UniPC on the run's latents
+
+
+def test_a_block_too_large_to_time_is_probed_through_fewer_heads() -> None:
+    real = TransformerConfig.preset("framepack")
+    shape = CallShape(9, 80, 88, 64, 729)  # the 640x704 bucket: ~12k tokens
+    probed, probed_shape, note = call_probe.probe_config(real, shape, 60e9, None, 4)
+    double = block_flops(probed, probed_shape)[0].total
+    assert double <= 60e9
+    assert probed.attention_head_dim == real.attention_head_dim and probed.inner_dim < real.inner_dim
+    assert note is not None and f"of {real.num_attention_heads} heads" in note
+    # as many heads as fit: twice as many (or the full latents) would pass the limit
+    if probed_shape == shape:
+        twice = dataclasses.replace(probed, num_attention_heads=2 * probed.num_attention_heads)
+        assert block_flops(twice, shape)[0].total > 60e9
+    else:
+        assert probed.num_attention_heads == 1
+    # a block that fits is timed as planned
+    tiny_shape = CallShape(9, 16, 16, 7, 729)
+    assert call_probe.probe_config(TINY.transformer, tiny_shape, 60e9, None, 4) == (TINY.transformer, tiny_shape, None)
+    # a weight limit alone also gives a proxy
+    assert call_probe.probe_config(real, tiny_shape, None, 1 << 30, 2)[2] is not None
+
+
+def _measured(timing: CallTiming):
+    return dataclasses.replace(PROFILES["cpu"], call_timing=timing, source="measured")
+
+
+TIMING = CallTiming(
+    double=PartTiming(0.5, 1e9),
+    single=PartTiming(0.25, 2e9),
+    around=PartTiming(0.125, 4e9),
+    sampler_step_s=0.0625,
+)
+
+
+def _estimate(profile, **changes: object):
+    config = GenerationConfig(**{"seconds": 1.0, "steps": 4, "resolution": 128, **changes})
+    return estimate(config, profile, models=TINY, image_size=(128, 128), text_tokens=7, from_disk=False)
+
+
+def test_a_measured_call_is_its_blocks_around_and_the_sampler_step() -> None:
+    e = _estimate(_measured(TIMING))
+    t = TINY.transformer
+    around, _ = call_flops(t, e.shape)
+    blocks = block_flops(t, e.shape)
+    double = t.num_layers * (0.5 + blocks[0].total / 1e9)
+    single = t.num_single_layers * (0.25 + blocks[-1].total / 2e9)
+    call = double + single + 0.125 + around.total / 4e9
+    assert e.seconds.step == pytest.approx(call, rel=1e-12)
+    assert e.seconds.sampling == pytest.approx(4 * (call + 0.0625), rel=1e-12)  # 1 section x 4 steps
+    cfg = _estimate(_measured(TIMING), real_cfg=3.0)
+    assert cfg.seconds.sampling == pytest.approx(4 * (2 * call + 0.0625), rel=1e-12)  # one sampler step, two calls
+
+
+def test_a_skipped_step_costs_the_call_without_its_stack() -> None:
+    plain = _estimate(_measured(TIMING), steps=25)
+    cached = _estimate(_measured(TIMING), steps=25, cache="magcache")  # computes 12 of 25
+    t = TINY.transformer
+    blocks = block_flops(t, plain.shape)
+    stack = t.num_layers * (0.5 + blocks[0].total / 1e9) + t.num_single_layers * (0.25 + blocks[-1].total / 2e9)
+    assert cached.seconds.sampling == pytest.approx(plain.seconds.sampling - 13 * stack, rel=1e-9)
+
+
+def test_plan_measure_times_the_call_on_this_machine(capsys) -> None:
+    argv = ["plan", "--tiny", "--measure", "--size", "128x128", "--seconds", "1", "--steps", "4", "--text-tokens", "7"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "measured rates" in out and "predicted total:" in out
+
+
+def test_a_proxy_probe_is_said_in_the_estimate() -> None:
+    proxy = dataclasses.replace(TIMING, proxy="a proxy: 3 of 24 heads")
+    assert any("3 of 24 heads" in note for note in _estimate(_measured(proxy)).notes)
+    assert not any("proxy" in note for note in _estimate(_measured(TIMING)).notes)
