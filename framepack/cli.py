@@ -70,20 +70,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message, status = _report(e)
-        if not _reports_failure(args):
+        if not _reports_failure(args, isinstance(e, (InputError, ConfigError))):
             logger.info("another rank failed first and printed the error; this rank's: %s", message)
             return ANOTHER_RANK_FAILED
         print(f"error: {message}{_resume_hint(args, e)}", file=sys.stderr)
         return status
 
 
-def _reports_failure(args: argparse.Namespace) -> bool:
+def _reports_failure(args: argparse.Namespace, argument_error: bool) -> bool:
     """False on the ranks of a parallel run that leave its one error line to another rank."""
     if getattr(args, "parallel", None) is None:
         return True
     from .distributed.launch import reports_failure
 
-    return reports_failure()
+    return reports_failure(same_on_every_rank=argument_error)
 
 
 def _print_error(line: str) -> None:

@@ -583,6 +583,9 @@ class FramePackPipeline:
                 f"stream: rank {self.parallel.rank} of a parallel run writes nothing; only rank 0 streams, "
                 "the other ranks call generate with the same arguments"
             )
+        if resume is not None and self.parallel is not None and self.parallel.mode != "jobs":
+            # The other ranks refuse it in generate: rank 0 would wait for them in its first collective.
+            raise ConfigError("resume: a parallel run cannot be resumed; run the resume in one process")
         config = config or GenerationConfig()
         self._check_parallel_guidance(config)
         check_inputs(
@@ -641,8 +644,6 @@ class FramePackPipeline:
                 image, prompt, config, end_image=end_image, negative_prompt=negative_prompt, keyframes=keyframes
             )
             return None  # type: ignore[return-value]  # only rank 0 has the video
-        if resume is not None and self.parallel is not None and self.parallel.mode != "jobs":
-            raise ConfigError("resume: a parallel run cannot be resumed; run the resume in one process")
         run = self.stream(
             image,
             prompt,

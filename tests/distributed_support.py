@@ -35,7 +35,7 @@ Worker = Callable[[int, Path], None]
 WORLD = 4
 GROUP_TIMEOUT_S = 120.0  # rank 0 decodes a section while the others wait for it (in a loaded CI: long)
 HANG_TIMEOUT_S = 3.0  # the groups of the last case, where rank 3 hangs
-HANG_S = 15.0
+HANG_S = 25.0  # long past the others' timeout and margin, so that they cannot have waited for it
 
 
 class Spawned:
@@ -219,7 +219,7 @@ def four_rank_cases(rank: int, folder: Path) -> None:
         result = sample(model, CASES["ulysses4"].settings)
         _save(folder, "streamed4", rank, {**result, "streamed_bytes": model.streamer.stats.transferred_bytes})
     _save(folder, "uneven4", rank, _uneven_batch_parallel(4))
-    cfg2x2 = plan("cfg")
+    cfg2x2 = plan("cfg", timeout_s=GROUP_TIMEOUT_S)
     with cfg2x2.applied(model := tiny_model(CASES["cfg2x2"].heads)):
         _save(folder, "cfg2x2", rank, sample(model, CASES["cfg2x2"].settings, cfg2x2.branches))
     _save(folder, "pipeline", rank, pipeline_generate(folder / f"pipeline_{rank}", cfg2x2, streaming=True))

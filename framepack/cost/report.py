@@ -8,9 +8,7 @@ import numpy as np
 
 from ..prompt import HUNYUAN_VIDEO_TEMPLATE, MAX_PROMPT_TOKENS, TEMPLATE_CROP_START
 from ..units import format_bytes
-from ..video.buckets import find_bucket
-from .estimate import CostEstimate, call_shape, estimate, format_seconds
-from .measure import measure_profile
+from .estimate import CostEstimate, estimate, format_seconds
 from .memory import ModelConfigs
 from .profiles import device_profile
 
@@ -30,23 +28,14 @@ def prompt_tokens(pipe: FramePackPipeline, prompt: str) -> int:
 def predict_run(
     pipe: FramePackPipeline, config: GenerationConfig, image: np.ndarray, prompt: str, vram_budget_gb: float | None
 ) -> CostEstimate:
-    """The estimate for this loaded pipeline (weights already loaded: no load time): the CPU's
-    table rates on the CPU, rates measured on the device (a few seconds) elsewhere."""
+    """The estimate for this loaded pipeline (weights already loaded: no load time), from table
+    rates: the CPU's on the CPU, the RTX 4090's on a GPU (the line names the profile). Not
+    ``measure_profile``: its probes build a VAE and blocks at the run's shapes on the device,
+    which an 8 GB card already holding the run's plan has no room for (``plan --measure`` does it)."""
     transformer = pipe.components.transformer
     models = ModelConfigs.of(pipe.components.modules(), "loaded")
     text_tokens = prompt_tokens(pipe, prompt)
-    if pipe.device.type == "cpu":
-        profile = device_profile("cpu")
-    else:
-        profile = measure_profile(
-            device_profile("rtx4090"),
-            pipe.device,
-            dtype=transformer.dtype,
-            transformer=transformer.config,
-            shape=call_shape(config, models, image.shape[:2], text_tokens),
-            vae=pipe.components.vae.config,
-            frame_size=find_bucket(*image.shape[:2], config.resolution),
-        )
+    profile = device_profile("cpu" if pipe.device.type == "cpu" else "rtx4090")
     return estimate(
         config,
         profile,

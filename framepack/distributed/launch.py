@@ -26,7 +26,6 @@ from .sequence import sequence_parallel
 
 MODES = ("ulysses", "cfg", "jobs")
 DEFAULT_TIMEOUT_S = 600.0
-FIRST_FAILURE_KEY = "framepack/first_failure"
 
 
 @dataclasses.dataclass
@@ -122,18 +121,25 @@ def plan(mode: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Parallel:
     )
 
 
-def reports_failure() -> bool:
+def reports_failure(same_on_every_rank: bool) -> bool:
     """Whether this rank prints its error: a failed parallel run prints one error, not one per rank.
 
     In a process group the first rank to fail claims the report in the group's store (torchrun
     keeps it in its own process, so it outlives any rank): the rank that raised claims it before
     it exits, and the others, whose collectives then fail for want of it, find it taken. Before
-    the group is joined every rank meets the same arguments, so only torchrun's rank 0 reports.
+    the group is joined, an error ``same_on_every_rank`` (the arguments, which every rank checks
+    alike) is printed by torchrun's rank 0 only; any other (joining the group, a file or device
+    one node lacks) may be one rank's alone, so every rank prints its own.
     """
     if not dist.is_initialized():
-        return os.environ.get("RANK", "0") == "0"
+        return not same_on_every_rank or os.environ.get("RANK", "0") == "0"
     rank = str(dist.get_rank()).encode()
     try:
-        return dist.distributed_c10d._get_default_store().compare_set(FIRST_FAILURE_KEY, "", rank) == rank
+        return dist.distributed_c10d._get_default_store().compare_set(_first_failure_key(), "", rank) == rank
     except Exception:  # the store is gone with the rank that held it: a second line rather than none
         return True
+
+
+def _first_failure_key() -> str:
+    """The store key of a run's one error: per torchrun attempt, whose store a restart keeps."""
+    return f"framepack/first_failure/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
