@@ -39,6 +39,9 @@ def test_fit_keeps_the_large_size_as_timed_when_the_points_are_noisy() -> None:
     assert negative_intercept.flops_per_s == pytest.approx(3e9 / 0.5, rel=1e-12)
     with pytest.raises(ValueError, match="more FLOPs"):
         fit((3e9, 0.1), (1e9, 0.5))
+    one_size = fit((2e9, 0.4), (2e9, 0.5))  # a grid too small to shrink: both points at one size
+    assert (one_size.fixed_s, one_size.flops_per_s) == (0.0, 2e9 / 0.5)
+    assert one_size.seconds(2e9) == pytest.approx(0.5, rel=1e-12)
 
 
 def test_probe_pairs_each_part_with_its_own_flops_at_each_size(monkeypatch) -> None:

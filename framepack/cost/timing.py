@@ -33,8 +33,10 @@ def fit(small: tuple[float, float], large: tuple[float, float]) -> PartTiming:
     the large size (the run's) is still predicted as measured.
     """
     (f1, t1), (f2, t2) = small, large
-    if f2 <= f1:
-        raise ValueError(f"fit: the large size needs more FLOPs than the small one, got {f2} <= {f1}")
+    if f2 == f1:  # one size (a grid too small to shrink): all of it rate, the run's size as measured
+        return PartTiming(0.0, f2 / t2 if t2 > 0 else math.inf)
+    if f2 < f1:
+        raise ValueError(f"fit: the large size needs more FLOPs than the small one, got {f2} < {f1}")
     slope = (t2 - t1) / (f2 - f1)  # seconds per FLOP
     fixed = t2 if slope <= 0 else min(max(t2 - slope * f2, 0.0), t2)
     rate = math.inf if t2 <= fixed else f2 / (t2 - fixed)
