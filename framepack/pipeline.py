@@ -54,7 +54,7 @@ from .run_settings import mp4_metadata, settings_record, write_settings_json
 from .rundir import RunDirLock, claim_run_dir
 from .runstate import STATE_FILE, RunState, check_fingerprint, digest, load_run_state, save_run_state
 from .sampling.control import SectionControl, SectionText
-from .sampling.loop import Progress, SectionResult, stream_latents
+from .sampling.loop import Progress, SectionResult, SectionTransformer, stream_latents
 from .sampling.sections import plan_sections
 from .video import FrameAssembler, PreviewWriter, find_bucket, load_image, resize_image
 from .video.blending import pixels_to_uint8
@@ -81,6 +81,21 @@ class EncodedInputs:
     dropped_tokens: int  # the most Llama tokens cut from one prompt
     control: SectionControl | None = None  # what changes per section (prompts, keyframes); None: nothing
     keyframes: tuple[tuple[int, np.ndarray], ...] = ()  # (video section, resized image), by section
+
+    def sample(self, transformer: SectionTransformer, config: GenerationConfig, **loop: Any) -> Iterator[SectionResult]:
+        """``stream_latents`` on these inputs (``loop``: its generator, callback, resume and
+        branches): one mapping, so that a parallel run's ranks sample exactly as rank 0 does."""
+        return stream_latents(
+            transformer,
+            self.conditioning,
+            self.start_latent,
+            config,
+            negative=self.negative,
+            end_latent=self.end_latent,
+            end_image_embeds=self.end_image_embeds,
+            control=self.control,
+            **loop,
+        )
 
 
 class FramePackPipeline:
@@ -324,15 +339,9 @@ class FramePackPipeline:
     ) -> None:
         """A rank other than 0: the same encoding and sampling as rank 0's run, nothing written."""
         inputs = self.encode(image, as_prompt(prompt), config, **given)
-        sections = stream_latents(
+        sections = inputs.sample(
             self.components.transformer,
-            inputs.conditioning,
-            inputs.start_latent,
             config,
-            negative=inputs.negative,
-            end_latent=inputs.end_latent,
-            end_image_embeds=inputs.end_image_embeds,
-            control=inputs.control,
             generator=torch.Generator("cpu").manual_seed(config.seed),  # the same noise as rank 0
             branches=self.parallel.branches,
         )
@@ -990,15 +999,9 @@ class GenerationRun:
         # Only once the run is known to be this one: a refused resume leaves the folder's settings as they were.
         write_settings_json(self.run_dir, settings)
         started = time.perf_counter()
-        sections = stream_latents(
+        sections = inputs.sample(
             p.components.transformer,
-            inputs.conditioning,
-            inputs.start_latent,
             config,
-            negative=inputs.negative,
-            end_latent=inputs.end_latent,
-            end_image_embeds=inputs.end_image_embeds,
-            control=inputs.control,
             callback=self._callback,
             generator=generator,
             resume_history=history,
