@@ -34,14 +34,13 @@ def predict_run(
     which an 8 GB card already holding the run's plan has no room for (``plan --measure`` does it)."""
     transformer = pipe.components.transformer
     models = ModelConfigs.of(pipe.components.modules(), "loaded")
-    text_tokens = prompt_tokens(pipe, prompt)
     profile = device_profile("cpu" if pipe.device.type == "cpu" else "rtx4090")
     return estimate(
         config,
         profile,
         models=models,
         image_size=image.shape[:2],
-        text_tokens=text_tokens,
+        text_tokens=prompt_tokens(pipe, prompt),
         vram_budget_gb=None if pipe.device.type == "cpu" else vram_budget_gb,
         dtype=transformer.dtype,
         from_disk=False,
