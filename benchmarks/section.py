@@ -7,7 +7,7 @@ tensor transcription of the reference UniPC, once with our transformer's ``forwa
 once with diffusers' port of the original model (same weights, loaded from one checkpoint).
 Same noise, no caching on any side, CPU float32. Runs interleaved; prints medians, the time
 ratios (target <= 0.8), the kernel floor of our section (benchmarks/kernel_floor.py: its
-matmuls and attentions alone, so the best ratio any arrangement of this arithmetic could
+matmuls and attentions alone, timed in place, so the best ratio any arrangement of this arithmetic could
 reach), the share of our wall time spent outside the transformer (target <= 3%), and the
 largest difference between the results.
 
@@ -31,7 +31,7 @@ from framepack.sampling.schedule import flux_sigmas, sequence_length
 from framepack.sampling.sections import SectionHistory, plan_sections
 from framepack.sampling.unipc import sample_unipc
 
-from .kernel_floor import kernel_floor_seconds, record_kernels
+from .kernel_floor import kernel_seconds_in_place
 from .reference_pair import medium_pair
 
 
@@ -179,7 +179,7 @@ def main() -> None:
             started = time.perf_counter()
             original_app()
             original_times.append(time.perf_counter() - started)
-    floor = kernel_floor_seconds(record_kernels(ours), repeats=1)
+    floor = kernel_seconds_in_place(ours, repeats=1)
 
     ours_median, reference_median = statistics.median(ours_times), statistics.median(reference_times)
     original_median = statistics.median(original_times)
