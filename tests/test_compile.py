@@ -20,7 +20,7 @@ from framepack.cache import TeaCache
 from framepack.cli import demo_image, main
 from framepack.errors import ConfigError
 from framepack.memory.streamer import block_nbytes, minimum_budget
-from framepack.models.compiled import CompiledBlocks, _inductor_unavailable
+from framepack.models.compiled import CompiledBlocks, _gelu_tanh, _inductor_unavailable
 from framepack.models.linear import Linear
 from framepack.models.transformer import FramePackTransformer, TransformerConfig
 from tests.lora_support import CONFIG, ORIGINAL_DOUBLE, ORIGINAL_SINGLE, layer_shape
@@ -136,6 +136,15 @@ def test_no_cpp_compiler_falls_back_to_eager_with_one_warning(
     assert len(messages) == 1 and "C++ compiler" in messages[0] and "framepack-test-no-such-compiler" in messages[0]
     assert dict(blocks.graphs) == {}  # nothing was handed to inductor
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_compiled_gelu_is_torch_tanh_gelu(dtype: torch.dtype) -> None:
+    # float32 on a CPU takes the sigmoid form (a faster kernel from inductor), bfloat16 torch's own
+    x = torch.linspace(-8, 8, 4001).to(dtype)
+    expected = torch.nn.functional.gelu(x.double(), approximate="tanh")
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2
+    assert (_gelu_tanh(x).double() - expected).abs().max().item() < tolerance
 
 
 def test_compile_refuses_an_unknown_mode(tiny_transformer: FramePackTransformer) -> None:

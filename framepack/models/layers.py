@@ -19,7 +19,7 @@ from .linear import Linear
 
 NORM_EPS = 1e-6
 SINUSOID_DIM = 256
-_GELU_SIGMOID_SCALE = 2 * math.sqrt(2 / math.pi)
+GELU_SIGMOID_SCALE = 2 * math.sqrt(2 / math.pi)  # tanh u = 2 sigmoid(2u) - 1
 _GELU_CHUNK_ELEMENTS = 1 << 19  # a 2 MiB float32 temporary: stays in cache between the passes
 # bfloat16/float16 q|k image tokens are rotated in float32 this many bytes at a time: all at once,
 # the float32 copy is ~0.45 GB per block at the 640 bucket (~18k tokens x (q|k) x 3072 x 4 bytes)
@@ -64,7 +64,7 @@ def gelu_tanh_(x: torch.Tensor) -> torch.Tensor:
     for start in range(0, rows.shape[0], chunk):
         part = rows[start : start + chunk]
         factor = torch.mul(part, part, out=buffer[: part.shape[0]])
-        factor.mul_(0.044715 * _GELU_SIGMOID_SCALE).add_(_GELU_SIGMOID_SCALE).mul_(part).sigmoid_()
+        factor.mul_(0.044715 * GELU_SIGMOID_SCALE).add_(GELU_SIGMOID_SCALE).mul_(part).sigmoid_()
         part.mul_(factor)
     return x
 
