@@ -154,15 +154,17 @@ def main() -> None:
         first_call = {name: timed(lambda b=blocks: run_ours(b), sync) for name, blocks in variants.items()}
         compiled_error = {name: relative_error(run_ours(blocks), got) for name, blocks in variants.items()}
         times: dict[str, list[float]] = {name: [] for name in ["diffusers", "ours", *variants]}
+        floors: dict[str, list[float]] = {"ours": [], "diffusers": []}
         rates = []
-        for _ in range(args.repeats):
+        for _ in range(args.repeats):  # the floors too, in the same rounds: this machine's speed drifts by tens of %
             times["diffusers"].append(timed(run_reference, sync))
             times["ours"].append(timed(lambda: run_ours(eager_blocks), sync))
             for name, blocks in variants.items():
                 times[name].append(timed(lambda b=blocks: run_ours(b), sync))
+            floors["ours"].append(kernel_seconds_in_place(lambda: run_ours(eager_blocks), 1, sync))
+            floors["diffusers"].append(kernel_seconds_in_place(run_reference, 1, sync))
             rates.append(matmul_rate(device=device, dtype=dtype, sync=sync))
-        floor_ours = kernel_seconds_in_place(lambda: run_ours(eager_blocks), args.repeats, sync)
-        floor_reference = kernel_seconds_in_place(run_reference, args.repeats, sync)
+        floor_ours, floor_reference = (statistics.median(floors[name]) for name in ("ours", "diffusers"))
         replayed_ours = kernel_floor_seconds(record_kernels(lambda: run_ours(eager_blocks)), args.repeats)
 
     n_noisy = prepared.noisy_tokens
@@ -185,7 +187,7 @@ def main() -> None:
     for name, seconds in median.items():
         print(
             f"  {name + ':':26s}{seconds * 1e3:8.1f} ms   {seconds / t_ref:.3f} x diffusers   "
-            f"{seconds / floor_ours:.3f} x ours' kernel floor"
+            f"{seconds / floor_ours:.3f} x ours' kernel floor   (per round: {paired_ratio(times[name], floors['ours'])})"
         )
     print(f"  {'kernel floor (ours):':26s}{floor_ours * 1e3:8.1f} ms   {floor_ours / t_ref:.3f} x diffusers")
     print(f"  {'kernel floor (diffusers):':26s}{floor_reference * 1e3:8.1f} ms")
@@ -201,6 +203,12 @@ def main() -> None:
         f"work around the kernels: ours {(t_ours - floor_ours) * 1e3:.0f} ms, compiled "
         f"{(median['compiled'] - floor_ours) * 1e3:.0f} ms, diffusers {(t_ref - floor_reference) * 1e3:.0f} ms"
     )
+
+
+def paired_ratio(seconds: list[float], floors: list[float]) -> str:
+    """The median and range of each round's time over the same round's floor: the machine's drift cancels."""
+    ratios = sorted(t / f for t, f in zip(seconds, floors, strict=True))
+    return f"median {statistics.median(ratios):.3f} x floor, {ratios[0]:.3f}-{ratios[-1]:.3f}"
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
