@@ -12,13 +12,15 @@ import torch
 
 from framepack.cli import main
 from framepack.config import GenerationConfig
-from framepack.cost import call_probe
+from framepack.cost import call_probe, measure
 from framepack.cost.estimate import estimate
 from framepack.cost.flops import CallShape, block_flops, call_flops
 from framepack.cost.memory import ModelConfigs
 from framepack.cost.profiles import PROFILES
 from framepack.cost.timing import CallTiming, PartTiming, fit
+from framepack.cost.vae_flops import decode_tile_flops, vae_encode_flops
 from framepack.models.transformer import TransformerConfig
+from framepack.models.vae import HunyuanVideoVAE
 
 TINY = ModelConfigs.tiny()
 
@@ -140,3 +142,46 @@ def test_a_proxy_probe_is_said_in_the_estimate() -> None:
     proxy = dataclasses.replace(TIMING, proxy="a proxy: 3 of 24 heads")
     assert any("3 of 24 heads" in note for note in _estimate(_measured(proxy)).notes)
     assert not any("proxy" in note for note in _estimate(_measured(TIMING)).notes)
+
+
+@pytest.mark.parametrize("probe", ["encode", "decode"])
+def test_the_vae_probes_give_one_cold_calls_flops_per_second_and_bytes_per_pixel(monkeypatch, probe: str) -> None:
+    """Each probe times one call of a real VAE at the bucket's latent size (a cold call, as a
+    run's encode and each section's decode are) and divides the FLOPs of that size by it."""
+    calls = []
+
+    def fake_peak_growth(run, device):  # the call's seconds and peak RSS growth, fixed
+        run()
+        calls.append(run)
+        return 2.0, 6_000_000
+
+    monkeypatch.setattr(measure, "_peak_growth", fake_peak_growth)
+    vae = HunyuanVideoVAE(TINY.vae).eval()
+    s, r = TINY.vae.spatial_compression_ratio, TINY.vae.temporal_compression_ratio
+    frame = (16 * s, 12 * s)  # a 16 x 12 latent
+    if probe == "encode":
+        rate, per_pixel = measure.vae_encode_probe(vae, torch.device("cpu"), torch.float32, frame)
+        assert rate == vae_encode_flops(TINY.vae, *frame).total / 2.0
+        assert per_pixel == 6_000_000 / (frame[0] * frame[1])
+    else:
+        rate, per_pixel = measure.vae_decode_probe(vae, torch.device("cpu"), torch.float32, frame)
+        frames = measure.PROBE_LATENT_FRAMES
+        assert rate == decode_tile_flops(TINY.vae, frames, 16, 12).total / 2.0
+        assert per_pixel == 6_000_000 / ((1 + r * (frames - 1)) * frame[0] * frame[1])
+    assert len(calls) == 1  # cold: no warm call averaged in
+
+
+def test_a_measured_encode_rate_times_the_start_images_vae_encode() -> None:
+    config = GenerationConfig(seconds=1.0, steps=4, resolution=128)
+
+    def encoders_seconds(profile, with_image=True):
+        e = estimate(config, profile, models=TINY, image_size=(128, 128), text_tokens=7, from_disk=False,
+                     with_image=with_image)  # fmt: skip
+        return e.seconds.encoders, e.bucket
+
+    table = dataclasses.replace(PROFILES["cpu"], kernel_overhead_s=0.0)
+    measured = dataclasses.replace(table, vae_encode_flops=1e9)
+    (before, bucket), (after, _) = encoders_seconds(table), encoders_seconds(measured)
+    vae_flops = vae_encode_flops(TINY.vae, *bucket).total
+    assert after - before == pytest.approx(vae_flops / 1e9 - vae_flops / table.conv_flops)
+    assert encoders_seconds(measured, False)[0] == encoders_seconds(table, False)[0]  # no image: no VAE encode

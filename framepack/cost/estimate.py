@@ -196,6 +196,12 @@ def _decode_seconds(profile: DeviceProfile, flops: Flops) -> float:
     return flops.total / profile.conv_flops + flops.kernels * profile.kernel_overhead_s
 
 
+def _vae_encode_seconds(profile: DeviceProfile, flops: Flops) -> float:
+    """The start image's VAE encode: at a measured encode's rate, else at the decode's (both convolutions)."""
+    rate = profile.vae_encode_flops or profile.conv_flops
+    return flops.total / rate + flops.kernels * profile.kernel_overhead_s
+
+
 def _dtypes(profile: DeviceProfile, dtype: torch.dtype | None) -> tuple[torch.dtype, torch.dtype]:
     """(transformer dtype, everything else's) as ``precision.default_dtype`` picks them."""
     if profile.is_host:
@@ -335,8 +341,9 @@ def estimate(
     prompts = 2 if calls == 2 else 1  # real CFG encodes the negative prompt too
     llama_tokens = TEMPLATE_CROP_START + n_text
     encoders = text_encoders_flops(models.text_encoder, models.text_encoder_2, llama_tokens) * prompts
+    vae_encode = vae_encode_flops(models.vae, *bucket) if with_image else Flops()
     if with_image:
-        encoders += image_encoder_flops(models.image_encoder) + vae_encode_flops(models.vae, *bucket)
+        encoders += image_encoder_flops(models.image_encoder)
     prepare = prepare_flops(t, shape) * calls
 
     weights = sum(memory.weight_bytes.values())
@@ -349,7 +356,7 @@ def estimate(
             swaps_s = plan.num_sections * (transformer_device + memory.weight_bytes["vae"]) / profile.host_to_device  # type: ignore[operator]
     seconds = Seconds(
         load=load_s,
-        encoders=_compute_seconds(profile, encoders, 0),
+        encoders=_compute_seconds(profile, encoders, 0) + _vae_encode_seconds(profile, vae_encode),
         step=calls * computed_call,
         sampling=sampling_s,
         prepare=plan.num_sections * _compute_seconds(profile, prepare, 0),
@@ -360,7 +367,12 @@ def estimate(
     step_flops = (around + stack) * calls
     stack_total = steps * calls * share * stack.total
     video_flops = int(
-        steps * calls * around.total + stack_total + plan.num_sections * prepare.total + decode.total + encoders.total
+        steps * calls * around.total
+        + stack_total
+        + plan.num_sections * prepare.total
+        + decode.total
+        + encoders.total
+        + vae_encode.total
     )
     result = CostEstimate(
         models=models.name,
@@ -378,7 +390,7 @@ def estimate(
         stack_flops=stack,
         prepare_flops=prepare,
         decode=decode,
-        encoders=encoders,
+        encoders=encoders + vae_encode,
         video_flops=video_flops,
         memory=memory,
         copy_seconds_per_call=copy_s,

@@ -1,7 +1,8 @@
 """Rates timed on the device at hand, at the shapes of the run being planned: ``--measure``.
 
 Three probes run the real thing, in a run's order, as their parts are too many to time one
-by one: an encode of one start image by a VAE of the run's config (random weights), the
+by one: an encode of one start image by a VAE of the run's config (random weights; its
+FLOPs per second stand for the run's encode), the
 transformer call's parts at the run's token counts (``call_probe.py``: one double and one
 single block, the rest of the call, a UniPC step; these set the sampling time), and a decode
 of one temporal tile as the run decodes them (``PROBE_LATENT_FRAMES``: fewer frames run the
@@ -91,7 +92,7 @@ def measure_profile(
     # of a phase's memory meet the leftovers a run's phase meets, not the micro-probes'.
     with torch.random.fork_rng(devices=[]):
         model = HunyuanVideoVAE(vae).to(device, dtype).eval()
-    encode_bytes = vae_encode_probe(model, device, dtype, frame_size)
+    encode_rate, encode_bytes = vae_encode_probe(model, device, dtype, frame_size)
     call_timing = probe_call(transformer, shape, device, dtype)
     decode_rate, decode_bytes = vae_decode_probe(model, device, dtype, frame_size)
     del model
@@ -114,6 +115,7 @@ def measure_profile(
         matmul_flops=matmul,
         attention_flops=attention,
         conv_flops=decode_rate,
+        vae_encode_flops=encode_rate,
         decode_bytes_per_pixel=decode_bytes,
         encode_bytes_per_pixel=encode_bytes,
         video_encode_pixels=video_encode_rate(frame_size),
@@ -177,26 +179,28 @@ def _peak_growth(run: Callable[[], object], device: torch.device) -> tuple[float
 
 def vae_encode_probe(
     model: HunyuanVideoVAE, device: torch.device, dtype: torch.dtype, frame_size: tuple[int, int]
-) -> float | None:
-    """Host bytes per input pixel of a real encode of one image (the start image's) by ``model``:
-    its peak RSS growth, on a CPU at most ``MAX_CPU_LATENT`` latent pixels a side (None elsewhere)."""
-    if device.type != "cpu":
-        return None
+) -> tuple[float, float | None]:
+    """(FLOPs per second, host bytes per input pixel) of a real encode of one image (the start
+    image's) by ``model``, cold as a run's one encode is: its time, and its peak RSS growth (on a
+    CPU, where the OS tells a process's peak; None elsewhere). On a CPU at most
+    ``MAX_CPU_LATENT`` latent pixels a side."""
     s = model.config.spatial_compression_ratio
-    h, w = (min(n // s, MAX_CPU_LATENT) * s for n in frame_size)
-    while vae_encode_flops(model.config, h, w).total > MAX_CPU_PROBE_FLOPS and max(h, w) > 2 * s:
-        h, w = max(h // 2 // s * s, s), max(w // 2 // s * s, s)
+    h, w = (max(n // s, 1) * s for n in frame_size)
+    if device.type == "cpu":
+        h, w = (min(n // s, MAX_CPU_LATENT) * s for n in (h, w))
+        while vae_encode_flops(model.config, h, w).total > MAX_CPU_PROBE_FLOPS and max(h, w) > 2 * s:
+            h, w = max(h // 2 // s * s, s), max(w // 2 // s * s, s)
     pixels = torch.rand(1, model.config.in_channels, 1, h, w, generator=torch.Generator().manual_seed(0))
-    _, grown = _peak_growth(lambda: model.encode(pixels.to(device, dtype)), device)
-    return None if grown is None else grown / (h * w)
+    seconds, grown = _peak_growth(lambda: model.encode(pixels.to(device, dtype)), device)
+    return vae_encode_flops(model.config, h, w).total / seconds, None if grown is None else grown / (h * w)
 
 
 def vae_decode_probe(
     model: HunyuanVideoVAE, device: torch.device, dtype: torch.dtype, frame_size: tuple[int, int]
 ) -> tuple[float, float | None]:
-    """(FLOPs per second, host bytes per output pixel) of real decodes of one temporal tile by
-    ``model`` (a random-weight VAE of the run's config), a first one and a second. The bytes (on a
-    CPU, where the OS tells a process's peak) are the first one's peak RSS growth per pixel it outputs."""
+    """(FLOPs per second, host bytes per output pixel) of a real decode of one temporal tile by
+    ``model`` (a random-weight VAE of the run's config), its first. The bytes (on a CPU, where
+    the OS tells a process's peak) are its peak RSS growth per pixel it outputs."""
     vae = model.config
     s = vae.spatial_compression_ratio
     h, w = (n // s for n in frame_size)
@@ -212,10 +216,10 @@ def vae_decode_probe(
     z = z.to(device, dtype)
     flops = decode_tile_flops(vae, frames, h, w).total
     pixels = (1 + vae.temporal_compression_ratio * (frames - 1)) * h * w * s * s
-    # one tile: decode_frames would cut 5 frames into tiles of 5 and 2
+    # one tile: decode_frames would cut 5 frames into tiles of 5 and 2. Cold, as a run's decodes
+    # are: each section's comes after its sampling has taken the caches and the memory over.
     cold, grown = _peak_growth(lambda: model._decode_tile(z), device)
-    warm, _ = _peak_growth(lambda: model._decode_tile(z), device)  # a run's later tiles: the mean of both stands
-    return 2 * flops / (cold + warm), None if grown is None else grown / pixels
+    return flops / cold, None if grown is None else grown / pixels
 
 
 def video_encode_rate(frame_size: tuple[int, int]) -> float:

@@ -69,6 +69,8 @@ class DeviceProfile:
     decode_bytes_per_pixel: float | None = None
     # The same for the encode of the start image, per input pixel (the encode probe's).
     encode_bytes_per_pixel: float | None = None
+    # The VAE encode's FLOPs per second (measured: a real cold encode's); None: ``conv_flops``.
+    vae_encode_flops: float | None = None
     # A transformer call's parts and the sampler's step as timed on the device (``call_probe.py``);
     # None: the call's time is its FLOPs and bytes at the rates above.
     call_timing: CallTiming | None = None
