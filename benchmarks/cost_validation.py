@@ -113,6 +113,7 @@ def _generate(name: str, queue: multiprocessing.Queue) -> None:
     pipe = FramePackPipeline(components, device="cpu")
     image = demo_image(config.resolution)
     decode_s = _timed(pipe.components.vae, "decode")
+    encode_s = _timed(pipe, "encode")  # the text and image encoders and the start image's VAE encode
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     started = time.perf_counter()
     run = pipe.stream(image, PROMPT, config)
@@ -121,6 +122,7 @@ def _generate(name: str, queue: multiprocessing.Queue) -> None:
     computed = sum(s.cache_stats.computed_count for s in sections if s.cache_stats is not None)
     run.result()
     queue.put(dict(measured_s=time.perf_counter() - started, measured_sampling_s=sampling, measured_decode_s=sum(decode_s),
+                   measured_encoders_s=sum(encode_s),
                    measured_computed_steps=computed,
                    measured_rss=_status_kib("VmHWM") * 1024, baseline_rss=baseline))  # fmt: skip
 
@@ -181,10 +183,13 @@ def _predict(name: str, queue: multiprocessing.Queue) -> None:
         predicted_s=s.total,
         predicted_sampling_s=s.sampling,
         predicted_decode_s=s.decode,
+        predicted_encoders_s=s.encoders,
         predicted_computed_steps=predicted.computed_share * predicted.steps * predicted.plan.num_sections,
         table_s=table.seconds.total,
         parts=dict(encoders=s.encoders, sampling=s.sampling, prepare=s.prepare, decode=s.decode, video=s.video),
         weights_and_activations=m.host_bytes + m.host_activation_bytes,
+        host_bytes=m.host_bytes,
+        activation_bytes=m.activation_bytes,
         rates={k: getattr(predicted.profile, k) for k in RATES},
     ))  # fmt: skip
 
@@ -205,9 +210,9 @@ def main() -> None:
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
     results = []
-    print("| run | predicted s | measured s | ratio | sampling predicted / measured s | decode predicted / measured s | "
+    print("| run | predicted s | measured s | ratio | sampling predicted / measured s | decode predicted / measured s | encoders predicted / measured s | "
           "probes after / before the run | predicted RSS MiB | measured RSS MiB | ratio | load avg before/after |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.only or RUNS:
         load_before = os.getloadavg()[0]
         r = _in_child(context, _predict, name)  # a fresh process, as `plan --measure` is
@@ -225,6 +230,7 @@ def main() -> None:
             f"| {name} | {r['predicted_s']:.1f} | {r['measured_s']:.1f} | {r['measured_s'] / r['predicted_s']:.2f} | "
             f"{r['predicted_sampling_s']:.1f} / {r['measured_sampling_s']:.1f} | "
             f"{r['predicted_decode_s']:.1f} / {r['measured_decode_s']:.1f} | "
+            f"{r['predicted_encoders_s']:.2f} / {r['measured_encoders_s']:.2f} | "
             f"{r['repredicted_s'] / r['predicted_s']:.2f} | "
             f"{r['predicted_rss'] / 2**20:.0f} | {r['measured_rss'] / 2**20:.0f} | "
             f"{r['measured_rss'] / r['predicted_rss']:.2f} | {r['load'][0]:.1f} / {r['load'][1]:.1f} |",
