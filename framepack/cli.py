@@ -782,7 +782,7 @@ def _check_out(args: argparse.Namespace) -> None:
     for flag, other in inputs:
         if other and _same_path(out, Path(other)):
             raise InputError(f"--out: expected a path of its own, but {args.out!r} is also the {flag} {other!r}")
-    if out.exists() and not args.overwrite:
+    if os.path.lexists(out) and not args.overwrite:  # a dangling link too: the end's publish would keep it
         raise _out_exists(args)
 
 

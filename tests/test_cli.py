@@ -104,6 +104,17 @@ def test_bad_input_is_one_line_and_exit_code_2(arguments: list[str], message: st
     assert "Traceback" not in err and err.count("\n") == 1
 
 
+def test_a_dangling_link_at_out_is_refused_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.mp4"
+    out.symlink_to(tmp_path / "nowhere.mp4")
+    assert main(["generate", *FAST, "--prompt", "x", "--out", str(out)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: --out: expected a new file, but {str(out)!r} exists (give another --out, or --overwrite)\n"
+    )
+    assert os.readlink(out) == str(tmp_path / "nowhere.mp4")
+
+
 def test_resume_with_another_prompt_names_it(tmp_path: Path, capsys) -> None:
     run_dir = tmp_path / "run"
     assert (
