@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import MAX_STEPS, MIN_RESOLUTION, GenerationConfig
-from .errors import ConfigError, FramePackError, GenerationInterrupted, InputError, NumericalError, OutputError
+from .errors import (
+    ConfigError,
+    FramePackError,
+    GenerationInterrupted,
+    InputError,
+    NumericalError,
+    OutputError,
+    OutputExistsError,
+)
 from .run_arguments import (
     TINY_DEFAULTS,
     apply_from,
@@ -594,7 +602,10 @@ def _run_with_progress(args: argparse.Namespace, start: Callable[[ProgressCallba
             )
     finally:
         bar.close()
-    path = run.result().save(args.out)  # also deletes the run folder if it was a temporary one
+    try:  # also deletes the run folder if it was a temporary one
+        path = run.result().save(args.out, overwrite=args.overwrite)
+    except OutputExistsError:  # a file that appeared at --out during the run is kept, as one there before
+        raise _out_exists(args) from None
     print(f"wrote {path} ({run.result().num_frames} frames)")
     return path
 
@@ -771,8 +782,14 @@ def _check_out(args: argparse.Namespace) -> None:
     for flag, other in inputs:
         if other and _same_path(out, Path(other)):
             raise InputError(f"--out: expected a path of its own, but {args.out!r} is also the {flag} {other!r}")
-    if out.exists() and not args.overwrite:
-        raise InputError(f"--out: expected a new file, but {args.out!r} exists (give another --out, or --overwrite)")
+    if os.path.lexists(out) and not args.overwrite:  # a dangling link too: the end's publish would keep it
+        raise _out_exists(args)
+
+
+def _out_exists(args: argparse.Namespace) -> OutputExistsError:
+    return OutputExistsError(
+        f"--out: expected a new file, but {args.out!r} exists (give another --out, or --overwrite)"
+    )
 
 
 def _same_path(a: Path, b: Path) -> bool:

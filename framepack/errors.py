@@ -21,6 +21,11 @@ class InputError(FramePackError, ValueError):
     """An input tensor, image or file has the wrong shape, type or content."""
 
 
+class OutputExistsError(InputError):
+    """An output that must be new found a file at its path (maybe one that appeared while it was
+    being written); that file is left as it was."""
+
+
 class OutputError(FramePackError):
     """An output file (a preview mp4, the video) could not be written; the cause is chained."""
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from .atomic import write_bytes
 from .config import GenerationConfig
-from .errors import InputError
+from .errors import InputError, OutputExistsError
 from .rundir import RunDirLock
 from .runstate import STATE_FILE
 
@@ -160,7 +160,7 @@ def default_queue_dir(args: argparse.Namespace) -> Path:
 
 class QueueState:
     """``queue.json``: for each job its arguments' digest, status and output, and every output
-    the queue ever wrote (``outputs``, which only grows); saved on every change."""
+    the queue ever wrote (``outputs``, less any it found taken by another file); saved on every change."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / QUEUE_FILE
@@ -198,6 +198,10 @@ class QueueState:
             self.outputs.append(entry["out"])
         record = {"format": _FORMAT, "jobs": self.jobs, "outputs": self.outputs}
         write_bytes(self.path, json.dumps(record, indent=1).encode("utf-8"))
+
+    def disown(self, out: Path) -> None:
+        """Forget ``out`` as an output (noted on the next ``set``): the file there is someone else's."""
+        self.outputs = [made for made in self.outputs if made != str(out.absolute())]
 
     def made(self, out: Path) -> bool:
         """Whether the queue (may have) wrote ``out``, so that a job of it may write it again."""
@@ -257,7 +261,9 @@ def run_queue(
                     raise InputError(
                         f"--out {out} exists and was not made by this queue; move it, give another out or --overwrite"
                     )
-                job_args.overwrite = True  # the queue's own output (or one --overwrite lets go): replaced
+                # The queue's own output (or one --overwrite lets go) is replaced; a new name is
+                # published only where no file appears meanwhile (framepack.atomic.publish_new).
+                job_args.overwrite = job_args.overwrite or out.exists()
                 config = config_of(job_args)
             except Exception as error:
                 failures.append(_failed(state, job, digest, out, report(error), log_error))
@@ -270,6 +276,8 @@ def run_queue(
             try:
                 run_job(pipe, job_args, config)
             except Exception as error:  # this job's fault; an interrupt ends the queue (run it again to resume)
+                if isinstance(error, OutputExistsError):  # a file appeared at out: not the queue's to replace later
+                    state.disown(out)
                 failures.append(_failed(state, job, digest, out, report(error), log_error))
                 continue
             state.set(job.name, digest=digest, status="done", out=str(out))

@@ -15,7 +15,7 @@ import torch
 
 from .atomic import copy_file
 from .cache.base import SectionStats
-from .errors import InputError
+from .errors import InputError, OutputExistsError
 from .run_settings import mp4_metadata
 from .video import FrameAssembler, write_mp4
 
@@ -91,18 +91,27 @@ class VideoResult:
         self._check_kept()
         return self._frames.frames()
 
-    def save(self, path: str | os.PathLike[str], *, crf: int | None = None, keep_run_dir: bool = False) -> Path:
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        crf: int | None = None,
+        keep_run_dir: bool = False,
+        overwrite: bool = True,
+    ) -> Path:
         """Write the video as an H.264 mp4 (the run's crf unless given); returns the path.
 
         The file appears only when complete (an existing one is replaced then, not before).
+        ``overwrite=False`` keeps a file at ``path``, even one that appears while the video is
+        written: OutputExistsError (an InputError) then, and the video may be saved elsewhere.
         Then a temporary run directory is deleted, unless ``keep_run_dir``.
         """
-        target = self._check_target(path)
+        target = self._check_target(path, overwrite)
         self._check_kept()
         final = self.run_dir / "video.mp4"
         try:
             if (crf is None or crf == self.crf) and final.exists():
-                copy_file(final, target)
+                copy_file(final, target, overwrite=overwrite)
             else:
                 write_mp4(
                     target,
@@ -110,6 +119,7 @@ class VideoResult:
                     fps=self.fps,
                     crf=self.crf if crf is None else crf,
                     metadata=self._metadata(crf),
+                    overwrite=overwrite,
                 )
         except BaseException:
             self._keep_run_dir()  # the video exists only there now (a full disk, an interrupt): never drop it
@@ -147,7 +157,7 @@ class VideoResult:
                 "(pass keep_run_dir=True to keep it) or cleanup()"
             )
 
-    def _check_target(self, path: object) -> Path:
+    def _check_target(self, path: object, overwrite: bool) -> Path:
         """Refuse, before anything is written, a path the video cannot or must not go to."""
         if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str) or not os.fspath(path):
             raise InputError(f"save: expected a file path ending in .mp4; got {path!r:.60}")
@@ -163,4 +173,6 @@ class VideoResult:
                 f"save: {target} is inside the run directory {self.run_dir}, whose files the run manages; "
                 "save the video somewhere else"
             )
+        if not overwrite and os.path.lexists(target):
+            raise OutputExistsError(f"save: expected a new file, but {str(target)!r} exists (or pass overwrite=True)")
         return target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import av
 import numpy as np
 import pytest
 
+from framepack import atomic
 from framepack.cli import main
 from framepack.runstate import load_run_state
 from framepack.video import FrameAssembler
@@ -46,6 +48,41 @@ def test_generate_tiny_writes_a_video_and_resume_of_a_finished_run_writes_it_whe
     assert frame_count(again) == frame_count(out)
 
 
+def users_file_appears_while_saving(monkeypatch: pytest.MonkeyPatch, out: Path, data: bytes) -> None:
+    """Another process puts ``data`` at ``out`` after the start check, while the video is being saved."""
+    copy = atomic.shutil.copyfile
+
+    def copy_then_the_users_file(source: Path, target: Path) -> None:
+        copy(source, target)
+        if Path(target).parent == out.parent and Path(target).name.startswith(f".{out.stem}."):
+            out.write_bytes(data)
+
+    monkeypatch.setattr(atomic.shutil, "copyfile", copy_then_the_users_file)
+
+
+def test_a_file_that_appears_at_out_during_the_run_is_kept_unless_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, run_dir = tmp_path / "out.mp4", tmp_path / "run"
+    generate = ["generate", *FAST, "--prompt", "a dancer", "--out", str(out), "--run-dir", str(run_dir)]
+    users_file_appears_while_saving(monkeypatch, out, b"the user's own video")
+    assert main(generate) == 2
+    errors = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "error" in line]
+    assert errors == [
+        f"error: --out: expected a new file, but {str(out)!r} exists (give another --out, or --overwrite)"
+        f" (finished sections are kept: continue with --resume {run_dir})"
+    ]
+    assert out.read_bytes() == b"the user's own video"
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "run"]  # no hidden temporary file left
+
+    monkeypatch.undo()
+    users_file_appears_while_saving(monkeypatch, out, b"another of the user's videos")
+    resume = ["generate", *FAST, "--prompt", "a dancer", "--out", str(out), "--resume", str(run_dir), "--overwrite"]
+    assert main(resume) == 0  # --overwrite lets whatever is at --out go, there before or not
+    assert frame_count(out) == 4 * (2 * 3 + 1) - 3
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "run"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -65,6 +102,17 @@ def test_bad_input_is_one_line_and_exit_code_2(arguments: list[str], message: st
     err = capsys.readouterr().err
     assert err.startswith(message)
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_dangling_link_at_out_is_refused_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.mp4"
+    out.symlink_to(tmp_path / "nowhere.mp4")
+    assert main(["generate", *FAST, "--prompt", "x", "--out", str(out)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: --out: expected a new file, but {str(out)!r} exists (give another --out, or --overwrite)\n"
+    )
+    assert os.readlink(out) == str(tmp_path / "nowhere.mp4")
 
 
 def test_resume_with_another_prompt_names_it(tmp_path: Path, capsys) -> None:

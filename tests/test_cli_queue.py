@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from framepack import atomic
 from framepack.cli import main
 from framepack.run_settings import read_settings
 from framepack.runstate import load_run_state
@@ -44,6 +45,38 @@ def test_seeds_make_one_video_per_seed_and_spare_an_output_the_queue_did_not_mak
     assert main(["generate", *ONE_SECTION, "--prompt", "x", "--seeds", "4,9,2", "--out", str(out), "--overwrite"]) == 0
     assert read_settings(mine)["config"]["seed"] == 9
     assert f"queue {tmp_path / 'a.queue'}: 3 of 3 jobs done (2 before this run), 0 failed" in capsys.readouterr().out
+
+
+def test_a_file_that_appears_at_a_jobs_out_while_it_runs_is_kept_and_never_taken_for_the_queues(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, theirs = tmp_path / "a.mp4", tmp_path / "a-seed9.mp4"
+    copy = atomic.shutil.copyfile
+
+    def copy_then_the_users_file(source: Path, target: Path) -> None:  # after the job's check, before its save
+        copy(source, target)
+        if Path(target).name.startswith(".a-seed9."):
+            theirs.write_bytes(b"the user's own video")
+
+    monkeypatch.setattr(atomic.shutil, "copyfile", copy_then_the_users_file)
+    seeds = ["generate", *ONE_SECTION, "--prompt", "x", "--seeds", "4,9", "--out", str(out)]
+    assert main(seeds) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: job seed 9: --out: expected a new file, but {str(theirs)!r} exists (give another --out, or --overwrite)"
+    ]
+    assert theirs.read_bytes() == b"the user's own video"
+    assert read_settings(tmp_path / "a-seed4.mp4")["config"]["seed"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-seed4.mp4", "a-seed9.mp4", "a.queue"]
+    state = json.loads((tmp_path / "a.queue" / "queue.json").read_text())
+    assert state["outputs"] == [str(tmp_path / "a-seed4.mp4")]
+
+    # Run again: the file is the user's, not an output of the queue to replace.
+    monkeypatch.undo()
+    assert main(seeds) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: job seed 9: --out {theirs} exists and was not made by this queue; move it, give another out or --overwrite"
+    ]
+    assert theirs.read_bytes() == b"the user's own video"
 
 
 def error_lines(err: str) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from framepack import FramePackPipeline, GenerationConfig
+from framepack import FramePackPipeline, GenerationConfig, atomic
 from framepack.cli import demo_image, main
 from framepack.errors import ConfigError, GenerationCancelled, InputError
 from framepack.run_settings import read_settings
@@ -223,6 +223,30 @@ def test_the_command_extends_a_run_with_its_own_settings_and_a_video(runs, image
     assert main(["extend", str(tmp_path / "nope.mp4"), *video_flags]) == 2
     assert capsys.readouterr().err.startswith("error: source")
     assert hashlib.sha256(source.read_bytes()).hexdigest() == before
+
+
+def test_the_command_keeps_a_file_that_appears_at_out_while_it_extends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, out = input_video(tmp_path / "in.mp4", 21), tmp_path / "b.mp4"
+    copy = atomic.shutil.copyfile
+
+    def copy_then_the_users_file(source: Path, target: Path) -> None:  # after the start check, before the save
+        copy(source, target)
+        if Path(target).name.startswith(".b."):
+            out.write_bytes(b"the user's own video")
+
+    monkeypatch.setattr(atomic.shutil, "copyfile", copy_then_the_users_file)
+    video_flags = ["--tiny", "--seconds", "0.4", "--window", "3", "--steps", "2", "--resolution", "32"]
+    run_dir = tmp_path / "run"
+    assert main(["extend", str(source), *video_flags, "--out", str(out), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.replace("\r", "\n")  # the progress bar redraws with carriage returns
+    assert [line for line in err.splitlines() if "error" in line] == [
+        f"error: --out: expected a new file, but {str(out)!r} exists (give another --out, or --overwrite)"
+        f" (finished sections are kept: continue with --resume {run_dir})"
+    ]
+    assert out.read_bytes() == b"the user's own video"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.mp4", "in.mp4", "run"]
 
 
 def test_an_extensions_settings_count_its_real_frames_and_from_refuses_it(pipe, tmp_path: Path, capsys) -> None:

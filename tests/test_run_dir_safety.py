@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from framepack import FramePackPipeline, GenerationConfig, atomic
 from framepack.cli import demo_image
-from framepack.errors import GenerationCancelled, InputError, OutputError
+from framepack.errors import GenerationCancelled, InputError, OutputError, OutputExistsError
 from framepack.results import VideoResult
 from framepack.rundir import MARKER_FILE, RunDirLock, claim_run_dir
 from framepack.video import FrameAssembler
@@ -316,6 +316,35 @@ def test_save_refuses_a_bad_path_before_writing(tmp_path: Path, name: str, messa
     with pytest.raises(InputError, match=message):
         video.save(tmp_path / name)
     assert snapshot(tmp_path) == before
+
+
+def test_save_without_overwrite_keeps_a_file_there_before_or_appearing_during_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video = finished(tmp_path, temporary=True)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"the video the user had")
+    with pytest.raises(OutputExistsError, match=r"^save: expected a new file, but '.*out\.mp4' exists \(or pass"):
+        video.save(out, overwrite=False)
+
+    out.unlink()
+    copy = shutil.copyfile
+
+    def copy_then_a_users_file(source: Path, target: Path) -> None:
+        copy(source, target)
+        out.write_bytes(b"a video saved meanwhile")
+
+    monkeypatch.setattr(atomic.shutil, "copyfile", copy_then_a_users_file)
+    with pytest.raises(OutputExistsError):
+        video.save(out, overwrite=False)
+    monkeypatch.undo()
+    assert out.read_bytes() == b"a video saved meanwhile"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "run"]
+    assert (video.run_dir / "video.mp4").exists()  # kept: the video is only there
+
+    made = (video.run_dir / "video.mp4").read_bytes()
+    video.save(tmp_path / "elsewhere.mp4", overwrite=False)
+    assert (tmp_path / "elsewhere.mp4").read_bytes() == made
 
 
 # --- a full disk ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from framepack.errors import ConfigError, InputError
+from framepack.errors import ConfigError, InputError, OutputExistsError
 from framepack.video import Mp4Writer, latent_preview_image, write_mp4
 
 HEIGHT, WIDTH = 64, 96
@@ -78,6 +78,23 @@ def test_error_inside_the_block_leaves_the_file_that_was_there(tmp_path: Path) -
         raise RuntimeError("boom")
     assert (tmp_path / "p.mp4").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["p.mp4"]
+
+
+def test_a_new_video_keeps_a_file_that_appears_while_it_is_encoded(tmp_path: Path) -> None:
+    path = tmp_path / "n.mp4"
+
+    def frames_then_a_users_file():  # type: ignore[no-untyped-def]
+        yield from smooth_frames(3)
+        path.write_bytes(b"the user's own video")  # before the encoder is flushed and the file published
+
+    with pytest.raises(OutputExistsError, match="exists; it is left as it was"):
+        write_mp4(path, frames_then_a_users_file(), overwrite=False)
+    assert path.read_bytes() == b"the user's own video"
+    assert [p.name for p in tmp_path.iterdir()] == ["n.mp4"]
+
+    path.unlink()
+    write_mp4(path, smooth_frames(3), overwrite=False)
+    assert len(read_back(path)[0]) == 3
 
 
 def test_bad_frames_and_settings(tmp_path: Path) -> None:

@@ -34,10 +34,18 @@ class Mp4Writer:
     must be even (yuv420p); buckets always are. ``path`` gets the video only when ``close``
     succeeds; an error (an ``OutputError`` for the file system's) leaves ``path`` untouched.
     ``metadata`` are container tags (``comment``, ``title``…: the ones an mp4 keeps as they are).
+    ``overwrite=False``: a file at ``path`` when the video is finished is kept, and ``close``
+    raises OutputExistsError (``framepack.atomic.commit``).
     """
 
     def __init__(
-        self, path: str | Path, fps: float = 30, crf: int = 16, *, metadata: Mapping[str, str] | None = None
+        self,
+        path: str | Path,
+        fps: float = 30,
+        crf: int = 16,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        overwrite: bool = True,
     ) -> None:
         if isinstance(fps, bool) or not isinstance(fps, Real) or fps <= 0:
             raise ConfigError(f"fps must be a positive number; got {fps!r}")
@@ -45,6 +53,7 @@ class Mp4Writer:
         self.fps = fps
         self._options = encoder_options(crf)
         self._metadata = dict(metadata or {})
+        self._overwrite = overwrite
         self._container: av.container.OutputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
         self._size: tuple[int, int] | None = None
@@ -89,7 +98,7 @@ class Mp4Writer:
         except BaseException:
             self._abandon()
             raise
-        commit(self._temp, self.path)
+        commit(self._temp, self.path, overwrite=self._overwrite)
         logger.debug("wrote %d frames to %s", self.frames_written, self.path)
 
     def __enter__(self) -> Mp4Writer:
@@ -133,9 +142,10 @@ def write_mp4(
     crf: int = 16,
     *,
     metadata: Mapping[str, str] | None = None,
+    overwrite: bool = True,
 ) -> Path:
     """Write uint8 (H, W, 3) frames (any iterable, or a (T, H, W, 3) array) to an mp4; returns the path."""
-    with Mp4Writer(path, fps=fps, crf=crf, metadata=metadata) as writer:
+    with Mp4Writer(path, fps=fps, crf=crf, metadata=metadata, overwrite=overwrite) as writer:
         writer.write_all(frames)
     return writer.path
 
