@@ -52,7 +52,9 @@ def test_copies_and_reads_are_counted() -> None:
 def test_a_storage_freed_between_two_allocations_is_not_in_the_second_ones_peak() -> None:
     """Every free before an allocation counts in its peak: a view keeps its storage, a view of a
     storage does not count it twice, and a storage freed by the collector (a reference cycle)
-    leaves as soon as it is collected."""
+    leaves as soon as it is collected. The dry run learns of a free from a weak reference to the
+    storage's Python object, which torch keeps alive as long as the storage: the view case fails
+    if it ever stops doing so."""
     with CudaDryRun() as dry:
         with dry.phase("p"):
             kept = torch.empty(100, dtype=torch.uint8, device="cuda")  # 100 bytes
