@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from .errors import CheckpointError, ConfigError
 from .models.clip import CLIPTextConfig, CLIPTextEncoder
@@ -81,8 +82,13 @@ class Components:
 
 def _sample(tensor: torch.Tensor) -> torch.Tensor:
     """About ``WEIGHT_SAMPLES`` elements of ``tensor`` at a fixed stride, plus its last, as bytes."""
+    numel = tensor.numel()
+    stride = max(1, -(-numel // WEIGHT_SAMPLES))
+    if isinstance(tensor, FakeTensor) and tensor.is_contiguous():
+        # No values to sample: a buffer of the sample's bytes, allocated where the sample would be
+        # (a dry run counts it), in one fake op instead of the five below (each a slow dispatch).
+        return tensor.new_empty((-(-numel // stride) + min(numel, 1)) * tensor.element_size(), dtype=torch.uint8)
     flat = tensor.reshape(-1)
-    stride = max(1, -(-flat.numel() // WEIGHT_SAMPLES))
     return torch.cat([flat[::stride], flat[-1:]]).view(torch.uint8)
 
 

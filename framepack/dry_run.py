@@ -29,6 +29,7 @@ is the path whose memory and syncs it is there to count.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +38,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten
@@ -287,7 +287,7 @@ class _DeviceAccounting(TorchDispatchMode):
     def __init__(self, counters: DryRunCounters) -> None:
         super().__init__()
         self.counters = counters
-        self._live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self._live: dict[int, weakref.ref] = {}  # device storages alive, by address
         self.phase: str | None = None
         self.entry_peak = 0
         self.entry_base: int | None = None
@@ -371,14 +371,13 @@ class _DeviceAccounting(TorchDispatchMode):
         return out
 
     def _register(self, storage: torch.UntypedStorage) -> None:
-        ref = StorageWeakRef(storage)
-        if ref.cdata in self._live:
+        key = storage._cdata  # the storage's address: unique while it lives, and it leaves _live when it dies
+        if key in self._live:
             return
-        self.sweep()
         if self.phase is not None and self.entry_base is None:
             self.entry_base = self.counters.device_bytes  # what the phase found, after what it freed first
         nbytes = storage.nbytes()
-        self._live[ref.cdata] = (ref, nbytes)
+        self._live[key] = weakref.ref(storage, _releaser(self._live, self.counters, key, nbytes))
         counters = self.counters
         counters.device_bytes += nbytes
         counters.peak_device_bytes = max(counters.peak_device_bytes, counters.device_bytes)
@@ -386,11 +385,27 @@ class _DeviceAccounting(TorchDispatchMode):
             counters.phase_peaks[self.phase] = max(counters.phase_peaks.get(self.phase, 0), counters.device_bytes)
             self.entry_peak = max(self.entry_peak, counters.device_bytes)
 
-    def sweep(self) -> int:
-        """Forget storages that died; returns the device bytes alive."""
-        for key in [k for k, (r, _) in self._live.items() if r.expired()]:
-            self.counters.device_bytes -= self._live.pop(key)[1]
+    def alive(self) -> int:
+        """The device bytes alive now."""
         return self.counters.device_bytes
+
+
+def _releaser(
+    live: dict[int, weakref.ref], counters: DryRunCounters, key: int, nbytes: int
+) -> Callable[[weakref.ref], None]:
+    """The callback that forgets a storage and its bytes when it dies.
+
+    A storage's Python object lives exactly as long as the storage (torch keeps it while any
+    tensor holds the storage, and frees it with the storage), so a weak reference to it calls
+    back at the free itself: every free is counted before the next allocation's peak, as a
+    scan of every storage before each allocation would, at no cost per live storage.
+    """
+
+    def release(_: weakref.ref) -> None:
+        del live[key]
+        counters.device_bytes -= nbytes
+
+    return release
 
 
 def _functional(out_variant: Any) -> Any:
@@ -416,7 +431,7 @@ class CudaDryRun:
         self.counters = DryRunCounters()
         self._accounting = _DeviceAccounting(self.counters)
         self.runtime = DryRuntime(
-            self.counters, int(total_gib * GIB), bf16, self._accounting.fake_mode, self._accounting.sweep
+            self.counters, int(total_gib * GIB), bf16, self._accounting.fake_mode, self._accounting.alive
         )
         self._stack: ExitStack | None = None
 
@@ -471,7 +486,7 @@ class CudaDryRun:
 
     def device_bytes(self) -> int:
         """Device bytes alive now (storages still referenced by a tensor)."""
-        return self._accounting.sweep()
+        return self._accounting.alive()
 
     def syncs(self) -> int:
         return self.counters.syncs

@@ -8,6 +8,7 @@ for the device.
 
 from __future__ import annotations
 
+import gc
 import itertools
 
 import numpy as np
@@ -45,6 +46,34 @@ def test_copies_and_reads_are_counted() -> None:
         assert dry.syncs() == 2 and dry.counters.device_to_host_bytes == 2000
         assert host.device.type == "cpu" and torch.equal(host, torch.zeros(1000, dtype=torch.float16))
         del x
+        assert dry.device_bytes() == 0
+
+
+def test_a_storage_freed_between_two_allocations_is_not_in_the_second_ones_peak() -> None:
+    """Every free before an allocation counts in its peak: a view keeps its storage, a view of a
+    storage does not count it twice, and a storage freed by the collector (a reference cycle)
+    leaves as soon as it is collected. The dry run learns of a free from a weak reference to the
+    storage's Python object, which torch keeps alive as long as the storage: the view case fails
+    if it ever stops doing so."""
+    with CudaDryRun() as dry:
+        with dry.phase("p"):
+            kept = torch.empty(100, dtype=torch.uint8, device="cuda")  # 100 bytes
+            freed = torch.empty(250, dtype=torch.float32, device="cuda")  # 1000 bytes
+            view = freed[10:]
+            del freed
+            assert dry.device_bytes() == 1100  # the view holds all 1000 bytes
+            del view
+            second = torch.empty(750, dtype=torch.float16, device="cuda")  # 1500 bytes beside 100
+            cycle: list[object] = [torch.empty(500, dtype=torch.uint8, device="cuda")]  # 500 bytes
+            cycle.append(cycle)
+            del cycle
+            gc.collect()
+            third = torch.empty(900, dtype=torch.uint8, device="cuda")  # 900 bytes beside 1600
+        assert dry.device_bytes() == 100 + 1500 + 900
+        # 2100 with the cycle's 500, 2500 on the third allocation, not 3000 (or 3500 with the view's)
+        assert dry.counters.peak_device_bytes == 2500 and dry.counters.phase_peaks == {"p": 2500}
+        assert dry.counters.phase_own_peaks == {"p": 2500}
+        del kept, second, third
         assert dry.device_bytes() == 0
 
 
