@@ -145,15 +145,14 @@ def test_a_proxy_probe_is_said_in_the_estimate() -> None:
 
 
 @pytest.mark.parametrize("probe", ["encode", "decode"])
-def test_the_vae_probes_give_one_cold_calls_flops_per_second_and_bytes_per_pixel(monkeypatch, probe: str) -> None:
-    """Each probe times one call of a real VAE at the bucket's latent size (a cold call, as a
-    run's encode and each section's decode are) and divides the FLOPs of that size by it."""
-    calls = []
+def test_the_vae_probes_time_real_calls_at_the_buckets_latent_size(monkeypatch, probe: str) -> None:
+    """The encode probe: one cold encode, its FLOPs over its seconds. The decode probe: a cold
+    full tile, then a one-frame tile, a fixed cost per tile and a rate through both."""
+    seconds = iter([2.0, 0.5])  # the first call's, the second's
 
     def fake_peak_growth(run, device):  # the call's seconds and peak RSS growth, fixed
         run()
-        calls.append(run)
-        return 2.0, 6_000_000
+        return next(seconds), 6_000_000
 
     monkeypatch.setattr(measure, "_peak_growth", fake_peak_growth)
     vae = HunyuanVideoVAE(TINY.vae).eval()
@@ -163,12 +162,30 @@ def test_the_vae_probes_give_one_cold_calls_flops_per_second_and_bytes_per_pixel
         rate, per_pixel = measure.vae_encode_probe(vae, torch.device("cpu"), torch.float32, frame)
         assert rate == vae_encode_flops(TINY.vae, *frame).total / 2.0
         assert per_pixel == 6_000_000 / (frame[0] * frame[1])
+        assert next(seconds) == 0.5  # one call
     else:
-        rate, per_pixel = measure.vae_decode_probe(vae, torch.device("cpu"), torch.float32, frame)
+        timing, per_pixel = measure.vae_decode_probe(vae, torch.device("cpu"), torch.float32, frame)
         frames = measure.PROBE_LATENT_FRAMES
-        assert rate == decode_tile_flops(TINY.vae, frames, 16, 12).total / 2.0
-        assert per_pixel == 6_000_000 / ((1 + r * (frames - 1)) * frame[0] * frame[1])
-    assert len(calls) == 1  # cold: no warm call averaged in
+        full, one = decode_tile_flops(TINY.vae, frames, 16, 12).total, decode_tile_flops(TINY.vae, 1, 16, 12).total
+        seconds_per_flop = (2.0 - 0.5) / (full - one)
+        assert timing.fixed_s == pytest.approx(0.5 - one * seconds_per_flop)
+        assert timing.flops_per_s == pytest.approx(1 / seconds_per_flop)
+        assert per_pixel == 6_000_000 / ((1 + r * (frames - 1)) * frame[0] * frame[1])  # the full tile's
+
+
+def test_a_decode_pays_its_fixed_cost_once_per_temporal_tile() -> None:
+    """1 s at 30 fps, window 9: one section decoding 10 latent frames, in tiles of 5, 5, 4 and 1."""
+    config = GenerationConfig(seconds=1.0, steps=4, resolution=128)
+    table = dataclasses.replace(PROFILES["cpu"], kernel_overhead_s=0.0)
+
+    def decode_seconds(profile):
+        return estimate(
+            config, profile, models=TINY, image_size=(128, 128), text_tokens=7, from_disk=False
+        ).seconds.decode
+
+    assert decode_seconds(dataclasses.replace(table, decode_tile_fixed_s=0.1)) - decode_seconds(table) == (
+        pytest.approx(4 * 0.1)
+    )
 
 
 def test_a_measured_encode_rate_times_the_start_images_vae_encode() -> None:

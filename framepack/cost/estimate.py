@@ -336,8 +336,10 @@ def estimate(
     sampling_s = steps * (calls * (share * computed_call + (1 - share) * skipped_call) + sampler_s)
 
     decode = Flops()
+    decode_tiles = 0
     for frames in decoded_latent_frames(plan):
         decode += vae_decode_flops(models.vae, frames, shape.height, shape.width, memory.plan.vae_tiling)
+        decode_tiles += len(decode_tile_frames(models.vae, frames))
     prompts = 2 if calls == 2 else 1  # real CFG encodes the negative prompt too
     llama_tokens = TEMPLATE_CROP_START + n_text
     encoders = text_encoders_flops(models.text_encoder, models.text_encoder_2, llama_tokens) * prompts
@@ -360,7 +362,7 @@ def estimate(
         step=calls * computed_call,
         sampling=sampling_s,
         prepare=plan.num_sections * _compute_seconds(profile, prepare, 0),
-        decode=_decode_seconds(profile, decode),
+        decode=_decode_seconds(profile, decode) + decode_tiles * profile.decode_tile_fixed_s,
         swaps=swaps_s,
         video=encoded_pixel_frames(plan, profile.is_host) * bucket[0] * bucket[1] / profile.video_encode_pixels,
     )

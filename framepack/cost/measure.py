@@ -6,7 +6,7 @@ FLOPs per second stand for the run's encode), the
 transformer call's parts at the run's token counts (``call_probe.py``: one double and one
 single block, the rest of the call, a UniPC step; these set the sampling time), and a decode
 of one temporal tile as the run decodes them (``PROBE_LATENT_FRAMES``: fewer frames run the
-CPU's conv3d at a third of its rate) at the bucket's latent size (on a CPU at most
+CPU's conv3d at a third of its rate) and of a one-frame tile (a tile's fixed cost) at the bucket's latent size (on a CPU at most
 ``MAX_CPU_LATENT`` a side), whose FLOPs per second stand for the whole decode's (its ops work
 per latent position). On a CPU the encode and the decode also give their peak RSS growth per
 pixel: the host memory of those phases. Then micro-benchmarks, each timed after a warm-up as
@@ -37,6 +37,7 @@ from ..video.mp4 import write_mp4
 from .call_probe import probe_call
 from .flops import CallShape
 from .profiles import DeviceProfile
+from .timing import PartTiming, fit
 from .vae_flops import decode_tile_flops, vae_encode_flops
 
 REPEATS = 3
@@ -95,7 +96,7 @@ def measure_profile(
     with torch.random.fork_rng(devices=[]):
         model = HunyuanVideoVAE(vae).to(device, dtype).eval()
     encode_rate, encode_bytes = vae_encode_probe(model, device, dtype, frame_size)
-    decode_rate, decode_bytes = vae_decode_probe(model, device, dtype, frame_size)
+    decode_timing, decode_bytes = vae_decode_probe(model, device, dtype, frame_size)
     del model
     call_timing = probe_call(transformer, shape, device, dtype)
     width, heads = transformer.inner_dim, transformer.num_attention_heads
@@ -116,7 +117,8 @@ def measure_profile(
     rates: dict[str, float | None] = dict(
         matmul_flops=matmul,
         attention_flops=attention,
-        conv_flops=decode_rate,
+        conv_flops=decode_timing.flops_per_s,
+        decode_tile_fixed_s=decode_timing.fixed_s,
         vae_encode_flops=encode_rate,
         decode_bytes_per_pixel=decode_bytes,
         encode_bytes_per_pixel=encode_bytes,
@@ -199,10 +201,13 @@ def vae_encode_probe(
 
 def vae_decode_probe(
     model: HunyuanVideoVAE, device: torch.device, dtype: torch.dtype, frame_size: tuple[int, int]
-) -> tuple[float, float | None]:
-    """(FLOPs per second, host bytes per output pixel) of a real decode of one temporal tile by
-    ``model`` (a random-weight VAE of the run's config), its first. The bytes (on a CPU, where
-    the OS tells a process's peak) are its peak RSS growth per pixel it outputs."""
+) -> tuple[PartTiming, float | None]:
+    """(a temporal tile's fixed seconds and FLOP rate, host bytes per output pixel) of real decodes
+    by ``model`` (a random-weight VAE of the run's config): a full tile, cold as each section's
+    decode is (it comes after its sampling has taken the caches and the memory over), then a
+    one-frame tile (a decode's last is often that short, and costs more than its FLOPs say). The
+    bytes (on a CPU, where the OS tells a process's peak) are the full tile's peak RSS growth per
+    pixel it outputs."""
     vae = model.config
     s = vae.spatial_compression_ratio
     h, w = (n // s for n in frame_size)
@@ -216,12 +221,12 @@ def vae_decode_probe(
                 frames -= 1
     z = torch.randn(1, vae.latent_channels, frames, h, w, generator=torch.Generator().manual_seed(0))
     z = z.to(device, dtype)
-    flops = decode_tile_flops(vae, frames, h, w).total
     pixels = (1 + vae.temporal_compression_ratio * (frames - 1)) * h * w * s * s
-    # one tile: decode_frames would cut 5 frames into tiles of 5 and 2. Cold, as a run's decodes
-    # are: each section's comes after its sampling has taken the caches and the memory over.
-    cold, grown = _peak_growth(lambda: model._decode_tile(z), device)
-    return flops / cold, None if grown is None else grown / pixels
+    # one tile: decode_frames would cut 5 frames into tiles of 5 and 2
+    full, grown = _peak_growth(lambda: model._decode_tile(z), device)
+    short, _ = _peak_growth(lambda: model._decode_tile(z[:, :, :1]), device)
+    timing = fit((decode_tile_flops(vae, 1, h, w).total, short), (decode_tile_flops(vae, frames, h, w).total, full))
+    return timing, None if grown is None else grown / pixels
 
 
 def video_encode_rate(frame_size: tuple[int, int]) -> float:

@@ -71,6 +71,9 @@ class DeviceProfile:
     encode_bytes_per_pixel: float | None = None
     # The VAE encode's FLOPs per second (measured: a real cold encode's); None: ``conv_flops``.
     vae_encode_flops: float | None = None
+    # Seconds each temporal tile of a decode costs beside its FLOPs (measured: fitted through a
+    # full tile and a one-frame tile, as a decode's last tile often is); 0: FLOPs alone.
+    decode_tile_fixed_s: float = 0.0
     # A transformer call's parts and the sampler's step as timed on the device (``call_probe.py``);
     # None: the call's time is its FLOPs and bytes at the rates above.
     call_timing: CallTiming | None = None
