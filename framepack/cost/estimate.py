@@ -190,15 +190,9 @@ def _call_seconds(
     )
 
 
-def _decode_seconds(profile: DeviceProfile, flops: Flops) -> float:
-    """The VAE decode at the profile's decode rate: a measured profile's is a real decode's
-    FLOPs per second (its norms, activations and copies included); a table's, its convolutions'."""
-    return flops.total / profile.conv_flops + flops.kernels * profile.kernel_overhead_s
-
-
-def _vae_encode_seconds(profile: DeviceProfile, flops: Flops) -> float:
-    """The start image's VAE encode: at a measured encode's rate, else at the decode's (both convolutions)."""
-    rate = profile.vae_encode_flops or profile.conv_flops
+def _vae_seconds(profile: DeviceProfile, flops: Flops, rate: float) -> float:
+    """A VAE pass at ``rate`` FLOPs per second: a measured profile's is a real encode's or decode's
+    (its norms, activations and copies included); a table's, its convolutions'."""
     return flops.total / rate + flops.kernels * profile.kernel_overhead_s
 
 
@@ -358,11 +352,12 @@ def estimate(
             swaps_s = plan.num_sections * (transformer_device + memory.weight_bytes["vae"]) / profile.host_to_device  # type: ignore[operator]
     seconds = Seconds(
         load=load_s,
-        encoders=_compute_seconds(profile, encoders, 0) + _vae_encode_seconds(profile, vae_encode),
+        encoders=_compute_seconds(profile, encoders, 0)
+        + _vae_seconds(profile, vae_encode, profile.vae_encode_flops or profile.conv_flops),
         step=calls * computed_call,
         sampling=sampling_s,
         prepare=plan.num_sections * _compute_seconds(profile, prepare, 0),
-        decode=_decode_seconds(profile, decode) + decode_tiles * profile.decode_tile_fixed_s,
+        decode=_vae_seconds(profile, decode, profile.conv_flops) + decode_tiles * profile.decode_tile_fixed_s,
         swaps=swaps_s,
         video=encoded_pixel_frames(plan, profile.is_host) * bucket[0] * bucket[1] / profile.video_encode_pixels,
     )

@@ -1,15 +1,15 @@
 """Rates timed on the device at hand, at the shapes of the run being planned: ``--measure``.
 
-Three probes run the real thing, as their parts are too many to time one
-by one: an encode of one start image by a VAE of the run's config (random weights; its
-FLOPs per second stand for the run's encode), the
-transformer call's parts at the run's token counts (``call_probe.py``: one double and one
-single block, the rest of the call, a UniPC step; these set the sampling time), and a decode
-of one temporal tile as the run decodes them (``PROBE_LATENT_FRAMES``: fewer frames run the
-CPU's conv3d at a third of its rate) and of a one-frame tile (a tile's fixed cost) at the bucket's latent size (on a CPU at most
-``MAX_CPU_LATENT`` a side), whose FLOPs per second stand for the whole decode's (its ops work
-per latent position). On a CPU the encode and the decode also give their peak RSS growth per
-pixel: the host memory of those phases. Then micro-benchmarks, each timed after a warm-up as
+Three probes run the real thing, as their parts are too many to time one by one. First
+the VAE's, by one of the run's config (random weights), at the bucket's latent size (on a
+CPU at most ``MAX_CPU_LATENT`` a side): an encode of one start image, whose FLOPs per second
+stand for the run's encode; then a decode of one temporal tile as the run decodes them
+(``PROBE_LATENT_FRAMES``: fewer frames run the CPU's conv3d at a third of its rate) and of a
+one-frame tile, which give each tile of a run's decode a fixed cost and a FLOP rate (its ops
+work per latent position). Then the transformer call's parts at the run's token counts
+(``call_probe.py``: one double and one single block, the rest of the call, a UniPC step;
+these set the sampling time). On a CPU the encode and the decode also give their peak RSS
+growth per pixel: the host memory of those phases. Then micro-benchmarks, each timed after a warm-up as
 the median of repeats over about a second, for the work no probe runs (encoders, prepare):
 one matmul of a block's q/k/v projection, one attention over a call's tokens (capped so that
 the CPU finishes in about a second), an element-wise pass, a tiny op (the per-kernel
