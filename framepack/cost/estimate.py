@@ -337,9 +337,10 @@ def estimate(
     prompts = 2 if calls == 2 else 1  # real CFG encodes the negative prompt too
     llama_tokens = TEMPLATE_CROP_START + n_text
     encoders = text_encoders_flops(models.text_encoder, models.text_encoder_2, llama_tokens) * prompts
-    vae_encode = vae_encode_flops(models.vae, *bucket) if with_image else Flops()
+    vae_encode = Flops()  # the start image's, timed at its own rate
     if with_image:
         encoders += image_encoder_flops(models.image_encoder)
+        vae_encode = vae_encode_flops(models.vae, *bucket)
     prepare = prepare_flops(t, shape) * calls
 
     weights = sum(memory.weight_bytes.values())
