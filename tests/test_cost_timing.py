@@ -173,6 +173,35 @@ def test_the_vae_probes_time_real_calls_at_the_buckets_latent_size(monkeypatch, 
         assert per_pixel == 6_000_000 / ((1 + r * (frames - 1)) * frame[0] * frame[1])  # the full tile's
 
 
+@pytest.mark.parametrize(
+    ("vae", "frame", "decoded"),
+    [
+        (TINY.vae, (192, 192), (5, 24, 24)),  # the run's tile whole (its RSS growth is the run's)
+        (TINY.vae, (256, 256), (5, 32, 32)),
+        (TINY.vae, (512, 384), (5, 32, 32)),  # at most MAX_CPU_LATENT a side on a CPU
+        (ModelConfigs.real().vae, (640, 640), (5, 2, 2)),  # the real VAE: halved until it fits the cap
+    ],
+)
+def test_the_cpu_decode_probe_decodes_the_runs_tile_while_it_fits_the_flop_cap(
+    monkeypatch, vae, frame, decoded
+) -> None:
+    """Peak RSS growth is not proportional to a tile's pixels, so the probe extrapolates only
+    when the run's tile would exceed ``MAX_CPU_PROBE_FLOPS`` (the real VAE's: 304 GFLOP at 4 x 4)."""
+    shapes = []
+
+    class Recorder:  # the probe reads a model's config and calls its tile decode
+        config = vae
+
+        def _decode_tile(self, z: torch.Tensor) -> None:
+            shapes.append(tuple(z.shape[2:]))
+
+    monkeypatch.setattr(measure, "_peak_growth", lambda run, device: (run(), (1.0, 1.0))[1])
+    measure.vae_decode_probe(Recorder(), torch.device("cpu"), torch.float32, frame)
+    assert shapes[0] == decoded
+    assert shapes[1] == (1, *decoded[1:])  # then its one-frame tile
+    assert decode_tile_flops(vae, *decoded).total <= measure.MAX_CPU_PROBE_FLOPS
+
+
 def test_a_decode_pays_its_fixed_cost_once_per_temporal_tile() -> None:
     """1 s at 30 fps, window 9: one section decoding 10 latent frames, in tiles of 5, 5, 4 and 1."""
     config = GenerationConfig(seconds=1.0, steps=4, resolution=128)

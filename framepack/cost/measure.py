@@ -46,9 +46,12 @@ DISK_PROBE_BYTES = 64 << 20
 COPY_PROBE_BYTES = 256 << 20
 MAX_CPU_TOKENS = 4096  # attention and matmul rows on a CPU: the rate, in a second
 MAX_CPU_LATENT = 32  # latent pixels per side of the encode and decode probes on a CPU (a 256 px frame)
-# The decode probe's most FLOPs on a CPU (seconds there): a larger VAE is probed on a smaller
-# tile (the real HunyuanVideo VAE: ~40 MFLOP per output pixel), at a lower rate than its real shapes get.
-MAX_CPU_PROBE_FLOPS = 40e9
+# The VAE probes' most FLOPs on a CPU (~3 s here): the tiny VAE's whole tile up to MAX_CPU_LATENT.
+# A larger VAE is probed on a smaller tile (the real HunyuanVideo VAE: ~40 MFLOP per output pixel),
+# at a lower rate than its real shapes get, and with bytes that only estimate the run's: a tile's
+# peak RSS growth is not proportional to its pixels (the allocator maps large buffers apart: tiles
+# of 12, 16 and 24 latent pixels a side grew the peak by 98, 148 and 323 MiB here).
+MAX_CPU_PROBE_FLOPS = 110e9
 PROBE_LATENT_FRAMES = 5  # a full temporal tile (VAETiling: 16 pixel frames, plus the one it restarts from)
 VIDEO_PROBE_FRAMES = 16
 BANDWIDTH_PROBE_BYTES = 64 << 20  # larger than the caches: the VAE's and a step's element-wise passes are
