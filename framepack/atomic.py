@@ -97,9 +97,10 @@ def publish_new(temp: Path, target: Path) -> None:
     discard(temp)  # the video is in place under both names; the hidden one goes
 
 
-def exists_error(target: Path) -> OutputExistsError:
-    """``expected a new file, but 'x.mp4' exists``: the file there is left as it was."""
-    return OutputExistsError(f"expected a new file, but {str(target)!r} exists; it is left as it was")
+def exists_error(target: str | Path, hint: str = "it is left as it was", *, what: str = "") -> OutputExistsError:
+    """``WHAT: expected a new file, but 'x.mp4' exists (HINT)``: every refusal of a taken name reads so."""
+    prefix = f"{what}: " if what else ""
+    return OutputExistsError(f"{prefix}expected a new file, but {str(target)!r} exists ({hint})")
 
 
 def discard(temp: Path) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .atomic import exists_error
 from .config import MAX_STEPS, MIN_RESOLUTION, GenerationConfig
 from .errors import (
     ConfigError,
@@ -787,9 +788,7 @@ def _check_out(args: argparse.Namespace) -> None:
 
 
 def _out_exists(args: argparse.Namespace) -> OutputExistsError:
-    return OutputExistsError(
-        f"--out: expected a new file, but {args.out!r} exists (give another --out, or --overwrite)"
-    )
+    return exists_error(args.out, "give another --out, or --overwrite", what="--out")
 
 
 def _same_path(a: Path, b: Path) -> bool:

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import copy_file
+from .atomic import copy_file, exists_error
 from .cache.base import SectionStats
-from .errors import InputError, OutputExistsError
+from .errors import InputError
 from .run_settings import mp4_metadata
 from .video import FrameAssembler, write_mp4
 
@@ -174,5 +174,5 @@ class VideoResult:
                 "save the video somewhere else"
             )
         if not overwrite and os.path.lexists(target):
-            raise OutputExistsError(f"save: expected a new file, but {str(target)!r} exists (or pass overwrite=True)")
+            raise exists_error(target, "or pass overwrite=True", what="save")
         return target

@@ -35,7 +35,7 @@ def test_a_file_that_appears_while_writing_is_kept(tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError) as caught, atomic.replacing(target, overwrite=False) as temp:
         temp.write_bytes(VIDEO)
         target.write_bytes(USERS)  # after any check the caller made, before the video is in place
-    assert str(caught.value) == f"expected a new file, but '{target}' exists; it is left as it was"
+    assert str(caught.value) == f"expected a new file, but '{target}' exists (it is left as it was)"
     assert isinstance(caught.value, InputError)
     assert target.read_bytes() == USERS
     assert names(tmp_path) == ["out.mp4"]
