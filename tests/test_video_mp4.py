@@ -87,7 +87,7 @@ def test_a_new_video_keeps_a_file_that_appears_while_it_is_encoded(tmp_path: Pat
         yield from smooth_frames(3)
         path.write_bytes(b"the user's own video")  # before the encoder is flushed and the file published
 
-    with pytest.raises(OutputExistsError, match="exists; it is left as it was"):
+    with pytest.raises(OutputExistsError, match=r"exists \(it is left as it was\)"):
         write_mp4(path, frames_then_a_users_file(), overwrite=False)
     assert path.read_bytes() == b"the user's own video"
     assert [p.name for p in tmp_path.iterdir()] == ["n.mp4"]
