@@ -149,7 +149,7 @@ def _predict(name: str, queue: multiprocessing.Queue) -> None:
     import torch
 
     from framepack.cli import demo_image
-    from framepack.cost.estimate import estimate
+    from framepack.cost.estimate import decode_tile_sizes, estimate
     from framepack.cost.measure import measure_profile
     from framepack.cost.profiles import device_profile
     from framepack.prompt import HUNYUAN_VIDEO_TEMPLATE, MAX_PROMPT_TOKENS, TEMPLATE_CROP_START
@@ -176,6 +176,7 @@ def _predict(name: str, queue: multiprocessing.Queue) -> None:
         shape=table.shape,
         vae=models.vae,
         frame_size=table.bucket,
+        decode_tiles=decode_tile_sizes(config, models.vae),
     )
     predicted = predict(profile)
     s, m = predicted.seconds, predicted.memory

@@ -870,7 +870,7 @@ def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
 
     from .config import GenerationConfig
     from .cost.compare import compare, format_table, parse_axes
-    from .cost.estimate import call_shape, estimate
+    from .cost.estimate import call_shape, decode_tile_sizes, estimate
     from .cost.measure import measure_profile
     from .cost.memory import ModelConfigs
     from .cost.profiles import device_profile
@@ -899,6 +899,7 @@ def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
             shape=call_shape(config, models, (height, width), args.text_tokens),
             vae=models.vae,
             frame_size=find_bucket(height, width, config.resolution),
+            decode_tiles=decode_tile_sizes(config, models.vae),
         )
 
     def run(c: GenerationConfig):  # the same estimate for every row of a comparison

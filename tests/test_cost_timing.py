@@ -148,7 +148,7 @@ def test_a_proxy_probe_is_said_in_the_estimate() -> None:
 def test_the_vae_probes_time_real_calls_at_the_buckets_latent_size(monkeypatch, probe: str) -> None:
     """The encode probe: one cold encode, its FLOPs over its seconds. The decode probe: a cold
     full tile, then a one-frame tile, a fixed cost per tile and a rate through both."""
-    seconds = iter([2.0, 0.5])  # the first call's, the second's
+    seconds = iter([2.0, 0.5, 1.9])  # the first call's, the second's, the third's
 
     def fake_peak_growth(run, device):  # the call's seconds and peak RSS growth, fixed
         run()
@@ -164,13 +164,18 @@ def test_the_vae_probes_time_real_calls_at_the_buckets_latent_size(monkeypatch, 
         assert per_pixel == 6_000_000 / (frame[0] * frame[1])
         assert next(seconds) == 0.5  # one call
     else:
-        timing, per_pixel = measure.vae_decode_probe(vae, torch.device("cpu"), torch.float32, frame)
+        # the run decodes tiles of 5, 4 and 1 latent frames: the 4-frame one is timed too
+        probe = measure.vae_decode_probe(vae, torch.device("cpu"), torch.float32, frame, tile_frames=[5, 4, 5, 1])
         frames = measure.PROBE_LATENT_FRAMES
         full, one = decode_tile_flops(TINY.vae, frames, 16, 12).total, decode_tile_flops(TINY.vae, 1, 16, 12).total
         seconds_per_flop = (2.0 - 0.5) / (full - one)
-        assert timing.fixed_s == pytest.approx(0.5 - one * seconds_per_flop)
-        assert timing.flops_per_s == pytest.approx(1 / seconds_per_flop)
-        assert per_pixel == 6_000_000 / ((1 + r * (frames - 1)) * frame[0] * frame[1])  # the full tile's
+        fixed = 0.5 - one * seconds_per_flop
+        assert probe.timing.fixed_s == pytest.approx(fixed)
+        assert probe.timing.flops_per_s == pytest.approx(1 / seconds_per_flop)
+        assert probe.bytes_per_pixel == 6_000_000 / ((1 + r * (frames - 1)) * frame[0] * frame[1])  # the full tile's
+        four = decode_tile_flops(TINY.vae, 4, 16, 12).total
+        ((size, factor),) = probe.tile_factors
+        assert size == 4 and factor == pytest.approx(1.9 / (fixed + four * seconds_per_flop))
 
 
 @pytest.mark.parametrize(
@@ -214,6 +219,13 @@ def test_a_decode_pays_its_fixed_cost_once_per_temporal_tile() -> None:
 
     assert decode_seconds(dataclasses.replace(table, decode_tile_fixed_s=0.1)) - decode_seconds(table) == (
         pytest.approx(4 * 0.1)
+    )
+    # A measured factor of 3 for 4-frame tiles: the one 4-frame tile costs 3 times its fixed cost and FLOPs.
+    four = decode_tile_flops(TINY.vae, 4, 16, 16)  # 128 px: a 16 x 16 latent
+    tile_s = 0.1 + four.total / table.conv_flops
+    factored = dataclasses.replace(table, decode_tile_fixed_s=0.1, decode_tile_factors=((4, 3.0),))
+    assert decode_seconds(factored) - decode_seconds(dataclasses.replace(table, decode_tile_fixed_s=0.1)) == (
+        pytest.approx(2 * tile_s)
     )
 
 

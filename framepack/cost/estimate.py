@@ -26,6 +26,7 @@ import torch
 from ..config import GenerationConfig
 from ..errors import ConfigError
 from ..models.transformer import TransformerConfig
+from ..models.vae import VAEConfig
 from ..prompt import MAX_PROMPT_TOKENS, TEMPLATE_CROP_START
 from ..sampling.sections import SectionPlan, plan_sections
 from ..units import format_bytes
@@ -36,9 +37,9 @@ from .memory import MemoryEstimate, ModelConfigs, estimate_memory
 from .profiles import DeviceProfile
 from .vae_flops import (
     decode_tile_frames,
+    decode_tiles_flops,
     image_encoder_flops,
     text_encoders_flops,
-    vae_decode_flops,
     vae_encode_flops,
 )
 
@@ -227,6 +228,12 @@ def host_decode_bytes(profile: DeviceProfile, models: ModelConfigs, plan: Sectio
     return int(profile.decode_bytes_per_pixel * tile * area + models.vae.out_channels * 4 * section * area)
 
 
+def decode_tile_sizes(config: GenerationConfig, vae: VAEConfig) -> list[int]:
+    """Latent frames of the temporal tiles a run of ``config`` decodes, each size once."""
+    plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
+    return sorted({n for frames in decoded_latent_frames(plan) for n in decode_tile_frames(vae, frames)})
+
+
 def decoded_latent_frames(plan: SectionPlan) -> list[int]:
     """Latent frames each section decodes (``pipeline._latents_to_decode``): the first all its
     history, a later one its own window plus its neighbour's (and the start latent, inverted, last)."""
@@ -329,11 +336,14 @@ def estimate(
     sampler_s = 0.0 if profile.call_timing is None else profile.call_timing.sampler_step_s
     sampling_s = steps * (calls * (share * computed_call + (1 - share) * skipped_call) + sampler_s)
 
-    decode = Flops()
-    decode_tiles = 0
+    decode, decode_s = Flops(), 0.0
+    factors = dict(profile.decode_tile_factors)
     for frames in decoded_latent_frames(plan):
-        decode += vae_decode_flops(models.vae, frames, shape.height, shape.width, memory.plan.vae_tiling)
-        decode_tiles += len(decode_tile_frames(models.vae, frames))
+        for n, tile in decode_tiles_flops(models.vae, frames, shape.height, shape.width, memory.plan.vae_tiling):
+            decode += tile
+            decode_s += factors.get(n, 1.0) * (
+                profile.decode_tile_fixed_s + _vae_seconds(profile, tile, profile.conv_flops)
+            )
     prompts = 2 if calls == 2 else 1  # real CFG encodes the negative prompt too
     llama_tokens = TEMPLATE_CROP_START + n_text
     encoders = text_encoders_flops(models.text_encoder, models.text_encoder_2, llama_tokens) * prompts
@@ -358,7 +368,7 @@ def estimate(
         step=calls * computed_call,
         sampling=sampling_s,
         prepare=plan.num_sections * _compute_seconds(profile, prepare, 0),
-        decode=_vae_seconds(profile, decode, profile.conv_flops) + decode_tiles * profile.decode_tile_fixed_s,
+        decode=decode_s,
         swaps=swaps_s,
         video=encoded_pixel_frames(plan, profile.is_host) * bucket[0] * bucket[1] / profile.video_encode_pixels,
     )

@@ -6,7 +6,8 @@ CPU at most ``MAX_CPU_LATENT`` a side): an encode of one start image, whose FLOP
 stand for the run's encode; then a decode of one temporal tile as the run decodes them
 (``PROBE_LATENT_FRAMES``: fewer frames run the CPU's conv3d at a third of its rate) and of a
 one-frame tile, which give each tile of a run's decode a fixed cost and a FLOP rate (its ops
-work per latent position). Then the transformer call's parts at the run's token counts
+work per latent position), and one tile of each other size the run decodes, whose time over
+that line's is its factor (the conv kernels' speed depends on the shape). Then the transformer call's parts at the run's token counts
 (``call_probe.py``: one double and one single block, the rest of the call, a UniPC step;
 these set the sampling time). On a CPU the encode and the decode also give their peak RSS
 growth per pixel: the host memory of those phases. Then micro-benchmarks, each timed after a warm-up as
@@ -24,7 +25,8 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +87,13 @@ def measure_profile(
     shape: CallShape,
     vae: VAEConfig,
     frame_size: tuple[int, int] = (544, 704),
+    decode_tiles: Sequence[int] = (),
     disk_folder: str | Path | None = None,
 ) -> DeviceProfile:
     """``base`` with its rates replaced by ones timed on ``device`` at a call's shapes: the
     blocks and the rest of a call of ``transformer`` at ``shape`` (``call_probe.py``), a
-    decode by a VAE of config ``vae`` and an mp4 of frames of ``frame_size`` pixels (the bucket)."""
+    decode by a VAE of config ``vae`` (its temporal tiles of ``decode_tiles`` latent frames,
+    ``estimate.decode_tile_sizes``) and an mp4 of frames of ``frame_size`` pixels (the bucket)."""
     device = torch.device(device)
     # The VAE's first: on a CPU the process's peak RSS grows by what the allocator cannot serve
     # from memory freed before, so the memory probes must meet what a run's phases meet, not the
@@ -99,7 +103,7 @@ def measure_profile(
     with torch.random.fork_rng(devices=[]):
         model = HunyuanVideoVAE(vae).to(device, dtype).eval()
     encode_rate, encode_bytes = vae_encode_probe(model, device, dtype, frame_size)
-    decode_timing, decode_bytes = vae_decode_probe(model, device, dtype, frame_size)
+    decode = vae_decode_probe(model, device, dtype, frame_size, decode_tiles)
     del model
     call_timing = probe_call(transformer, shape, device, dtype)
     width, heads = transformer.inner_dim, transformer.num_attention_heads
@@ -117,13 +121,14 @@ def measure_profile(
     bandwidth = 2 * big.numel() * big.element_size() / _typical_seconds(lambda: big.mul_(1.0), device)
     small = torch.ones(8, device=device, dtype=dtype)
     overhead = _typical_seconds(lambda: [small.add_(0) for _ in range(100)], device) / 100
-    rates: dict[str, float | None] = dict(
+    rates: dict[str, float | tuple[tuple[int, float], ...] | None] = dict(
         matmul_flops=matmul,
         attention_flops=attention,
-        conv_flops=decode_timing.flops_per_s,
-        decode_tile_fixed_s=decode_timing.fixed_s,
+        conv_flops=decode.timing.flops_per_s,
+        decode_tile_fixed_s=decode.timing.fixed_s,
+        decode_tile_factors=decode.tile_factors,
         vae_encode_flops=encode_rate,
-        decode_bytes_per_pixel=decode_bytes,
+        decode_bytes_per_pixel=decode.bytes_per_pixel,
         encode_bytes_per_pixel=encode_bytes,
         video_encode_pixels=video_encode_rate(frame_size),
         memory_bandwidth=bandwidth,
@@ -202,15 +207,30 @@ def vae_encode_probe(
     return vae_encode_flops(model.config, h, w).total / seconds, None if grown is None else grown / (h * w)
 
 
+@dataclass(frozen=True)
+class DecodeProbe:
+    """What ``vae_decode_probe`` timed: see there."""
+
+    timing: PartTiming
+    bytes_per_pixel: float | None
+    tile_factors: tuple[tuple[int, float], ...]
+
+
 def vae_decode_probe(
-    model: HunyuanVideoVAE, device: torch.device, dtype: torch.dtype, frame_size: tuple[int, int]
-) -> tuple[PartTiming, float | None]:
-    """(a temporal tile's fixed seconds and FLOP rate, host bytes per output pixel) of real decodes
-    by ``model`` (a random-weight VAE of the run's config): a full tile, cold as each section's
-    decode is (it comes after its sampling has taken the caches and the memory over), then a
-    one-frame tile (a decode's last is often that short, and costs more than its FLOPs say). The
-    bytes (on a CPU, where the OS tells a process's peak) are the full tile's peak RSS growth per
-    pixel it outputs."""
+    model: HunyuanVideoVAE,
+    device: torch.device,
+    dtype: torch.dtype,
+    frame_size: tuple[int, int],
+    tile_frames: Sequence[int] = (),
+) -> DecodeProbe:
+    """A temporal tile's fixed seconds and FLOP rate, the host bytes per output pixel, and the
+    factors of other tile sizes, from real decodes by ``model`` (a random-weight VAE of the run's
+    config): a full tile, cold as each section's decode is (it comes after its sampling has taken
+    the caches and the memory over), then a one-frame tile (a decode's last is often that short,
+    and costs more than its FLOPs say); the line through both is the timing. Then one tile of
+    each other size in ``tile_frames`` (latent frames: the tile sizes the run decodes), whose
+    seconds over the line's are its factor. The bytes (on a CPU, where the OS tells a process's
+    peak) are the full tile's peak RSS growth per pixel it outputs."""
     vae = model.config
     s = vae.spatial_compression_ratio
     h, w = (n // s for n in frame_size)
@@ -229,7 +249,11 @@ def vae_decode_probe(
     full, grown = _peak_growth(lambda: model._decode_tile(z), device)
     short, _ = _peak_growth(lambda: model._decode_tile(z[:, :, :1]), device)
     timing = fit((decode_tile_flops(vae, 1, h, w).total, short), (decode_tile_flops(vae, frames, h, w).total, full))
-    return timing, None if grown is None else grown / pixels
+    factors = []
+    for n in sorted({n for n in tile_frames if 1 < n < frames}):
+        seconds, _ = _peak_growth(lambda n=n: model._decode_tile(z[:, :, :n]), device)
+        factors.append((n, seconds / timing.seconds(decode_tile_flops(vae, n, h, w).total)))
+    return DecodeProbe(timing, None if grown is None else grown / pixels, tuple(factors))
 
 
 def video_encode_rate(frame_size: tuple[int, int]) -> float:

@@ -70,19 +70,32 @@ def decode_tile_frames(config: VAEConfig, latent_frames: int) -> list[int]:
 
 
 @functools.lru_cache(maxsize=256)
-def vae_decode_flops(config: VAEConfig, latent_frames: int, height: int, width: int, tiled: bool) -> Flops:
-    """Decoding ``latent_frames`` frames of ``height x width`` latent pixels as the pipeline does,
-    in overlapping temporal tiles. Spatial tiles (``tiled``) are not counted one by one: their
-    overlap is the area factor ``(tile / stride)**2`` on the untiled count, which leaves out that
-    the mid block's attention, quadratic in a tile's area, gets cheaper."""
-    flops = Flops()
-    for frames in decode_tile_frames(config, latent_frames):
-        flops += decode_tile_flops(config, frames, height, width)
+def decode_tiles_flops(
+    config: VAEConfig, latent_frames: int, height: int, width: int, tiled: bool
+) -> tuple[tuple[int, Flops], ...]:
+    """(latent frames, FLOPs) of each temporal tile of decoding ``latent_frames`` frames of
+    ``height x width`` latent pixels as the pipeline does. Spatial tiles (``tiled``) are not
+    counted one by one: their overlap is the area factor ``(tile / stride)**2`` on each
+    untiled count, which leaves out that the mid block's attention, quadratic in a tile's
+    area, gets cheaper."""
     tiling = VAETiling()
-    if not tiled or max(height, width) * config.spatial_compression_ratio <= tiling.tile_sample_min_height:
-        return flops
+    spatially = tiled and max(height, width) * config.spatial_compression_ratio > tiling.tile_sample_min_height
     overlap = (tiling.tile_sample_min_height / tiling.tile_sample_stride_height) ** 2
-    return Flops(int(flops.matmul * overlap), int(flops.attention * overlap), flops.kernels)
+    tiles = []
+    for frames in decode_tile_frames(config, latent_frames):
+        flops = decode_tile_flops(config, frames, height, width)
+        if spatially:
+            flops = Flops(int(flops.matmul * overlap), int(flops.attention * overlap), flops.kernels)
+        tiles.append((frames, flops))
+    return tuple(tiles)
+
+
+def vae_decode_flops(config: VAEConfig, latent_frames: int, height: int, width: int, tiled: bool) -> Flops:
+    """Decoding ``latent_frames`` frames of ``height x width`` latent pixels: its tiles' FLOPs."""
+    total = Flops()
+    for _, flops in decode_tiles_flops(config, latent_frames, height, width, tiled):
+        total += flops
+    return total
 
 
 def _strided(size: int, stride: int) -> int:
