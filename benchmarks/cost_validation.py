@@ -1,23 +1,23 @@
 """The cost model against whole pipeline runs on this CPU: predicted vs measured time and peak RSS.
 
-    python -m benchmarks.cost_validation [--only NAME ...]
+    python -m benchmarks.cost_validation [--only NAME ...] [--repeats N]
 
-Per run: a fresh subprocess times the machine's rates at the run's shapes
-(``framepack.cost.measure``: seconds, just before the run, so that a busy machine's load is
-in both; among them one real double and one single block of the run's transformer and the
-rest of its call at the run's token counts, a UniPC step, a real encode and decode by a VAE of
-the run's config and an mp4 of the bucket's frames) and estimates; then a fresh subprocess
-(its own peak RSS) builds the pipeline (the tiny models, or the tiny encoders and VAE with the
-"medium" transformer), resets its peak RSS (``/proc/self/clear_refs``) and times one cold
-``pipe.stream`` run to the end (as ``framepack generate`` makes it; sampling is the sections'
-own ``seconds``, decode the sum of the VAE's ``decode`` calls).
+Per row, ``--repeats`` pairs (default 3), one after the other: a fresh subprocess times the
+machine's rates at the run's shapes (``framepack.cost.measure``: seconds, just before the run,
+so that a busy machine's load is in both; among them one real double and one single block of
+the run's transformer and the rest of its call at the run's token counts, a UniPC step, a real
+encode and decode by a VAE of the run's config and an mp4 of the bucket's frames) and
+estimates; then a fresh subprocess (its own peak RSS) builds the pipeline (the tiny models, or
+the tiny encoders and VAE with the "medium" transformer), resets its peak RSS
+(``/proc/self/clear_refs``) and times one cold ``pipe.stream`` run to the end (as ``framepack
+generate`` makes it; sampling is the sections' own ``seconds``, decode the sum of the VAE's
+``decode`` calls). A row gives each figure's median over its pairs, and the range of the
+pairs' own ratios: the machine is shared, its speed drifts by tens of percent within minutes
+and the allocator's peak moves by some percent from process to process, so one pair is one
+sample of both.
 
 Time: predicted ``CostEstimate.seconds.total`` (no load: the models are built in memory;
-the mp4 and previews included) vs the wall time of the run; target within +-25 %. Each row
-gives the 1-minute load average before the probes and after the run, and the prediction the
-same probes give just after the run over the one before it (not used as the prediction: it
-shows how far the machine's speed moved while the run ran): the machine is shared, and its
-load moves the measured time as much as anything the model leaves out.
+the mp4 and previews included) vs the wall time of the run; target within +-25 %.
 Peak RSS: predicted = RSS before the pipeline was built (the interpreter, torch, PyAV and
 every module of ours a run imports: measured, not modelled) + every weight's bytes
 (``MemoryEstimate.host_bytes``, Llama's host-side embedding table included) +
@@ -33,6 +33,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -204,37 +205,52 @@ def _in_child(context, target, name: str) -> dict:
     return result
 
 
+def _median_run(name: str, repeats: int, context) -> dict:
+    """``repeats`` pairs of (prediction, run) of ``name``, each in fresh processes, one after the
+    other: each field's median over the pairs, and each pair's ratios (measured / predicted)."""
+    pairs = []
+    for _ in range(repeats):
+        pair = _in_child(context, _predict, name)  # a fresh process, as `plan --measure` is
+        pair.update(_in_child(context, _generate, name))
+        pair["predicted_rss"] = pair["baseline_rss"] + pair["weights_and_activations"]
+        pairs.append(pair)
+    fields = [k for k, v in pairs[0].items() if isinstance(v, (int, float))]
+    result = {k: statistics.median(pair[k] for pair in pairs) for k in fields}
+    result["time_ratios"] = [pair["measured_s"] / pair["predicted_s"] for pair in pairs]
+    result["rss_ratios"] = [pair["measured_rss"] / pair["predicted_rss"] for pair in pairs]
+    result["pairs"] = pairs
+    return result
+
+
+def _spread(ratios: list[float]) -> str:
+    return f"{min(ratios):.2f}–{max(ratios):.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(RUNS), help="runs to make (default: all)")
+    parser.add_argument("--repeats", type=int, default=3, help="(prediction, run) pairs per row (default: 3)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
     results = []
-    print("| run | predicted s | measured s | ratio | sampling predicted / measured s | decode predicted / measured s | encoders predicted / measured s | "
-          "probes after / before the run | predicted RSS MiB | measured RSS MiB | ratio | load avg before/after |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | predicted s | measured s | ratio | pairs' ratios | sampling predicted / measured s | decode predicted / measured s | "
+          "encoders predicted / measured s | predicted RSS MiB | measured RSS MiB | ratio | pairs' ratios | load avg before/after |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.only or RUNS:
         load_before = os.getloadavg()[0]
-        r = _in_child(context, _predict, name)  # a fresh process, as `plan --measure` is
-        r.update(_in_child(context, _generate, name))
-        # Not the prediction: the same probes again just after the run, to show how far the
-        # machine's speed moved while it ran (others' load), beside the ratio.
-        r["repredicted_s"] = _in_child(context, _predict, name)["predicted_s"]
-        r.update(
-            name=name,
-            load=(load_before, os.getloadavg()[0]),
-            predicted_rss=r["baseline_rss"] + r.pop("weights_and_activations"),
-        )
+        r = _median_run(name, args.repeats, context)
+        r.update(name=name, load=(load_before, os.getloadavg()[0]))
         results.append(r)
         print(
             f"| {name} | {r['predicted_s']:.1f} | {r['measured_s']:.1f} | {r['measured_s'] / r['predicted_s']:.2f} | "
+            f"{_spread(r['time_ratios'])} | "
             f"{r['predicted_sampling_s']:.1f} / {r['measured_sampling_s']:.1f} | "
             f"{r['predicted_decode_s']:.1f} / {r['measured_decode_s']:.1f} | "
             f"{r['predicted_encoders_s']:.2f} / {r['measured_encoders_s']:.2f} | "
-            f"{r['repredicted_s'] / r['predicted_s']:.2f} | "
             f"{r['predicted_rss'] / 2**20:.0f} | {r['measured_rss'] / 2**20:.0f} | "
-            f"{r['measured_rss'] / r['predicted_rss']:.2f} | {r['load'][0]:.1f} / {r['load'][1]:.1f} |",
+            f"{r['measured_rss'] / r['predicted_rss']:.2f} | {_spread(r['rss_ratios'])} | "
+            f"{r['load'][0]:.1f} / {r['load'][1]:.1f} |",
             flush=True,
         )
     if args.json:
