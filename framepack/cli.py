@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _reports_failure(args, isinstance(e, (InputError, ConfigError))):
             logger.info("another rank failed first and printed the error; this rank's: %s", message)
             return ANOTHER_RANK_FAILED
-        print(f"error: {message}{_resume_hint(args, e)}", file=sys.stderr)
+        _print_error(f"error: {message}{_resume_hint(args, e)}")
         return status
 
 
@@ -96,7 +96,11 @@ def _reports_failure(args: argparse.Namespace, argument_error: bool) -> bool:
 
 
 def _print_error(line: str) -> None:
-    print(line, file=sys.stderr)
+    """``line`` on stderr, on a line of its own: in a parallel run the ranks share one terminal,
+    where another rank's progress bar may hold the current line (it ends with no newline)."""
+    dist = sys.modules.get("torch.distributed")
+    joined = dist is not None and dist.is_available() and dist.is_initialized()
+    print(f"\n{line}" if joined else line, file=sys.stderr)
 
 
 def _report(error: Exception) -> tuple[str, int]:

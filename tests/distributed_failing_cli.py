@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 from framepack import cli
 from framepack.models.transformer import FramePackTransformer
 
+BAR_DRAWN_S = 3.0
+
 
 def _broken(*_: Any, **__: Any) -> None:
+    # Rank 0 draws its progress bar just before its first call: fail after it has, so that this
+    # rank's error line comes while the bar holds the terminal's line (as a real failure may).
+    time.sleep(BAR_DRAWN_S)
     raise RuntimeError("rank 1 broke on purpose")
 
 
