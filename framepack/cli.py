@@ -222,7 +222,11 @@ def _generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--cfg-rescale", type=float, default=0.0)
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--crf", type=int, default=16, help="H.264 quality, 0 (best) to 51")
-    gen.add_argument("--vae-tiling", action="store_true", default=None, help="decode in spatial tiles (less memory)")
+    gen.add_argument(
+        "--vae-tiling",
+        action=argparse.BooleanOptionalAction,
+        help="decode in spatial tiles (less memory) or not (default: as the memory plan decides)",
+    )
     _model_arguments(gen)
     gen.add_argument("--run-dir", help="keep finished sections, previews and resume state here")
     gen.add_argument("--resume", help="continue an interrupted run from its run directory")

@@ -80,7 +80,11 @@ def add_extend_command(sub: Any) -> argparse.ArgumentParser:
     ext.add_argument("--resolution", type=int, help="bucket of a video input (default 640; 128 with --tiny)")
     ext.add_argument("--resize", choices=RESIZE_METHODS, help="how the input's frames (and --image) fit the bucket")
     ext.add_argument("--crf", type=int, help="H.264 quality, 0 (best) to 51 (default 16)")
-    ext.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
+    ext.add_argument(
+        "--vae-tiling",
+        action=argparse.BooleanOptionalAction,
+        help="decode in spatial tiles (less memory) or not (default: the source video's setting, else as the memory plan decides)",
+    )
     _model_arguments(ext)
     ext.add_argument("--run-dir", help="keep the extension's sections, previews and resume state here")
     ext.add_argument("--resume", help="continue an interrupted extension (same INPUT and flags) from its run directory")
@@ -97,8 +101,8 @@ def _extend(args: argparse.Namespace) -> int:
     from .video import load_image
 
     given = {field: getattr(args, flag) for flag, field in _SETTINGS.items() if getattr(args, flag) is not None}
-    if args.vae_tiling:
-        given["vae_tiling"] = True
+    if args.vae_tiling is not None:
+        given["vae_tiling"] = args.vae_tiling
     base = source_config(args.input, with_cache="cache" not in given)
     if base is None:  # a video file
         defaults = TINY_VIDEO_DEFAULTS if args.tiny else {}

@@ -14,7 +14,7 @@ from PIL import Image
 from framepack import FramePackPipeline, GenerationConfig
 from framepack.cli import _generate_arguments, _parser, demo_image, main, model_choice_arguments
 from framepack.errors import InputError
-from framepack.run_arguments import apply_from, typed_destinations
+from framepack.run_arguments import apply_from, config_from_arguments, typed_destinations
 from framepack.run_settings import file_digest, read_settings
 from tests.queue_support import TWO_SECTIONS, run_frames
 
@@ -286,3 +286,12 @@ def test_a_hand_edited_record_is_one_clear_error_or_the_defaults(original: Path,
     list_cfg = edited_record(original, tmp_path, lambda r: r["config"].update(seconds=[1]))
     with pytest.raises(InputError, match="expected config 'seconds' to be float, got \\[1\\]"):
         from_arguments("--from", str(list_cfg))
+
+
+def test_no_vae_tiling_turns_off_the_tiling_a_record_asks_for(original: Path, tmp_path: Path) -> None:
+    record = json.loads((original / "run" / "settings.json").read_text())
+    record["config"]["vae_tiling"] = True  # as made with --vae-tiling
+    source = tmp_path / "settings.json"
+    source.write_text(json.dumps(record))
+    assert config_from_arguments(from_arguments("--from", str(source))).vae_tiling is True
+    assert config_from_arguments(from_arguments("--from", str(source), "--no-vae-tiling")).vae_tiling is False

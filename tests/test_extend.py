@@ -225,6 +225,14 @@ def test_the_command_extends_a_run_with_its_own_settings_and_a_video(runs, image
     assert hashlib.sha256(source.read_bytes()).hexdigest() == before
 
 
+@pytest.mark.parametrize(("flag", "tiling"), [("--vae-tiling", True), ("--no-vae-tiling", False)])
+def test_the_command_forces_vae_tiling_either_way(flag: str, tiling: bool, tmp_path: Path) -> None:
+    out = tmp_path / "b.mp4"
+    video_flags = ["--tiny", "--seconds", "0.4", "--window", "3", "--steps", "2", "--resolution", "32"]
+    assert main(["extend", str(input_video(tmp_path / "in.mp4", 21)), *video_flags, flag, "--out", str(out)]) == 0
+    assert read_settings(out)["config"]["vae_tiling"] is tiling
+
+
 def test_the_command_keeps_a_file_that_appears_at_out_while_it_extends(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
