@@ -310,6 +310,19 @@ class FramePackPipeline:
         logger.info("memory plan: %s", plan)
         return plan
 
+    def _plan_covers(self, config: GenerationConfig) -> None:
+        """Make the memory plan in force again when it was made for a smaller run than ``config``'s
+        (a lower resolution or a shorter window: a queue's later job, a call after ``set_vram_budget``),
+        for the larger of each; activations grow with both, so a smaller run keeps the plan. Every
+        run encodes first (``encode``), so every run passes here before its first phase."""
+        if self._budget_arguments is None:
+            return
+        budget, resolution, window = self._budget_arguments
+        if config.resolution > resolution or config.window > window:
+            self.set_vram_budget(
+                budget, resolution=max(resolution, config.resolution), window=max(window, config.window)
+            )
+
     # --- several processes -----------------------------------------------------------------
     def use_parallel(self, parallel: Parallel | None) -> None:
         """Generate together with the other ranks of ``parallel`` (``framepack.distributed.launch.plan``),
@@ -436,6 +449,7 @@ class FramePackPipeline:
             check_frame_size(size)
         plan = plan_sections(config.seconds, fps=config.fps, window=config.window, mode=config.mode)
         keyframe_keys = check_keyframes(keyframes, plan)  # video section -> key
+        self._plan_covers(config)
         sections = resolve_prompt(prompt, plan)
         c = self.components
         if image is None:

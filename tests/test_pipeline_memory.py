@@ -56,6 +56,25 @@ def test_a_budget_that_forces_streaming_gives_the_same_latents(tmp_path: Path) -
     assert "transformer streamer" in pipe.memory_report()
 
 
+def test_a_run_larger_than_the_plan_was_made_for_is_planned_again(tmp_path: Path) -> None:
+    """A queue's later job at a higher resolution: the budget's plan for 64 px keeps every
+    component resident, beside which a 128 px decode would not fit; the run plans again first."""
+    image, components = demo_image(128), wide_components()
+    larger = dataclasses.replace(CONFIG, resolution=128)
+    reference = FramePackPipeline(copy.deepcopy(components)).generate(image, "a dancer", larger, run_dir=tmp_path / "a")
+    budget = smallest_budget_gb(FramePackPipeline(copy.deepcopy(components)), 128)
+    for_128 = FramePackPipeline(copy.deepcopy(components)).set_vram_budget(budget, resolution=128, window=CONFIG.window)
+
+    pipe = FramePackPipeline(components)
+    assert not pipe.set_vram_budget(budget, resolution=64, window=CONFIG.window).swap_components
+    assert for_128.swap_components
+    result = pipe.generate(image, "a dancer", larger, run_dir=tmp_path / "b")
+    assert torch.equal(result.latents, reference.latents)
+    assert pipe.memory_report().startswith(str(for_128))
+    pipe.generate(image, "a dancer", CONFIG, run_dir=tmp_path / "c")  # a smaller run keeps the larger plan
+    assert pipe.memory_report().startswith(str(for_128))
+
+
 def test_too_small_a_budget_says_which_phase_and_how_much(tmp_path: Path) -> None:
     pipe = FramePackPipeline.tiny(seed=0)
     with pytest.raises(ConfigError, match=r"too small for the \w+ phase: it needs at least"):
