@@ -11,8 +11,8 @@ estimates; then a fresh subprocess (its own peak RSS) builds the pipeline (the t
 the tiny encoders and VAE with the "medium" transformer), resets its peak RSS
 (``/proc/self/clear_refs``) and times one cold ``pipe.stream`` run to the end (as ``framepack
 generate`` makes it; sampling is the sections' own ``seconds``, decode the sum of the VAE's
-``decode`` calls). A row gives each figure's median over its pairs, and the range of the
-pairs' own ratios: the machine is shared, its speed drifts by tens of percent within minutes
+``decode`` calls). A row gives each figure's median over its pairs, the median of the pairs'
+own ratios (measured over predicted) and their range: the machine is shared, its speed drifts by tens of percent within minutes
 and the allocator's peak moves by some percent from process to process, so one pair is one
 sample of both.
 
@@ -55,6 +55,9 @@ RATES = (
     "video_encode_pixels",
     "decode_bytes_per_pixel",
     "encode_bytes_per_pixel",
+    "decode_tile_fixed_s",
+    "decode_tile_factors",
+    "decode_tile_latent",
 )
 
 
@@ -218,8 +221,15 @@ def _median_run(name: str, repeats: int, context) -> dict:
     result = {k: statistics.median(pair[k] for pair in pairs) for k in fields}
     result["time_ratios"] = [pair["measured_s"] / pair["predicted_s"] for pair in pairs]
     result["rss_ratios"] = [pair["measured_rss"] / pair["predicted_rss"] for pair in pairs]
+    result["time_ratio"], result["rss_ratio"] = (statistics.median(result[k]) for k in ("time_ratios", "rss_ratios"))
     result["pairs"] = pairs
     return result
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def _spread(ratios: list[float]) -> str:
@@ -229,7 +239,7 @@ def _spread(ratios: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(RUNS), help="runs to make (default: all)")
-    parser.add_argument("--repeats", type=int, default=3, help="(prediction, run) pairs per row (default: 3)")
+    parser.add_argument("--repeats", type=_positive, default=3, help="(prediction, run) pairs per row (default: 3)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
@@ -243,13 +253,13 @@ def main() -> None:
         r.update(name=name, load=(load_before, os.getloadavg()[0]))
         results.append(r)
         print(
-            f"| {name} | {r['predicted_s']:.1f} | {r['measured_s']:.1f} | {r['measured_s'] / r['predicted_s']:.2f} | "
+            f"| {name} | {r['predicted_s']:.1f} | {r['measured_s']:.1f} | {r['time_ratio']:.2f} | "
             f"{_spread(r['time_ratios'])} | "
             f"{r['predicted_sampling_s']:.1f} / {r['measured_sampling_s']:.1f} | "
             f"{r['predicted_decode_s']:.1f} / {r['measured_decode_s']:.1f} | "
             f"{r['predicted_encoders_s']:.2f} / {r['measured_encoders_s']:.2f} | "
             f"{r['predicted_rss'] / 2**20:.0f} | {r['measured_rss'] / 2**20:.0f} | "
-            f"{r['measured_rss'] / r['predicted_rss']:.2f} | {_spread(r['rss_ratios'])} | "
+            f"{r['rss_ratio']:.2f} | {_spread(r['rss_ratios'])} | "
             f"{r['load'][0]:.1f} / {r['load'][1]:.1f} |",
             flush=True,
         )

@@ -16,12 +16,12 @@ import torch
 
 from benchmarks.kernel_floor import KernelCall, record_kernels
 from framepack.components import tiny_configs
-from framepack.cost.flops import CallShape, call_flops, prepare_flops
+from framepack.cost.flops import CallShape, Flops, call_flops, prepare_flops
 from framepack.cost.vae_flops import (
     decode_tile_frames,
+    decode_tiles_flops,
     image_encoder_flops,
     text_encoders_flops,
-    vae_decode_flops,
     vae_encode_flops,
 )
 from framepack.models.clip import CLIPTextEncoder
@@ -129,7 +129,9 @@ def test_vae_decode_flops_equal_the_recorded_kernels(latent_frames, height, widt
     config = VAEConfig.preset("tiny")
     vae = HunyuanVideoVAE(config).eval()
     z = torch.randn(1, config.latent_channels, latent_frames, height, width)
-    count = vae_decode_flops(config, latent_frames, height, width, tiled=False)
+    tiles = decode_tiles_flops(config, latent_frames, height, width, tiled=False)
+    assert [frames for frames, _ in tiles] == {1: [1], 6: [5, 3], 9: [5, 5, 3]}[latent_frames]
+    count = sum((flops for _, flops in tiles), Flops())
     assert (count.matmul, count.attention, count.kernels) == recorded(lambda: list(vae.decode_frames(z)))
 
 

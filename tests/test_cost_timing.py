@@ -131,11 +131,25 @@ def test_a_skipped_step_costs_the_call_without_its_stack() -> None:
     assert cached.seconds.sampling == pytest.approx(plain.seconds.sampling - 13 * stack, rel=1e-9)
 
 
-def test_plan_measure_times_the_call_on_this_machine(capsys) -> None:
+def test_plan_measure_times_the_call_on_this_machine(capsys, monkeypatch) -> None:
+    tile_frames = []
+    probe = measure.vae_decode_probe
+
+    def recording_probe(*args, **kwargs):
+        tile_frames.append(kwargs["tile_frames"] if "tile_frames" in kwargs else args[4])
+        return probe(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "vae_decode_probe", recording_probe)
     argv = ["plan", "--tiny", "--measure", "--size", "128x128", "--seconds", "1", "--steps", "4", "--text-tokens", "7"]
-    assert main(argv) == 0
+    assert main([*argv, "--compare", "window=9,3"]) == 0
     out = capsys.readouterr().out
-    assert "measured rates" in out and "predicted total:" in out
+    assert "measured rates" in out and "| window |" in out
+    # 1 s at 30 fps, inverted: at window 9 one section decodes 10 latent frames, in tiles (4 + 1
+    # frames, every 3) of 5, 5, 4, 1; at window 3 two sections decode 3 frames (one tile) and
+    # 3 + 3 + the start latent (5, 4, 1). The probe times each size once: both rows' sizes.
+    assert [list(frames) for frames in tile_frames] == [[1, 3, 4, 5]]
+    assert main(argv) == 0
+    assert "predicted total:" in capsys.readouterr().out
 
 
 def test_a_proxy_probe_is_said_in_the_estimate() -> None:
@@ -165,7 +179,8 @@ def test_the_vae_probes_time_real_calls_at_the_buckets_latent_size(monkeypatch, 
         assert next(seconds) == 0.5  # one call
     else:
         # the run decodes tiles of 5, 4 and 1 latent frames: the 4-frame one is timed too
-        probe = measure.vae_decode_probe(vae, torch.device("cpu"), torch.float32, frame, tile_frames=[5, 4, 5, 1])
+        # (and 7, which is longer than the probe's tile: no factor)
+        probe = measure.vae_decode_probe(vae, torch.device("cpu"), torch.float32, frame, tile_frames=[5, 4, 5, 1, 7])
         frames = measure.PROBE_LATENT_FRAMES
         full, one = decode_tile_flops(TINY.vae, frames, 16, 12).total, decode_tile_flops(TINY.vae, 1, 16, 12).total
         seconds_per_flop = (2.0 - 0.5) / (full - one)
@@ -176,6 +191,7 @@ def test_the_vae_probes_time_real_calls_at_the_buckets_latent_size(monkeypatch, 
         four = decode_tile_flops(TINY.vae, 4, 16, 12).total
         ((size, factor),) = probe.tile_factors
         assert size == 4 and factor == pytest.approx(1.9 / (fixed + four * seconds_per_flop))
+        assert probe.latent_size == (16, 12)
 
 
 @pytest.mark.parametrize(
@@ -223,10 +239,11 @@ def test_a_decode_pays_its_fixed_cost_once_per_temporal_tile() -> None:
     # A measured factor of 3 for 4-frame tiles: the one 4-frame tile costs 3 times its fixed cost and FLOPs.
     four = decode_tile_flops(TINY.vae, 4, 16, 16)  # 128 px: a 16 x 16 latent
     tile_s = 0.1 + four.total / table.conv_flops
-    factored = dataclasses.replace(table, decode_tile_fixed_s=0.1, decode_tile_factors=((4, 3.0),))
-    assert decode_seconds(factored) - decode_seconds(dataclasses.replace(table, decode_tile_fixed_s=0.1)) == (
-        pytest.approx(2 * tile_s)
-    )
+    fixed = dataclasses.replace(table, decode_tile_fixed_s=0.1)
+    factored = dataclasses.replace(fixed, decode_tile_factors=((4, 3.0),), decode_tile_latent=(16, 16))
+    assert decode_seconds(factored) - decode_seconds(fixed) == pytest.approx(2 * tile_s)
+    # Timed at another latent size (another row of a comparison): the factor does not hold here.
+    assert decode_seconds(dataclasses.replace(factored, decode_tile_latent=(24, 24))) == decode_seconds(fixed)
 
 
 def test_a_measured_encode_rate_times_the_start_images_vae_encode() -> None:

@@ -42,17 +42,23 @@ def parse_axes(specs: Sequence[str]) -> dict[str, list[object]]:
     return axes
 
 
-def compare(
-    base: GenerationConfig, axes: Mapping[str, Sequence[object]], run: Callable[[GenerationConfig], CostEstimate]
-) -> list[tuple[dict[str, object], CostEstimate]]:
-    """``run`` (an ``estimate`` with everything else fixed) for every combination of ``axes`` on ``base``."""
+def combinations(
+    base: GenerationConfig, axes: Mapping[str, Sequence[object]]
+) -> list[tuple[dict[str, object], GenerationConfig]]:
+    """(the settings varied, the config) for every combination of ``axes`` on ``base``."""
     names = list(axes)
     rows = []
     for values in itertools.product(*(axes[n] for n in names)):
         settings = dict(zip(names, values))
-        changes = {AXES[n][0]: v for n, v in settings.items()}
-        rows.append((settings, run(dataclasses.replace(base, **changes))))
+        rows.append((settings, dataclasses.replace(base, **{AXES[n][0]: v for n, v in settings.items()})))
     return rows
+
+
+def compare(
+    base: GenerationConfig, axes: Mapping[str, Sequence[object]], run: Callable[[GenerationConfig], CostEstimate]
+) -> list[tuple[dict[str, object], CostEstimate]]:
+    """``run`` (an ``estimate`` with everything else fixed) for every combination of ``axes`` on ``base``."""
+    return [(settings, run(config)) for settings, config in combinations(base, axes)]
 
 
 def format_table(rows: list[tuple[dict[str, object], CostEstimate]], *, device_memory: bool) -> str:

@@ -39,6 +39,7 @@ from .vae_flops import (
     decode_tile_frames,
     decode_tiles_flops,
     image_encoder_flops,
+    spatially_tiled,
     text_encoders_flops,
     vae_encode_flops,
 )
@@ -234,6 +235,15 @@ def decode_tile_sizes(config: GenerationConfig, vae: VAEConfig) -> list[int]:
     return sorted({n for frames in decoded_latent_frames(plan) for n in decode_tile_frames(vae, frames)})
 
 
+def decode_tile_factors(profile: DeviceProfile, vae: VAEConfig, shape: CallShape, tiled: bool) -> dict[int, float]:
+    """The profile's measured factors of temporal tile sizes (latent frames -> factor), where they
+    hold: for a decode of the latent size they were timed at, not cut into spatial tiles."""
+    same_size = profile.decode_tile_latent == (shape.height, shape.width)
+    if not same_size or spatially_tiled(vae, shape.height, shape.width, tiled):
+        return {}
+    return dict(profile.decode_tile_factors)
+
+
 def decoded_latent_frames(plan: SectionPlan) -> list[int]:
     """Latent frames each section decodes (``pipeline._latents_to_decode``): the first all its
     history, a later one its own window plus its neighbour's (and the start latent, inverted, last)."""
@@ -337,7 +347,7 @@ def estimate(
     sampling_s = steps * (calls * (share * computed_call + (1 - share) * skipped_call) + sampler_s)
 
     decode, decode_s = Flops(), 0.0
-    factors = dict(profile.decode_tile_factors)
+    factors = decode_tile_factors(profile, models.vae, shape, memory.plan.vae_tiling)
     for frames in decoded_latent_frames(plan):
         for n, tile in decode_tiles_flops(models.vae, frames, shape.height, shape.width, memory.plan.vae_tiling):
             decode += tile

@@ -6,11 +6,12 @@ CPU at most ``MAX_CPU_LATENT`` a side): an encode of one start image, whose FLOP
 stand for the run's encode; then a decode of one temporal tile as the run decodes them
 (``PROBE_LATENT_FRAMES``: fewer frames run the CPU's conv3d at a third of its rate) and of a
 one-frame tile, which give each tile of a run's decode a fixed cost and a FLOP rate (its ops
-work per latent position), and one tile of each other size the run decodes, whose time over
-that line's is its factor (the conv kernels' speed depends on the shape). Then the transformer call's parts at the run's token counts
-(``call_probe.py``: one double and one single block, the rest of the call, a UniPC step;
-these set the sampling time). On a CPU the encode and the decode also give their peak RSS
-growth per pixel: the host memory of those phases. Then micro-benchmarks, each timed after a warm-up as
+work per latent position), and one tile of each shorter size the run decodes, whose time over
+that line's is its factor (the conv kernels' speed depends on the shape). Then the transformer
+call's parts at the run's token counts (``call_probe.py``: one double and one single block, the
+rest of the call, a UniPC step; these set the sampling time). On a CPU the encode and the
+decode also give their peak RSS growth per pixel: the host memory of those phases. Then
+micro-benchmarks, each timed after a warm-up as
 the median of repeats over about a second, for the work no probe runs (encoders, prepare):
 one matmul of a block's q/k/v projection, one attention over a call's tokens (capped so that
 the CPU finishes in about a second), an element-wise pass, a tiny op (the per-kernel
@@ -121,12 +122,13 @@ def measure_profile(
     bandwidth = 2 * big.numel() * big.element_size() / _typical_seconds(lambda: big.mul_(1.0), device)
     small = torch.ones(8, device=device, dtype=dtype)
     overhead = _typical_seconds(lambda: [small.add_(0) for _ in range(100)], device) / 100
-    rates: dict[str, float | tuple[tuple[int, float], ...] | None] = dict(
+    rates: dict[str, object] = dict(
         matmul_flops=matmul,
         attention_flops=attention,
         conv_flops=decode.timing.flops_per_s,
         decode_tile_fixed_s=decode.timing.fixed_s,
         decode_tile_factors=decode.tile_factors,
+        decode_tile_latent=decode.latent_size,
         vae_encode_flops=encode_rate,
         decode_bytes_per_pixel=decode.bytes_per_pixel,
         encode_bytes_per_pixel=encode_bytes,
@@ -214,6 +216,7 @@ class DecodeProbe:
     timing: PartTiming
     bytes_per_pixel: float | None
     tile_factors: tuple[tuple[int, float], ...]
+    latent_size: tuple[int, int]  # (height, width) of the tiles decoded
 
 
 def vae_decode_probe(
@@ -228,9 +231,11 @@ def vae_decode_probe(
     config): a full tile, cold as each section's decode is (it comes after its sampling has taken
     the caches and the memory over), then a one-frame tile (a decode's last is often that short,
     and costs more than its FLOPs say); the line through both is the timing. Then one tile of
-    each other size in ``tile_frames`` (latent frames: the tile sizes the run decodes), whose
-    seconds over the line's are its factor. The bytes (on a CPU, where the OS tells a process's
-    peak) are the full tile's peak RSS growth per pixel it outputs."""
+    each size in ``tile_frames`` (latent frames: the tile sizes the run decodes) between those
+    two, each timed once, after them (as a decode's tiles after its first are), whose seconds
+    over the line's are its factor; a size the probe's tile is too short for gets none (on a
+    CPU the tile may be capped). The bytes (on a CPU, where the OS tells a process's peak) are
+    the full tile's peak RSS growth per pixel it outputs."""
     vae = model.config
     s = vae.spatial_compression_ratio
     h, w = (n // s for n in frame_size)
@@ -253,7 +258,7 @@ def vae_decode_probe(
     for n in sorted({n for n in tile_frames if 1 < n < frames}):
         seconds, _ = _peak_growth(lambda n=n: model._decode_tile(z[:, :, :n]), device)
         factors.append((n, seconds / timing.seconds(decode_tile_flops(vae, n, h, w).total)))
-    return DecodeProbe(timing, None if grown is None else grown / pixels, tuple(factors))
+    return DecodeProbe(timing, None if grown is None else grown / pixels, tuple(factors), (h, w))
 
 
 def video_encode_rate(frame_size: tuple[int, int]) -> float:

@@ -74,11 +74,13 @@ class DeviceProfile:
     # Seconds each temporal tile of a decode costs beside its FLOPs (measured: fitted through a
     # full tile and a one-frame tile, as a decode's last tile often is); 0: FLOPs alone.
     decode_tile_fixed_s: float = 0.0
-    # (latent frames, measured seconds over the model's) of the temporal tile sizes a run decodes
-    # besides the two the fit goes through, each timed once by ``--measure``: a kernel's speed
-    # depends on its shape (a 4-frame tile of a 128 px decode took longer than a 5-frame one
-    # here), which FLOPs cannot tell. A size not listed: 1.
+    # (latent frames, measured seconds over the fitted line's) of the temporal tile sizes a run
+    # decodes that are shorter than the fit's full tile, each timed once by ``--measure`` at the
+    # latent size ``decode_tile_latent`` (height, width): a kernel's speed depends on its shape
+    # (a 4-frame tile of a 128 px decode took longer than a 5-frame one here), which FLOPs cannot
+    # tell. A size not listed, a decode of another latent size or in spatial tiles: 1.
     decode_tile_factors: tuple[tuple[int, float], ...] = ()
+    decode_tile_latent: tuple[int, int] | None = None
     # A transformer call's parts and the sampler's step as timed on the device (``call_probe.py``);
     # None: the call's time is its FLOPs and bytes at the rates above.
     call_timing: CallTiming | None = None
@@ -88,7 +90,7 @@ class DeviceProfile:
     def is_host(self) -> bool:
         return self.host_to_device is None
 
-    def with_measured(self, **rates: float | tuple[tuple[int, float], ...] | CallTiming | None) -> DeviceProfile:
+    def with_measured(self, **rates: object) -> DeviceProfile:
         return replace(self, source="measured", **rates)
 
 

@@ -79,23 +79,19 @@ def decode_tiles_flops(
     untiled count, which leaves out that the mid block's attention, quadratic in a tile's
     area, gets cheaper."""
     tiling = VAETiling()
-    spatially = tiled and max(height, width) * config.spatial_compression_ratio > tiling.tile_sample_min_height
     overlap = (tiling.tile_sample_min_height / tiling.tile_sample_stride_height) ** 2
     tiles = []
     for frames in decode_tile_frames(config, latent_frames):
         flops = decode_tile_flops(config, frames, height, width)
-        if spatially:
+        if spatially_tiled(config, height, width, tiled):
             flops = Flops(int(flops.matmul * overlap), int(flops.attention * overlap), flops.kernels)
         tiles.append((frames, flops))
     return tuple(tiles)
 
 
-def vae_decode_flops(config: VAEConfig, latent_frames: int, height: int, width: int, tiled: bool) -> Flops:
-    """Decoding ``latent_frames`` frames of ``height x width`` latent pixels: its tiles' FLOPs."""
-    total = Flops()
-    for _, flops in decode_tiles_flops(config, latent_frames, height, width, tiled):
-        total += flops
-    return total
+def spatially_tiled(config: VAEConfig, height: int, width: int, tiled: bool) -> bool:
+    """Whether a decode of ``height x width`` latent pixels with tiling ``tiled`` cuts its frames into spatial tiles."""
+    return tiled and max(height, width) * config.spatial_compression_ratio > VAETiling().tile_sample_min_height
 
 
 def _strided(size: int, stride: int) -> int:
