@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _reports_failure(args, isinstance(e, (InputError, ConfigError))):
             logger.info("another rank failed first and printed the error; this rank's: %s", message)
             return ANOTHER_RANK_FAILED
-        _print_error(f"error: {message}{_resume_hint(args, e)}")
+        _print_error(f"error: {message}{_resume_hint(args, e)}", getattr(args, "parallel", None) == "jobs")
         return status
 
 
@@ -95,12 +95,15 @@ def _reports_failure(args: argparse.Namespace, argument_error: bool) -> bool:
     return reports_failure(same_on_every_rank=argument_error)
 
 
-def _print_error(line: str) -> None:
-    """``line`` on stderr, on a line of its own: in a parallel run the ranks share one terminal,
-    where another rank's progress bar may hold the current line (it ends with no newline)."""
+def _print_error(line: str, every_rank_draws_a_bar: bool = True) -> None:
+    """``line`` on stderr, on a line of its own: the ranks of a parallel run share one terminal,
+    where another rank's progress bar may hold the current line (a bar ends with no newline):
+    rank 0's, or with ``every_rank_draws_a_bar`` (--parallel jobs: a queue's, the only one run
+    in a process group) any rank's."""
     dist = sys.modules.get("torch.distributed")
     joined = dist is not None and dist.is_available() and dist.is_initialized()
-    print(f"\n{line}" if joined else line, file=sys.stderr)
+    after_a_bar = joined and (every_rank_draws_a_bar or dist.get_rank() != 0)
+    print(f"\n{line}" if after_a_bar else line, file=sys.stderr)
 
 
 def _report(error: Exception) -> tuple[str, int]:
@@ -877,7 +880,7 @@ def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
     import torch
 
     from .config import GenerationConfig
-    from .cost.compare import compare, format_table, parse_axes
+    from .cost.compare import combinations, compare, format_table, parse_axes
     from .cost.estimate import call_shape, decode_tile_sizes, estimate
     from .cost.measure import measure_profile
     from .cost.memory import ModelConfigs
@@ -897,7 +900,11 @@ def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
     )
     models = ModelConfigs.tiny() if args.tiny else ModelConfigs.real()
     profile = device_profile(args.device_profile)
+    axes = parse_axes(args.compare) if args.compare else {}
     if args.measure:
+        # every temporal tile size a row decodes (the factors hold at this run's latent size only)
+        configs = [config, *(c for _, c in combinations(config, axes))]
+        tile_sizes = sorted({n for c in configs for n in decode_tile_sizes(c, models.vae)})
         device = torch.device("cuda" if runtime().is_available() else "cpu")
         profile = measure_profile(
             device_profile("cpu" if device.type == "cpu" else args.device_profile),
@@ -907,7 +914,7 @@ def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
             shape=call_shape(config, models, (height, width), args.text_tokens),
             vae=models.vae,
             frame_size=find_bucket(height, width, config.resolution),
-            decode_tiles=decode_tile_sizes(config, models.vae),
+            decode_tiles=tile_sizes,
         )
 
     def run(c: GenerationConfig):  # the same estimate for every row of a comparison
@@ -923,7 +930,7 @@ def _plan_cost(args: argparse.Namespace, height: int, width: int) -> None:
         )
 
     if args.compare:
-        rows = compare(config, parse_axes(args.compare), run)
+        rows = compare(config, axes, run)
         budget = "" if args.vram_budget is None else f", --vram-budget {args.vram_budget:g}"
         print(f"{models.name} models on {profile.name} ({profile.source} rates{budget}), {config.seconds:g} s video:")
         print(format_table(rows, device_memory=not profile.is_host))

@@ -11,8 +11,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch.distributed as dist
 
 from framepack import cli
+from framepack.distributed.launch import join
 
 FAST = ["--tiny", "--steps", "2", "--seconds", "0.8", "--window", "3", "--resolution", "64"]
 
@@ -73,6 +75,22 @@ def test_a_failing_rank_ends_the_run_with_one_error_line(tmp_path: Path) -> None
     ], result.stderr[-3000:]
     assert list(tmp_path.iterdir()) == []  # rank 0 wrote nothing
     assert time.monotonic() - started < 120  # nobody waited for a collective's timeout
+
+
+@pytest.mark.parametrize("every_rank_draws_a_bar", [False, True])
+def test_rank_0s_error_line_follows_a_bar_only_where_another_rank_draws_one(
+    every_rank_draws_a_bar: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # rank 0 of ulysses/cfg draws the only bar (closed, with its newline, before its error);
+    # under --parallel jobs every rank draws one. Rank 1's case: the failing-rank test above.
+    cli._print_error("error: x", every_rank_draws_a_bar)
+    assert capsys.readouterr().err == "error: x\n"  # no process group: one process, one terminal line
+    join("gloo", 60, init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        cli._print_error("error: x", every_rank_draws_a_bar)
+    finally:
+        dist.destroy_process_group()
+    assert capsys.readouterr().err == ("\nerror: x\n" if every_rank_draws_a_bar else "error: x\n")
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])
