@@ -11,13 +11,12 @@ that line's is its factor (the conv kernels' speed depends on the shape). Then t
 call's parts at the run's token counts (``call_probe.py``: one double and one single block, the
 rest of the call, a UniPC step; these set the sampling time). On a CPU the encode and the
 decode also give their peak RSS growth per pixel: the host memory of those phases. Then
-micro-benchmarks, each timed after a warm-up as
-the median of repeats over about a second, for the work no probe runs (encoders, prepare):
-one matmul of a block's q/k/v projection, one attention over a call's tokens (capped so that
-the CPU finishes in about a second), an element-wise pass, a tiny op (the per-kernel
-overhead), a page-locked host->device copy, a read of a fresh file (its pages dropped from
-the cache first where the OS allows), and the pipeline's mp4 writer encoding frames of the
-bucket's size.
+micro-benchmarks, each timed after a warm-up as the median of repeats over about a second, for
+the work no probe runs (encoders, prepare): one matmul of a block's q/k/v projection, one
+attention over a call's tokens (capped so that the CPU finishes in about a second), an
+element-wise pass, a tiny op (the per-kernel overhead), a page-locked host->device copy, a
+read of a fresh file (its pages dropped from the cache first where the OS allows), and the
+pipeline's mp4 writer encoding frames of the bucket's size.
 """
 
 from __future__ import annotations
